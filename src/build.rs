@@ -1,0 +1,516 @@
+//! `moodle-release build`: a deployment tree (dirroot) to a versioned, reproducible `.deb`.
+//!
+//! Plan first: list the tree, check every path, read the Moodle versions and decide the
+//! package's version and entries. Then write: data.tar (parallel, streamed from git objects),
+//! control.tar, and the ar container, into temporary files in the output folder that are
+//! renamed to the final name only when complete, so no partial `.deb` ever has the real name.
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::config::Config;
+use crate::deb::control::{self, Control};
+use crate::deb::data::{self, Content, DataEntry};
+use crate::deb::{self, Compression};
+use crate::moodle::release::yyyymmdd;
+use crate::moodle::{MoodleError, SiteInfo};
+use crate::report::Reporter;
+use crate::source::{self, Entry, Filter, Kind, Source, SourceError};
+
+/// Longest path dpkg can carry (PATH_MAX less the terminating NUL).
+const MAX_PATH: usize = 4095;
+/// Longest file name on the filesystems nodes use.
+const MAX_NAME: usize = 255;
+/// Where `build` records what the package holds (read back by `roll`).
+pub fn metadata_path(package: &str) -> String {
+    format!("/usr/share/{package}/moodle-release.json")
+}
+
+/// What to package.
+#[derive(Debug, Clone)]
+pub enum Input {
+    /// `[deploy] branch` of `[deploy] repo`.
+    DeployBranch,
+    /// Another ref or commit of `[deploy] repo`.
+    Ref(String),
+    /// A plain directory.
+    Dir(PathBuf),
+}
+
+/// How to build.
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    pub input: Input,
+    pub out_dir: PathBuf,
+    pub compression: Compression,
+    /// Overrides the build part of the version (CI pipelines' counters).
+    pub build_number: Option<u64>,
+    /// Worker threads (default: every core).
+    pub jobs: Option<usize>,
+    /// `SOURCE_DATE_EPOCH`, when set.
+    pub source_date_epoch: Option<i64>,
+}
+
+/// A built package.
+#[derive(Debug, Clone, Serialize)]
+pub struct Built {
+    pub path: PathBuf,
+    pub package: String,
+    pub version: String,
+    pub sha256: String,
+    pub size: u64,
+    /// Regular files in the package.
+    pub files: u64,
+    #[serde(skip)]
+    pub site: SiteInfo,
+    #[serde(skip)]
+    pub content_bytes: u64,
+}
+
+/// `build` failed; nothing was left under the final name.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error(transparent)]
+    Moodle(#[from] MoodleError),
+    #[error("`{path}`: {why}")]
+    BadPath { path: String, why: &'static str },
+    #[error("symlink `{path}` points to `{target}`, outside the install directory `{install_dir}`: the package would depend on files it does not carry")]
+    SymlinkEscape { path: String, target: String, install_dir: String },
+    #[error("two entries of the package are both `{path}`")]
+    Duplicate { path: String },
+    #[error("cannot write to the output folder `{}`: {source}", path.display())]
+    OutDir { path: PathBuf, source: std::io::Error },
+    #[error("writing `{}` failed: {source}; nothing was left under that name", path.display())]
+    Write { path: PathBuf, source: std::io::Error },
+    #[error("writing the package failed: {0}")]
+    Data(#[from] data::DataError),
+    #[error("SOURCE_DATE_EPOCH=`{0}` is not a Unix time in seconds")]
+    BadEpoch(String),
+}
+
+/// Reads `SOURCE_DATE_EPOCH` from the environment.
+pub fn source_date_epoch_from_env() -> Result<Option<i64>, BuildError> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) if !v.trim().is_empty() => v.trim().parse::<i64>().ok().filter(|n| *n >= 0).map(Some).ok_or(BuildError::BadEpoch(v)),
+        _ => Ok(None),
+    }
+}
+
+/// Builds the package described by `cfg` from `opts.input`.
+pub fn build(cfg: &Config, opts: &BuildOptions, reporter: &dyn Reporter) -> Result<Built, BuildError> {
+    let site = &cfg.site;
+    std::fs::create_dir_all(&opts.out_dir).map_err(|source| BuildError::OutDir {
+        path: opts.out_dir.clone(),
+        source,
+    })?;
+
+    reporter.step("reading the tree");
+    let (src, commit) = match &opts.input {
+        Input::Dir(d) => (Source::Dir(d.clone()), None),
+        Input::DeployBranch | Input::Ref(_) => {
+            let r = match &opts.input {
+                Input::Ref(r) => r.clone(),
+                _ => cfg.deploy.branch.clone(),
+            };
+            let repo = cfg.deploy_repo();
+            let info = source::resolve(&repo, &r)?;
+            (Source::Git { repo, commit: info.id }, Some(info))
+        }
+    };
+    let filter = Filter::new(&site.exclude);
+    let mut tree = src.list(&filter)?;
+    if let Some(i) = tree.iter().position(|e| e.path == b"config.php") {
+        tree.remove(i);
+        reporter.warn("the tree has a config.php at its root: it is never packaged (secrets stay on the nodes, see [site] config_php)");
+    }
+    let reader = src.reader()?;
+    check_paths(&tree, &reader, &site.install_dir.0)?;
+    let info = SiteInfo::analyze(&tree, &reader)?;
+    reporter.step_done();
+
+    let epoch = match (opts.source_date_epoch, &commit) {
+        (Some(e), _) => e,
+        (None, Some(c)) => c.time.max(0),
+        (None, None) => tree.iter().map(|e| e.mtime).max().unwrap_or(0).max(0),
+    };
+    let build_number = opts.build_number.or(commit.as_ref().map(|c| c.first_parent_count)).unwrap_or(0);
+    let version = info.release().debian_version(build_number, yyyymmdd(epoch));
+    let package = site.package.0.clone();
+    let file_name = format!("{package}_{version}_all.deb");
+    let final_path = opts.out_dir.join(&file_name);
+    let mtime = epoch as u64;
+
+    let entries = plan_entries(cfg, &tree, &info, &version, commit.as_ref().map(|c| c.id.to_string()), epoch)?;
+
+    let out_err = |source| BuildError::OutDir {
+        path: opts.out_dir.clone(),
+        source,
+    };
+    let mut data_file = tempfile::Builder::new().prefix(".data.").tempfile_in(&opts.out_dir).map_err(out_err)?;
+    reporter.step(&format!("writing data.tar.{}", opts.compression.extension()));
+    let threads = opts.jobs.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    let summary = {
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, data_file.as_file_mut());
+        let s = data::write(&entries, &src, opts.compression, mtime, threads, &mut w, reporter)?;
+        w.flush().map_err(|source| BuildError::Write {
+            path: final_path.clone(),
+            source,
+        })?;
+        s
+    };
+    reporter.step_done();
+
+    let control = control_fields(cfg, &info, &version, summary.installed_kib, commit.as_ref().map(|c| c.id.to_string()));
+    let install_dir = site.install_dir.0.clone();
+    let config_php = site.config_php_target().unwrap_or_default();
+    let vars = [
+        ("package", package.as_str()),
+        ("version", version.as_str()),
+        ("install_dir", install_dir.as_str()),
+        ("config_php", config_php.as_str()),
+    ];
+    let scripts: Vec<(&str, String)> = control::SCRIPTS.iter().map(|t| (t.name, control::render(t.text, &vars))).collect();
+    let write_err = |source| BuildError::Write {
+        path: final_path.clone(),
+        source,
+    };
+    let control_tar = control::control_tar(&control.to_text(), &summary.md5sums, &scripts, opts.compression, mtime).map_err(write_err)?;
+
+    let mut deb_file = tempfile::Builder::new().prefix(&format!(".{file_name}.")).tempfile_in(&opts.out_dir).map_err(out_err)?;
+    deb::assemble(deb_file.as_file_mut(), &control_tar, data_file.as_file_mut(), opts.compression, mtime).map_err(write_err)?;
+    drop(data_file);
+    deb_file.as_file().sync_all().map_err(write_err)?;
+    let (sha256, size) = hash_file(deb_file.path()).map_err(write_err)?;
+    set_mode_0644(deb_file.path()).map_err(write_err)?;
+    deb_file.persist(&final_path).map_err(|e| BuildError::Write {
+        path: final_path.clone(),
+        source: e.error,
+    })?;
+    Ok(Built {
+        path: final_path,
+        package,
+        version,
+        sha256,
+        size,
+        files: summary.files,
+        site: info,
+        content_bytes: summary.content_bytes,
+    })
+}
+
+fn set_mode_0644(p: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o644))
+}
+
+fn hash_file(p: &Path) -> std::io::Result<(String, u64)> {
+    let mut f = std::fs::File::open(p)?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut n = 0u64;
+    loop {
+        let k = f.read(&mut buf)?;
+        if k == 0 {
+            break;
+        }
+        h.update(&buf[..k]);
+        n += k as u64;
+    }
+    Ok((hex::encode(h.finalize()), n))
+}
+
+/// Refuses names dpkg cannot carry and symlinks that leave the install directory.
+fn check_paths(tree: &[Entry], reader: &source::Reader, install_dir: &str) -> Result<(), BuildError> {
+    for e in tree {
+        let shown = || String::from_utf8_lossy(&e.path).into_owned();
+        if e.path.iter().any(|&b| b == b'\n' || b == b'\r') {
+            return Err(BuildError::BadPath {
+                path: shown().escape_debug().to_string(),
+                why: "a file name with a line break cannot be carried by dpkg (its file lists are one path per line); rename it",
+            });
+        }
+        if install_dir.len() + 1 + e.path.len() > MAX_PATH || e.path.split(|&b| b == b'/').any(|c| c.len() > MAX_NAME) {
+            return Err(BuildError::BadPath {
+                path: shown(),
+                why: "the path is longer than a filesystem allows (255 bytes a name, 4095 in all); rename it",
+            });
+        }
+        if e.kind == Kind::Symlink {
+            let target = reader.read(e)?;
+            if !symlink_stays_inside(&e.path, &target, install_dir) {
+                return Err(BuildError::SymlinkEscape {
+                    path: shown(),
+                    target: String::from_utf8_lossy(&target).into_owned(),
+                    install_dir: install_dir.to_string(),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// True when the symlink at `path` (relative to dirroot) with `target` resolves, lexically,
+/// inside dirroot.
+fn symlink_stays_inside(path: &[u8], target: &[u8], install_dir: &str) -> bool {
+    if target.is_empty() {
+        return false;
+    }
+    let (mut depth, rest): (i64, &[u8]) = if target[0] == b'/' {
+        let root = install_dir.as_bytes();
+        match target.strip_prefix(root) {
+            Some([]) => return true,
+            Some(r) if r[0] == b'/' => (0, &r[1..]),
+            _ => return false,
+        }
+    } else {
+        (path.split(|&b| b == b'/').count() as i64 - 1, target)
+    };
+    for part in rest.split(|&b| b == b'/') {
+        match part {
+            b"" | b"." => {}
+            b".." => {
+                depth -= 1;
+                if depth < 0 {
+                    return false;
+                }
+            }
+            _ => depth += 1,
+        }
+    }
+    true
+}
+
+/// Every entry of data.tar, sorted: the tree under install_dir, the config.php stub, the docs
+/// and the metadata, and every parent folder.
+fn plan_entries(cfg: &Config, tree: &[Entry], info: &SiteInfo, version: &str, commit: Option<String>, epoch: i64) -> Result<Vec<DataEntry>, BuildError> {
+    let site = &cfg.site;
+    let pkg = site.package.0.as_str();
+    let base = site.install_dir.relative().as_bytes().to_vec();
+    let under = |p: &[u8]| {
+        let mut v = base.clone();
+        v.push(b'/');
+        v.extend_from_slice(p);
+        v
+    };
+    let mut entries = Vec::with_capacity(tree.len() + 16);
+    for e in tree {
+        let mode = match e.kind {
+            Kind::Dir | Kind::File { exec: true } => 0o755,
+            Kind::File { exec: false } => 0o644,
+            Kind::Symlink => 0o777,
+        };
+        entries.push(DataEntry {
+            path: under(&e.path),
+            content: if e.kind == Kind::Dir { Content::Dir } else { Content::Tree(e.clone()) },
+            mode,
+        });
+    }
+    let mut generated: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+    if let Some(target) = site.config_php_target() {
+        let setup = format!("{}/{}lib/setup.php", site.install_dir, setup_prefix(tree));
+        let text = control::render(
+            control::CONFIG_PHP,
+            &[("package", pkg), ("config_php", &target), ("setup_php", &setup)],
+        );
+        generated.push((under(b"config.php"), text.into_bytes()));
+    }
+    let doc = format!("usr/share/doc/{pkg}");
+    let vars = [("package", pkg), ("install_dir", site.install_dir.0.as_str())];
+    generated.push((format!("{doc}/copyright").into_bytes(), control::render(control::COPYRIGHT, &vars).into_bytes()));
+    let changelog = changelog(cfg, info, version, commit.as_deref(), epoch);
+    let gz = {
+        let mut e = flate2::GzBuilder::new().mtime(0).operating_system(3).write(Vec::new(), flate2::Compression::best());
+        e.write_all(changelog.as_bytes()).and_then(|_| e.finish())
+    }
+    .map_err(|source| BuildError::Write {
+        path: PathBuf::from("changelog.Debian.gz"),
+        source,
+    })?;
+    generated.push((format!("{doc}/changelog.Debian.gz").into_bytes(), gz));
+    generated.push((format!("usr/share/lintian/overrides/{pkg}").into_bytes(), lintian_overrides(cfg).into_bytes()));
+    let meta = serde_json::json!({
+        "package": pkg,
+        "version": version,
+        "install_dir": site.install_dir.0,
+        "source_commit": commit,
+        "moodle": info,
+    });
+    let mut meta = serde_json::to_vec_pretty(&meta).unwrap_or_default();
+    meta.push(b'\n');
+    generated.push((metadata_path(pkg).trim_start_matches('/').as_bytes().to_vec(), meta));
+
+    let mut dirs = BTreeSet::new();
+    let add_parents = |p: &[u8], dirs: &mut BTreeSet<Vec<u8>>| {
+        for (i, &b) in p.iter().enumerate() {
+            if b == b'/' {
+                dirs.insert(p[..i].to_vec());
+            }
+        }
+    };
+    add_parents(&under(b""), &mut dirs);
+    for (p, _) in &generated {
+        add_parents(p, &mut dirs);
+    }
+    dirs.insert(Vec::new());
+    for d in dirs {
+        entries.push(DataEntry {
+            path: d,
+            content: Content::Dir,
+            mode: 0o755,
+        });
+    }
+    for (p, data) in generated {
+        entries.push(DataEntry {
+            path: p,
+            content: Content::File(Arc::new(data)),
+            mode: 0o644,
+        });
+    }
+    entries.sort_by_cached_key(DataEntry::sort_key);
+    for w in entries.windows(2) {
+        if w[0].path == w[1].path {
+            return Err(BuildError::Duplicate {
+                path: format!("/{}", String::from_utf8_lossy(&w[0].path)),
+            });
+        }
+    }
+    Ok(entries)
+}
+
+/// `public/` for Moodle 5.1+ trees whose `lib/` moved there, else nothing.
+fn setup_prefix(tree: &[Entry]) -> &'static str {
+    let has = |p: &[u8]| tree.iter().any(|e| e.path == p);
+    if !has(b"lib/setup.php") && has(b"public/lib/setup.php") {
+        "public/"
+    } else {
+        ""
+    }
+}
+
+fn control_fields(cfg: &Config, info: &SiteInfo, version: &str, installed_kib: u64, commit: Option<String>) -> Control {
+    let site = &cfg.site;
+    let mut f: Vec<(String, String)> = vec![
+        ("Package".into(), site.package.0.clone()),
+        ("Version".into(), version.into()),
+        ("Architecture".into(), "all".into()),
+        ("Maintainer".into(), site.maintainer.0.clone()),
+        ("Installed-Size".into(), installed_kib.to_string()),
+    ];
+    if !site.depends.is_empty() {
+        f.push(("Depends".into(), site.depends.join(", ")));
+    }
+    f.push(("Section".into(), site.section.clone()));
+    f.push(("Priority".into(), site.priority.clone()));
+    let source = commit.as_deref().map(|c| format!("git commit {c}")).unwrap_or_else(|| "a directory".into());
+    f.push((
+        "Description".into(),
+        format!(
+            "{}\nMoodle {} (version {}, branch {}) with {} plugins, installed in {}.\nBuilt by moodle-release from {}.",
+            site.description.trim(),
+            info.core.release,
+            info.core.version,
+            info.core.branch,
+            info.plugins.len(),
+            site.install_dir,
+            source
+        ),
+    ));
+    f.push(("X-Moodle-Release".into(), info.core.release.clone()));
+    f.push(("X-Moodle-Version".into(), info.core.version.clone()));
+    f.push(("X-Moodle-Branch".into(), info.core.branch.clone()));
+    f.push(("X-Moodle-Versions-Hash".into(), info.versions_hash.clone()));
+    f.push(("X-Moodle-Db-Hash".into(), info.db_hash.clone()));
+    if let Some(c) = commit {
+        f.push(("X-Moodle-Source-Commit".into(), c));
+    }
+    Control { fields: f }
+}
+
+fn changelog(cfg: &Config, info: &SiteInfo, version: &str, commit: Option<&str>, epoch: i64) -> String {
+    let dist = cfg.apt.as_ref().map(|a| a.suite.clone()).unwrap_or_else(|| "unstable".into());
+    let from = commit.map(|c| format!(" from commit {c}")).unwrap_or_default();
+    format!(
+        "{} ({}) {}; urgency=medium\n\n  * Moodle {} with {} plugins, built by moodle-release{}.\n\n -- {}  {}\n",
+        cfg.site.package,
+        version,
+        dist,
+        info.core.release,
+        info.plugins.len(),
+        from,
+        cfg.site.maintainer,
+        rfc2822(epoch)
+    )
+}
+
+fn lintian_overrides(cfg: &Config) -> String {
+    let pkg = &cfg.site.package;
+    let dir = &cfg.site.install_dir.0;
+    let mut s = String::new();
+    let tag = if dir == "/srv" || dir.starts_with("/srv/") {
+        Some("dir-or-file-in-srv")
+    } else if dir == "/var/www" || dir.starts_with("/var/www/") {
+        Some("dir-or-file-in-var-www")
+    } else if dir.starts_with("/opt/") {
+        Some("dir-or-file-in-opt")
+    } else {
+        None
+    };
+    if let Some(tag) = tag {
+        s.push_str(&format!(
+            "# The package is this site's code: it lives in {dir}, the web server's document tree, on purpose.\n{pkg}: {tag}\n"
+        ));
+    }
+    for (tag, reason) in &cfg.site.lintian_overrides {
+        s.push_str(&format!("# {}\n{pkg}: {tag}\n", reason.replace('\n', " ")));
+    }
+    s
+}
+
+/// `Mon, 22 Apr 2024 10:00:00 +0000`.
+fn rfc2822(epoch: i64) -> String {
+    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    let d = yyyymmdd(epoch);
+    let secs = epoch.rem_euclid(86_400);
+    format!(
+        "{}, {:02} {} {} {:02}:{:02}:{:02} +0000",
+        DAYS[epoch.div_euclid(86_400).rem_euclid(7) as usize],
+        d % 100,
+        MONTHS[((d / 100) % 100 - 1) as usize],
+        d / 10_000,
+        secs / 3600,
+        secs % 3600 / 60,
+        secs % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn symlinks_must_stay_inside() {
+        let d = "/srv/moodle/html";
+        assert!(symlink_stays_inside(b"a/b/link", b"../c", d));
+        assert!(symlink_stays_inside(b"a/link", b"../c", d));
+        assert!(!symlink_stays_inside(b"a/link", b"../../c", d));
+        assert!(!symlink_stays_inside(b"link", b"../etc/passwd", d));
+        assert!(!symlink_stays_inside(b"link", b"/etc/passwd", d));
+        assert!(symlink_stays_inside(b"link", b"/srv/moodle/html/lib", d));
+        assert!(!symlink_stays_inside(b"link", b"/srv/moodle/html2/lib", d));
+        assert!(symlink_stays_inside(b"a/link", b"./x/../y", d));
+    }
+
+    #[test]
+    fn dates() {
+        assert_eq!(rfc2822(0), "Thu, 01 Jan 1970 00:00:00 +0000");
+        assert_eq!(rfc2822(1_713_780_000), "Mon, 22 Apr 2024 10:00:00 +0000");
+    }
+}

@@ -1,0 +1,91 @@
+//! The command line, as clap types. Nothing else sees these: [`crate::run`] turns them into the
+//! plain option structs of each module.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Takes a Moodle site from git to production: merge, build a .deb, publish it to apt, roll it
+/// out through HAProxy.
+#[derive(Debug, Parser)]
+#[command(name = "moodle-release", version, about, max_term_width = 100)]
+pub struct Cli {
+    /// The config file.
+    #[arg(long, global = true, default_value = "moodle-release.toml", value_name = "PATH")]
+    pub config: PathBuf,
+    /// Print the result as JSON on stdout (for CI jobs).
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// More detail on stderr (-v, -vv).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Never show progress bars, even on a terminal.
+    #[arg(long, global = true)]
+    pub no_progress: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Assemble upstream Moodle, the plugins and local patches into the deployment branch.
+    Merge(Rest),
+    /// Build the site's .deb from the deployment branch (or another ref, or a folder).
+    Build(BuildArgs),
+    /// Add built packages to the apt repository.
+    Publish(Rest),
+    /// Upgrade the web nodes, a batch at a time, through HAProxy.
+    Roll(Rest),
+    /// Go back to an earlier version, with the same care.
+    Rollback(Rest),
+    /// Each node's version and state, and the repository's newest version.
+    Status(Rest),
+    /// Check the config file.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+/// Arguments of commands not available yet (accepted so that `--help` lists them).
+#[derive(Debug, Args)]
+pub struct Rest {
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+    pub args: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate the config file and print the resolved values (defaults filled in).
+    Check,
+}
+
+#[derive(Debug, Args)]
+pub struct BuildArgs {
+    /// Build this ref or commit of [deploy] repo instead of [deploy] branch.
+    #[arg(long, value_name = "REF", conflicts_with = "dir")]
+    pub r#ref: Option<String>,
+    /// Package a plain folder instead of a git ref.
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// Where the .deb is written.
+    #[arg(long, value_name = "DIR", default_value = "dist")]
+    pub out: PathBuf,
+    /// Compression of the package's members.
+    #[arg(long, value_enum, default_value_t = CompressionArg::Gzip)]
+    pub compression: CompressionArg,
+    /// The build part of the version (default: the commit's first-parent count; 0 for --dir).
+    #[arg(long, value_name = "N")]
+    pub build_number: Option<u64>,
+    /// Worker threads (default: one per core). The output does not depend on it.
+    #[arg(long, short, value_name = "N")]
+    pub jobs: Option<usize>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum CompressionArg {
+    /// Every dpkg reads it.
+    Gzip,
+    /// Fast; needs dpkg >= 1.21.18 (Debian 12, Ubuntu 18.04+).
+    Zstd,
+    /// Smallest, slowest.
+    Xz,
+}

@@ -1,0 +1,957 @@
+//! `moodle-release.toml`: how a site is assembled, packaged, published and rolled out.
+//!
+//! The format is a contract with the sites that use the tool (see the example in README.md), so
+//! every key is a typed field with a doc comment, unknown keys are refused with the nearest valid
+//! key suggested, and every error names the file, the line and the key. Values are parsed into
+//! types here, at the edge (durations, sockets, package names), and never re-parsed inside.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::de::{self, Deserializer};
+use serde::{Deserialize, Serialize};
+
+/// A config that could not be read or does not make sense. Displayed as
+/// `FILE:LINE: [section] key: what is wrong`.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read `{}`: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}:{}{}", path.display(), line.map(|l| format!("{l}:")).unwrap_or_default(), if key.is_empty() { format!(" {message}") } else { format!(" {key}: {message}") })]
+    Invalid {
+        path: PathBuf,
+        line: Option<usize>,
+        key: String,
+        message: String,
+    },
+}
+
+/// The whole file, as written by the user.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The Debian package that carries the site's code.
+    pub site: Site,
+    /// Upstream Moodle (needed by `merge`).
+    #[serde(default)]
+    pub upstream: Option<Upstream>,
+    /// Plugins grafted into the tree by `merge`.
+    #[serde(default)]
+    pub plugins: Vec<Plugin>,
+    /// Where the deployment branch lives.
+    #[serde(default)]
+    pub deploy: Deploy,
+    /// The apt repository that `publish` writes and the nodes install from.
+    #[serde(default)]
+    pub apt: Option<Apt>,
+    /// How the nodes are reached.
+    #[serde(default)]
+    pub ssh: Ssh,
+    /// How `roll` behaves.
+    #[serde(default)]
+    pub roll: Roll,
+    /// Every HAProxy in front of the web nodes.
+    #[serde(default)]
+    pub lb: Vec<Lb>,
+    /// The web and cron nodes.
+    #[serde(default)]
+    pub nodes: Vec<Node>,
+    /// The folder that holds the config file; relative paths in it are relative to this.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+}
+
+/// `[site]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Site {
+    /// Debian package name of the site's code.
+    pub package: PackageName,
+    /// `Name <email>`, the package's Maintainer field.
+    pub maintainer: Maintainer,
+    /// One-line description of the package.
+    pub description: String,
+    /// `$CFG->dirroot` on every node: the package installs the tree here.
+    pub install_dir: InstallDir,
+    /// Extra `Depends:` of the package.
+    #[serde(default)]
+    pub depends: Vec<String>,
+    /// Globs (relative to dirroot) of files never packaged, e.g. `"node_modules/**"`.
+    #[serde(default)]
+    pub exclude: Vec<String>,
+    /// Where each node keeps the site's real `config.php` (secrets stay out of the package). The
+    /// package ships a two-line `config.php` in dirroot that includes it. `""`: ship none.
+    #[serde(default)]
+    pub config_php: Option<String>,
+    /// Debian Section of the package.
+    #[serde(default = "default_section")]
+    pub section: String,
+    /// Debian Priority of the package.
+    #[serde(default = "default_priority")]
+    pub priority: String,
+    /// lintian tags the site's own files draw, each with the reason it is overridden
+    /// (`"non-free-flash" = "old player in mod/x, not served"`).
+    #[serde(default)]
+    pub lintian_overrides: BTreeMap<String, String>,
+}
+
+impl Site {
+    /// The node-local config.php the shipped stub includes, if any.
+    pub fn config_php_target(&self) -> Option<String> {
+        match &self.config_php {
+            Some(s) if s.is_empty() => None,
+            Some(s) => Some(s.clone()),
+            None => Some(format!("/etc/{}/config.php", self.package)),
+        }
+    }
+}
+
+fn default_section() -> String {
+    "web".into()
+}
+fn default_priority() -> String {
+    "optional".into()
+}
+
+/// `[upstream]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Upstream {
+    /// Any git URL: https, ssh, file:// or a local path.
+    pub url: String,
+    /// Branch, tag or commit id.
+    #[serde(rename = "ref")]
+    pub reference: String,
+}
+
+/// `[[plugins]]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Plugin {
+    /// Frankenstyle name (`mod_customcert`); the path is derived from it.
+    pub component: Component,
+    /// Any git URL.
+    pub url: String,
+    /// Branch, tag or commit id.
+    #[serde(rename = "ref")]
+    pub reference: String,
+    /// Path in dirroot, only where the derived one is not wanted.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// Allow this plugin to replace a path upstream (or another plugin) already has.
+    #[serde(default)]
+    pub replace: bool,
+}
+
+/// `[deploy]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Deploy {
+    /// The git repository that holds the deployment branch (relative to the config file).
+    #[serde(default = "default_deploy_repo")]
+    pub repo: PathBuf,
+    /// The branch `merge` writes and `build` reads.
+    #[serde(default = "default_deploy_branch")]
+    pub branch: String,
+    /// Local branches merged on top, three-way, in order.
+    #[serde(default)]
+    pub patches: Vec<String>,
+    /// Fetch backend: the git CLI or libgit2.
+    #[serde(default)]
+    pub fetch: FetchBackend,
+}
+
+impl Default for Deploy {
+    fn default() -> Self {
+        Deploy {
+            repo: default_deploy_repo(),
+            branch: default_deploy_branch(),
+            patches: Vec::new(),
+            fetch: FetchBackend::default(),
+        }
+    }
+}
+
+fn default_deploy_repo() -> PathBuf {
+    PathBuf::from(".")
+}
+fn default_deploy_branch() -> String {
+    "deploy".into()
+}
+
+/// Which implementation fetches sources.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum FetchBackend {
+    /// The `git` command: honours `~/.ssh/config`, fastest on big repositories.
+    #[default]
+    Git,
+    /// libgit2, in process.
+    Libgit2,
+}
+
+/// `[apt]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Apt {
+    /// A local folder, or `ssh://user@host/path`.
+    pub repo: String,
+    /// Suite and Codename the nodes put in their sources.
+    #[serde(default = "default_suite")]
+    pub suite: String,
+    /// The component.
+    #[serde(default = "default_component")]
+    pub component: String,
+    /// Versions of the package kept for rollback.
+    #[serde(default = "default_keep")]
+    pub keep: u32,
+    /// gpg key that signs InRelease/Release.gpg.
+    #[serde(default)]
+    pub sign_key: Option<String>,
+    /// Architectures the `all` package is listed for.
+    #[serde(default = "default_architectures")]
+    pub architectures: Vec<String>,
+}
+
+fn default_suite() -> String {
+    "moodle".into()
+}
+fn default_component() -> String {
+    "main".into()
+}
+fn default_keep() -> u32 {
+    5
+}
+fn default_architectures() -> Vec<String> {
+    vec!["amd64".into(), "arm64".into()]
+}
+
+/// `[ssh]`
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ssh {
+    /// ssh_config used for every node.
+    #[serde(default)]
+    pub config: Option<String>,
+    /// Host keys are always checked against this file.
+    #[serde(default)]
+    pub known_hosts: Option<String>,
+}
+
+/// `[roll]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Roll {
+    /// Default for `roll --batch`: web nodes out of rotation at once.
+    #[serde(default = "default_batch")]
+    pub batch: u32,
+    /// Longest wait for a drained server's sessions to end.
+    #[serde(default = "default_drain_timeout", with = "duration_str")]
+    pub drain_timeout: Duration,
+    /// GET on each node's http base; 200 means healthy.
+    #[serde(default = "default_health_path")]
+    pub health_path: String,
+    /// How long a node may take to become healthy after install.
+    #[serde(default = "default_health_timeout", with = "duration_str")]
+    pub health_timeout: Duration,
+    /// Run once, on one node, when the release changes the database.
+    #[serde(default = "default_upgrade_command")]
+    pub upgrade_command: String,
+    /// Puts the site in maintenance mode.
+    #[serde(default = "default_maintenance_on")]
+    pub maintenance_on: String,
+    /// Takes the site out of maintenance mode.
+    #[serde(default = "default_maintenance_off")]
+    pub maintenance_off: String,
+    /// Where the journal and state of rolls are kept (relative to the config file).
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+}
+
+impl Default for Roll {
+    fn default() -> Self {
+        Roll {
+            batch: default_batch(),
+            drain_timeout: default_drain_timeout(),
+            health_path: default_health_path(),
+            health_timeout: default_health_timeout(),
+            upgrade_command: default_upgrade_command(),
+            maintenance_on: default_maintenance_on(),
+            maintenance_off: default_maintenance_off(),
+            state_dir: default_state_dir(),
+        }
+    }
+}
+
+fn default_batch() -> u32 {
+    1
+}
+fn default_drain_timeout() -> Duration {
+    Duration::from_secs(120)
+}
+fn default_health_path() -> String {
+    "/admin/tool/heartbeat/index.php".into()
+}
+fn default_health_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_upgrade_command() -> String {
+    "php {install_dir}/admin/cli/upgrade.php --non-interactive".into()
+}
+fn default_maintenance_on() -> String {
+    "php {install_dir}/admin/cli/maintenance.php --enable".into()
+}
+fn default_maintenance_off() -> String {
+    "php {install_dir}/admin/cli/maintenance.php --disable".into()
+}
+fn default_state_dir() -> PathBuf {
+    PathBuf::from(".moodle-release")
+}
+
+/// `[[lb]]`: one HAProxy.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Lb {
+    /// A name for messages and the journal.
+    pub name: String,
+    /// The Runtime API: `unix:PATH` or `tcp:HOST:PORT`.
+    pub socket: Socket,
+    /// The backend that holds the web nodes.
+    pub backend: String,
+}
+
+/// Where an HAProxy Runtime API listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Socket {
+    Unix(PathBuf),
+    Tcp(String, u16),
+}
+
+impl fmt::Display for Socket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Socket::Unix(p) => write!(f, "unix:{}", p.display()),
+            Socket::Tcp(h, p) => write!(f, "tcp:{h}:{p}"),
+        }
+    }
+}
+
+impl std::str::FromStr for Socket {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("`{s}` is not a socket; write `unix:/run/haproxy/admin.sock` or `tcp:127.0.0.1:9999`");
+        if let Some(p) = s.strip_prefix("unix:") {
+            if p.is_empty() {
+                return Err(bad());
+            }
+            Ok(Socket::Unix(PathBuf::from(p)))
+        } else if let Some(hp) = s.strip_prefix("tcp:") {
+            let (h, p) = hp.rsplit_once(':').ok_or_else(bad)?;
+            let port = p.parse::<u16>().map_err(|_| bad())?;
+            let h = h.trim_start_matches('[').trim_end_matches(']');
+            if h.is_empty() {
+                return Err(bad());
+            }
+            Ok(Socket::Tcp(h.to_string(), port))
+        } else {
+            Err(bad())
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Socket {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(de::Error::custom)
+    }
+}
+
+impl Serialize for Socket {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// `[[nodes]]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Node {
+    /// A name for messages and the journal.
+    pub name: String,
+    /// `[user@]host[:port]`, resolved through `[ssh] config`.
+    pub ssh: String,
+    /// Base URL for the health check, straight to the node (web nodes).
+    #[serde(default)]
+    pub http: Option<String>,
+    /// The server's name in the HAProxy backend (default: `name`).
+    #[serde(default)]
+    pub server: Option<String>,
+    /// `web` (behind HAProxy) or `cron` (upgraded after the web nodes, never drained).
+    #[serde(default)]
+    pub role: Role,
+}
+
+impl Node {
+    /// The server's name in the HAProxy backends.
+    pub fn server_name(&self) -> &str {
+        self.server.as_deref().unwrap_or(&self.name)
+    }
+}
+
+/// What a node does.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    #[default]
+    Web,
+    Cron,
+}
+
+/// A Debian package name (`[a-z0-9][a-z0-9+.-]+`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PackageName(pub String);
+
+impl fmt::Display for PackageName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for PackageName {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let ok = s.len() >= 2
+            && s.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+            && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+-.".contains(&b));
+        if ok {
+            Ok(PackageName(s))
+        } else {
+            Err(de::Error::custom(format!(
+                "`{s}` is not a Debian package name; use lowercase letters, digits, `+`, `-` and `.`, e.g. \"moodle-site\""
+            )))
+        }
+    }
+}
+
+/// `Name <email>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Maintainer(pub String);
+
+impl fmt::Display for Maintainer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Maintainer {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let t = s.trim();
+        let ok = t.ends_with('>')
+            && t.find('<').is_some_and(|i| i > 0 && t[i..].contains('@'))
+            && !t.contains('\n');
+        if ok {
+            Ok(Maintainer(t.to_string()))
+        } else {
+            Err(de::Error::custom(format!(
+                "`{s}` is not a maintainer; write `Name <email>`, e.g. \"Moodle Team <moodle-admins@example.edu>\""
+            )))
+        }
+    }
+}
+
+/// An absolute, normalised install path (no `.`/`..`, not `/`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct InstallDir(pub String);
+
+impl InstallDir {
+    /// The path without its leading `/`, as it appears in data.tar (`srv/moodle/html`).
+    pub fn relative(&self) -> &str {
+        self.0.trim_start_matches('/')
+    }
+}
+
+impl fmt::Display for InstallDir {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for InstallDir {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let trimmed = s.trim_end_matches('/');
+        let parts: Vec<&str> = trimmed.split('/').skip(1).collect();
+        let ok = s.starts_with('/')
+            && !parts.is_empty()
+            && parts.iter().all(|p| !p.is_empty() && *p != "." && *p != "..")
+            && !s.contains(['\n', '\\', '"', '\'', '$', '`', ' ']);
+        if ok {
+            Ok(InstallDir(trimmed.to_string()))
+        } else {
+            Err(de::Error::custom(format!(
+                "`{s}` is not an install directory; give an absolute path without `..` or spaces, e.g. \"/srv/moodle/html\""
+            )))
+        }
+    }
+}
+
+/// A frankenstyle component name (`type_name`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct Component(pub String);
+
+impl Component {
+    /// Plugin type and name: `mod_customcert` -> (`mod`, `customcert`).
+    pub fn split(&self) -> (&str, &str) {
+        self.0.split_once('_').unwrap_or((&self.0, ""))
+    }
+}
+
+impl fmt::Display for Component {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Component {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let ok = match s.split_once('_') {
+            Some((t, n)) => {
+                !t.is_empty()
+                    && !n.is_empty()
+                    && t.bytes().all(|b| b.is_ascii_lowercase())
+                    && n.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            }
+            None => false,
+        };
+        if ok {
+            Ok(Component(s))
+        } else {
+            Err(de::Error::custom(format!(
+                "`{s}` is not a frankenstyle component; write `type_name`, e.g. \"mod_customcert\""
+            )))
+        }
+    }
+}
+
+/// `"90s"`, `"2m"`, `"1h"`, `"1m30s"`, `"500ms"` as a [`Duration`]. Deliberately strict (no
+/// spaces, no words): a config is read by people at 7 a.m., and `"2 minutes"` vs `"2m"` should
+/// not be a question.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let bad = || format!("\"{s}\" is not a duration; write e.g. \"120s\"");
+    let mut rest = s;
+    let mut total = Duration::ZERO;
+    if rest.is_empty() {
+        return Err(bad());
+    }
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
+        if digits == 0 {
+            return Err(bad());
+        }
+        let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
+        rest = &rest[digits..];
+        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let millis = match &rest[..unit_len] {
+            "ms" => 1,
+            "s" => 1_000,
+            "m" => 60_000,
+            "h" => 3_600_000,
+            "d" => 86_400_000,
+            _ => return Err(bad()),
+        };
+        total += Duration::from_millis(n.checked_mul(millis).ok_or_else(bad)?);
+        rest = &rest[unit_len..];
+    }
+    Ok(total)
+}
+
+/// The compact form [`parse_duration`] reads (`"2m"`, `"90s"`, `"1500ms"`).
+pub fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms % 1000 != 0 {
+        return format!("{ms}ms");
+    }
+    let s = ms / 1000;
+    if s != 0 && s % 3600 == 0 {
+        format!("{}h", s / 3600)
+    } else if s != 0 && s % 60 == 0 {
+        format!("{}m", s / 60)
+    } else {
+        format!("{s}s")
+    }
+}
+
+mod duration_str {
+    use super::*;
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        struct V;
+        impl de::Visitor<'_> for V {
+            type Value = Duration;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a duration such as \"120s\"")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Duration, E> {
+                parse_duration(s).map_err(E::custom)
+            }
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<Duration, E> {
+                Err(E::custom(format!("{n} is not a duration; write it with a unit, e.g. \"{n}s\"")))
+            }
+        }
+        d.deserialize_any(V)
+    }
+    pub fn serialize<S: serde::Serializer>(v: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&format_duration(*v))
+    }
+}
+
+impl Config {
+    /// Reads and checks the config file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut cfg = Config::parse(&text, path)?;
+        let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        cfg.base_dir = dir.to_path_buf();
+        Ok(cfg)
+    }
+
+    /// Parses `text` (named `path` in errors).
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let invalid = |line: Option<usize>, key: String, message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            line,
+            key,
+            message,
+        };
+        let de = toml::Deserializer::parse(text).map_err(|e| {
+            invalid(e.span().map(|s| line_of(text, s.start)), String::new(), first_line(e.message()))
+        })?;
+        let mut track = serde_path_to_error::Track::new();
+        let cfg = Config::deserialize(serde_path_to_error::Deserializer::new(de, &mut track));
+        let cfg = match cfg {
+            Ok(c) => c,
+            Err(e) => {
+                let p = track.path();
+                let segs = segments(&p);
+                let line = e.span().map(|s| line_of(text, s.start));
+                let msg = first_line(e.message());
+                let (segs, msg) = match unknown_field(&msg) {
+                    Some((field, expected)) => {
+                        let mut m = format!("unknown key `{field}`");
+                        if let Some(best) = nearest(&field, &expected) {
+                            m.push_str(&format!("; did you mean `{best}`?"));
+                        } else if !expected.is_empty() {
+                            m.push_str(&format!("; valid keys: {}", expected.join(", ")));
+                        }
+                        (segs, m)
+                    }
+                    None => (segs, msg),
+                };
+                let line = line.or_else(|| locate(text, &segs));
+                return Err(invalid(line, describe(&segs), msg));
+            }
+        };
+        cfg.check(text, path)?;
+        Ok(cfg)
+    }
+
+    /// Cross-field checks that serde cannot express.
+    fn check(&self, text: &str, path: &Path) -> Result<(), ConfigError> {
+        let err = |segs: Vec<Seg>, message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            line: locate(text, &segs),
+            key: describe(&segs),
+            message,
+        };
+        use Seg::{Index as I, Key as K};
+        let k = |s: &str| K(s.to_string());
+        if self.site.description.trim().is_empty() || self.site.description.contains('\n') {
+            return Err(err(vec![k("site"), k("description")], "must be one non-empty line".into()));
+        }
+        for (i, g) in self.site.exclude.iter().enumerate() {
+            if let Err(e) = globset::Glob::new(g) {
+                return Err(err(vec![k("site"), k("exclude"), I(i)], format!("`{g}` is not a glob: {e}")));
+            }
+        }
+        for (i, d) in self.site.depends.iter().enumerate() {
+            if d.trim().is_empty() || d.contains(['\n', ',']) {
+                return Err(err(
+                    vec![k("site"), k("depends"), I(i)],
+                    format!("`{d}` is not one dependency; write one per list item, e.g. \"php8.2-fpm | php-fpm\""),
+                ));
+            }
+        }
+        if let Some(t) = self.site.config_php_target() {
+            if !t.starts_with('/') || t.contains(['\'', '\\', '\n']) {
+                return Err(err(
+                    vec![k("site"), k("config_php")],
+                    format!("`{t}` must be an absolute path, e.g. \"/etc/moodle/config.php\""),
+                ));
+            }
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, p) in self.plugins.iter().enumerate() {
+            if !seen.insert(p.component.0.clone()) {
+                return Err(err(
+                    vec![k("plugins"), I(i), k("component")],
+                    format!("`{}` is listed twice", p.component),
+                ));
+            }
+        }
+        if self.roll.batch == 0 {
+            return Err(err(vec![k("roll"), k("batch")], "must be at least 1".into()));
+        }
+        if let Some(apt) = &self.apt {
+            if apt.keep == 0 {
+                return Err(err(vec![k("apt"), k("keep")], "must be at least 1".into()));
+            }
+        }
+        let mut names = std::collections::BTreeSet::new();
+        let mut servers = std::collections::BTreeSet::new();
+        for (i, n) in self.nodes.iter().enumerate() {
+            if !names.insert(n.name.clone()) {
+                return Err(err(vec![k("nodes"), I(i), k("name")], format!("`{}` is used by two nodes", n.name)));
+            }
+            if n.role == Role::Web {
+                if n.http.is_none() {
+                    return Err(err(
+                        vec![k("nodes"), I(i)],
+                        format!("web node `{}` needs `http`, the base URL of its health check", n.name),
+                    ));
+                }
+                if !servers.insert(n.server_name().to_string()) {
+                    return Err(err(
+                        vec![k("nodes"), I(i), k("server")],
+                        format!("server `{}` is used by two nodes", n.server_name()),
+                    ));
+                }
+            }
+            if let Some(h) = &n.http {
+                if !(h.starts_with("http://") || h.starts_with("https://")) {
+                    return Err(err(
+                        vec![k("nodes"), I(i), k("http")],
+                        format!("`{h}` is not an http(s) URL, e.g. \"http://web1.example.edu\""),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// `[deploy] repo`, resolved against the config file's folder.
+    pub fn deploy_repo(&self) -> PathBuf {
+        self.base_dir.join(&self.deploy.repo)
+    }
+}
+
+/// A step in a key path.
+#[derive(Debug, Clone)]
+enum Seg {
+    Key(String),
+    Index(usize),
+}
+
+fn segments(p: &serde_path_to_error::Path) -> Vec<Seg> {
+    use serde_path_to_error::Segment;
+    p.iter()
+        .filter_map(|s| match s {
+            Segment::Map { key } => Some(Seg::Key(key.clone())),
+            Segment::Seq { index } => Some(Seg::Index(*index)),
+            Segment::Enum { variant } => Some(Seg::Key(variant.clone())),
+            Segment::Unknown => None,
+        })
+        .collect()
+}
+
+/// `[roll] drain_timeout`, `[[nodes]] #2 ssh`, `[site]`.
+fn describe(segs: &[Seg]) -> String {
+    let mut out = String::new();
+    let mut rest = segs;
+    if let Some(Seg::Key(table)) = segs.first() {
+        match segs.get(1) {
+            Some(Seg::Index(i)) => {
+                out = format!("[[{table}]] #{}", i + 1);
+                rest = &segs[2..];
+            }
+            _ if segs.len() > 1 || matches!(table.as_str(), "site" | "upstream" | "deploy" | "apt" | "ssh" | "roll") => {
+                out = format!("[{table}]");
+                rest = &segs[1..];
+            }
+            _ => {}
+        }
+    }
+    let mut tail = String::new();
+    for s in rest {
+        match s {
+            Seg::Key(k) => {
+                if !tail.is_empty() {
+                    tail.push('.');
+                }
+                tail.push_str(k);
+            }
+            Seg::Index(i) => tail.push_str(&format!("[{i}]")),
+        }
+    }
+    match (out.is_empty(), tail.is_empty()) {
+        (true, _) => tail,
+        (false, true) => out,
+        (false, false) => format!("{out} {tail}"),
+    }
+}
+
+/// The line of the value (or, failing that, the key) at `segs`, found in the document's spans.
+fn locate(text: &str, segs: &[Seg]) -> Option<usize> {
+    let doc = toml::de::DeTable::parse(text).ok()?;
+    let mut table = doc.get_ref();
+    let mut last_line = None;
+    let mut value: Option<&toml::Spanned<toml::de::DeValue>> = None;
+    for s in segs {
+        let next = match (s, value) {
+            (Seg::Key(k), None) => table.iter().find(|(key, _)| key.get_ref() == k).map(|(key, v)| {
+                last_line = Some(line_of(text, key.span().start));
+                v
+            }),
+            (seg, Some(v)) => {
+                let got = match seg {
+                    Seg::Key(k) => v.get_ref().get(k.as_str()),
+                    Seg::Index(i) => v.get_ref().get(*i),
+                };
+                if let Some(g) = got {
+                    last_line = Some(line_of(text, g.span().start));
+                }
+                got
+            }
+            (Seg::Index(_), None) => None,
+        };
+        match next {
+            Some(v) => value = Some(v),
+            None => return last_line,
+        }
+        let _ = &mut table;
+    }
+    value.map(|v| line_of(text, v.span().start)).or(last_line)
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())].iter().filter(|&&b| b == b'\n').count() + 1
+}
+
+fn first_line(s: &str) -> String {
+    s.lines().next().unwrap_or("").trim().to_string()
+}
+
+/// Picks apart serde's "unknown field `x`, expected one of `a`, `b`" message.
+fn unknown_field(msg: &str) -> Option<(String, Vec<String>)> {
+    let rest = msg.strip_prefix("unknown field `")?;
+    let (field, tail) = rest.split_once('`')?;
+    let expected = tail.split('`').skip(1).step_by(2).map(str::to_string).collect();
+    Some((field.to_string(), expected))
+}
+
+/// The valid key closest to a misspelt one, when it is close enough to be a likely typo.
+fn nearest(field: &str, expected: &[String]) -> Option<String> {
+    expected
+        .iter()
+        .map(|e| (strsim::damerau_levenshtein(field, e), e))
+        .filter(|(d, e)| *d <= 2.max(e.len() / 3))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, e)| e.clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: &str = r#"
+[site]
+package = "moodle-site"
+maintainer = "Moodle Team <moodle-admins@example.edu>"
+description = "Moodle code"
+install_dir = "/srv/moodle/html"
+"#;
+
+    fn parse(extra: &str) -> Result<Config, String> {
+        Config::parse(&format!("{MIN}{extra}"), Path::new("moodle-release.toml")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn minimal_config_fills_defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(c.roll.batch, 1);
+        assert_eq!(c.roll.drain_timeout, Duration::from_secs(120));
+        assert_eq!(c.deploy.branch, "deploy");
+        assert_eq!(c.site.config_php_target().as_deref(), Some("/etc/moodle-site/config.php"));
+    }
+
+    #[test]
+    fn bad_duration_names_line_and_key() {
+        let e = parse("[roll]\nbatch = 2\ndrain_timeout = \"2 minutes\"\n").unwrap_err();
+        assert_eq!(
+            e,
+            "moodle-release.toml:9: [roll] drain_timeout: \"2 minutes\" is not a duration; write e.g. \"120s\""
+        );
+    }
+
+    #[test]
+    fn durations_accept_units() {
+        for (s, secs) in [("90s", 90), ("2m", 120), ("1h", 3600), ("1m30s", 90)] {
+            assert_eq!(parse_duration(s).unwrap(), Duration::from_secs(secs), "{s}");
+        }
+        assert!(parse_duration("90").is_err());
+        assert!(parse_duration("2 minutes").is_err());
+        assert!(parse_duration("1.5s").is_err());
+        assert_eq!(format_duration(Duration::from_secs(120)), "2m");
+        assert_eq!(format_duration(Duration::from_secs(90)), "90s");
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn unknown_key_suggests_nearest() {
+        let e = parse("[roll]\ndrain_timout = \"10s\"\n").unwrap_err();
+        assert_eq!(e, "moodle-release.toml:8: [roll] drain_timout: unknown key `drain_timout`; did you mean `drain_timeout`?");
+        let e = parse("[rol]\nbatch = 1\n").unwrap_err();
+        assert!(e.contains("unknown key `rol`; did you mean `roll`?"), "{e}");
+    }
+
+    #[test]
+    fn array_table_errors_name_the_entry() {
+        let e = parse("[[nodes]]\nname = \"web1\"\nssh = \"web1\"\nhttp = \"http://web1\"\n[[nodes]]\nname = \"web2\"\nssh = \"web2\"\nrole = \"db\"\n")
+            .unwrap_err();
+        assert!(e.starts_with("moodle-release.toml:14: [[nodes]] #2 role:"), "{e}");
+        let e = parse("[[nodes]]\nname = \"web1\"\nssh = \"web1\"\n").unwrap_err();
+        assert!(e.starts_with("moodle-release.toml:7: [[nodes]] #1: web node `web1` needs `http`"), "{e}");
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        assert!(parse("").is_ok());
+        let e = Config::parse(&MIN.replace("moodle-site", "Moodle Site"), Path::new("m.toml")).unwrap_err();
+        assert!(e.to_string().starts_with("m.toml:3: [site] package: `Moodle Site` is not a Debian package name"), "{e}");
+        let e = Config::parse(&MIN.replace("/srv/moodle/html", "srv/../x"), Path::new("m.toml")).unwrap_err();
+        assert!(e.to_string().contains("[site] install_dir"), "{e}");
+        let e = parse("[[lb]]\nname = \"lb1\"\nsocket = \"http://x\"\nbackend = \"b\"\n").unwrap_err();
+        assert!(e.contains("[[lb]] #1 socket: `http://x` is not a socket"), "{e}");
+    }
+
+    #[test]
+    fn syntax_error_names_line() {
+        let e = parse("[roll\nbatch = 2\n").unwrap_err();
+        assert!(e.starts_with("moodle-release.toml:7:"), "{e}");
+    }
+
+    #[test]
+    fn socket_forms() {
+        assert_eq!("unix:/run/h.sock".parse::<Socket>().unwrap(), Socket::Unix("/run/h.sock".into()));
+        assert_eq!("tcp:10.0.0.12:9999".parse::<Socket>().unwrap(), Socket::Tcp("10.0.0.12".into(), 9999));
+        assert!("tcp:host".parse::<Socket>().is_err());
+    }
+}

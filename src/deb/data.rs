@@ -1,0 +1,308 @@
+//! `data.tar.*`, streamed and compressed on every core, byte-identical whatever the thread count.
+//!
+//! The entry list is cut into pieces at entry boundaries, by a rule that depends only on the
+//! entries (count and sizes), never on timing. Each worker reads its piece's files (from git
+//! objects or the disk), hashes them for `md5sums`, writes their tar headers and content into
+//! its own compressor, and hands back the compressed piece. A writer puts the pieces into the
+//! output in order. dpkg reads a member made of concatenated gzip members, xz streams or zstd
+//! frames when each cut falls between tar entries (measured: DOMAIN.md), so the result is one
+//! valid `data.tar.*`. A fixed number of pieces is ever in flight, so memory stays bounded
+//! however large the tree is.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::Arc;
+
+use md5::{Digest, Md5};
+
+use super::compress::Compression;
+use super::tar::{padding, write_header, EntryKind, END};
+use crate::report::Reporter;
+use crate::source::{Entry, Source, SourceError};
+
+/// A piece is cut once it holds this many bytes of content...
+const PIECE_BYTES: u64 = 4 << 20;
+/// ... or this many entries.
+const PIECE_ENTRIES: usize = 2048;
+
+/// What an entry of data.tar holds.
+#[derive(Debug, Clone)]
+pub enum Content {
+    Dir,
+    /// A file or symlink of the source tree.
+    Tree(Entry),
+    /// A generated file.
+    File(Arc<Vec<u8>>),
+}
+
+/// One entry of data.tar.
+#[derive(Debug, Clone)]
+pub struct DataEntry {
+    /// Path in the package without the leading `./` (`srv/moodle/html/index.php`).
+    pub path: Vec<u8>,
+    pub content: Content,
+    /// Permission bits.
+    pub mode: u32,
+}
+
+impl DataEntry {
+    fn is_dir(&self) -> bool {
+        matches!(self.content, Content::Dir)
+    }
+
+    fn size_hint(&self) -> u64 {
+        match &self.content {
+            Content::Dir => 0,
+            Content::Tree(e) => e.size,
+            Content::File(d) => d.len() as u64,
+        }
+    }
+
+    /// The key entries are sorted by (see [`crate::source::sort_key`]).
+    pub fn sort_key(&self) -> Vec<u8> {
+        crate::source::sort_key(&self.path, self.is_dir())
+    }
+}
+
+/// What writing data.tar found out, for the control member.
+#[derive(Debug, Default)]
+pub struct DataSummary {
+    /// `md5sums`, in data.tar order.
+    pub md5sums: Vec<u8>,
+    /// Installed-Size in KiB, computed as dpkg-gencontrol does.
+    pub installed_kib: u64,
+    /// Regular files.
+    pub files: u64,
+    /// Bytes of content before compression.
+    pub content_bytes: u64,
+    /// Bytes written.
+    pub compressed_bytes: u64,
+}
+
+/// Writing data.tar failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DataError {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error("writing the package: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("a worker thread stopped unexpectedly")]
+    Worker,
+}
+
+struct Piece {
+    index: usize,
+    bytes: Vec<u8>,
+    md5sums: Vec<u8>,
+    installed_kib: u64,
+    files: u64,
+    content_bytes: u64,
+    entries: u64,
+}
+
+/// Cuts `entries` into pieces: `(start, end)` ranges.
+fn pieces(entries: &[DataEntry]) -> Vec<(usize, usize)> {
+    let mut out = Vec::new();
+    let (mut start, mut bytes) = (0, 0u64);
+    for (i, e) in entries.iter().enumerate() {
+        bytes += e.size_hint();
+        if bytes >= PIECE_BYTES || i + 1 - start >= PIECE_ENTRIES {
+            out.push((start, i + 1));
+            start = i + 1;
+            bytes = 0;
+        }
+    }
+    if start < entries.len() {
+        out.push((start, entries.len()));
+    }
+    out
+}
+
+/// Writes the compressed data.tar of `entries` (already sorted) to `out`, using `threads`
+/// workers. Reports progress in entries.
+pub fn write(
+    entries: &[DataEntry],
+    source: &Source,
+    compression: Compression,
+    mtime: u64,
+    threads: usize,
+    out: &mut impl Write,
+    reporter: &dyn Reporter,
+) -> Result<DataSummary, DataError> {
+    let ranges = pieces(entries);
+    let threads = threads.max(1);
+    // At most this many pieces exist at once (queued, being compressed, or waiting to be
+    // written in order): memory is bounded by it.
+    let window = 2 * threads + 2;
+    let total = entries.len() as u64;
+    std::thread::scope(|s| -> Result<DataSummary, DataError> {
+        let (job_tx, job_rx) = sync_channel::<usize>(threads);
+        let job_rx = Arc::new(std::sync::Mutex::new(job_rx));
+        let (res_tx, res_rx) = sync_channel::<Result<Piece, DataError>>(window);
+        let (tok_tx, tok_rx) = sync_channel::<()>(window);
+        for _ in 0..window {
+            tok_tx.send(()).map_err(|_| DataError::Worker)?;
+        }
+        for _ in 0..threads {
+            let job_rx = Arc::clone(&job_rx);
+            let res_tx = res_tx.clone();
+            let ranges = &ranges;
+            s.spawn(move || worker(entries, ranges, source, compression, mtime, &job_rx, &res_tx));
+        }
+        drop(res_tx);
+        // The dispatcher hands out pieces in order, one token each; the writer gives a token
+        // back when it has written a piece.
+        let n = ranges.len();
+        s.spawn(move || {
+            for i in 0..n {
+                if tok_rx.recv().is_err() || job_tx.send(i).is_err() {
+                    return;
+                }
+            }
+        });
+        let result = collect(n, &res_rx, &tok_tx, out, total, reporter);
+        drop(tok_tx);
+        // Drain so that workers blocked on a full channel can finish after an error.
+        while res_rx.recv().is_ok() {}
+        let mut summary = result?;
+        let end = super::compress::compress(compression, &END)?;
+        out.write_all(&end)?;
+        summary.compressed_bytes += end.len() as u64;
+        Ok(summary)
+    })
+}
+
+fn collect(
+    n: usize,
+    res_rx: &Receiver<Result<Piece, DataError>>,
+    tok_tx: &SyncSender<()>,
+    out: &mut impl Write,
+    total: u64,
+    reporter: &dyn Reporter,
+) -> Result<DataSummary, DataError> {
+    let mut summary = DataSummary::default();
+    let mut waiting = BTreeMap::new();
+    let mut next = 0;
+    let mut done = 0u64;
+    while next < n {
+        let piece = res_rx.recv().map_err(|_| DataError::Worker)??;
+        waiting.insert(piece.index, piece);
+        while let Some(p) = waiting.remove(&next) {
+            out.write_all(&p.bytes)?;
+            summary.md5sums.extend_from_slice(&p.md5sums);
+            summary.installed_kib += p.installed_kib;
+            summary.files += p.files;
+            summary.content_bytes += p.content_bytes;
+            summary.compressed_bytes += p.bytes.len() as u64;
+            done += p.entries;
+            reporter.progress(done, total);
+            next += 1;
+            let _ = tok_tx.send(());
+        }
+    }
+    Ok(summary)
+}
+
+fn worker(
+    entries: &[DataEntry],
+    ranges: &[(usize, usize)],
+    source: &Source,
+    compression: Compression,
+    mtime: u64,
+    jobs: &std::sync::Mutex<Receiver<usize>>,
+    results: &SyncSender<Result<Piece, DataError>>,
+) {
+    let reader = match source.reader() {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = results.send(Err(e.into()));
+            return;
+        }
+    };
+    loop {
+        let job = match jobs.lock() {
+            Ok(rx) => rx.recv(),
+            Err(_) => return,
+        };
+        let Ok(index) = job else { return };
+        let (a, b) = ranges[index];
+        let r = piece(&entries[a..b], &reader, compression, mtime).map(|mut p| {
+            p.index = index;
+            p
+        });
+        let failed = r.is_err();
+        if results.send(r).is_err() || failed {
+            return;
+        }
+    }
+}
+
+fn piece(entries: &[DataEntry], reader: &crate::source::Reader, compression: Compression, mtime: u64) -> Result<Piece, DataError> {
+    let mut enc = compression.encoder(Vec::with_capacity(1 << 20))?;
+    let mut p = Piece {
+        index: 0,
+        bytes: Vec::new(),
+        md5sums: Vec::new(),
+        installed_kib: 0,
+        files: 0,
+        content_bytes: 0,
+        entries: entries.len() as u64,
+    };
+    for e in entries {
+        let mut file = |data: &[u8], enc: &mut super::compress::Encoder| -> std::io::Result<()> {
+            let len = data.len() as u64;
+            write_header(enc, &e.path, EntryKind::File, e.mode, len, mtime)?;
+            enc.write_all(data)?;
+            enc.write_all(padding(len))?;
+            p.md5sums.extend_from_slice(hex::encode(Md5::digest(data)).as_bytes());
+            p.md5sums.extend_from_slice(b"  ");
+            p.md5sums.extend_from_slice(&e.path);
+            p.md5sums.push(b'\n');
+            p.installed_kib += len.div_ceil(1024);
+            p.files += 1;
+            p.content_bytes += len;
+            Ok(())
+        };
+        match &e.content {
+            Content::Dir => {
+                write_header(&mut enc, &e.path, EntryKind::Dir, e.mode, 0, mtime)?;
+                p.installed_kib += 1;
+            }
+            Content::File(data) => file(data, &mut enc)?,
+            Content::Tree(t) => match t.kind {
+                crate::source::Kind::Symlink => {
+                    let target = reader.read(t)?;
+                    write_header(&mut enc, &e.path, EntryKind::Symlink(&target), 0o777, 0, mtime)?;
+                    p.installed_kib += (target.len() as u64).div_ceil(1024);
+                }
+                _ => reader.with(t, |data| file(data, &mut enc))??,
+            },
+        }
+    }
+    p.bytes = enc.finish()?;
+    Ok(p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pieces_cover_everything_in_order() {
+        let e = |size: usize| DataEntry {
+            path: b"x".to_vec(),
+            content: Content::File(Arc::new(vec![0; size])),
+            mode: 0o644,
+        };
+        let mut v: Vec<DataEntry> = (0..5000).map(|_| e(10)).collect();
+        v.push(e(5 << 20));
+        v.push(e(1));
+        let p = pieces(&v);
+        assert_eq!(p.first().unwrap().0, 0);
+        assert_eq!(p.last().unwrap().1, v.len());
+        assert!(p.windows(2).all(|w| w[0].1 == w[1].0));
+        assert_eq!(p[0], (0, 2048));
+        assert!(p.contains(&(4096, 5001)), "{p:?}");
+    }
+}

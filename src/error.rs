@@ -1,0 +1,45 @@
+//! The top-level error and the exit codes a pipeline can act on.
+//!
+//! | code | meaning |
+//! |------|---------|
+//! | 0 | done |
+//! | 1 | failed (a build, a fetch, a node) |
+//! | 2 | usage or config error, or a command not available yet |
+//! | 3 | refused for safety (e.g. a held lock) |
+
+use crate::build::BuildError;
+use crate::config::ConfigError;
+
+/// Everything a command can fail with.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    #[error("`moodle-release {0}` is not available yet in this version")]
+    NotYet(&'static str),
+    #[error("{0}")]
+    Usage(String),
+    #[error("writing the result failed: {0}")]
+    Output(#[from] std::io::Error),
+}
+
+impl Error {
+    /// The process exit code for this error.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Error::Config(_) | Error::NotYet(_) | Error::Usage(_) => 2,
+            Error::Build(_) | Error::Output(_) => 1,
+        }
+    }
+
+    /// What to do next, where there is something useful to say.
+    pub fn hint(&self) -> Option<&'static str> {
+        match self {
+            Error::NotYet(_) => Some("this release of moodle-release implements `build` and `config check`"),
+            Error::Config(ConfigError::Read { .. }) => Some("give the config file with --config PATH (default: ./moodle-release.toml)"),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,110 @@
+//! Runs one command line: turns the clap types into plain options, calls the library, and
+//! writes the result on stdout (a path, or JSON with `--json`).
+
+use std::io::Write;
+
+use crate::build::{self, BuildOptions, Input};
+use crate::cli::{Cli, Command, CompressionArg, ConfigCommand};
+use crate::config::Config;
+use crate::deb::Compression;
+use crate::report::Reporter;
+use crate::Error;
+
+/// Runs `cli`, reporting progress to `reporter` and results to `out`.
+pub fn run(cli: Cli, reporter: &dyn Reporter, out: &mut dyn Write) -> Result<(), Error> {
+    match cli.command {
+        Command::Merge(_) => Err(Error::NotYet("merge")),
+        Command::Publish(_) => Err(Error::NotYet("publish")),
+        Command::Roll(_) => Err(Error::NotYet("roll")),
+        Command::Rollback(_) => Err(Error::NotYet("rollback")),
+        Command::Status(_) => Err(Error::NotYet("status")),
+        Command::Config(ConfigCommand::Check) => {
+            let cfg = Config::load(&cli.config)?;
+            if cli.json {
+                serde_json::to_writer_pretty(&mut *out, &resolved(&cfg)).map_err(std::io::Error::from)?;
+                writeln!(out)?;
+            } else {
+                let text = toml::to_string_pretty(&resolved(&cfg)).map_err(|e| Error::Usage(e.to_string()))?;
+                writeln!(out, "# {}: valid; resolved values, defaults filled in", cli.config.display())?;
+                write!(out, "{text}")?;
+            }
+            Ok(())
+        }
+        Command::Build(a) => {
+            let cfg = Config::load(&cli.config)?;
+            let opts = BuildOptions {
+                input: match (a.r#ref, a.dir) {
+                    (Some(r), _) => Input::Ref(r),
+                    (None, Some(d)) => Input::Dir(d),
+                    (None, None) => Input::DeployBranch,
+                },
+                out_dir: a.out,
+                compression: match a.compression {
+                    CompressionArg::Gzip => Compression::Gzip,
+                    CompressionArg::Zstd => Compression::Zstd,
+                    CompressionArg::Xz => Compression::Xz,
+                },
+                build_number: a.build_number,
+                jobs: a.jobs.filter(|&j| j > 0),
+                source_date_epoch: build::source_date_epoch_from_env()?,
+            };
+            let started = std::time::Instant::now();
+            let built = build::build(&cfg, &opts, reporter)?;
+            if cli.json {
+                serde_json::to_writer(&mut *out, &built).map_err(std::io::Error::from)?;
+                writeln!(out)?;
+            } else {
+                eprintln!(
+                    "built {} {} (Moodle {}, {} plugins): {} files, {:.1} MB -> {:.1} MB in {:.1}s",
+                    built.package,
+                    built.version,
+                    built.site.core.release,
+                    built.site.plugins.len(),
+                    built.files,
+                    built.content_bytes as f64 / 1e6,
+                    built.size as f64 / 1e6,
+                    started.elapsed().as_secs_f64()
+                );
+                writeln!(out, "{}", built.path.display())?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The config with every derived value spelled out.
+fn resolved(cfg: &Config) -> serde_json::Value {
+    let mut v = serde_json::to_value(cfg).unwrap_or_default();
+    if let Some(site) = v.get_mut("site").and_then(|s| s.as_object_mut()) {
+        site.insert("config_php".into(), cfg.site.config_php_target().unwrap_or_default().into());
+    }
+    if let Some(plugins) = v.get_mut("plugins").and_then(|p| p.as_array_mut()) {
+        for (p, c) in plugins.iter_mut().zip(&cfg.plugins) {
+            if let Some(o) = p.as_object_mut() {
+                if o.get("path").is_none_or(|x| x.is_null()) {
+                    o.insert("path".into(), crate::moodle::default_plugin_path(&c.component).into());
+                }
+            }
+        }
+    }
+    if let Some(nodes) = v.get_mut("nodes").and_then(|p| p.as_array_mut()) {
+        for (n, c) in nodes.iter_mut().zip(&cfg.nodes) {
+            if let Some(o) = n.as_object_mut() {
+                o.insert("server".into(), c.server_name().into());
+            }
+        }
+    }
+    strip_nulls(&mut v);
+    v
+}
+
+fn strip_nulls(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(o) => {
+            o.retain(|_, x| !x.is_null());
+            o.values_mut().for_each(strip_nulls);
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(strip_nulls),
+        _ => {}
+    }
+}
