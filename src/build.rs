@@ -82,13 +82,23 @@ pub enum BuildError {
     #[error("`{path}`: {why}")]
     BadPath { path: String, why: &'static str },
     #[error("symlink `{path}` points to `{target}`, outside the install directory `{install_dir}`: the package would depend on files it does not carry")]
-    SymlinkEscape { path: String, target: String, install_dir: String },
+    SymlinkEscape {
+        path: String,
+        target: String,
+        install_dir: String,
+    },
     #[error("two entries of the package are both `{path}`")]
     Duplicate { path: String },
     #[error("cannot write to the output folder `{}`: {source}", path.display())]
-    OutDir { path: PathBuf, source: std::io::Error },
+    OutDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("writing `{}` failed: {source}; nothing was left under that name", path.display())]
-    Write { path: PathBuf, source: std::io::Error },
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("writing the package failed: {0}")]
     Data(#[from] data::DataError),
     #[error("SOURCE_DATE_EPOCH=`{0}` is not a Unix time in seconds")]
@@ -98,13 +108,23 @@ pub enum BuildError {
 /// Reads `SOURCE_DATE_EPOCH` from the environment.
 pub fn source_date_epoch_from_env() -> Result<Option<i64>, BuildError> {
     match std::env::var("SOURCE_DATE_EPOCH") {
-        Ok(v) if !v.trim().is_empty() => v.trim().parse::<i64>().ok().filter(|n| *n >= 0).map(Some).ok_or(BuildError::BadEpoch(v)),
+        Ok(v) if !v.trim().is_empty() => v
+            .trim()
+            .parse::<i64>()
+            .ok()
+            .filter(|n| *n >= 0)
+            .map(Some)
+            .ok_or(BuildError::BadEpoch(v)),
         _ => Ok(None),
     }
 }
 
 /// Builds the package described by `cfg` from `opts.input`.
-pub fn build(cfg: &Config, opts: &BuildOptions, reporter: &dyn Reporter) -> Result<Built, BuildError> {
+pub fn build(
+    cfg: &Config,
+    opts: &BuildOptions,
+    reporter: &dyn Reporter,
+) -> Result<Built, BuildError> {
     let site = &cfg.site;
     std::fs::create_dir_all(&opts.out_dir).map_err(|source| BuildError::OutDir {
         path: opts.out_dir.clone(),
@@ -121,7 +141,13 @@ pub fn build(cfg: &Config, opts: &BuildOptions, reporter: &dyn Reporter) -> Resu
             };
             let repo = cfg.deploy_repo();
             let info = source::resolve(&repo, &r)?;
-            (Source::Git { repo, commit: info.id }, Some(info))
+            (
+                Source::Git {
+                    repo,
+                    commit: info.id,
+                },
+                Some(info),
+            )
         }
     };
     let filter = Filter::new(&site.exclude);
@@ -140,25 +166,53 @@ pub fn build(cfg: &Config, opts: &BuildOptions, reporter: &dyn Reporter) -> Resu
         (None, Some(c)) => c.time.max(0),
         (None, None) => tree.iter().map(|e| e.mtime).max().unwrap_or(0).max(0),
     };
-    let build_number = opts.build_number.or(commit.as_ref().map(|c| c.first_parent_count)).unwrap_or(0);
+    let build_number = opts
+        .build_number
+        .or(commit.as_ref().map(|c| c.first_parent_count))
+        .unwrap_or(0);
     let version = info.release().debian_version(build_number, yyyymmdd(epoch));
     let package = site.package.0.clone();
     let file_name = format!("{package}_{version}_all.deb");
     let final_path = opts.out_dir.join(&file_name);
     let mtime = epoch as u64;
 
-    let entries = plan_entries(cfg, &tree, &info, &version, commit.as_ref().map(|c| c.id.to_string()), epoch)?;
+    let entries = plan_entries(
+        cfg,
+        &tree,
+        &info,
+        &version,
+        commit.as_ref().map(|c| c.id.to_string()),
+        epoch,
+    )?;
 
     let out_err = |source| BuildError::OutDir {
         path: opts.out_dir.clone(),
         source,
     };
-    let mut data_file = tempfile::Builder::new().prefix(".data.").tempfile_in(&opts.out_dir).map_err(out_err)?;
-    reporter.step(&format!("writing data.tar.{}", opts.compression.extension()));
-    let threads = opts.jobs.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    let mut data_file = tempfile::Builder::new()
+        .prefix(".data.")
+        .tempfile_in(&opts.out_dir)
+        .map_err(out_err)?;
+    reporter.step(&format!(
+        "writing data.tar.{}",
+        opts.compression.extension()
+    ));
+    let threads = opts.jobs.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    });
     let summary = {
         let mut w = std::io::BufWriter::with_capacity(1 << 20, data_file.as_file_mut());
-        let s = data::write(&entries, &src, opts.compression, mtime, threads, &mut w, reporter)?;
+        let s = data::write(
+            &entries,
+            &src,
+            opts.compression,
+            mtime,
+            threads,
+            &mut w,
+            reporter,
+        )?;
         w.flush().map_err(|source| BuildError::Write {
             path: final_path.clone(),
             source,
@@ -167,7 +221,13 @@ pub fn build(cfg: &Config, opts: &BuildOptions, reporter: &dyn Reporter) -> Resu
     };
     reporter.step_done();
 
-    let control = control_fields(cfg, &info, &version, summary.installed_kib, commit.as_ref().map(|c| c.id.to_string()));
+    let control = control_fields(
+        cfg,
+        &info,
+        &version,
+        summary.installed_kib,
+        commit.as_ref().map(|c| c.id.to_string()),
+    );
     let install_dir = site.install_dir.0.clone();
     let config_php = site.config_php_target().unwrap_or_default();
     let vars = [
@@ -176,23 +236,45 @@ pub fn build(cfg: &Config, opts: &BuildOptions, reporter: &dyn Reporter) -> Resu
         ("install_dir", install_dir.as_str()),
         ("config_php", config_php.as_str()),
     ];
-    let scripts: Vec<(&str, String)> = control::SCRIPTS.iter().map(|t| (t.name, control::render(t.text, &vars))).collect();
+    let scripts: Vec<(&str, String)> = control::SCRIPTS
+        .iter()
+        .map(|t| (t.name, control::render(t.text, &vars)))
+        .collect();
     let write_err = |source| BuildError::Write {
         path: final_path.clone(),
         source,
     };
-    let control_tar = control::control_tar(&control.to_text(), &summary.md5sums, &scripts, opts.compression, mtime).map_err(write_err)?;
+    let control_tar = control::control_tar(
+        &control.to_text(),
+        &summary.md5sums,
+        &scripts,
+        opts.compression,
+        mtime,
+    )
+    .map_err(write_err)?;
 
-    let mut deb_file = tempfile::Builder::new().prefix(&format!(".{file_name}.")).tempfile_in(&opts.out_dir).map_err(out_err)?;
-    deb::assemble(deb_file.as_file_mut(), &control_tar, data_file.as_file_mut(), opts.compression, mtime).map_err(write_err)?;
+    let mut deb_file = tempfile::Builder::new()
+        .prefix(&format!(".{file_name}."))
+        .tempfile_in(&opts.out_dir)
+        .map_err(out_err)?;
+    deb::assemble(
+        deb_file.as_file_mut(),
+        &control_tar,
+        data_file.as_file_mut(),
+        opts.compression,
+        mtime,
+    )
+    .map_err(write_err)?;
     drop(data_file);
     deb_file.as_file().sync_all().map_err(write_err)?;
     let (sha256, size) = hash_file(deb_file.path()).map_err(write_err)?;
     set_mode_0644(deb_file.path()).map_err(write_err)?;
-    deb_file.persist(&final_path).map_err(|e| BuildError::Write {
-        path: final_path.clone(),
-        source: e.error,
-    })?;
+    deb_file
+        .persist(&final_path)
+        .map_err(|e| BuildError::Write {
+            path: final_path.clone(),
+            source: e.error,
+        })?;
     Ok(Built {
         path: final_path,
         package,
@@ -227,7 +309,11 @@ fn hash_file(p: &Path) -> std::io::Result<(String, u64)> {
 }
 
 /// Refuses names dpkg cannot carry and symlinks that leave the install directory.
-fn check_paths(tree: &[Entry], reader: &source::Reader, install_dir: &str) -> Result<(), BuildError> {
+fn check_paths(
+    tree: &[Entry],
+    reader: &source::Reader,
+    install_dir: &str,
+) -> Result<(), BuildError> {
     for e in tree {
         let shown = || String::from_utf8_lossy(&e.path).into_owned();
         if e.path.iter().any(|&b| b == b'\n' || b == b'\r') {
@@ -236,7 +322,9 @@ fn check_paths(tree: &[Entry], reader: &source::Reader, install_dir: &str) -> Re
                 why: "a file name with a line break cannot be carried by dpkg (its file lists are one path per line); rename it",
             });
         }
-        if install_dir.len() + 1 + e.path.len() > MAX_PATH || e.path.split(|&b| b == b'/').any(|c| c.len() > MAX_NAME) {
+        if install_dir.len() + 1 + e.path.len() > MAX_PATH
+            || e.path.split(|&b| b == b'/').any(|c| c.len() > MAX_NAME)
+        {
             return Err(BuildError::BadPath {
                 path: shown(),
                 why: "the path is longer than a filesystem allows (255 bytes a name, 4095 in all); rename it",
@@ -289,7 +377,14 @@ fn symlink_stays_inside(path: &[u8], target: &[u8], install_dir: &str) -> bool {
 
 /// Every entry of data.tar, sorted: the tree under install_dir, the config.php stub, the docs
 /// and the metadata, and every parent folder.
-fn plan_entries(cfg: &Config, tree: &[Entry], info: &SiteInfo, version: &str, commit: Option<String>, epoch: i64) -> Result<Vec<DataEntry>, BuildError> {
+fn plan_entries(
+    cfg: &Config,
+    tree: &[Entry],
+    info: &SiteInfo,
+    version: &str,
+    commit: Option<String>,
+    epoch: i64,
+) -> Result<Vec<DataEntry>, BuildError> {
     let site = &cfg.site;
     let pkg = site.package.0.as_str();
     let base = site.install_dir.relative().as_bytes().to_vec();
@@ -308,7 +403,11 @@ fn plan_entries(cfg: &Config, tree: &[Entry], info: &SiteInfo, version: &str, co
         };
         entries.push(DataEntry {
             path: under(&e.path),
-            content: if e.kind == Kind::Dir { Content::Dir } else { Content::Tree(e.clone()) },
+            content: if e.kind == Kind::Dir {
+                Content::Dir
+            } else {
+                Content::Tree(e.clone())
+            },
             mode,
         });
     }
@@ -317,16 +416,29 @@ fn plan_entries(cfg: &Config, tree: &[Entry], info: &SiteInfo, version: &str, co
         let setup = format!("{}/{}lib/setup.php", site.install_dir, setup_prefix(tree));
         let text = control::render(
             control::CONFIG_PHP,
-            &[("package", pkg), ("config_php", &target), ("setup_php", &setup)],
+            &[
+                ("package", pkg),
+                ("config_php", &target),
+                ("setup_php", &setup),
+            ],
         );
         generated.push((under(b"config.php"), text.into_bytes()));
     }
     let doc = format!("usr/share/doc/{pkg}");
-    let vars = [("package", pkg), ("install_dir", site.install_dir.0.as_str())];
-    generated.push((format!("{doc}/copyright").into_bytes(), control::render(control::COPYRIGHT, &vars).into_bytes()));
+    let vars = [
+        ("package", pkg),
+        ("install_dir", site.install_dir.0.as_str()),
+    ];
+    generated.push((
+        format!("{doc}/copyright").into_bytes(),
+        control::render(control::COPYRIGHT, &vars).into_bytes(),
+    ));
     let changelog = changelog(cfg, info, version, commit.as_deref(), epoch);
     let gz = {
-        let mut e = flate2::GzBuilder::new().mtime(0).operating_system(3).write(Vec::new(), flate2::Compression::best());
+        let mut e = flate2::GzBuilder::new()
+            .mtime(0)
+            .operating_system(3)
+            .write(Vec::new(), flate2::Compression::best());
         e.write_all(changelog.as_bytes()).and_then(|_| e.finish())
     }
     .map_err(|source| BuildError::Write {
@@ -334,7 +446,10 @@ fn plan_entries(cfg: &Config, tree: &[Entry], info: &SiteInfo, version: &str, co
         source,
     })?;
     generated.push((format!("{doc}/changelog.Debian.gz").into_bytes(), gz));
-    generated.push((format!("usr/share/lintian/overrides/{pkg}").into_bytes(), lintian_overrides(cfg).into_bytes()));
+    generated.push((
+        format!("usr/share/lintian/overrides/{pkg}").into_bytes(),
+        lintian_overrides(cfg).into_bytes(),
+    ));
     let meta = serde_json::json!({
         "package": pkg,
         "version": version,
@@ -344,7 +459,13 @@ fn plan_entries(cfg: &Config, tree: &[Entry], info: &SiteInfo, version: &str, co
     });
     let mut meta = serde_json::to_vec_pretty(&meta).unwrap_or_default();
     meta.push(b'\n');
-    generated.push((metadata_path(pkg).trim_start_matches('/').as_bytes().to_vec(), meta));
+    generated.push((
+        metadata_path(pkg)
+            .trim_start_matches('/')
+            .as_bytes()
+            .to_vec(),
+        meta,
+    ));
 
     let mut dirs = BTreeSet::new();
     let add_parents = |p: &[u8], dirs: &mut BTreeSet<Vec<u8>>| {
@@ -394,7 +515,13 @@ fn setup_prefix(tree: &[Entry]) -> &'static str {
     }
 }
 
-fn control_fields(cfg: &Config, info: &SiteInfo, version: &str, installed_kib: u64, commit: Option<String>) -> Control {
+fn control_fields(
+    cfg: &Config,
+    info: &SiteInfo,
+    version: &str,
+    installed_kib: u64,
+    commit: Option<String>,
+) -> Control {
     let site = &cfg.site;
     let mut f: Vec<(String, String)> = vec![
         ("Package".into(), site.package.0.clone()),
@@ -408,18 +535,27 @@ fn control_fields(cfg: &Config, info: &SiteInfo, version: &str, installed_kib: u
     }
     f.push(("Section".into(), site.section.clone()));
     f.push(("Priority".into(), site.priority.clone()));
-    let source = commit.as_deref().map(|c| format!("git commit {c}")).unwrap_or_else(|| "a directory".into());
+    let source = commit
+        .as_deref()
+        .map(|c| format!("git commit {c}"))
+        .unwrap_or_else(|| "a directory".into());
     f.push((
         "Description".into(),
         format!(
-            "{}\nMoodle {} (version {}, branch {}) with {} plugins, installed in {}.\nBuilt by moodle-release from {}.",
+            "{}\n{}",
             site.description.trim(),
-            info.core.release,
-            info.core.version,
-            info.core.branch,
-            info.plugins.len(),
-            site.install_dir,
-            source
+            wrap(
+                &format!(
+                    "Moodle {} (version {}, branch {}) with {} plugins, installed in {}. Built by moodle-release from {}.",
+                    info.core.release,
+                    info.core.version,
+                    info.core.branch,
+                    info.plugins.len(),
+                    site.install_dir,
+                    source
+                ),
+                79
+            )
         ),
     ));
     f.push(("X-Moodle-Release".into(), info.core.release.clone()));
@@ -433,11 +569,24 @@ fn control_fields(cfg: &Config, info: &SiteInfo, version: &str, installed_kib: u
     Control { fields: f }
 }
 
-fn changelog(cfg: &Config, info: &SiteInfo, version: &str, commit: Option<&str>, epoch: i64) -> String {
-    let dist = cfg.apt.as_ref().map(|a| a.suite.clone()).unwrap_or_else(|| "unstable".into());
-    let from = commit.map(|c| format!(" from commit {c}")).unwrap_or_default();
+fn changelog(
+    cfg: &Config,
+    info: &SiteInfo,
+    version: &str,
+    commit: Option<&str>,
+    epoch: i64,
+) -> String {
+    let dist = cfg
+        .apt
+        .as_ref()
+        .map(|a| a.suite.clone())
+        .unwrap_or_else(|| "unstable".into());
+    // Debian policy wants changelog lines under 80 columns: the commit id gets its own line.
+    let from = commit
+        .map(|c| format!("\n    Source commit {c}."))
+        .unwrap_or_default();
     format!(
-        "{} ({}) {}; urgency=medium\n\n  * Moodle {} with {} plugins, built by moodle-release{}.\n\n -- {}  {}\n",
+        "{} ({}) {}; urgency=medium\n\n  * Moodle {} with {} plugins, built by moodle-release.{}\n\n -- {}  {}\n",
         cfg.site.package,
         version,
         dist,
@@ -467,6 +616,21 @@ fn lintian_overrides(cfg: &Config) -> String {
             "# The package is this site's code: it lives in {dir}, the web server's document tree, on purpose.\n{pkg}: {tag}\n"
         ));
     }
+    let php_cli = cfg
+        .site
+        .depends
+        .iter()
+        .any(|d| d.contains("php") && d.contains("cli"));
+    if !php_cli
+        && !cfg
+            .site
+            .lintian_overrides
+            .contains_key("php-script-but-no-php-cli-dep")
+    {
+        s.push_str(&format!(
+            "# Moodle's CLI scripts run with the PHP the node already has for the site; name a php-cli in [site] depends to drop this.\n{pkg}: php-script-but-no-php-cli-dep\n"
+        ));
+    }
     for (tag, reason) in &cfg.site.lintian_overrides {
         s.push_str(&format!("# {}\n{pkg}: {tag}\n", reason.replace('\n', " ")));
     }
@@ -476,7 +640,9 @@ fn lintian_overrides(cfg: &Config) -> String {
 /// `Mon, 22 Apr 2024 10:00:00 +0000`.
 fn rfc2822(epoch: i64) -> String {
     const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
     let d = yyyymmdd(epoch);
     let secs = epoch.rem_euclid(86_400);
     format!(
@@ -489,6 +655,26 @@ fn rfc2822(epoch: i64) -> String {
         secs % 3600 / 60,
         secs % 60
     )
+}
+
+/// Wraps text at word boundaries to lines of at most `width` characters (Debian policy wants the
+/// extended description under 80 columns); a word longer than `width` gets a line of its own.
+fn wrap(text: &str, width: usize) -> String {
+    let mut out = String::new();
+    let mut line = String::new();
+    for word in text.split_whitespace() {
+        if !line.is_empty() && line.len() + 1 + word.len() > width {
+            out.push_str(&line);
+            out.push('\n');
+            line.clear();
+        }
+        if !line.is_empty() {
+            line.push(' ');
+        }
+        line.push_str(word);
+    }
+    out.push_str(&line);
+    out
 }
 
 #[cfg(test)]

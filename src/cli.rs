@@ -11,7 +11,12 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 #[command(name = "moodle-release", version, about, max_term_width = 100)]
 pub struct Cli {
     /// The config file.
-    #[arg(long, global = true, default_value = "moodle-release.toml", value_name = "PATH")]
+    #[arg(
+        long,
+        global = true,
+        default_value = "moodle-release.toml",
+        value_name = "PATH"
+    )]
     pub config: PathBuf,
     /// Print the result as JSON on stdout (for CI jobs).
     #[arg(long, global = true)]

@@ -344,7 +344,9 @@ impl fmt::Display for Socket {
 impl std::str::FromStr for Socket {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || format!("`{s}` is not a socket; write `unix:/run/haproxy/admin.sock` or `tcp:127.0.0.1:9999`");
+        let bad = || {
+            format!("`{s}` is not a socket; write `unix:/run/haproxy/admin.sock` or `tcp:127.0.0.1:9999`")
+        };
         if let Some(p) = s.strip_prefix("unix:") {
             if p.is_empty() {
                 return Err(bad());
@@ -426,8 +428,11 @@ impl<'de> Deserialize<'de> for PackageName {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
         let ok = s.len() >= 2
-            && s.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-            && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+-.".contains(&b));
+            && s.bytes()
+                .next()
+                .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+-.".contains(&b));
         if ok {
             Ok(PackageName(s))
         } else {
@@ -489,7 +494,9 @@ impl<'de> Deserialize<'de> for InstallDir {
         let parts: Vec<&str> = trimmed.split('/').skip(1).collect();
         let ok = s.starts_with('/')
             && !parts.is_empty()
-            && parts.iter().all(|p| !p.is_empty() && *p != "." && *p != "..")
+            && parts
+                .iter()
+                .all(|p| !p.is_empty() && *p != "." && *p != "..")
             && !s.contains(['\n', '\\', '"', '\'', '$', '`', ' ']);
         if ok {
             Ok(InstallDir(trimmed.to_string()))
@@ -526,7 +533,8 @@ impl<'de> Deserialize<'de> for Component {
                 !t.is_empty()
                     && !n.is_empty()
                     && t.bytes().all(|b| b.is_ascii_lowercase())
-                    && n.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+                    && n.bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
             }
             None => false,
         };
@@ -557,7 +565,9 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         }
         let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
         rest = &rest[digits..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
         let millis = match &rest[..unit_len] {
             "ms" => 1,
             "s" => 1_000,
@@ -601,7 +611,9 @@ mod duration_str {
                 parse_duration(s).map_err(E::custom)
             }
             fn visit_i64<E: de::Error>(self, n: i64) -> Result<Duration, E> {
-                Err(E::custom(format!("{n} is not a duration; write it with a unit, e.g. \"{n}s\"")))
+                Err(E::custom(format!(
+                    "{n} is not a duration; write it with a unit, e.g. \"{n}s\""
+                )))
             }
         }
         d.deserialize_any(V)
@@ -619,7 +631,10 @@ impl Config {
             source,
         })?;
         let mut cfg = Config::parse(&text, path)?;
-        let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
         cfg.base_dir = dir.to_path_buf();
         Ok(cfg)
     }
@@ -633,7 +648,11 @@ impl Config {
             message,
         };
         let de = toml::Deserializer::parse(text).map_err(|e| {
-            invalid(e.span().map(|s| line_of(text, s.start)), String::new(), first_line(e.message()))
+            invalid(
+                e.span().map(|s| line_of(text, s.start)),
+                String::new(),
+                first_line(e.message()),
+            )
         })?;
         let mut track = serde_path_to_error::Track::new();
         let cfg = Config::deserialize(serde_path_to_error::Deserializer::new(de, &mut track));
@@ -675,11 +694,17 @@ impl Config {
         use Seg::{Index as I, Key as K};
         let k = |s: &str| K(s.to_string());
         if self.site.description.trim().is_empty() || self.site.description.contains('\n') {
-            return Err(err(vec![k("site"), k("description")], "must be one non-empty line".into()));
+            return Err(err(
+                vec![k("site"), k("description")],
+                "must be one non-empty line".into(),
+            ));
         }
         for (i, g) in self.site.exclude.iter().enumerate() {
             if let Err(e) = globset::Glob::new(g) {
-                return Err(err(vec![k("site"), k("exclude"), I(i)], format!("`{g}` is not a glob: {e}")));
+                return Err(err(
+                    vec![k("site"), k("exclude"), I(i)],
+                    format!("`{g}` is not a glob: {e}"),
+                ));
             }
         }
         for (i, d) in self.site.depends.iter().enumerate() {
@@ -708,7 +733,10 @@ impl Config {
             }
         }
         if self.roll.batch == 0 {
-            return Err(err(vec![k("roll"), k("batch")], "must be at least 1".into()));
+            return Err(err(
+                vec![k("roll"), k("batch")],
+                "must be at least 1".into(),
+            ));
         }
         if let Some(apt) = &self.apt {
             if apt.keep == 0 {
@@ -719,13 +747,19 @@ impl Config {
         let mut servers = std::collections::BTreeSet::new();
         for (i, n) in self.nodes.iter().enumerate() {
             if !names.insert(n.name.clone()) {
-                return Err(err(vec![k("nodes"), I(i), k("name")], format!("`{}` is used by two nodes", n.name)));
+                return Err(err(
+                    vec![k("nodes"), I(i), k("name")],
+                    format!("`{}` is used by two nodes", n.name),
+                ));
             }
             if n.role == Role::Web {
                 if n.http.is_none() {
                     return Err(err(
                         vec![k("nodes"), I(i)],
-                        format!("web node `{}` needs `http`, the base URL of its health check", n.name),
+                        format!(
+                            "web node `{}` needs `http`, the base URL of its health check",
+                            n.name
+                        ),
                     ));
                 }
                 if !servers.insert(n.server_name().to_string()) {
@@ -782,7 +816,12 @@ fn describe(segs: &[Seg]) -> String {
                 out = format!("[[{table}]] #{}", i + 1);
                 rest = &segs[2..];
             }
-            _ if segs.len() > 1 || matches!(table.as_str(), "site" | "upstream" | "deploy" | "apt" | "ssh" | "roll") => {
+            _ if segs.len() > 1
+                || matches!(
+                    table.as_str(),
+                    "site" | "upstream" | "deploy" | "apt" | "ssh" | "roll"
+                ) =>
+            {
                 out = format!("[{table}]");
                 rest = &segs[1..];
             }
@@ -816,10 +855,15 @@ fn locate(text: &str, segs: &[Seg]) -> Option<usize> {
     let mut value: Option<&toml::Spanned<toml::de::DeValue>> = None;
     for s in segs {
         let next = match (s, value) {
-            (Seg::Key(k), None) => table.iter().find(|(key, _)| key.get_ref() == k).map(|(key, v)| {
-                last_line = Some(line_of(text, key.span().start));
-                v
-            }),
+            (Seg::Key(k), None) => {
+                table
+                    .iter()
+                    .find(|(key, _)| key.get_ref() == k)
+                    .map(|(key, v)| {
+                        last_line = Some(line_of(text, key.span().start));
+                        v
+                    })
+            }
             (seg, Some(v)) => {
                 let got = match seg {
                     Seg::Key(k) => v.get_ref().get(k.as_str()),
@@ -842,7 +886,11 @@ fn locate(text: &str, segs: &[Seg]) -> Option<usize> {
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
-    text.as_bytes()[..offset.min(text.len())].iter().filter(|&&b| b == b'\n').count() + 1
+    text.as_bytes()[..offset.min(text.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
 }
 
 fn first_line(s: &str) -> String {
@@ -853,7 +901,12 @@ fn first_line(s: &str) -> String {
 fn unknown_field(msg: &str) -> Option<(String, Vec<String>)> {
     let rest = msg.strip_prefix("unknown field `")?;
     let (field, tail) = rest.split_once('`')?;
-    let expected = tail.split('`').skip(1).step_by(2).map(str::to_string).collect();
+    let expected = tail
+        .split('`')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_string)
+        .collect();
     Some((field.to_string(), expected))
 }
 
@@ -880,7 +933,8 @@ install_dir = "/srv/moodle/html"
 "#;
 
     fn parse(extra: &str) -> Result<Config, String> {
-        Config::parse(&format!("{MIN}{extra}"), Path::new("moodle-release.toml")).map_err(|e| e.to_string())
+        Config::parse(&format!("{MIN}{extra}"), Path::new("moodle-release.toml"))
+            .map_err(|e| e.to_string())
     }
 
     #[test]
@@ -889,7 +943,10 @@ install_dir = "/srv/moodle/html"
         assert_eq!(c.roll.batch, 1);
         assert_eq!(c.roll.drain_timeout, Duration::from_secs(120));
         assert_eq!(c.deploy.branch, "deploy");
-        assert_eq!(c.site.config_php_target().as_deref(), Some("/etc/moodle-site/config.php"));
+        assert_eq!(
+            c.site.config_php_target().as_deref(),
+            Some("/etc/moodle-site/config.php")
+        );
     }
 
     #[test]
@@ -926,20 +983,43 @@ install_dir = "/srv/moodle/html"
     fn array_table_errors_name_the_entry() {
         let e = parse("[[nodes]]\nname = \"web1\"\nssh = \"web1\"\nhttp = \"http://web1\"\n[[nodes]]\nname = \"web2\"\nssh = \"web2\"\nrole = \"db\"\n")
             .unwrap_err();
-        assert!(e.starts_with("moodle-release.toml:14: [[nodes]] #2 role:"), "{e}");
+        assert!(
+            e.starts_with("moodle-release.toml:14: [[nodes]] #2 role:"),
+            "{e}"
+        );
         let e = parse("[[nodes]]\nname = \"web1\"\nssh = \"web1\"\n").unwrap_err();
-        assert!(e.starts_with("moodle-release.toml:7: [[nodes]] #1: web node `web1` needs `http`"), "{e}");
+        assert!(
+            e.starts_with("moodle-release.toml:7: [[nodes]] #1: web node `web1` needs `http`"),
+            "{e}"
+        );
     }
 
     #[test]
     fn bad_values_are_refused() {
         assert!(parse("").is_ok());
-        let e = Config::parse(&MIN.replace("moodle-site", "Moodle Site"), Path::new("m.toml")).unwrap_err();
-        assert!(e.to_string().starts_with("m.toml:3: [site] package: `Moodle Site` is not a Debian package name"), "{e}");
-        let e = Config::parse(&MIN.replace("/srv/moodle/html", "srv/../x"), Path::new("m.toml")).unwrap_err();
+        let e = Config::parse(
+            &MIN.replace("moodle-site", "Moodle Site"),
+            Path::new("m.toml"),
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string().starts_with(
+                "m.toml:3: [site] package: `Moodle Site` is not a Debian package name"
+            ),
+            "{e}"
+        );
+        let e = Config::parse(
+            &MIN.replace("/srv/moodle/html", "srv/../x"),
+            Path::new("m.toml"),
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("[site] install_dir"), "{e}");
-        let e = parse("[[lb]]\nname = \"lb1\"\nsocket = \"http://x\"\nbackend = \"b\"\n").unwrap_err();
-        assert!(e.contains("[[lb]] #1 socket: `http://x` is not a socket"), "{e}");
+        let e =
+            parse("[[lb]]\nname = \"lb1\"\nsocket = \"http://x\"\nbackend = \"b\"\n").unwrap_err();
+        assert!(
+            e.contains("[[lb]] #1 socket: `http://x` is not a socket"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -950,8 +1030,14 @@ install_dir = "/srv/moodle/html"
 
     #[test]
     fn socket_forms() {
-        assert_eq!("unix:/run/h.sock".parse::<Socket>().unwrap(), Socket::Unix("/run/h.sock".into()));
-        assert_eq!("tcp:10.0.0.12:9999".parse::<Socket>().unwrap(), Socket::Tcp("10.0.0.12".into(), 9999));
+        assert_eq!(
+            "unix:/run/h.sock".parse::<Socket>().unwrap(),
+            Socket::Unix("/run/h.sock".into())
+        );
+        assert_eq!(
+            "tcp:10.0.0.12:9999".parse::<Socket>().unwrap(),
+            Socket::Tcp("10.0.0.12".into(), 9999)
+        );
         assert!("tcp:host".parse::<Socket>().is_err());
     }
 }

@@ -37,8 +37,12 @@ impl Error {
     /// What to do next, where there is something useful to say.
     pub fn hint(&self) -> Option<&'static str> {
         match self {
-            Error::NotYet(_) => Some("this release of moodle-release implements `build` and `config check`"),
-            Error::Config(ConfigError::Read { .. }) => Some("give the config file with --config PATH (default: ./moodle-release.toml)"),
+            Error::NotYet(_) => {
+                Some("this release of moodle-release implements `build` and `config check`")
+            }
+            Error::Config(ConfigError::Read { .. }) => {
+                Some("give the config file with --config PATH (default: ./moodle-release.toml)")
+            }
             _ => None,
         }
     }

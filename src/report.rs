@@ -36,11 +36,17 @@ pub struct Recorder {
 
 impl Reporter for Recorder {
     fn step(&self, name: &str) {
-        self.events.lock().unwrap_or_else(|e| e.into_inner()).push(format!("step: {name}"));
+        self.events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(format!("step: {name}"));
     }
     fn progress(&self, _: u64, _: u64) {}
     fn step_done(&self) {}
     fn warn(&self, message: &str) {
-        self.events.lock().unwrap_or_else(|e| e.into_inner()).push(format!("warning: {message}"));
+        self.events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(format!("warning: {message}"));
     }
 }

@@ -21,11 +21,17 @@ pub fn run(cli: Cli, reporter: &dyn Reporter, out: &mut dyn Write) -> Result<(),
         Command::Config(ConfigCommand::Check) => {
             let cfg = Config::load(&cli.config)?;
             if cli.json {
-                serde_json::to_writer_pretty(&mut *out, &resolved(&cfg)).map_err(std::io::Error::from)?;
+                serde_json::to_writer_pretty(&mut *out, &resolved(&cfg))
+                    .map_err(std::io::Error::from)?;
                 writeln!(out)?;
             } else {
-                let text = toml::to_string_pretty(&resolved(&cfg)).map_err(|e| Error::Usage(e.to_string()))?;
-                writeln!(out, "# {}: valid; resolved values, defaults filled in", cli.config.display())?;
+                let text = toml::to_string_pretty(&resolved(&cfg))
+                    .map_err(|e| Error::Usage(e.to_string()))?;
+                writeln!(
+                    out,
+                    "# {}: valid; resolved values, defaults filled in",
+                    cli.config.display()
+                )?;
                 write!(out, "{text}")?;
             }
             Ok(())
@@ -76,13 +82,19 @@ pub fn run(cli: Cli, reporter: &dyn Reporter, out: &mut dyn Write) -> Result<(),
 fn resolved(cfg: &Config) -> serde_json::Value {
     let mut v = serde_json::to_value(cfg).unwrap_or_default();
     if let Some(site) = v.get_mut("site").and_then(|s| s.as_object_mut()) {
-        site.insert("config_php".into(), cfg.site.config_php_target().unwrap_or_default().into());
+        site.insert(
+            "config_php".into(),
+            cfg.site.config_php_target().unwrap_or_default().into(),
+        );
     }
     if let Some(plugins) = v.get_mut("plugins").and_then(|p| p.as_array_mut()) {
         for (p, c) in plugins.iter_mut().zip(&cfg.plugins) {
             if let Some(o) = p.as_object_mut() {
                 if o.get("path").is_none_or(|x| x.is_null()) {
-                    o.insert("path".into(), crate::moodle::default_plugin_path(&c.component).into());
+                    o.insert(
+                        "path".into(),
+                        crate::moodle::default_plugin_path(&c.component).into(),
+                    );
                 }
             }
         }

@@ -48,7 +48,10 @@ pub enum SourceError {
     #[error("cannot read `{path}` from git: {}", source.message())]
     Git { path: String, source: git2::Error },
     #[error("cannot read `{}`: {source}", path.display())]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("`{}` is not a directory", path.display())]
     NotDir { path: PathBuf },
     #[error("`{}` is a {what}: only files, directories and symlinks can be packaged", path.display())]
@@ -79,15 +82,19 @@ pub fn resolve(repo: &Path, reference: &str) -> Result<CommitInfo, SourceError> 
         path: repo.to_path_buf(),
         source,
     })?;
-    let obj = r.revparse_single(reference).map_err(|_| SourceError::NoRef {
-        reference: reference.to_string(),
-        repo: repo.to_path_buf(),
-    })?;
-    let commit = obj.peel_to_commit().map_err(|source| SourceError::NotCommit {
-        reference: reference.to_string(),
-        repo: repo.to_path_buf(),
-        source,
-    })?;
+    let obj = r
+        .revparse_single(reference)
+        .map_err(|_| SourceError::NoRef {
+            reference: reference.to_string(),
+            repo: repo.to_path_buf(),
+        })?;
+    let commit = obj
+        .peel_to_commit()
+        .map_err(|source| SourceError::NotCommit {
+            reference: reference.to_string(),
+            repo: repo.to_path_buf(),
+            source,
+        })?;
     let git = |source| SourceError::Git {
         path: reference.to_string(),
         source,
@@ -162,12 +169,14 @@ impl Source {
     /// A reader for one thread.
     pub fn reader(&self) -> Result<Reader, SourceError> {
         match self {
-            Source::Git { repo, .. } => Ok(Reader::Git(Repository::open(repo).map_err(|source| {
-                SourceError::OpenRepo {
-                    path: repo.clone(),
-                    source,
-                }
-            })?)),
+            Source::Git { repo, .. } => {
+                Ok(Reader::Git(Repository::open(repo).map_err(|source| {
+                    SourceError::OpenRepo {
+                        path: repo.clone(),
+                        source,
+                    }
+                })?))
+            }
             Source::Dir(root) => Ok(Reader::Dir(root.clone())),
         }
     }
@@ -192,7 +201,10 @@ fn list_git(repo: &Path, commit: Oid, filter: &Filter) -> Result<Vec<Entry>, Sou
         let path = path.to_string();
         move |source| SourceError::Git { path, source }
     };
-    let tree = r.find_commit(commit).and_then(|c| c.tree()).map_err(git("/"))?;
+    let tree = r
+        .find_commit(commit)
+        .and_then(|c| c.tree())
+        .map_err(git("/"))?;
     let odb = r.odb().map_err(git("/"))?;
     let mut out = Vec::new();
     let mut failure = None;
@@ -205,7 +217,9 @@ fn list_git(repo: &Path, commit: Oid, filter: &Filter) -> Result<Vec<Entry>, Sou
         let kind = match (e.kind(), e.filemode()) {
             (Some(ObjectType::Tree), _) => Kind::Dir,
             (Some(ObjectType::Blob), 0o120000) => Kind::Symlink,
-            (Some(ObjectType::Blob), m) => Kind::File { exec: m & 0o111 != 0 },
+            (Some(ObjectType::Blob), m) => Kind::File {
+                exec: m & 0o111 != 0,
+            },
             (Some(ObjectType::Commit), _) | (None, 0o160000) => {
                 failure = Some(SourceError::Submodule {
                     path: String::from_utf8_lossy(&path).into_owned(),
@@ -237,14 +251,24 @@ fn list_git(repo: &Path, commit: Oid, filter: &Filter) -> Result<Vec<Entry>, Sou
         });
         TreeWalkResult::Ok
     })
-    .map_err(|e| failure.take().unwrap_or(SourceError::Git { path: "/".into(), source: e }))?;
+    .map_err(|e| {
+        failure.take().unwrap_or(SourceError::Git {
+            path: "/".into(),
+            source: e,
+        })
+    })?;
     if let Some(f) = failure {
         return Err(f);
     }
     Ok(out)
 }
 
-fn list_dir(root: &Path, rel: Vec<u8>, filter: &Filter, out: &mut Vec<Entry>) -> Result<(), SourceError> {
+fn list_dir(
+    root: &Path,
+    rel: Vec<u8>,
+    filter: &Filter,
+    out: &mut Vec<Entry>,
+) -> Result<(), SourceError> {
     use std::os::unix::ffi::OsStrExt;
     use std::os::unix::fs::{FileTypeExt, PermissionsExt};
     let dir = root.join(std::ffi::OsStr::from_bytes(&rel));
@@ -286,7 +310,10 @@ fn list_dir(root: &Path, rel: Vec<u8>, filter: &Filter, out: &mut Vec<Entry>) ->
         }
         let size = match kind {
             Kind::Dir => 0,
-            Kind::Symlink => std::fs::read_link(&full).map_err(io(&full))?.as_os_str().len() as u64,
+            Kind::Symlink => std::fs::read_link(&full)
+                .map_err(io(&full))?
+                .as_os_str()
+                .len() as u64,
             Kind::File { .. } => meta.len(),
         };
         children.push(Entry {
@@ -329,16 +356,24 @@ impl Reader {
                     path: String::from_utf8_lossy(&e.path).into_owned(),
                     source,
                 };
-                let oid = e.oid.ok_or_else(|| git(git2::Error::from_str("no blob id")))?;
+                let oid = e
+                    .oid
+                    .ok_or_else(|| git(git2::Error::from_str("no blob id")))?;
                 let odb = r.odb().map_err(git)?;
                 let obj = odb.read(oid).map_err(git)?;
                 Ok(f(obj.data()))
             }
             Reader::Dir(root) => {
                 let p = root.join(std::ffi::OsStr::from_bytes(&e.path));
-                let io = |source| SourceError::Io { path: p.clone(), source };
+                let io = |source| SourceError::Io {
+                    path: p.clone(),
+                    source,
+                };
                 match e.kind {
-                    Kind::Symlink => Ok(f(std::fs::read_link(&p).map_err(io)?.as_os_str().as_bytes())),
+                    Kind::Symlink => Ok(f(std::fs::read_link(&p)
+                        .map_err(io)?
+                        .as_os_str()
+                        .as_bytes())),
                     _ => Ok(f(&std::fs::read(&p).map_err(io)?)),
                 }
             }

@@ -65,8 +65,7 @@ impl Reporter for Terminal {
         if let Some(bar) = &s.bar {
             bar.set_length(total);
             bar.set_position(done);
-        } else if total > 0 {
-            let decile = done * 10 / total;
+        } else if let Some(decile) = (done * 10).checked_div(total) {
             if decile > s.last_decile && decile < 10 {
                 s.last_decile = decile;
                 eprintln!("  {}: {}% ({done}/{total})", s.step, decile * 10);

@@ -12,12 +12,21 @@ pub const MAGIC: &[u8; 8] = b"!<arch>\n";
 /// The 60-byte header of a member named `name` of `size` bytes.
 pub fn member_header(name: &str, size: u64, mtime: u64) -> io::Result<[u8; 60]> {
     if name.len() > 16 || !name.is_ascii() {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("ar member name `{name}` is too long")));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("ar member name `{name}` is too long"),
+        ));
     }
-    let text = format!("{name:<16}{mtime:<12}{:<6}{:<6}{:<8}{size:<10}`\n", 0, 0, 100644);
+    let text = format!(
+        "{name:<16}{mtime:<12}{:<6}{:<6}{:<8}{size:<10}`\n",
+        0, 0, 100644
+    );
     let mut h = [0u8; 60];
     if text.len() != 60 {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, "ar header field overflow"));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "ar header field overflow",
+        ));
     }
     h.copy_from_slice(text.as_bytes());
     Ok(h)
@@ -40,7 +49,10 @@ mod tests {
     #[test]
     fn header_layout() {
         let h = member_header("debian-binary", 4, 1_700_000_000).unwrap();
-        assert_eq!(&h[..], b"debian-binary   1700000000  0     0     100644  4         `\n");
+        assert_eq!(
+            &h[..],
+            b"debian-binary   1700000000  0     0     100644  4         `\n"
+        );
         assert!(member_header("a-name-longer-than-16", 1, 0).is_err());
     }
 

@@ -125,12 +125,23 @@ mod tests {
         for c in [Compression::Gzip, Compression::Zstd, Compression::Xz] {
             let mut both = compress(c, &a).unwrap();
             both.extend(compress(c, &b).unwrap());
-            assert_eq!(compress(c, &a).unwrap(), compress(c, &a).unwrap(), "{c} is deterministic");
+            assert_eq!(
+                compress(c, &a).unwrap(),
+                compress(c, &a).unwrap(),
+                "{c} is deterministic"
+            );
             let mut out = Vec::new();
             match c {
-                Compression::Gzip => flate2::read::MultiGzDecoder::new(&both[..]).read_to_end(&mut out).unwrap(),
-                Compression::Zstd => zstd::stream::Decoder::new(&both[..]).unwrap().read_to_end(&mut out).unwrap(),
-                Compression::Xz => liblzma::read::XzDecoder::new_multi_decoder(&both[..]).read_to_end(&mut out).unwrap(),
+                Compression::Gzip => flate2::read::MultiGzDecoder::new(&both[..])
+                    .read_to_end(&mut out)
+                    .unwrap(),
+                Compression::Zstd => zstd::stream::Decoder::new(&both[..])
+                    .unwrap()
+                    .read_to_end(&mut out)
+                    .unwrap(),
+                Compression::Xz => liblzma::read::XzDecoder::new_multi_decoder(&both[..])
+                    .read_to_end(&mut out)
+                    .unwrap(),
             };
             assert_eq!(out, [a.clone(), b.clone()].concat(), "{c}");
         }

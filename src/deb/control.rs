@@ -16,7 +16,7 @@ pub struct Template {
 }
 
 /// The maintainer scripts, in control.tar order.
-pub const SCRIPTS: [Template; 3] = [
+pub const SCRIPTS: [Template; 2] = [
     Template {
         name: "postinst",
         text: include_str!("../../debian-skel/postinst"),
@@ -24,10 +24,6 @@ pub const SCRIPTS: [Template; 3] = [
     Template {
         name: "postrm",
         text: include_str!("../../debian-skel/postrm"),
-    },
-    Template {
-        name: "prerm",
-        text: include_str!("../../debian-skel/prerm"),
     },
 ];
 
@@ -77,8 +73,17 @@ impl Control {
 }
 
 /// Builds the compressed control.tar from the control text, md5sums and rendered scripts.
-pub fn control_tar(control: &str, md5sums: &[u8], scripts: &[(&str, String)], compression: Compression, mtime: u64) -> std::io::Result<Vec<u8>> {
-    let mut members: Vec<(&str, &[u8], u32)> = vec![("control", control.as_bytes(), 0o644), ("md5sums", md5sums, 0o644)];
+pub fn control_tar(
+    control: &str,
+    md5sums: &[u8],
+    scripts: &[(&str, String)],
+    compression: Compression,
+    mtime: u64,
+) -> std::io::Result<Vec<u8>> {
+    let mut members: Vec<(&str, &[u8], u32)> = vec![
+        ("control", control.as_bytes(), 0o644),
+        ("md5sums", md5sums, 0o644),
+    ];
     for (name, text) in scripts {
         members.push((name, text.as_bytes(), 0o755));
     }
@@ -86,7 +91,14 @@ pub fn control_tar(control: &str, md5sums: &[u8], scripts: &[(&str, String)], co
     let mut tar = Vec::new();
     write_header(&mut tar, b"", EntryKind::Dir, 0o755, 0, mtime)?;
     for (name, data, mode) in members {
-        write_header(&mut tar, name.as_bytes(), EntryKind::File, mode, data.len() as u64, mtime)?;
+        write_header(
+            &mut tar,
+            name.as_bytes(),
+            EntryKind::File,
+            mode,
+            data.len() as u64,
+            mtime,
+        )?;
         tar.write_all(data)?;
         tar.write_all(padding(data.len() as u64))?;
     }
@@ -100,7 +112,12 @@ mod tests {
 
     #[test]
     fn renders_every_placeholder() {
-        let vars = [("package", "moodle-site"), ("version", "1"), ("install_dir", "/srv/m"), ("config_php", "/etc/m.php")];
+        let vars = [
+            ("package", "moodle-site"),
+            ("version", "1"),
+            ("install_dir", "/srv/m"),
+            ("config_php", "/etc/m.php"),
+        ];
         for t in &SCRIPTS {
             let r = render(t.text, &vars);
             assert!(!r.contains("{{"), "{} keeps a placeholder", t.name);
@@ -111,8 +128,14 @@ mod tests {
     #[test]
     fn multi_line_fields() {
         let c = Control {
-            fields: vec![("Package".into(), "x".into()), ("Description".into(), "short\nlong one\n\nafter".into())],
+            fields: vec![
+                ("Package".into(), "x".into()),
+                ("Description".into(), "short\nlong one\n\nafter".into()),
+            ],
         };
-        assert_eq!(c.to_text(), "Package: x\nDescription: short\n long one\n .\n after\n");
+        assert_eq!(
+            c.to_text(),
+            "Package: x\nDescription: short\n long one\n .\n after\n"
+        );
     }
 }

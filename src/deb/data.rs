@@ -148,7 +148,17 @@ pub fn write(
             let job_rx = Arc::clone(&job_rx);
             let res_tx = res_tx.clone();
             let ranges = &ranges;
-            s.spawn(move || worker(entries, ranges, source, compression, mtime, &job_rx, &res_tx));
+            s.spawn(move || {
+                worker(
+                    entries,
+                    ranges,
+                    source,
+                    compression,
+                    mtime,
+                    &job_rx,
+                    &res_tx,
+                )
+            });
         }
         drop(res_tx);
         // The dispatcher hands out pieces in order, one token each; the writer gives a token
@@ -238,7 +248,12 @@ fn worker(
     }
 }
 
-fn piece(entries: &[DataEntry], reader: &crate::source::Reader, compression: Compression, mtime: u64) -> Result<Piece, DataError> {
+fn piece(
+    entries: &[DataEntry],
+    reader: &crate::source::Reader,
+    compression: Compression,
+    mtime: u64,
+) -> Result<Piece, DataError> {
     let mut enc = compression.encoder(Vec::with_capacity(1 << 20))?;
     let mut p = Piece {
         index: 0,
@@ -255,7 +270,8 @@ fn piece(entries: &[DataEntry], reader: &crate::source::Reader, compression: Com
             write_header(enc, &e.path, EntryKind::File, e.mode, len, mtime)?;
             enc.write_all(data)?;
             enc.write_all(padding(len))?;
-            p.md5sums.extend_from_slice(hex::encode(Md5::digest(data)).as_bytes());
+            p.md5sums
+                .extend_from_slice(hex::encode(Md5::digest(data)).as_bytes());
             p.md5sums.extend_from_slice(b"  ");
             p.md5sums.extend_from_slice(&e.path);
             p.md5sums.push(b'\n');
@@ -273,7 +289,14 @@ fn piece(entries: &[DataEntry], reader: &crate::source::Reader, compression: Com
             Content::Tree(t) => match t.kind {
                 crate::source::Kind::Symlink => {
                     let target = reader.read(t)?;
-                    write_header(&mut enc, &e.path, EntryKind::Symlink(&target), 0o777, 0, mtime)?;
+                    write_header(
+                        &mut enc,
+                        &e.path,
+                        EntryKind::Symlink(&target),
+                        0o777,
+                        0,
+                        mtime,
+                    )?;
                     p.installed_kib += (target.len() as u64).div_ceil(1024);
                 }
                 _ => reader.with(t, |data| file(data, &mut enc))??,

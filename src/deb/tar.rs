@@ -20,7 +20,14 @@ pub enum EntryKind<'a> {
 
 /// Writes one entry's header(s) for `path` (relative, no `./`; empty for the root); the caller
 /// then writes `size` bytes of content and [`padding`].
-pub fn write_header(w: &mut impl Write, path: &[u8], kind: EntryKind, mode: u32, size: u64, mtime: u64) -> io::Result<()> {
+pub fn write_header(
+    w: &mut impl Write,
+    path: &[u8],
+    kind: EntryKind,
+    mode: u32,
+    size: u64,
+    mtime: u64,
+) -> io::Result<()> {
     let mut name = Vec::with_capacity(path.len() + 3);
     name.extend_from_slice(b"./");
     name.extend_from_slice(path);
@@ -55,7 +62,11 @@ pub fn write_header(w: &mut impl Write, path: &[u8], kind: EntryKind, mode: u32,
         EntryKind::Symlink(_) => EntryType::Symlink,
     });
     h.set_mode(mode);
-    h.set_size(if matches!(kind, EntryKind::File) { size } else { 0 });
+    h.set_size(if matches!(kind, EntryKind::File) {
+        size
+    } else {
+        0
+    });
     fill_common(&mut h, mtime)?;
     w.write_all(h.as_bytes())
 }
@@ -107,7 +118,11 @@ mod tests {
     use std::io::Read;
 
     fn entry(out: &mut Vec<u8>, path: &[u8], kind: EntryKind, data: &[u8]) {
-        let mode = if kind == EntryKind::File { 0o644 } else { 0o755 };
+        let mode = if kind == EntryKind::File {
+            0o644
+        } else {
+            0o755
+        };
         write_header(out, path, kind, mode, data.len() as u64, 1_700_000_000).unwrap();
         out.extend_from_slice(data);
         out.extend_from_slice(padding(data.len() as u64));
@@ -128,7 +143,9 @@ mod tests {
         for e in a.entries().unwrap() {
             let mut e = e.unwrap();
             let p = String::from_utf8(e.path_bytes().to_vec()).unwrap();
-            let link = e.link_name_bytes().map(|l| String::from_utf8(l.to_vec()).unwrap());
+            let link = e
+                .link_name_bytes()
+                .map(|l| String::from_utf8(l.to_vec()).unwrap());
             let mut s = String::new();
             e.read_to_string(&mut s).unwrap();
             assert_eq!(e.header().mtime().unwrap(), 1_700_000_000);

@@ -92,7 +92,11 @@ pub enum MoodleError {
 impl SiteInfo {
     /// Reads core and plugin versions and the `db/` fingerprint from `entries`.
     pub fn analyze(entries: &[Entry], reader: &Reader) -> Result<SiteInfo, MoodleError> {
-        let find = |p: &[u8]| entries.iter().find(|e| e.path == p && matches!(e.kind, Kind::File { .. }));
+        let find = |p: &[u8]| {
+            entries
+                .iter()
+                .find(|e| e.path == p && matches!(e.kind, Kind::File { .. }))
+        };
         let (layout, core_entry) = match (find(b"public/version.php"), find(b"version.php")) {
             (Some(e), _) => (Layout::Public, e),
             (None, Some(e)) => (Layout::Classic, e),
@@ -101,10 +105,12 @@ impl SiteInfo {
         let core_path = String::from_utf8_lossy(&core_entry.path).into_owned();
         let php = VersionPhp::parse(&reader.read(core_entry)?);
         let field = |key: &'static str| {
-            php.text(key).map(str::to_string).ok_or(MoodleError::MissingField {
-                path: core_path.clone(),
-                key,
-            })
+            php.text(key)
+                .map(str::to_string)
+                .ok_or(MoodleError::MissingField {
+                    path: core_path.clone(),
+                    key,
+                })
         };
         let core = Core {
             version: field("version")?,
@@ -126,8 +132,13 @@ impl SiteInfo {
             if e.path.ends_with(b"/version.php") && e.path != core_entry.path {
                 let php = VersionPhp::parse(&reader.read(e)?);
                 if let Some(version) = php.plugin("version") {
-                    let dir = String::from_utf8_lossy(&e.path[..e.path.len() - b"/version.php".len()]).into_owned();
-                    let component = php.plugin("component").map(str::to_string).unwrap_or_else(|| format!("unknown:{dir}"));
+                    let dir =
+                        String::from_utf8_lossy(&e.path[..e.path.len() - b"/version.php".len()])
+                            .into_owned();
+                    let component = php
+                        .plugin("component")
+                        .map(str::to_string)
+                        .unwrap_or_else(|| format!("unknown:{dir}"));
                     plugins.insert(
                         component,
                         PluginInfo {
@@ -169,20 +180,6 @@ fn in_db_folder(path: &[u8]) -> bool {
     let mut parts = path.split(|&b| b == b'/').collect::<Vec<_>>();
     parts.pop();
     parts.contains(&&b"db"[..])
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn db_folders() {
-        assert!(in_db_folder(b"lib/db/upgrade.php"));
-        assert!(in_db_folder(b"mod/x/db/install.xml"));
-        assert!(!in_db_folder(b"db"));
-        assert!(!in_db_folder(b"lib/dbx/a.php"));
-        assert!(!in_db_folder(b"lib/db"));
-    }
 }
 
 /// Moodle's plugin types and their folders (core's `lib/components.json` and the subplugin
@@ -261,5 +258,19 @@ pub fn default_plugin_path(component: &crate::config::Component) -> String {
     match PLUGIN_TYPES.iter().find(|(ty, _)| *ty == t) {
         Some((_, dir)) => format!("{dir}/{n}"),
         None => format!("{t}/{n}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn db_folders() {
+        assert!(in_db_folder(b"lib/db/upgrade.php"));
+        assert!(in_db_folder(b"mod/x/db/install.xml"));
+        assert!(!in_db_folder(b"db"));
+        assert!(!in_db_folder(b"lib/dbx/a.php"));
+        assert!(!in_db_folder(b"lib/db"));
     }
 }

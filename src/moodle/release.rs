@@ -75,13 +75,18 @@ impl Release {
             Some(h) => (h.trim_end(), true),
             None => (head, false),
         };
-        let num_end = head.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(head.len());
+        let num_end = head
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(head.len());
         let (nums, rest) = head.split_at(num_end);
         let parts: Vec<&str> = nums.split('.').collect();
         if parts.len() < 2 || parts.len() > 3 || parts.iter().any(|p| p.is_empty()) {
             return Err(err("it does not start with a version number X.Y or X.Y.Z"));
         }
-        let n = |p: &str| p.parse::<u32>().map_err(|_| err("a version part is too large"));
+        let n = |p: &str| {
+            p.parse::<u32>()
+                .map_err(|_| err("a version part is too large"))
+        };
         let (major, minor) = (n(parts[0])?, n(parts[1])?);
         let patch = if parts.len() == 3 { n(parts[2])? } else { 0 };
         let rest = rest.trim().trim_start_matches(['-', ' ']);
@@ -90,7 +95,9 @@ impl Release {
             if t.is_empty() {
                 Ok(None)
             } else {
-                t.parse::<u32>().map(Some).map_err(|_| err("unknown text after the version"))
+                t.parse::<u32>()
+                    .map(Some)
+                    .map_err(|_| err("unknown text after the version"))
             }
         };
         let pre = if rest.is_empty() {
@@ -121,8 +128,14 @@ impl Release {
         match &self.pre {
             None => {}
             Some(Pre::Dev) => v.push_str("~~dev"),
-            Some(Pre::Beta(n)) => v.push_str(&format!("~beta{}", n.map(|n| n.to_string()).unwrap_or_default())),
-            Some(Pre::Rc(n)) => v.push_str(&format!("~rc{}", n.map(|n| n.to_string()).unwrap_or_default())),
+            Some(Pre::Beta(n)) => v.push_str(&format!(
+                "~beta{}",
+                n.map(|n| n.to_string()).unwrap_or_default()
+            )),
+            Some(Pre::Rc(n)) => v.push_str(&format!(
+                "~rc{}",
+                n.map(|n| n.to_string()).unwrap_or_default()
+            )),
         }
         if let Some(date) = self.weekly {
             v.push_str(&format!("+{}", date.unwrap_or(fallback_date)));
@@ -138,7 +151,9 @@ impl fmt::Display for Release {
         match &self.pre {
             None => {}
             Some(Pre::Dev) => f.write_str("dev")?,
-            Some(Pre::Beta(n)) => write!(f, "beta{}", n.map(|n| n.to_string()).unwrap_or_default())?,
+            Some(Pre::Beta(n)) => {
+                write!(f, "beta{}", n.map(|n| n.to_string()).unwrap_or_default())?
+            }
             Some(Pre::Rc(n)) => write!(f, "rc{}", n.map(|n| n.to_string()).unwrap_or_default())?,
         }
         if self.weekly.is_some() {
@@ -178,7 +193,10 @@ mod tests {
         assert_eq!(deb("4.1.9+ (Build: 20240412)", 57), "4.1.9+20240412+57-1");
         assert_eq!(deb("4.5", 3), "4.5.0+3-1");
         assert_eq!(deb("4.5dev", 3), "4.5.0~~dev+3-1");
-        assert_eq!(deb("4.6dev+ (Build: 20250101)", 3), "4.6.0~~dev+20250101+3-1");
+        assert_eq!(
+            deb("4.6dev+ (Build: 20250101)", 3),
+            "4.6.0~~dev+20250101+3-1"
+        );
         assert_eq!(deb("4.5beta", 3), "4.5.0~beta+3-1");
         assert_eq!(deb("4.5rc2", 3), "4.5.0~rc2+3-1");
         assert_eq!(deb("4.5RC1", 3), "4.5.0~rc1+3-1");
@@ -188,7 +206,15 @@ mod tests {
 
     #[test]
     fn refuses_garbage() {
-        for s in ["", "banana", "4", "4.1.x", "4.1 (Build: 2024)", "4.5gamma", "4..1"] {
+        for s in [
+            "",
+            "banana",
+            "4",
+            "4.1.x",
+            "4.1 (Build: 2024)",
+            "4.5gamma",
+            "4..1",
+        ] {
             assert!(Release::parse(s).is_err(), "{s}");
         }
     }

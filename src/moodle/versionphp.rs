@@ -76,7 +76,8 @@ impl VersionPhp {
 
     /// `$plugin->...` or `$module->...` (old activity modules used `$module`).
     pub fn plugin(&self, prop: &str) -> Option<&str> {
-        self.text(&format!("plugin->{prop}")).or_else(|| self.text(&format!("module->{prop}")))
+        self.text(&format!("plugin->{prop}"))
+            .or_else(|| self.text(&format!("module->{prop}")))
     }
 
     /// `$plugin->dependencies` as component -> required version text (`ANY_VERSION` kept as is).
@@ -95,9 +96,10 @@ impl VersionPhp {
     /// `$plugin->supported = [lo, hi]`.
     pub fn supported(&self) -> Option<(String, String)> {
         match self.values.get("plugin->supported") {
-            Some(Value::Array(items)) if items.len() == 2 => {
-                Some((items[0].1.as_text()?.to_string(), items[1].1.as_text()?.to_string()))
-            }
+            Some(Value::Array(items)) if items.len() == 2 => Some((
+                items[0].1.as_text()?.to_string(),
+                items[1].1.as_text()?.to_string(),
+            )),
             _ => None,
         }
     }
@@ -181,13 +183,17 @@ fn lex(s: &str) -> Vec<Tok> {
                 out.push(Tok::DoubleArrow);
                 i += 2;
             }
-            _ if ch.is_ascii_digit() || (ch == '-' && c.get(i + 1).is_some_and(|d| d.is_ascii_digit())) => {
+            _ if ch.is_ascii_digit()
+                || (ch == '-' && c.get(i + 1).is_some_and(|d| d.is_ascii_digit())) =>
+            {
                 let st = i;
                 i += 1;
                 while i < c.len() && (c[i].is_ascii_digit() || c[i] == '.' || c[i] == '_') {
                     i += 1
                 }
-                out.push(Tok::Number(c[st..i].iter().filter(|&&d| d != '_').collect()));
+                out.push(Tok::Number(
+                    c[st..i].iter().filter(|&&d| d != '_').collect(),
+                ));
             }
             _ if ident(ch) => {
                 let st = i;
@@ -209,7 +215,9 @@ fn parse_value(t: &[Tok], i: &mut usize) -> Option<Value> {
     let v = match t.get(*i)? {
         Tok::Number(n) => Value::Number(n.clone()),
         Tok::Str(s) => Value::Str(s.clone()),
-        Tok::Ident(id) if id.eq_ignore_ascii_case("array") && t.get(*i + 1) == Some(&Tok::Punct('(')) => {
+        Tok::Ident(id)
+            if id.eq_ignore_ascii_case("array") && t.get(*i + 1) == Some(&Tok::Punct('(')) =>
+        {
             *i += 2;
             return parse_items(t, i, ')');
         }

@@ -1,0 +1,486 @@
+//! `moodle-release build` on real git repositories, checked with the real dpkg-deb, dpkg and
+//! lintian.
+
+mod common;
+
+use common::*;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+
+#[test]
+fn package_from_git_is_read_by_dpkg_deb() {
+    let site = Site::new();
+    let deb = site.build(&[]);
+    assert_eq!(deb.file_name().unwrap(), "moodle-test_4.1.10+1-1_all.deb");
+    assert!(deb.starts_with(site.dir().join("dist")), "{deb:?}");
+
+    assert_eq!(deb_field(&deb, "Package"), "moodle-test");
+    assert_eq!(deb_field(&deb, "Version"), "4.1.10+1-1");
+    assert_eq!(deb_field(&deb, "Architecture"), "all");
+    assert_eq!(
+        deb_field(&deb, "X-Moodle-Release"),
+        "4.1.10 (Build: 20240422)"
+    );
+    assert_eq!(deb_field(&deb, "X-Moodle-Version"), "2022112810.00");
+    assert_eq!(deb_field(&deb, "X-Moodle-Branch"), "401");
+    let head = stdout(git(&site.repo()).args(["rev-parse", "deploy"]));
+    assert_eq!(deb_field(&deb, "X-Moodle-Source-Commit"), head.trim());
+    assert_eq!(deb_field(&deb, "X-Moodle-Db-Hash").len(), 64);
+
+    let rows = deb_contents(&deb);
+    let find = |p: &str| {
+        rows.iter()
+            .find(|r| r.2 == p)
+            .unwrap_or_else(|| panic!("{p} not in {rows:#?}"))
+    };
+    let root = "./srv/moodle-test/html/";
+    assert_eq!(find(&format!("{root}index.php")).0, "-rw-r--r--");
+    assert_eq!(
+        find(&format!("{root}admin/cli/upgrade.php")).0,
+        "-rwxr-xr-x"
+    );
+    assert_eq!(find(&format!("{root}mod/forum/")).0, "drwxr-xr-x");
+    let link = find(&format!("{root}theme/boost/pix/logo.png"));
+    assert!(link.0.starts_with('l'), "{link:?}");
+    assert_eq!(link.3, "../../../pix/moodlelogo.png");
+    assert!(rows.iter().all(|r| r.1 == "root/root"), "owners: {rows:#?}");
+    assert!(
+        !rows.iter().any(|r| r.2.contains(".gitignore")),
+        "git metadata packaged"
+    );
+    // The root config.php is the package's stub, never the repository's (which holds secrets).
+    let stub = stdout(Command::new("sh").arg("-c").arg(format!(
+        "dpkg-deb --fsys-tarfile {} | tar -xOf - {root}config.php",
+        deb.display()
+    )));
+    assert!(
+        stub.contains("require('/etc/moodle-test/config.php')"),
+        "{stub}"
+    );
+    assert!(!stub.contains("dbpass"));
+
+    // The metadata roll reads: core and every plugin's version.
+    let meta = stdout(Command::new("sh").arg("-c").arg(format!(
+        "dpkg-deb --fsys-tarfile {} | tar -xOf - ./usr/share/moodle-test/moodle-release.json",
+        deb.display()
+    )));
+    let meta: serde_json::Value = serde_json::from_str(&meta).unwrap();
+    assert_eq!(meta["moodle"]["core"]["version"], "2022112810.00");
+    let plugins = &meta["moodle"]["plugins"];
+    assert_eq!(plugins["mod_forum"]["version"], "2022112800");
+    assert_eq!(plugins["mod_forum"]["path"], "mod/forum");
+    assert_eq!(plugins["block_html"]["version"], "2022112801");
+
+    // md5sums lists every regular file, and the sums are right.
+    let dir = tempfile::tempdir().unwrap();
+    run(Command::new("dpkg-deb")
+        .arg("--raw-extract")
+        .arg(&deb)
+        .arg(dir.path()));
+    let sums = fs::read_to_string(dir.path().join("DEBIAN/md5sums")).unwrap();
+    let files = rows.iter().filter(|r| r.0.starts_with('-')).count();
+    assert_eq!(sums.lines().count(), files);
+    run(Command::new("md5sum")
+        .arg("--check")
+        .arg("--quiet")
+        .arg(dir.path().join("DEBIAN/md5sums"))
+        .current_dir(dir.path()));
+    for script in ["postinst", "postrm"] {
+        let mode = fs::metadata(dir.path().join("DEBIAN").join(script))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o755, "{script}");
+        run(Command::new("sh")
+            .arg("-n")
+            .arg(dir.path().join("DEBIAN").join(script)));
+    }
+}
+
+#[test]
+fn json_output_describes_the_package() {
+    let site = Site::new();
+    let out = run(site.cmd().args(["--json", "build", "--out", "out"]));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is JSON");
+    let path = &site.dir().join(v["path"].as_str().unwrap());
+    let bytes = fs::read(path).unwrap();
+    assert_eq!(v["size"].as_u64().unwrap(), bytes.len() as u64);
+    assert_eq!(v["package"], "moodle-test");
+    assert_eq!(v["version"], "4.1.10+1-1");
+    let sum = stdout(Command::new("sha256sum").arg(path));
+    assert_eq!(
+        v["sha256"].as_str().unwrap(),
+        sum.split_whitespace().next().unwrap()
+    );
+    assert!(v["files"].as_u64().unwrap() >= 10);
+}
+
+#[test]
+fn builds_are_byte_identical_whatever_the_threads_and_compression_is_readable() {
+    let site = Site::new();
+    let a = fs::read(site.build(&["--out", "a", "--jobs", "1"])).unwrap();
+    let b = fs::read(site.build(&["--out", "b", "--jobs", "2"])).unwrap();
+    let c = fs::read(site.build(&["--out", "c"])).unwrap();
+    assert!(a == b && b == c, "builds differ");
+    for comp in ["zstd", "xz"] {
+        let deb1 = site.build(&[
+            "--out",
+            &format!("{comp}1"),
+            "--compression",
+            comp,
+            "--jobs",
+            "1",
+        ]);
+        let deb2 = site.build(&[
+            "--out",
+            &format!("{comp}2"),
+            "--compression",
+            comp,
+            "--jobs",
+            "2",
+        ]);
+        assert_eq!(
+            fs::read(&deb1).unwrap(),
+            fs::read(&deb2).unwrap(),
+            "{comp} builds differ"
+        );
+        let members = stdout(Command::new("ar").arg("t").arg(&deb1));
+        let ext = if comp == "zstd" { "zst" } else { "xz" };
+        assert_eq!(
+            members,
+            format!("debian-binary\ncontrol.tar.{ext}\ndata.tar.{ext}\n")
+        );
+        assert!(deb_contents(&deb1).len() > 10);
+    }
+    let gz = site.build(&["--out", "gz"]);
+    assert_eq!(
+        stdout(Command::new("ar").arg("t").arg(&gz)),
+        "debian-binary\ncontrol.tar.gz\ndata.tar.gz\n"
+    );
+    // ar headers: mtime is the commit time, owner 0/0, mode 100644.
+    let bytes = fs::read(&gz).unwrap();
+    let header = std::str::from_utf8(&bytes[8..68]).unwrap();
+    assert!(
+        header.starts_with("debian-binary   1713780000  0     0     100644  4         `\n"),
+        "{header:?}"
+    );
+}
+
+#[test]
+fn a_plain_directory_gives_the_same_files_as_git() {
+    let site = Site::new();
+    let from_git = site.build(&["--out", "git"]);
+    let tree = site.dir().join("export");
+    fs::create_dir_all(&tree).unwrap();
+    run(Command::new("sh").arg("-c").arg(format!(
+        "git -C {} archive deploy | tar -x -C {}",
+        site.repo().display(),
+        tree.display()
+    )));
+    let mut cmd = site.cmd();
+    cmd.env("SOURCE_DATE_EPOCH", "1713780000").args([
+        "build",
+        "--dir",
+        "export",
+        "--out",
+        "dir",
+        "--build-number",
+        "1",
+    ]);
+    let out = String::from_utf8(run(&mut cmd).stdout).unwrap();
+    let from_dir = site.dir().join(out.lines().last().unwrap().trim());
+    assert_eq!(from_dir.file_name(), from_git.file_name());
+    let list = |deb: &Path| {
+        deb_contents(deb)
+            .into_iter()
+            .filter(|r| r.2.starts_with("./srv/"))
+            .map(|r| format!("{} {} {}", r.0, r.2, r.3))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(list(&from_git), list(&from_dir));
+    let sums = |deb: &Path| {
+        let d = tempfile::tempdir().unwrap();
+        run(Command::new("dpkg-deb")
+            .arg("--control")
+            .arg(deb)
+            .arg(d.path()));
+        // The package records where it came from (commit id in the changelog and metadata), so
+        // only the site's files are compared.
+        let all = fs::read_to_string(d.path().join("md5sums")).unwrap();
+        all.lines()
+            .filter(|l| l.contains(" srv/"))
+            .map(String::from)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(sums(&from_git), sums(&from_dir));
+}
+
+#[test]
+fn excluded_globs_are_not_packaged() {
+    let site = Site::new();
+    write(&site.repo().join("mod/forum/tests/fixtures/big.bin"), "x");
+    write(&site.repo().join("node_modules/x/index.js"), "x");
+    site.commit("tests and node_modules");
+    let text = fs::read_to_string(site.config_path()).unwrap();
+    fs::write(
+        site.config_path(),
+        text.replace(
+            "[deploy]",
+            "exclude = [\"**/tests/fixtures\", \"node_modules\"]\n\n[deploy]",
+        ),
+    )
+    .unwrap();
+    let deb = site.build(&[]);
+    let rows = deb_contents(&deb);
+    assert!(
+        !rows
+            .iter()
+            .any(|r| r.2.contains("fixtures") || r.2.contains("node_modules")),
+        "{rows:#?}"
+    );
+    assert!(rows.iter().any(|r| r.2.ends_with("mod/forum/version.php")));
+}
+
+/// Versions of successive builds along the branch, across Moodle releases, sort as dpkg sorts.
+#[test]
+fn versions_increase_along_the_branch() {
+    let site = Site::empty();
+    let releases = [
+        ("2022112809.00", "4.1.9 (Build: 20240212)"),
+        ("2022112809.05", "4.1.9+ (Build: 20240412)"),
+        ("2022112809.05", "4.1.9+ (Build: 20240412)"),
+        ("2022112810.00", "4.1.10 (Build: 20240422)"),
+        ("2022112810.01", "4.1.10+ (Build: 20240426)"),
+    ];
+    let mut versions = Vec::new();
+    for (i, (v, r)) in releases.iter().enumerate() {
+        moodle_tree(&site.repo(), v, r);
+        write(
+            &site.repo().join("local/readme.txt"),
+            &format!("build {i}\n"),
+        );
+        site.commit(r);
+        let deb = site.build(&["--out", &format!("out{i}")]);
+        versions.push(deb_field(&deb, "Version"));
+    }
+    for pair in versions.windows(2) {
+        let ok = Command::new("dpkg")
+            .args(["--compare-versions", &pair[0], "lt", &pair[1]])
+            .status()
+            .unwrap();
+        assert!(
+            ok.success(),
+            "{} should sort before {} (all: {versions:?})",
+            pair[0],
+            pair[1]
+        );
+    }
+    // --build-number replaces the commit count.
+    let deb = site.build(&["--out", "ci", "--build-number", "417"]);
+    assert_eq!(deb_field(&deb, "Version"), "4.1.10+20240426+417-1");
+}
+
+#[test]
+fn dpkg_installs_upgrades_and_purges_it() {
+    let site = Site::new();
+    let first = site.build(&["--out", "one"]);
+    fs::remove_file(site.repo().join("mod/forum/lang/en/forum.php")).unwrap();
+    write(&site.repo().join("mod/forum/lib.php"), "<?php\n");
+    site.commit("drop forum lang");
+    let second = site.build(&["--out", "two"]);
+
+    let root = tempfile::tempdir().unwrap();
+    dpkg_root(root.path());
+    let html = root.path().join("srv/moodle-test/html");
+    run(dpkg(root.path()).arg("--install").arg(&first));
+    assert!(html.join("mod/forum/lang/en/forum.php").is_file());
+    let status = stdout(dpkg(root.path()).args(["--status", "moodle-test"]));
+    assert!(status.contains("Status: install ok installed"), "{status}");
+    assert!(
+        status.contains("X-Moodle-Release: 4.1.10 (Build: 20240422)"),
+        "{status}"
+    );
+
+    run(dpkg(root.path()).arg("--install").arg(&second));
+    assert!(
+        !html.join("mod/forum/lang/en/forum.php").exists(),
+        "a file deleted upstream stayed"
+    );
+    assert!(html.join("mod/forum/lib.php").is_file());
+    assert!(fs::symlink_metadata(html.join("theme/boost/pix/logo.png"))
+        .unwrap()
+        .file_type()
+        .is_symlink());
+
+    run(dpkg(root.path()).args(["--purge", "moodle-test"]));
+    assert!(
+        !root.path().join("srv").exists(),
+        "purge left the install folder behind"
+    );
+    let status = Command::new("dpkg")
+        .arg("--root")
+        .arg(root.path())
+        .args(["--status", "moodle-test"])
+        .output()
+        .unwrap();
+    assert!(
+        !status.status.success() || !String::from_utf8_lossy(&status.stdout).contains("installed")
+    );
+}
+
+#[test]
+fn lintian_reports_no_errors() {
+    if Command::new("lintian").arg("--version").output().is_err() {
+        panic!("lintian is not installed: .ci/run installs it");
+    }
+    let site = Site::new();
+    let deb = site.build(&[]);
+    let out = Command::new("lintian")
+        .arg("--tag-display-limit")
+        .arg("0")
+        .arg(&deb)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let errors: Vec<&str> = text.lines().filter(|l| l.starts_with("E:")).collect();
+    assert!(errors.is_empty(), "lintian errors:\n{}", errors.join("\n"));
+    // The warnings we fixed stay fixed.
+    for tag in [
+        "extended-description-line-too-long",
+        "maintainer-script-empty",
+        "debian-changelog-line-too-long",
+        "dir-or-file-in-srv",
+    ] {
+        assert!(!text.contains(tag), "lintian: {tag}\n{text}");
+    }
+}
+
+/// Each bad input: one clear error, exit status 1, and no .deb left under the final name.
+#[test]
+fn bad_trees_are_refused_with_a_clear_error() {
+    type Breaker = fn(&Path);
+    let cases: Vec<(&str, Breaker, &str)> = vec![
+        (
+            "no version.php",
+            |r| fs::remove_file(r.join("version.php")).unwrap(),
+            "version.php",
+        ),
+        (
+            "bad release",
+            |r| {
+                write(
+                    &r.join("version.php"),
+                    &core_version_php("2022112810.00", "four point one", "401"),
+                )
+            },
+            "four point one",
+        ),
+        (
+            "symlink escape",
+            |r| {
+                std::os::unix::fs::symlink("../../../../etc/shadow", r.join("mod/forum/evil"))
+                    .unwrap()
+            },
+            "outside",
+        ),
+        (
+            "newline in a name",
+            |r| write(&r.join("mod/forum/bad\nname.php"), "x"),
+            "line break",
+        ),
+    ];
+    for (name, breaker, needle) in cases {
+        let site = Site::new();
+        breaker(&site.repo());
+        site.commit(name);
+        let out = site.cmd().arg("build").output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{name}: {err}");
+        assert!(
+            err.contains("error:") && err.contains(needle),
+            "{name}: {err}"
+        );
+        assert!(!err.contains("panicked"), "{name}: {err}");
+        let left: Vec<_> = fs::read_dir(site.dir().join("dist"))
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "{name}: left {left:?}");
+    }
+}
+
+#[test]
+fn bad_ref_and_output_folder_are_refused() {
+    let site = Site::new();
+    let out = site
+        .cmd()
+        .args(["build", "--ref", "no-such-branch"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("no-such-branch"), "{err}");
+
+    fs::write(site.dir().join("blocked"), "a file, not a folder").unwrap();
+    let out = site
+        .cmd()
+        .args(["build", "--out", "blocked"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("blocked"), "{err}");
+    assert_eq!(
+        fs::read_to_string(site.dir().join("blocked")).unwrap(),
+        "a file, not a folder"
+    );
+}
+
+/// A full disk mid-build: the error names it and no .deb is left under the final name.
+#[test]
+fn a_full_disk_leaves_no_package() {
+    if !nix_is_root() {
+        eprintln!("skipped: needs root to mount a small tmpfs");
+        return;
+    }
+    let site = Site::new();
+    // Enough incompressible data to overflow a 64 KiB filesystem.
+    let mut data = Vec::new();
+    let mut x: u32 = 1;
+    for _ in 0..200_000 {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        data.push(x as u8);
+    }
+    fs::write(site.repo().join("lib/random.bin"), &data).unwrap();
+    site.commit("random data");
+    let mnt = site.dir().join("small");
+    fs::create_dir_all(&mnt).unwrap();
+    run(Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"])
+        .arg(&mnt));
+    let out = site
+        .cmd()
+        .args(["build", "--out", "small"])
+        .output()
+        .unwrap();
+    let left: Vec<_> = fs::read_dir(&mnt)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    run(Command::new("umount").arg(&mnt));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("No space left") || err.contains("space"),
+        "{err}"
+    );
+    assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+fn nix_is_root() -> bool {
+    stdout(Command::new("id").arg("-u")).trim() == "0"
+}

@@ -1,0 +1,80 @@
+//! The command line: config errors, `config check`, and verbs that are not there yet.
+
+mod common;
+
+use common::*;
+use std::fs;
+
+fn stderr_of(site: &Site, args: &[&str]) -> (Option<i32>, String) {
+    let out = site.cmd().args(args).output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn config_errors_name_file_line_and_key() {
+    let site = Site::new();
+    site.config("\n[roll]\nbatch = 2\ndrain_timeout = \"2 minutes\"\n");
+    let (code, err) = stderr_of(&site, &["config", "check"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("moodle-release.toml:13: [roll] drain_timeout"),
+        "{err}"
+    );
+    assert!(err.contains("\"2 minutes\" is not a duration"), "{err}");
+    assert!(err.contains("120s"), "{err}");
+    assert!(!err.contains("panicked"));
+}
+
+#[test]
+fn unknown_keys_suggest_the_nearest() {
+    let site = Site::new();
+    site.config("\n[roll]\nbacth = 2\n");
+    let (code, err) = stderr_of(&site, &["config", "check"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains(":12: [roll] bacth"), "{err}");
+    assert!(err.contains("batch"), "{err}");
+}
+
+#[test]
+fn the_shipped_example_config_is_accepted() {
+    // The contract: every key of the example, with its meaning. The example lives in
+    // ../shared for the tests; the binary never reads it on its own.
+    let example = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/examples/moodle-release.toml");
+    let Ok(text) = fs::read_to_string(&example) else {
+        eprintln!("skipped: {} not present", example.display());
+        return;
+    };
+    let site = Site::new();
+    fs::write(site.config_path(), text).unwrap();
+    let out = run(site.cmd().args(["--json", "config", "check"]));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["site"]["package"], "moodle-site");
+    assert_eq!(v["plugins"][0]["path"], "mod/customcert");
+    assert_eq!(v["plugins"][1]["path"], "admin/tool/heartbeat");
+    assert_eq!(v["roll"]["drain_timeout"], "2m");
+    assert_eq!(v["lb"][1]["socket"], "tcp:10.0.0.12:9999");
+    assert_eq!(v["nodes"][1]["server"], "web2");
+}
+
+#[test]
+fn a_missing_config_says_where_it_looked() {
+    let site = Site::new();
+    fs::remove_file(site.config_path()).unwrap();
+    let (code, err) = stderr_of(&site, &["build"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("moodle-release.toml"), "{err}");
+}
+
+#[test]
+fn verbs_not_available_yet_exit_2() {
+    let site = Site::new();
+    for verb in ["roll", "rollback", "status"] {
+        let (code, err) = stderr_of(&site, &[verb]);
+        assert_eq!(code, Some(2), "{verb}: {err}");
+        assert!(err.contains("not available yet"), "{verb}: {err}");
+    }
+}
