@@ -34,7 +34,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Assemble upstream Moodle, the plugins and local patches into the deployment branch.
-    Merge(Rest),
+    Merge(MergeArgs),
     /// Build the site's .deb from the deployment branch (or another ref, or a folder).
     Build(BuildArgs),
     /// Add built packages to the apt repository.
@@ -48,6 +48,27 @@ pub enum Command {
     /// Check the config file.
     #[command(subcommand)]
     Config(ConfigCommand),
+}
+
+/// `merge`
+#[derive(Debug, Args)]
+pub struct MergeArgs {
+    /// Move the pins of the lock to what the refs point at now: all of them, or only the named
+    /// components (`upstream` for Moodle itself).
+    #[arg(long, num_args = 0.., value_name = "COMPONENT")]
+    pub update: Option<Vec<String>>,
+    /// Build exactly what the lock pins; fail if the lock would change (for CI).
+    #[arg(long, conflicts_with = "update")]
+    pub locked: bool,
+    /// Show what would change; write no commit and no lock.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Treat warnings of the Moodle checks (e.g. `$plugin->supported`) as errors.
+    #[arg(long)]
+    pub strict: bool,
+    /// Also write the change summary as Markdown to FILE (for the changelog or a CI page).
+    #[arg(long, value_name = "FILE")]
+    pub notes: Option<std::path::PathBuf>,
 }
 
 /// Arguments of commands not available yet (accepted so that `--help` lists them).

@@ -9,6 +9,7 @@
 
 use crate::build::BuildError;
 use crate::config::ConfigError;
+use crate::merge::MergeError;
 
 /// Everything a command can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -17,6 +18,8 @@ pub enum Error {
     Config(#[from] ConfigError),
     #[error(transparent)]
     Build(#[from] BuildError),
+    #[error(transparent)]
+    Merge(#[from] MergeError),
     #[error("`moodle-release {0}` is not available yet in this version")]
     NotYet(&'static str),
     #[error("{0}")]
@@ -31,15 +34,16 @@ impl Error {
         match self {
             Error::Config(_) | Error::NotYet(_) | Error::Usage(_) => 2,
             Error::Build(_) | Error::Output(_) => 1,
+            Error::Merge(e) => e.exit_code(),
         }
     }
 
     /// What to do next, where there is something useful to say.
     pub fn hint(&self) -> Option<&'static str> {
         match self {
-            Error::NotYet(_) => {
-                Some("this release of moodle-release implements `build` and `config check`")
-            }
+            Error::NotYet(_) => Some(
+                "this release of moodle-release implements `merge`, `build` and `config check`",
+            ),
             Error::Config(ConfigError::Read { .. }) => {
                 Some("give the config file with --config PATH (default: ./moodle-release.toml)")
             }

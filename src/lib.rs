@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 pub mod deb;
 pub mod error;
+pub mod merge;
 pub mod moodle;
 pub mod report;
 pub mod run;

@@ -21,9 +21,15 @@ fn main() {
     let mut stdout = std::io::stdout().lock();
     if let Err(e) = moodle_release::run::run(cli, &reporter, &mut stdout) {
         eprintln!("error: {e}");
+        // Transparent wrappers repeat their source's message: print each cause once.
+        let mut said = e.to_string();
         let mut source = std::error::Error::source(&e);
         while let Some(s) = source {
-            eprintln!("  caused by: {s}");
+            let text = s.to_string();
+            if !said.contains(&text) {
+                eprintln!("  caused by: {text}");
+                said.push_str(&text);
+            }
             source = s.source();
         }
         if let Some(h) = e.hint() {

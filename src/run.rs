@@ -7,13 +7,64 @@ use crate::build::{self, BuildOptions, Input};
 use crate::cli::{Cli, Command, CompressionArg, ConfigCommand};
 use crate::config::Config;
 use crate::deb::Compression;
+use crate::merge;
 use crate::report::Reporter;
 use crate::Error;
 
 /// Runs `cli`, reporting progress to `reporter` and results to `out`.
 pub fn run(cli: Cli, reporter: &dyn Reporter, out: &mut dyn Write) -> Result<(), Error> {
     match cli.command {
-        Command::Merge(_) => Err(Error::NotYet("merge")),
+        Command::Merge(a) => {
+            let cfg = Config::load(&cli.config)?;
+            let opts = merge::MergeOptions {
+                update: a.update,
+                locked: a.locked,
+                dry_run: a.dry_run,
+                strict: a.strict,
+                config_path: cli.config.clone(),
+            };
+            let m = merge::merge(&cfg, &opts, reporter)?;
+            for w in &m.warnings {
+                reporter.warn(w);
+            }
+            if let Some(path) = &a.notes {
+                std::fs::write(path, merge::notes_markdown(&m))?;
+            }
+            if cli.json {
+                serde_json::to_writer_pretty(&mut *out, &m).map_err(std::io::Error::from)?;
+                writeln!(out)?;
+            } else {
+                let what = if m.dry_run { "would be" } else { "is" };
+                if m.changed {
+                    writeln!(
+                        out,
+                        "{} {what} now Moodle {}{}",
+                        m.branch,
+                        m.core_release.clone().unwrap_or_default(),
+                        if m.dry_run {
+                            String::new()
+                        } else {
+                            format!(" ({})", &m.commit[..12.min(m.commit.len())])
+                        }
+                    )?;
+                    for line in merge::summary_lines(&m) {
+                        writeln!(out, "  {line}")?;
+                    }
+                } else {
+                    writeln!(
+                        out,
+                        "{} is up to date: nothing changed ({})",
+                        m.branch,
+                        &m.commit[..12.min(m.commit.len())]
+                    )?;
+                }
+                if m.lock_changed {
+                    let verb = if m.dry_run { "would write" } else { "wrote" };
+                    writeln!(out, "{verb} {}", m.lock.display())?;
+                }
+            }
+            Ok(())
+        }
         Command::Publish(_) => Err(Error::NotYet("publish")),
         Command::Roll(_) => Err(Error::NotYet("roll")),
         Command::Rollback(_) => Err(Error::NotYet("rollback")),

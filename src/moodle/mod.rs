@@ -274,3 +274,45 @@ mod tests {
         assert!(!in_db_folder(b"lib/db"));
     }
 }
+
+/// Compares two Moodle version numbers as the decimals they are (`2024100701.05` >
+/// `2024100701.5` is false: they are equal; `2024100701.10` > `2024100701.9`), never as floats.
+/// Text that is not a number (`ANY_VERSION`) sorts lowest.
+pub fn cmp_version(a: &str, b: &str) -> std::cmp::Ordering {
+    fn parts(s: &str) -> Option<(u128, String)> {
+        let s = s.trim().trim_matches(|c| c == '\'' || c == '"');
+        let (int, frac) = s.split_once('.').unwrap_or((s, ""));
+        if int.is_empty()
+            || !int.bytes().all(|b| b.is_ascii_digit())
+            || !frac.bytes().all(|b| b.is_ascii_digit())
+        {
+            return None;
+        }
+        Some((int.parse().ok()?, frac.trim_end_matches('0').to_string()))
+    }
+    match (parts(a), parts(b)) {
+        (Some((ia, fa)), Some((ib, fb))) => ia.cmp(&ib).then_with(|| {
+            let w = fa.len().max(fb.len());
+            format!("{fa:0<w$}").cmp(&format!("{fb:0<w$}"))
+        }),
+        (Some(_), None) => std::cmp::Ordering::Greater,
+        (None, Some(_)) => std::cmp::Ordering::Less,
+        (None, None) => std::cmp::Ordering::Equal,
+    }
+}
+
+#[cfg(test)]
+mod version_tests {
+    use super::cmp_version;
+    use std::cmp::Ordering::*;
+
+    #[test]
+    fn decimal_not_float() {
+        assert_eq!(cmp_version("2024100701.05", "2024100701.5"), Less);
+        assert_eq!(cmp_version("2024100701.10", "2024100701.9"), Greater);
+        assert_eq!(cmp_version("2024100701.50", "2024100701.5"), Equal);
+        assert_eq!(cmp_version("2022112810.00", "2022112810"), Equal);
+        assert_eq!(cmp_version("2022112800", "2022112810.00"), Less);
+        assert_eq!(cmp_version("ANY_VERSION", "1"), Less);
+    }
+}

@@ -1,0 +1,234 @@
+//! Fetching one source (upstream or a plugin) into the deployment repository, under its own ref
+//! namespace (`refs/moodle-release/...`), with the git CLI or libgit2.
+//!
+//! Only the one ref asked for is fetched (`--no-tags`, a narrow refspec), and nothing at all when
+//! the pinned commit is already in the object database: a re-run of `merge` does no network I/O.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use git2::{Oid, Repository};
+
+use crate::config::{FetchBackend, Ssh};
+
+/// A fetch failed: which source, which URL and ref, and what git said.
+#[derive(Debug, thiserror::Error)]
+#[error("fetching {source_name} ({url}, ref `{reference}`) failed: {detail}")]
+pub struct FetchError {
+    pub source_name: String,
+    pub url: String,
+    pub reference: String,
+    pub detail: String,
+}
+
+/// What to fetch.
+pub struct Request<'a> {
+    /// `upstream`, `mod_customcert`...: for messages.
+    pub name: &'a str,
+    pub url: &'a str,
+    pub reference: &'a str,
+    /// The ref this source is kept under, `refs/moodle-release/...`.
+    pub local_ref: String,
+    /// The commit the lock pins, when there is one: fetched only if missing.
+    pub pinned: Option<Oid>,
+}
+
+/// Where the fetch ended.
+pub struct Fetched {
+    pub commit: Oid,
+    /// `false` when the pinned commit was there already.
+    pub fetched: bool,
+}
+
+/// Turns a config URL into what git understands: local paths are made absolute against the
+/// config file's folder; URLs (`scheme://`, `user@host:path`) are kept as written.
+pub fn normalize_url(url: &str, base_dir: &Path) -> String {
+    let is_url = url.contains("://") || {
+        // scp-like `host:path`: a colon before the first slash.
+        match (url.find(':'), url.find('/')) {
+            (Some(c), Some(s)) => c < s && c > 1,
+            (Some(c), None) => c > 1,
+            _ => false,
+        }
+    };
+    if is_url {
+        url.to_string()
+    } else {
+        let p = PathBuf::from(shellexpand_home(url));
+        let p = if p.is_absolute() { p } else { base_dir.join(p) };
+        p.to_string_lossy().into_owned()
+    }
+}
+
+fn shellexpand_home(p: &str) -> String {
+    match (p.strip_prefix("~/"), std::env::var("HOME")) {
+        (Some(rest), Ok(home)) => format!("{home}/{rest}"),
+        _ => p.to_string(),
+    }
+}
+
+/// Fetches `req` unless its pin is already present; returns the commit it resolved to.
+pub fn fetch(
+    repo: &Repository,
+    req: &Request,
+    backend: FetchBackend,
+    ssh: &Ssh,
+) -> Result<Fetched, FetchError> {
+    let err = |detail: String| FetchError {
+        source_name: req.name.to_string(),
+        url: req.url.to_string(),
+        reference: req.reference.to_string(),
+        detail,
+    };
+    if let Some(pin) = req.pinned {
+        if repo.find_commit(pin).is_ok() {
+            repo.reference(&req.local_ref, pin, true, "moodle-release: pinned")
+                .map_err(|e| err(e.message().to_string()))?;
+            return Ok(Fetched {
+                commit: pin,
+                fetched: false,
+            });
+        }
+    }
+    // The pin's commit is what we want when there is one (the ref may have moved since).
+    let wanted = match req.pinned {
+        Some(pin) => pin.to_string(),
+        None => req.reference.to_string(),
+    };
+    let tmp_ref = format!("{}-fetching", req.local_ref);
+    let refspec = format!("+{wanted}:{tmp_ref}");
+    match backend {
+        FetchBackend::Git => fetch_cli(repo, req.url, &refspec, ssh).map_err(err)?,
+        FetchBackend::Libgit2 => fetch_libgit2(repo, req.url, &refspec).map_err(err)?,
+    }
+    let commit = (|| -> Result<Oid, git2::Error> {
+        let r = repo.find_reference(&tmp_ref)?;
+        let c = r.peel_to_commit()?;
+        Ok(c.id())
+    })()
+    .map_err(|e| {
+        err(format!(
+            "`{}` is not a commit: {}",
+            req.reference,
+            e.message()
+        ))
+    })?;
+    if let Some(pin) = req.pinned {
+        if pin != commit {
+            return Err(err(format!(
+                "the lock pins {pin}, which the source no longer has"
+            )));
+        }
+    }
+    repo.reference(&req.local_ref, commit, true, "moodle-release: fetched")
+        .map_err(|e| err(e.message().to_string()))?;
+    if let Ok(mut r) = repo.find_reference(&tmp_ref) {
+        let _ = r.delete();
+    }
+    Ok(Fetched {
+        commit,
+        fetched: true,
+    })
+}
+
+/// The git CLI: honours `~/.ssh/config` (or `[ssh] config`), checks host keys against
+/// `[ssh] known_hosts`, never prompts.
+fn fetch_cli(repo: &Repository, url: &str, refspec: &str, ssh: &Ssh) -> Result<(), String> {
+    let git_dir = repo.path();
+    let mut cmd = Command::new("git");
+    cmd.arg("--git-dir")
+        .arg(git_dir)
+        .args(["fetch", "--no-tags", "--quiet", "--no-write-fetch-head"])
+        .arg(url)
+        .arg(refspec)
+        .env("GIT_TERMINAL_PROMPT", "0");
+    if std::env::var_os("GIT_SSH_COMMAND").is_none() {
+        let mut ssh_cmd = String::from("ssh -o BatchMode=yes -o StrictHostKeyChecking=yes");
+        if let Some(cfg) = &ssh.config {
+            let cfg = PathBuf::from(shellexpand_home(cfg));
+            if cfg.is_file() {
+                ssh_cmd.push_str(&format!(" -F '{}'", cfg.display()));
+            }
+        }
+        if let Some(kh) = &ssh.known_hosts {
+            let kh = PathBuf::from(shellexpand_home(kh));
+            ssh_cmd.push_str(&format!(" -o UserKnownHostsFile='{}'", kh.display()));
+        }
+        cmd.env("GIT_SSH_COMMAND", ssh_cmd);
+    }
+    let out = cmd.output().map_err(|e| {
+        format!("cannot run git: {e} (install git, or set [deploy] fetch = \"libgit2\")")
+    })?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        let text = String::from_utf8_lossy(&out.stderr);
+        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+        Err(lines.join("; "))
+    }
+}
+
+/// libgit2: in process. Credentials come from ssh-agent, then the usual key files, a bounded
+/// number of times (libgit2 calls the callback again after every refusal).
+fn fetch_libgit2(repo: &Repository, url: &str, refspec: &str) -> Result<(), String> {
+    let mut attempts = 0;
+    let mut cb = git2::RemoteCallbacks::new();
+    cb.credentials(move |_url, user, allowed| {
+        attempts += 1;
+        if attempts > 4 {
+            return Err(git2::Error::from_str(
+                "authentication failed (no key was accepted)",
+            ));
+        }
+        let user = user.unwrap_or("git");
+        if allowed.contains(git2::CredentialType::SSH_KEY) {
+            if attempts == 1 {
+                return git2::Cred::ssh_key_from_agent(user);
+            }
+            let home = std::env::var("HOME").unwrap_or_default();
+            let names = ["id_ed25519", "id_ecdsa", "id_rsa"];
+            if let Some(key) = names
+                .iter()
+                .map(|n| PathBuf::from(&home).join(".ssh").join(n))
+                .filter(|p| p.is_file())
+                .nth(attempts - 2)
+            {
+                return git2::Cred::ssh_key(user, None, &key, None);
+            }
+        }
+        if allowed.contains(git2::CredentialType::DEFAULT) {
+            return git2::Cred::default();
+        }
+        Err(git2::Error::from_str(
+            "authentication failed (no usable credentials)",
+        ))
+    });
+    let mut opts = git2::FetchOptions::new();
+    opts.remote_callbacks(cb)
+        .download_tags(git2::AutotagOption::None)
+        .update_fetchhead(false);
+    let mut remote = repo
+        .remote_anonymous(url)
+        .map_err(|e| e.message().to_string())?;
+    remote
+        .fetch(&[refspec], Some(&mut opts), None)
+        .map_err(|e| e.message().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_and_paths() {
+        let base = Path::new("/site");
+        assert_eq!(normalize_url("https://h/x.git", base), "https://h/x.git");
+        assert_eq!(
+            normalize_url("git@github.com:a/b.git", base),
+            "git@github.com:a/b.git"
+        );
+        assert_eq!(normalize_url("file:///x", base), "file:///x");
+        assert_eq!(normalize_url("../up", base), "/site/../up");
+        assert_eq!(normalize_url("/abs/up", base), "/abs/up");
+    }
+}

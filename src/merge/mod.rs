@@ -1,0 +1,890 @@
+//! `moodle-release merge`: upstream Moodle, each plugin grafted at its path, and the local patch
+//! branches merged on top, committed to the deployment branch with git2 tree operations (no
+//! checkout: the deployment repository may be bare).
+//!
+//! How the commits are laid out, and why:
+//!
+//! ```text
+//! previous deploy ──────────────────────────────┐
+//! upstream, plugin commits, patch tips ─────────┴─> new deploy commit (tree = result)
+//! ```
+//!
+//! The tree is recomposed from upstream and the plugins at every merge, then each patch branch is
+//! applied with a three-way merge of *trees* whose base is the patch's fork point: the newest
+//! commit of the deployment branch's first-parent history that the patch branch contains (a patch
+//! branched off `deploy`), else its merge base with upstream (a patch branched off upstream).
+//! A commit-graph merge would find the patch already merged (it is an ancestor of the previous
+//! deployment) and silently drop it.
+
+pub mod fetch;
+pub mod lock;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use git2::{FileMode, ObjectType, Oid, Repository, Tree};
+use serde::Serialize;
+
+use crate::config::Config;
+use crate::moodle::versionphp::VersionPhp;
+use crate::moodle::{cmp_version, PLUGIN_TYPES};
+use crate::report::Reporter;
+use fetch::{FetchError, Request};
+use lock::{Lock, LockError, Pin, PluginPin};
+
+/// What `merge` was asked to do.
+#[derive(Debug, Clone, Default)]
+pub struct MergeOptions {
+    /// `--update`: `Some(empty)` moves every pin, `Some(list)` those components (or `upstream`).
+    pub update: Option<Vec<String>>,
+    /// `--locked`: build exactly the lock; refuse when it would change.
+    pub locked: bool,
+    /// `--dry-run`: say what would change, write nothing (sources are still fetched).
+    pub dry_run: bool,
+    /// `--strict`: warnings of the Moodle checks are errors.
+    pub strict: bool,
+    /// The config file's path (the lock goes beside it).
+    pub config_path: PathBuf,
+}
+
+/// `merge` failed; the deployment branch and the lock are as they were.
+#[derive(Debug, thiserror::Error)]
+pub enum MergeError {
+    #[error("[upstream] is missing from the config: merge needs upstream Moodle's url and ref")]
+    NoUpstream,
+    #[error("cannot open the deployment repository {path}: {message}")]
+    Repo { path: PathBuf, message: String },
+    #[error(transparent)]
+    Fetch(#[from] FetchError),
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    #[error("--locked: {0}; run `moodle-release merge` (or `--update`) and commit the new lock")]
+    LockedMismatch(String),
+    #[error("{0}")]
+    Moodle(String),
+    #[error("patch branch `{branch}` does not merge cleanly: conflicts in {files}; rebase it on `{deploy}` and resolve them there")]
+    Conflict {
+        branch: String,
+        deploy: String,
+        files: String,
+    },
+    #[error("patch branch `{0}` shares no history with upstream or the deployment branch: refusing to merge unrelated histories")]
+    Unrelated(String),
+    #[error("patch branch `{0}` does not exist in the deployment repository")]
+    NoPatch(String),
+    #[error("another merge is running on {path} (lock file {lock}); wait for it, or remove the file if that merge is dead")]
+    Busy { path: PathBuf, lock: PathBuf },
+    #[error("the deployment branch `{0}` moved while this merge ran; run merge again")]
+    Raced(String),
+    #[error("git: {0}")]
+    Git(#[from] git2::Error),
+}
+
+impl MergeError {
+    /// A held lock is a refusal for safety (3); the rest are failures (1).
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            MergeError::Busy { .. } => 3,
+            MergeError::NoUpstream | MergeError::LockedMismatch(_) => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// A version change of one component.
+#[derive(Debug, Clone, Serialize)]
+pub struct Change {
+    pub component: String,
+    pub from: Option<String>,
+    pub to: Option<String>,
+    pub commit: Option<String>,
+}
+
+/// What `merge` did (or, with `--dry-run`, would do).
+#[derive(Debug, Clone, Serialize)]
+pub struct Merged {
+    pub changed: bool,
+    pub dry_run: bool,
+    pub branch: String,
+    pub commit: String,
+    pub previous: Option<String>,
+    pub core: Change,
+    pub core_release: Option<String>,
+    pub previous_release: Option<String>,
+    pub plugins: Vec<Change>,
+    pub patches: Vec<PatchApplied>,
+    pub warnings: Vec<String>,
+    pub lock: PathBuf,
+    pub lock_changed: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PatchApplied {
+    pub branch: String,
+    pub commit: String,
+}
+
+struct Source {
+    component: String,
+    url: String,
+    reference: String,
+    path: String,
+    replace: bool,
+    commit: Oid,
+}
+
+/// Runs a merge.
+pub fn merge(
+    cfg: &Config,
+    opts: &MergeOptions,
+    reporter: &dyn Reporter,
+) -> Result<Merged, MergeError> {
+    let upstream = cfg.upstream.as_ref().ok_or(MergeError::NoUpstream)?;
+    let repo_path = cfg.deploy_repo();
+    let repo = Repository::open(&repo_path).map_err(|e| MergeError::Repo {
+        path: repo_path.clone(),
+        message: e.message().to_string(),
+    })?;
+    let _guard = MergeLock::take(&repo, &repo_path)?;
+    let lock_path = lock::Lock::path_for(&opts.config_path);
+    let old_lock = Lock::read(&lock_path)?;
+    let branch_ref = format!("refs/heads/{}", cfg.deploy.branch);
+    let previous = repo
+        .find_reference(&branch_ref)
+        .ok()
+        .and_then(|r| r.target());
+
+    // Which pins stay: the lock's, for sources whose url and ref did not change, unless updated.
+    let updating = |name: &str| match &opts.update {
+        Some(list) => list.is_empty() || list.iter().any(|c| c == name),
+        None => false,
+    };
+    let keep_pin = |name: &str,
+                    url: &str,
+                    reference: &str,
+                    pin: Option<&Pin>|
+     -> Result<Option<Oid>, MergeError> {
+        let Some(pin) = pin else {
+            if opts.locked {
+                return Err(MergeError::LockedMismatch(format!(
+                    "{name} is not in the lock"
+                )));
+            }
+            return Ok(None);
+        };
+        if pin.url != url || pin.reference != reference {
+            if opts.locked {
+                return Err(MergeError::LockedMismatch(format!(
+                    "{name} changed in the config ({} {} -> {url} {reference})",
+                    pin.url, pin.reference
+                )));
+            }
+            return Ok(None);
+        }
+        if updating(name) && !opts.locked {
+            return Ok(None);
+        }
+        Oid::from_str(&pin.commit).map(Some).map_err(|_| {
+            MergeError::Lock(LockError::Parse {
+                path: lock_path.clone(),
+                message: format!("{name}: `{}` is not a commit id", pin.commit),
+            })
+        })
+    };
+    if opts.locked {
+        if let Some(lock) = &old_lock {
+            for p in &lock.plugins {
+                if !cfg.plugins.iter().any(|c| c.component.0 == p.component) {
+                    return Err(MergeError::LockedMismatch(format!(
+                        "{} is in the lock but no longer in the config",
+                        p.component
+                    )));
+                }
+            }
+        } else {
+            return Err(MergeError::LockedMismatch(format!(
+                "{} does not exist",
+                lock_path.display()
+            )));
+        }
+    }
+
+    // Fetch.
+    let base = &cfg.base_dir;
+    let mut fetched_any = false;
+    let up_url = fetch::normalize_url(&upstream.url, base);
+    let up_pin = keep_pin(
+        "upstream",
+        &upstream.url,
+        &upstream.reference,
+        old_lock.as_ref().and_then(|l| l.upstream.as_ref()),
+    )?;
+    reporter.step(&format!(
+        "fetching upstream ({} {})",
+        upstream.url, upstream.reference
+    ));
+    let up = fetch::fetch(
+        &repo,
+        &Request {
+            name: "upstream",
+            url: &up_url,
+            reference: &upstream.reference,
+            local_ref: "refs/moodle-release/upstream".into(),
+            pinned: up_pin,
+        },
+        cfg.deploy.fetch,
+        &cfg.ssh,
+    )?;
+    fetched_any |= up.fetched;
+    reporter.step_done();
+    let up_commit = repo.find_commit(up.commit)?;
+    let up_tree = up_commit.tree()?;
+    let prefix = if up_tree.get_path(Path::new("public/version.php")).is_ok() {
+        "public/"
+    } else {
+        ""
+    };
+    let core =
+        read_version_php(&repo, &up_tree, &format!("{prefix}version.php")).ok_or_else(|| {
+            MergeError::Moodle(format!(
+                "upstream ({} {}) has no version.php at {prefix}version.php: is it Moodle?",
+                upstream.url, upstream.reference
+            ))
+        })?;
+    let core_version = core.text("version").unwrap_or("").to_string();
+    let core_release = core.text("release").map(String::from);
+    let core_branch = core.text("branch").unwrap_or("").to_string();
+
+    let mut sources = Vec::new();
+    for p in &cfg.plugins {
+        let name = p.component.0.as_str();
+        let pin = keep_pin(
+            name,
+            &p.url,
+            &p.reference,
+            old_lock
+                .as_ref()
+                .and_then(|l| l.plugin(name))
+                .map(|pp| &pp.pin),
+        )?;
+        reporter.step(&format!("fetching {name} ({} {})", p.url, p.reference));
+        let f = fetch::fetch(
+            &repo,
+            &Request {
+                name,
+                url: &fetch::normalize_url(&p.url, base),
+                reference: &p.reference,
+                local_ref: format!("refs/moodle-release/plugins/{name}"),
+                pinned: pin,
+            },
+            cfg.deploy.fetch,
+            &cfg.ssh,
+        )?;
+        reporter.step_done();
+        fetched_any |= f.fetched;
+        sources.push(Source {
+            component: name.to_string(),
+            url: p.url.clone(),
+            reference: p.reference.clone(),
+            path: String::new(),
+            replace: p.replace,
+            commit: f.commit,
+        });
+    }
+    let _ = fetched_any;
+
+    // Paths: from the config, else from the plugin types upstream declares (and parents'
+    // subplugin types).
+    let types = plugin_types(&repo, &up_tree, prefix, &sources)?;
+    for (s, p) in sources.iter_mut().zip(&cfg.plugins) {
+        s.path = match &p.path {
+            Some(path) => format!("{prefix}{}", path.trim_matches('/')),
+            None => {
+                let (t, n) = p.component.split();
+                let dir = types.get(t).ok_or_else(|| {
+                    MergeError::Moodle(format!(
+                        "{}: upstream declares no plugin type `{t}` (lib/components.json, db/subplugins.json); set `path` in its [[plugins]] entry",
+                        p.component
+                    ))
+                })?;
+                format!("{prefix}{dir}/{n}")
+            }
+        };
+    }
+
+    // Checks and grafting, parents first (a subplugin's path lies inside its parent's).
+    let mut warnings = Vec::new();
+    let mut order: Vec<usize> = (0..sources.len()).collect();
+    order.sort_by_key(|&i| sources[i].path.matches('/').count());
+    let mut seen_paths: BTreeMap<String, String> = BTreeMap::new();
+    let mut tree_id = up_tree.id();
+    let mut versions: BTreeMap<String, String> = BTreeMap::new();
+    for &i in &order {
+        let s = &sources[i];
+        let what = format!("{} ({} {})", s.component, s.url, s.reference);
+        let ptree = repo.find_commit(s.commit)?.tree()?;
+        let v = read_version_php(&repo, &ptree, "version.php").ok_or_else(|| {
+            MergeError::Moodle(format!(
+                "{what}: no version.php at the top of the repository: not a Moodle plugin"
+            ))
+        })?;
+        let comp = v.plugin("component").unwrap_or("");
+        if comp != s.component {
+            return Err(MergeError::Moodle(format!(
+                "{what}: its version.php says $plugin->component = '{comp}', not '{}'",
+                s.component
+            )));
+        }
+        let version = v.plugin("version").unwrap_or("").to_string();
+        if version.is_empty() {
+            return Err(MergeError::Moodle(format!(
+                "{what}: version.php sets no $plugin->version"
+            )));
+        }
+        if let Some(req) = v.plugin("requires") {
+            if cmp_version(req, &core_version).is_gt() {
+                return Err(MergeError::Moodle(format!(
+                    "{what}: requires Moodle {req}, newer than upstream's $version {core_version}"
+                )));
+            }
+        }
+        if let Some(inc) = v.plugin("incompatible") {
+            if cmp_version(&core_branch, inc).is_ge() {
+                return Err(MergeError::Moodle(format!(
+                    "{what}: declares itself incompatible with Moodle branch {inc} and later; upstream is branch {core_branch}"
+                )));
+            }
+        }
+        if let Some((lo, hi)) = v.supported() {
+            if cmp_version(&core_branch, &lo).is_lt() || cmp_version(&core_branch, &hi).is_gt() {
+                let msg = format!("{what}: supports Moodle branches {lo} to {hi}; upstream is branch {core_branch}");
+                if opts.strict {
+                    return Err(MergeError::Moodle(msg));
+                }
+                warnings.push(msg);
+            }
+        }
+        if let Some(old) = old_lock.as_ref().and_then(|l| l.plugin(&s.component)) {
+            if cmp_version(&version, &old.pin.version).is_lt() {
+                return Err(MergeError::Moodle(format!(
+                    "{what}: $plugin->version {version} is lower than the locked {}: Moodle refuses to downgrade a plugin",
+                    old.pin.version
+                )));
+            }
+        }
+        if let Some(other) = seen_paths.get(&s.path) {
+            if !s.replace {
+                return Err(MergeError::Moodle(format!(
+                    "{} and {other} both go to {}; set `replace = true` on the one that wins",
+                    s.component, s.path
+                )));
+            }
+        }
+        let current = repo.find_tree(tree_id)?;
+        if current.get_path(Path::new(&s.path)).is_ok()
+            && !s.replace
+            && !seen_paths.contains_key(&s.path)
+        {
+            return Err(MergeError::Moodle(format!(
+                "{what}: upstream already has {}; set `replace = true` to replace it with the plugin",
+                s.path
+            )));
+        }
+        seen_paths.insert(s.path.clone(), s.component.clone());
+        tree_id = graft(&repo, &current, &s.path, ptree.id())?;
+        versions.insert(s.component.clone(), version);
+    }
+
+    // Dependencies, against the grafted tree.
+    let grafted = repo.find_tree(tree_id)?;
+    for &i in &order {
+        let s = &sources[i];
+        let ptree = repo.find_commit(s.commit)?.tree()?;
+        let v = read_version_php(&repo, &ptree, "version.php").unwrap_or_default();
+        for (dep, need) in v.dependencies() {
+            let have = versions.get(&dep).cloned().or_else(|| {
+                let (t, n) = dep.split_once('_')?;
+                let dir = types.get(t)?;
+                read_version_php(&repo, &grafted, &format!("{prefix}{dir}/{n}/version.php"))?
+                    .plugin("version")
+                    .map(String::from)
+            });
+            match have {
+                None => {
+                    return Err(MergeError::Moodle(format!(
+                        "{} needs {dep}, which is neither in upstream nor among the plugins",
+                        s.component
+                    )))
+                }
+                Some(have) if need != "ANY_VERSION" && cmp_version(&have, &need).is_lt() => {
+                    return Err(MergeError::Moodle(format!(
+                        "{} needs {dep} {need} or later; the tree has {have}",
+                        s.component
+                    )))
+                }
+                _ => {}
+            }
+        }
+    }
+
+    // Patches.
+    let mut applied = Vec::new();
+    let first_parent_chain = match previous {
+        Some(p) => first_parents(&repo, p)?,
+        None => Vec::new(),
+    };
+    for name in &cfg.deploy.patches {
+        reporter.step(&format!("merging patch branch {name}"));
+        let tip = repo
+            .revparse_single(name)
+            .and_then(|o| o.peel_to_commit())
+            .map_err(|_| MergeError::NoPatch(name.clone()))?;
+        let fork = first_parent_chain
+            .iter()
+            .copied()
+            .find(|&d| d == tip.id() || repo.graph_descendant_of(tip.id(), d).unwrap_or(false));
+        let base = match fork {
+            Some(d) if d != tip.id() => d,
+            Some(_) => {
+                // The tip itself is on the deployment branch's first-parent line: nothing to add.
+                reporter.step_done();
+                continue;
+            }
+            None => repo
+                .merge_base(tip.id(), up.commit)
+                .map_err(|_| MergeError::Unrelated(name.clone()))?,
+        };
+        let ancestor = repo.find_commit(base)?.tree()?;
+        let ours = repo.find_tree(tree_id)?;
+        let theirs = tip.tree()?;
+        let mut index = repo.merge_trees(&ancestor, &ours, &theirs, None)?;
+        if index.has_conflicts() {
+            let mut files = BTreeSet::new();
+            for c in index.conflicts()? {
+                let c = c?;
+                for e in [c.our, c.their, c.ancestor].into_iter().flatten() {
+                    files.insert(String::from_utf8_lossy(&e.path).into_owned());
+                }
+            }
+            return Err(MergeError::Conflict {
+                branch: name.clone(),
+                deploy: cfg.deploy.branch.clone(),
+                files: files.into_iter().collect::<Vec<_>>().join(", "),
+            });
+        }
+        tree_id = index.write_tree_to(&repo)?;
+        applied.push(PatchApplied {
+            branch: name.clone(),
+            commit: tip.id().to_string(),
+        });
+        reporter.step_done();
+    }
+
+    // The new lock.
+    let new_lock = Lock {
+        upstream: Some(Pin {
+            url: upstream.url.clone(),
+            reference: upstream.reference.clone(),
+            commit: up.commit.to_string(),
+            version: core_version.clone(),
+            release: core_release.clone(),
+        }),
+        plugins: sources
+            .iter()
+            .map(|s| PluginPin {
+                component: s.component.clone(),
+                path: s.path.clone(),
+                pin: Pin {
+                    url: s.url.clone(),
+                    reference: s.reference.clone(),
+                    commit: s.commit.to_string(),
+                    version: versions[&s.component].clone(),
+                    release: None,
+                },
+            })
+            .collect(),
+    };
+    let lock_changed = old_lock.as_ref() != Some(&new_lock);
+    if opts.locked && lock_changed {
+        return Err(MergeError::LockedMismatch("the lock would change".into()));
+    }
+
+    // What changed, against the previous deployment.
+    let prev_tree = match previous {
+        Some(p) => Some(repo.find_commit(p)?.tree()?),
+        None => None,
+    };
+    let prev_core = prev_tree
+        .as_ref()
+        .and_then(|t| read_version_php(&repo, t, &format!("{prefix}version.php")));
+    let core_change = Change {
+        component: "core".into(),
+        from: prev_core
+            .as_ref()
+            .and_then(|v| v.text("version").map(String::from)),
+        to: Some(core_version.clone()),
+        commit: Some(up.commit.to_string()),
+    };
+    let mut plugins = Vec::new();
+    for s in &sources {
+        let from = prev_tree
+            .as_ref()
+            .and_then(|t| read_version_php(&repo, t, &format!("{}/version.php", s.path)))
+            .and_then(|v| v.plugin("version").map(String::from));
+        plugins.push(Change {
+            component: s.component.clone(),
+            from,
+            to: Some(versions[&s.component].clone()),
+            commit: Some(s.commit.to_string()),
+        });
+    }
+    if let Some(old) = &old_lock {
+        for p in &old.plugins {
+            if !sources.iter().any(|s| s.component == p.component) {
+                plugins.push(Change {
+                    component: p.component.clone(),
+                    from: Some(p.pin.version.clone()),
+                    to: None,
+                    commit: None,
+                });
+            }
+        }
+    }
+
+    let prev_tree_id = prev_tree.as_ref().map(|t| t.id());
+    let changed = prev_tree_id != Some(tree_id);
+    let mut result = Merged {
+        changed,
+        dry_run: opts.dry_run,
+        branch: cfg.deploy.branch.clone(),
+        commit: previous.map(|p| p.to_string()).unwrap_or_default(),
+        previous: previous.map(|p| p.to_string()),
+        core: core_change,
+        core_release: core_release.clone(),
+        previous_release: prev_core
+            .as_ref()
+            .and_then(|v| v.text("release").map(String::from)),
+        plugins,
+        patches: applied,
+        warnings,
+        lock: lock_path.clone(),
+        lock_changed,
+    };
+    if opts.dry_run {
+        return Ok(result);
+    }
+    if changed {
+        let tree = repo.find_tree(tree_id)?;
+        let sig = repo
+            .signature()
+            .or_else(|_| git2::Signature::now("moodle-release", "moodle-release@localhost"))?;
+        let mut parents: Vec<Oid> = Vec::new();
+        for id in previous
+            .into_iter()
+            .chain(std::iter::once(up.commit))
+            .chain(sources.iter().map(|s| s.commit))
+            .chain(
+                result
+                    .patches
+                    .iter()
+                    .filter_map(|p| Oid::from_str(&p.commit).ok()),
+            )
+        {
+            if !parents.contains(&id) {
+                parents.push(id);
+            }
+        }
+        let parent_commits = parents
+            .iter()
+            .map(|id| repo.find_commit(*id))
+            .collect::<Result<Vec<_>, _>>()?;
+        let refs: Vec<&git2::Commit> = parent_commits.iter().collect();
+        let message = commit_message(&result, &new_lock);
+        let id = repo.commit(None, &sig, &sig, &message, &tree, &refs)?;
+        let log = format!(
+            "moodle-release merge: {}",
+            message.lines().next().unwrap_or("")
+        );
+        match previous {
+            Some(p) => repo
+                .reference_matching(&branch_ref, id, true, p, &log)
+                .map_err(|_| MergeError::Raced(cfg.deploy.branch.clone()))?,
+            None => repo
+                .reference(&branch_ref, id, false, &log)
+                .map_err(|_| MergeError::Raced(cfg.deploy.branch.clone()))?,
+        };
+        result.commit = id.to_string();
+    }
+    if lock_changed {
+        new_lock.write(&lock_path)?;
+    }
+    Ok(result)
+}
+
+/// Grafts `subtree` at `path` of `base` (replacing whatever was there).
+fn graft(repo: &Repository, base: &Tree, path: &str, subtree: Oid) -> Result<Oid, git2::Error> {
+    let mut b = git2::build::TreeUpdateBuilder::new();
+    b.upsert(path, subtree, FileMode::Tree);
+    b.create_updated(repo, base)
+}
+
+/// Reads `path` of `tree` as a version.php.
+fn read_version_php(repo: &Repository, tree: &Tree, path: &str) -> Option<VersionPhp> {
+    let entry = tree.get_path(Path::new(path)).ok()?;
+    if entry.kind() != Some(ObjectType::Blob) {
+        return None;
+    }
+    let blob = repo.find_blob(entry.id()).ok()?;
+    Some(VersionPhp::parse(blob.content()))
+}
+
+fn read_json(repo: &Repository, tree: &Tree, path: &str) -> Option<serde_json::Value> {
+    let entry = tree.get_path(Path::new(path)).ok()?;
+    let blob = repo.find_blob(entry.id()).ok()?;
+    serde_json::from_slice(blob.content()).ok()
+}
+
+/// Plugin type -> folder (relative to the web root), as upstream declares them: core's
+/// `lib/components.json`, the `db/subplugins.json` of core plugins that have one and of the
+/// configured plugins; the built-in table fills what is missing.
+fn plugin_types(
+    repo: &Repository,
+    up: &Tree,
+    prefix: &str,
+    sources: &[Source],
+) -> Result<BTreeMap<String, String>, MergeError> {
+    let mut types: BTreeMap<String, String> = BTreeMap::new();
+    if let Some(j) = read_json(repo, up, &format!("{prefix}lib/components.json")) {
+        if let Some(m) = j.get("plugintypes").and_then(|m| m.as_object()) {
+            for (k, v) in m {
+                if let Some(v) = v.as_str() {
+                    types.insert(k.clone(), v.trim_matches('/').to_string());
+                }
+            }
+        }
+    }
+    let subplugins =
+        |json: serde_json::Value, plugin_dir: &str, types: &mut BTreeMap<String, String>| {
+            if let Some(m) = json.get("plugintypes").and_then(|m| m.as_object()) {
+                for (k, v) in m {
+                    if let Some(v) = v.as_str() {
+                        types
+                            .entry(k.clone())
+                            .or_insert_with(|| v.trim_matches('/').to_string());
+                    }
+                }
+            }
+            if let Some(m) = json.get("subplugintypes").and_then(|m| m.as_object()) {
+                for (k, v) in m {
+                    if let Some(v) = v.as_str() {
+                        types
+                            .entry(k.clone())
+                            .or_insert_with(|| format!("{plugin_dir}/{}", v.trim_matches('/')));
+                    }
+                }
+            }
+        };
+    let missing = |types: &BTreeMap<String, String>| {
+        sources
+            .iter()
+            .any(|s| !types.contains_key(s.component.split_once('_').map(|x| x.0).unwrap_or("")))
+    };
+    // Configured plugins can declare subplugin types (their own children come after them).
+    for s in sources {
+        let (t, n) = s.component.split_once('_').unwrap_or(("", ""));
+        let tree = repo.find_commit(s.commit)?.tree()?;
+        if let (Some(json), Some(dir)) = (
+            read_json(repo, &tree, "db/subplugins.json"),
+            types.get(t).cloned(),
+        ) {
+            subplugins(json, &format!("{dir}/{n}"), &mut types);
+        }
+    }
+    if missing(&types) {
+        // Core plugins with subplugins (mod_assign, tool_log, editor_tiny...).
+        let dirs: Vec<String> = types.values().cloned().collect();
+        for dir in dirs {
+            let Ok(entry) = up.get_path(Path::new(&format!("{prefix}{dir}"))) else {
+                continue;
+            };
+            let Ok(t) = repo.find_tree(entry.id()) else {
+                continue;
+            };
+            for child in t.iter() {
+                if child.kind() != Some(ObjectType::Tree) {
+                    continue;
+                }
+                let name = child.name().unwrap_or("");
+                let path = format!("{prefix}{dir}/{name}/db/subplugins.json");
+                if let Some(json) = read_json(repo, up, &path) {
+                    subplugins(json, &format!("{dir}/{name}"), &mut types);
+                }
+            }
+        }
+    }
+    for (t, dir) in PLUGIN_TYPES {
+        types
+            .entry(t.to_string())
+            .or_insert_with(|| dir.to_string());
+    }
+    Ok(types)
+}
+
+/// The first-parent history of `tip`, newest first (bounded: fork points older than that are
+/// found through upstream instead).
+fn first_parents(repo: &Repository, tip: Oid) -> Result<Vec<Oid>, git2::Error> {
+    let mut out = Vec::new();
+    let mut c = repo.find_commit(tip)?;
+    loop {
+        out.push(c.id());
+        if out.len() >= 2000 {
+            break;
+        }
+        match c.parent(0) {
+            Ok(p) => c = p,
+            Err(_) => break,
+        }
+    }
+    Ok(out)
+}
+
+fn short(id: &str) -> &str {
+    &id[..id.len().min(12)]
+}
+
+/// The deployment commit's message: a summary line, what changed, and the pins as trailers.
+fn commit_message(m: &Merged, lock: &Lock) -> String {
+    let mut s = String::new();
+    let release = m.core_release.clone().unwrap_or_default();
+    let _ = write!(s, "Moodle {release}");
+    let n = lock.plugins.len();
+    let _ = writeln!(s, " with {n} plugin{}\n", if n == 1 { "" } else { "s" });
+    for line in summary_lines(m) {
+        let _ = writeln!(s, "{line}");
+    }
+    let _ = writeln!(s);
+    if let Some(u) = &lock.upstream {
+        let _ = writeln!(
+            s,
+            "Moodle-Release-Upstream: {} {} {}",
+            u.url, u.reference, u.commit
+        );
+    }
+    for p in &lock.plugins {
+        let _ = writeln!(
+            s,
+            "Moodle-Release-Plugin: {} {} {} {}",
+            p.component, p.pin.url, p.pin.reference, p.pin.commit
+        );
+    }
+    for p in &m.patches {
+        let _ = writeln!(s, "Moodle-Release-Patch: {} {}", p.branch, p.commit);
+    }
+    s
+}
+
+/// One line per change, for people: core, each plugin, patches.
+pub fn summary_lines(m: &Merged) -> Vec<String> {
+    let mut out = Vec::new();
+    let c = &m.core;
+    match (&c.from, &c.to) {
+        (Some(f), Some(t)) if f != t => out.push(format!(
+            "- core: {} ({f}) -> {} ({t})",
+            m.previous_release.clone().unwrap_or_default(),
+            m.core_release.clone().unwrap_or_default()
+        )),
+        (None, Some(t)) => out.push(format!(
+            "- core: {} ({t})",
+            m.core_release.clone().unwrap_or_default()
+        )),
+        _ => {}
+    }
+    for p in &m.plugins {
+        match (&p.from, &p.to) {
+            (None, Some(t)) => out.push(format!("- {}: added, version {t}", p.component)),
+            (Some(f), None) => out.push(format!("- {}: removed (was {f})", p.component)),
+            (Some(f), Some(t)) if f != t => out.push(format!("- {}: {f} -> {t}", p.component)),
+            _ => {}
+        }
+    }
+    for p in &m.patches {
+        out.push(format!(
+            "- patch {} ({}) merged",
+            p.branch,
+            short(&p.commit)
+        ));
+    }
+    out
+}
+
+/// `--notes FILE`: the change summary as Markdown.
+pub fn notes_markdown(m: &Merged) -> String {
+    let mut s = format!(
+        "## Moodle {}\n\n",
+        m.core_release.clone().unwrap_or_default()
+    );
+    let lines = summary_lines(m);
+    if lines.is_empty() || !m.changed {
+        s.push_str("No change.\n");
+    }
+    for l in lines {
+        s.push_str(&l);
+        s.push('\n');
+    }
+    for w in &m.warnings {
+        let _ = writeln!(s, "\n> warning: {w}");
+    }
+    s
+}
+
+/// A lock file in the repository's git folder: a second merge on the same repository refuses
+/// while one runs. Removed on drop.
+struct MergeLock {
+    path: PathBuf,
+}
+
+impl MergeLock {
+    fn take(repo: &Repository, repo_path: &Path) -> Result<MergeLock, MergeError> {
+        let path = repo.path().join("moodle-release-merge.lock");
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)
+        {
+            Ok(mut f) => {
+                let _ = std::io::Write::write_all(
+                    &mut f,
+                    format!("{}\n", std::process::id()).as_bytes(),
+                );
+                Ok(MergeLock { path })
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                // A lock whose process is gone (killed merge) is stale: take it over.
+                let pid = std::fs::read_to_string(&path)
+                    .ok()
+                    .and_then(|t| t.trim().parse::<u32>().ok());
+                if let Some(pid) = pid {
+                    if !Path::new(&format!("/proc/{pid}")).exists() {
+                        let _ = std::fs::remove_file(&path);
+                        return MergeLock::take(repo, repo_path);
+                    }
+                }
+                Err(MergeError::Busy {
+                    path: repo_path.to_path_buf(),
+                    lock: path,
+                })
+            }
+            Err(e) => Err(MergeError::Repo {
+                path: repo_path.to_path_buf(),
+                message: format!("cannot create {}: {e}", path.display()),
+            }),
+        }
+    }
+}
+
+impl Drop for MergeLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
