@@ -1,0 +1,566 @@
+//! `moodle-release merge` on real git repositories: upstream, plugins and patch branches made
+//! with git in temporary folders.
+
+mod common;
+
+use common::*;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// Upstream, two plugin repositories and a site repository whose config names them.
+struct Lab {
+    site: Site,
+}
+
+impl Lab {
+    fn new() -> Lab {
+        let site = Site::empty();
+        let up = site.dir().join("upstream");
+        fs::create_dir_all(&up).unwrap();
+        run(git(&up).args(["init", "-q", "-b", "MOODLE_401_STABLE"]));
+        moodle_tree(&up, "2022112809.00", "4.1.9 (Build: 20240212)");
+        write(
+            &up.join("lib/components.json"),
+            r#"{"plugintypes": {"mod": "mod", "block": "blocks", "tool": "admin\/tool", "local": "local"}}"#,
+        );
+        write(
+            &up.join("mod/assign/version.php"),
+            &plugin_version_php("mod_assign", "2022112800"),
+        );
+        write(
+            &up.join("mod/assign/db/subplugins.json"),
+            r#"{"plugintypes": {"assignsubmission": "mod\/assign\/submission", "assignfeedback": "mod\/assign\/feedback"}}"#,
+        );
+        run(git(&up).args(["add", "-A"]));
+        run(git(&up).args(["commit", "-q", "-m", "4.1.9"]));
+        let lab = Lab { site };
+        lab.plugin("mod_demo", "2024010100", &[]);
+        lab.plugin("assignsubmission_extra", "2024010100", &[]);
+        // The site repository's own branch (main), beside the deployment branch merge writes.
+        run(git(&lab.site.repo()).args(["symbolic-ref", "HEAD", "refs/heads/main"]));
+        write(&lab.site.repo().join("README"), "site\n");
+        lab.site.commit("site");
+        lab.config("");
+        lab
+    }
+
+    fn upstream(&self) -> PathBuf {
+        self.site.dir().join("upstream")
+    }
+
+    fn plugin_dir(&self, component: &str) -> PathBuf {
+        self.site.dir().join("plugins").join(component)
+    }
+
+    /// Makes (or adds a commit to) a plugin repository; `extra` files are (path, content).
+    fn plugin(&self, component: &str, version: &str, extra: &[(&str, &str)]) {
+        let dir = self.plugin_dir(component);
+        if !dir.exists() {
+            fs::create_dir_all(&dir).unwrap();
+            run(git(&dir).args(["init", "-q", "-b", "main"]));
+        }
+        write(
+            &dir.join("version.php"),
+            &plugin_version_php(component, version),
+        );
+        write(
+            &dir.join("lib.php"),
+            &format!("<?php\n// {component} {version}\n"),
+        );
+        for (p, c) in extra {
+            write(&dir.join(p), c);
+        }
+        run(git(&dir).args(["add", "-A"]));
+        run(git(&dir).args(["commit", "-q", "-m", &format!("{component} {version}")]));
+    }
+
+    /// The config: upstream branch, both plugins, plus `extra` TOML in [deploy] or after.
+    fn config(&self, deploy_extra: &str) {
+        self.config_with(deploy_extra, "");
+    }
+
+    fn config_with(&self, deploy_extra: &str, plugins_extra: &str) {
+        let text = format!(
+            r#"[site]
+package = "moodle-test"
+maintainer = "Moodle Team <moodle-admins@example.edu>"
+description = "Moodle code for the tests"
+install_dir = "/srv/moodle-test/html"
+
+[upstream]
+url = "upstream"
+ref = "MOODLE_401_STABLE"
+
+[[plugins]]
+component = "mod_demo"
+url = "file://{demo}"
+ref = "main"
+
+[[plugins]]
+component = "assignsubmission_extra"
+url = "plugins/assignsubmission_extra"
+ref = "main"
+{plugins_extra}
+[deploy]
+repo = "repo"
+branch = "deploy"
+{deploy_extra}
+"#,
+            demo = self.plugin_dir("mod_demo").display()
+        );
+        fs::write(self.site.config_path(), text).unwrap();
+    }
+
+    fn merge(&self, args: &[&str]) -> serde_json::Value {
+        let out = run(self.site.cmd().arg("--json").arg("merge").args(args));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+
+    fn merge_fails(&self, args: &[&str]) -> (i32, String) {
+        let out = self.site.cmd().arg("merge").args(args).output().unwrap();
+        assert!(
+            !out.status.success(),
+            "merge should fail: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!err.contains("panicked"), "{err}");
+        (out.status.code().unwrap_or(-1), err)
+    }
+
+    fn show(&self, rev_path: &str) -> String {
+        stdout(git(&self.site.repo()).args(["show", rev_path]))
+    }
+
+    fn rev(&self, rev: &str) -> String {
+        stdout(git(&self.site.repo()).args(["rev-parse", rev]))
+            .trim()
+            .to_string()
+    }
+
+    fn lock(&self) -> String {
+        fs::read_to_string(self.site.dir().join("moodle-release.lock")).unwrap()
+    }
+}
+
+fn upstream_commit(up: &Path, version: &str, release: &str) {
+    write(
+        &up.join("version.php"),
+        &core_version_php(version, release, "401"),
+    );
+    run(git(up).args(["commit", "-q", "-am", release]));
+}
+
+#[test]
+fn grafts_plugins_at_their_paths_and_writes_the_lock() {
+    let lab = Lab::new();
+    let v = lab.merge(&[]);
+    assert_eq!(v["changed"], true);
+    let commit = v["commit"].as_str().unwrap();
+    assert_eq!(lab.rev("deploy"), commit);
+    // Upstream's files, each plugin at its derived path (a subplugin through its parent's
+    // db/subplugins.json), and nothing of the site repository's own branch.
+    assert!(lab.show("deploy:version.php").contains("4.1.9"));
+    assert!(lab
+        .show("deploy:mod/demo/version.php")
+        .contains("'mod_demo'"));
+    assert!(lab
+        .show("deploy:mod/assign/submission/extra/version.php")
+        .contains("assignsubmission_extra"));
+    assert!(lab
+        .show("deploy:mod/assign/version.php")
+        .contains("mod_assign"));
+    // Parents: upstream and both plugin commits; pins in the trailers.
+    let parents = stdout(git(&lab.site.repo()).args(["log", "-1", "--format=%P", "deploy"]));
+    assert_eq!(parents.split_whitespace().count(), 3, "{parents}");
+    let up = stdout(git(&lab.upstream()).args(["rev-parse", "HEAD"]));
+    assert!(parents.contains(up.trim()));
+    let msg = stdout(git(&lab.site.repo()).args(["log", "-1", "--format=%B", "deploy"]));
+    assert!(
+        msg.contains(&format!(
+            "Moodle-Release-Upstream: upstream MOODLE_401_STABLE {}",
+            up.trim()
+        )),
+        "{msg}"
+    );
+    assert!(msg.contains("Moodle-Release-Plugin: mod_demo"), "{msg}");
+    let lock = lab.lock();
+    assert!(
+        lock.contains(&format!("commit = \"{}\"", up.trim())),
+        "{lock}"
+    );
+    assert!(
+        lock.contains("path = \"mod/assign/submission/extra\""),
+        "{lock}"
+    );
+    assert!(lock.contains("version = \"2024010100\""), "{lock}");
+
+    // Again: nothing changed, no new commit, and it says so.
+    let again = lab.merge(&[]);
+    assert_eq!(again["changed"], false);
+    assert_eq!(lab.rev("deploy"), commit);
+    let text = String::from_utf8(run(lab.site.cmd().arg("merge")).stdout).unwrap();
+    assert!(text.contains("up to date"), "{text}");
+
+    // build packages the merged branch.
+    let deb = lab.site.build(&[]);
+    let rows = deb_contents(&deb);
+    assert!(rows
+        .iter()
+        .any(|r| r.2 == "./srv/moodle-test/html/mod/assign/submission/extra/version.php"));
+}
+
+#[test]
+fn pins_hold_until_update_and_locked_rebuilds_the_same_tree() {
+    let lab = Lab::new();
+    lab.merge(&[]);
+    let first_tree = lab.rev("deploy^{tree}");
+    upstream_commit(&lab.upstream(), "2022112810.00", "4.1.10 (Build: 20240422)");
+    lab.plugin("mod_demo", "2024030100", &[]);
+
+    // The refs moved, the lock did not: nothing changes.
+    let v = lab.merge(&[]);
+    assert_eq!(v["changed"], false);
+    // Only mod_demo moves.
+    let v = lab.merge(&["--update", "mod_demo"]);
+    assert_eq!(v["changed"], true);
+    assert!(lab
+        .show("deploy:mod/demo/version.php")
+        .contains("2024030100"));
+    assert!(lab.show("deploy:version.php").contains("4.1.9"));
+    let demo = v["plugins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["component"] == "mod_demo")
+        .unwrap()
+        .clone();
+    assert_eq!(demo["from"], "2024010100");
+    assert_eq!(demo["to"], "2024030100");
+    // Everything moves; the summary names the core change.
+    let out = run(lab
+        .site
+        .cmd()
+        .args(["merge", "--update", "--notes", "notes.md"]));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("core: 4.1.9 (Build: 20240212) (2022112809.00) -> 4.1.10 (Build: 20240422) (2022112810.00)"), "{text}");
+    let notes = fs::read_to_string(lab.site.dir().join("notes.md")).unwrap();
+    assert!(
+        notes.contains("## Moodle 4.1.10") && notes.contains("-> 4.1.10"),
+        "{notes}"
+    );
+    assert_ne!(lab.rev("deploy^{tree}"), first_tree);
+    let deploy_tree = lab.rev("deploy^{tree}");
+
+    // --locked in a fresh deployment repository (a CI runner): the same tree, bit for bit.
+    let ci = tempfile::tempdir().unwrap();
+    let ci_repo = ci.path().join("repo");
+    run(Command::new("git")
+        .args(["init", "-q", "-b", "main"])
+        .arg(&ci_repo));
+    // The same config, with the same relative paths to the sources.
+    fs::copy(
+        lab.site.config_path(),
+        ci.path().join("moodle-release.toml"),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(lab.upstream(), ci.path().join("upstream")).unwrap();
+    std::os::unix::fs::symlink(lab.site.dir().join("plugins"), ci.path().join("plugins")).unwrap();
+    fs::copy(
+        lab.site.dir().join("moodle-release.lock"),
+        ci.path().join("moodle-release.lock"),
+    )
+    .unwrap();
+    // Upstream moves on meanwhile: --locked must not follow it.
+    upstream_commit(
+        &lab.upstream(),
+        "2022112810.01",
+        "4.1.10+ (Build: 20240426)",
+    );
+    let out = run(Command::new(env!("CARGO_BIN_EXE_moodle-release"))
+        .current_dir(ci.path())
+        .args(["--no-progress", "merge", "--locked"]));
+    assert!(out.status.success());
+    let tree = stdout(git(&ci_repo).args(["rev-parse", "deploy^{tree}"]));
+    assert_eq!(tree.trim(), deploy_tree);
+    assert_eq!(
+        fs::read_to_string(ci.path().join("moodle-release.lock")).unwrap(),
+        lab.lock()
+    );
+
+    // --locked refuses a config that no longer matches the lock (exit 2), and writes nothing.
+    lab.config_with(
+        "",
+        "[[plugins]]\ncomponent = \"local_new\"\nurl = \"upstream\"\nref = \"MOODLE_401_STABLE\"\n",
+    );
+    let before = lab.lock();
+    let (code, err) = lab.merge_fails(&["--locked"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("local_new"), "{err}");
+    assert_eq!(lab.lock(), before);
+}
+
+#[test]
+fn patches_are_merged_and_survive_later_merges() {
+    let lab = Lab::new();
+    lab.merge(&[]);
+    // A local fix, branched off the deployment branch, touching a plugin's file.
+    run(git(&lab.site.repo()).args(["branch", "local-fixes", "deploy"]));
+    let wt = lab.site.dir().join("wt");
+    run(git(&lab.site.repo())
+        .args(["worktree", "add", "-q"])
+        .arg(&wt)
+        .arg("local-fixes"));
+    write(
+        &wt.join("mod/demo/lib.php"),
+        "<?php\n// mod_demo 2024010100\n// local fix\n",
+    );
+    run(git(&wt).args(["commit", "-q", "-am", "local fix"]));
+    lab.config("patches = [\"local-fixes\"]");
+    let v = lab.merge(&[]);
+    assert_eq!(v["changed"], true);
+    assert_eq!(v["patches"][0]["branch"], "local-fixes");
+    assert!(lab.show("deploy:mod/demo/lib.php").contains("local fix"));
+
+    // Upstream and the plugin move on (the plugin in another file); the fix must still be there.
+    upstream_commit(&lab.upstream(), "2022112810.00", "4.1.10 (Build: 20240422)");
+    lab.plugin("mod_demo", "2024010100", &[("lang/en/demo.php", "<?php\n")]);
+    // (same version: lib.php is rewritten identically, only a new file)
+    lab.merge(&["--update"]);
+    assert!(lab.show("deploy:version.php").contains("4.1.10"));
+    assert!(
+        lab.show("deploy:mod/demo/lib.php").contains("local fix"),
+        "the patch was dropped"
+    );
+    assert!(lab
+        .show("deploy:mod/demo/lang/en/demo.php")
+        .contains("<?php"));
+    let again = lab.merge(&[]);
+    assert_eq!(again["changed"], false);
+}
+
+#[test]
+fn a_conflicting_patch_names_the_files_and_changes_nothing() {
+    let lab = Lab::new();
+    lab.merge(&[]);
+    run(git(&lab.site.repo()).args(["branch", "local-fixes", "deploy"]));
+    let wt = lab.site.dir().join("wt");
+    run(git(&lab.site.repo())
+        .args(["worktree", "add", "-q"])
+        .arg(&wt)
+        .arg("local-fixes"));
+    write(
+        &wt.join("mod/demo/lib.php"),
+        "<?php\n// our version of the line\n",
+    );
+    run(git(&wt).args(["commit", "-q", "-am", "local change"]));
+    lab.config("patches = [\"local-fixes\"]");
+    lab.merge(&[]);
+    let deploy = lab.rev("deploy");
+    let lock = lab.lock();
+    // The plugin changes the same line.
+    lab.plugin("mod_demo", "2024030100", &[]);
+    let (code, err) = lab.merge_fails(&["--update"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("local-fixes") && err.contains("mod/demo/lib.php"),
+        "{err}"
+    );
+    assert_eq!(lab.rev("deploy"), deploy, "the branch moved");
+    assert_eq!(lab.lock(), lock, "the lock changed");
+}
+
+#[test]
+fn unrelated_patch_histories_are_refused() {
+    let lab = Lab::new();
+    lab.merge(&[]);
+    run(git(&lab.site.repo()).args(["checkout", "-q", "--orphan", "stray"]));
+    write(&lab.site.repo().join("stray.txt"), "x");
+    run(git(&lab.site.repo()).args(["add", "stray.txt"]));
+    run(git(&lab.site.repo()).args(["commit", "-q", "-m", "stray"]));
+    lab.config("patches = [\"stray\"]");
+    let (code, err) = lab.merge_fails(&[]);
+    assert_eq!(code, 1);
+    assert!(err.contains("stray") && err.contains("unrelated"), "{err}");
+    lab.config("patches = [\"no-such-branch\"]");
+    let (_, err) = lab.merge_fails(&[]);
+    assert!(err.contains("no-such-branch"), "{err}");
+}
+
+#[test]
+fn moodle_checks_refuse_bad_plugins() {
+    // (what to break, what the error must say)
+    let cases: Vec<(&str, Box<dyn Fn(&Lab)>, &str)> = vec![
+        (
+            "not a plugin",
+            Box::new(|l: &Lab| {
+                let d = l.plugin_dir("mod_demo");
+                run(git(&d).args(["rm", "-q", "version.php"]));
+                run(git(&d).args(["commit", "-q", "-m", "no version.php"]));
+            }),
+            "not a Moodle plugin",
+        ),
+        (
+            "wrong component",
+            Box::new(|l: &Lab| {
+                write(
+                    &l.plugin_dir("mod_demo").join("version.php"),
+                    &plugin_version_php("mod_other", "2024010100"),
+                );
+                run(git(&l.plugin_dir("mod_demo")).args(["commit", "-q", "-am", "x"]));
+            }),
+            "mod_other",
+        ),
+        (
+            "requires a newer Moodle",
+            Box::new(|l: &Lab| {
+                let text = plugin_version_php("mod_demo", "2024010100")
+                    .replace("2022112800;", "2024100700;");
+                write(&l.plugin_dir("mod_demo").join("version.php"), &text);
+                run(git(&l.plugin_dir("mod_demo")).args(["commit", "-q", "-am", "x"]));
+            }),
+            "2024100700",
+        ),
+        (
+            "missing dependency",
+            Box::new(|l: &Lab| {
+                let text = plugin_version_php("mod_demo", "2024010100")
+                    + "$plugin->dependencies = ['local_missing' => ANY_VERSION];\n";
+                write(&l.plugin_dir("mod_demo").join("version.php"), &text);
+                run(git(&l.plugin_dir("mod_demo")).args(["commit", "-q", "-am", "x"]));
+            }),
+            "local_missing",
+        ),
+        (
+            "dependency too old",
+            Box::new(|l: &Lab| {
+                let text = plugin_version_php("mod_demo", "2024010100")
+                    + "$plugin->dependencies = array('mod_forum' => 2099010100);\n";
+                write(&l.plugin_dir("mod_demo").join("version.php"), &text);
+                run(git(&l.plugin_dir("mod_demo")).args(["commit", "-q", "-am", "x"]));
+            }),
+            "2099010100",
+        ),
+        (
+            "incompatible",
+            Box::new(|l: &Lab| {
+                let text =
+                    plugin_version_php("mod_demo", "2024010100") + "$plugin->incompatible = 401;\n";
+                write(&l.plugin_dir("mod_demo").join("version.php"), &text);
+                run(git(&l.plugin_dir("mod_demo")).args(["commit", "-q", "-am", "x"]));
+            }),
+            "incompatible",
+        ),
+        (
+            "downgrade",
+            Box::new(|l: &Lab| {
+                l.plugin("mod_demo", "2023010100", &[]);
+            }),
+            "downgrade",
+        ),
+    ];
+    for (name, breaker, needle) in cases {
+        let lab = Lab::new();
+        lab.merge(&[]);
+        let deploy = lab.rev("deploy");
+        let lock = lab.lock();
+        breaker(&lab);
+        let (code, err) = lab.merge_fails(&["--update"]);
+        assert_eq!(code, 1, "{name}: {err}");
+        assert!(err.contains(needle), "{name}: {err}");
+        assert!(err.contains("mod_demo"), "{name}: {err}");
+        assert_eq!(lab.rev("deploy"), deploy, "{name}: the branch moved");
+        assert_eq!(lab.lock(), lock, "{name}: the lock changed");
+    }
+}
+
+#[test]
+fn a_core_plugin_path_needs_replace() {
+    let lab = Lab::new();
+    lab.plugin("mod_forum", "2024010100", &[("local.txt", "ours\n")]);
+    let forum = format!(
+        "[[plugins]]\ncomponent = \"mod_forum\"\nurl = \"{}\"\nref = \"main\"\n",
+        lab.plugin_dir("mod_forum").display()
+    );
+    lab.config_with("", &forum);
+    let (code, err) = lab.merge_fails(&[]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("mod/forum") && err.contains("replace = true"),
+        "{err}"
+    );
+    lab.config_with("", &format!("{forum}replace = true\n"));
+    lab.merge(&[]);
+    assert_eq!(lab.show("deploy:mod/forum/local.txt"), "ours\n");
+    // The plugin replaced the folder: core's files of it are gone.
+    let out = git(&lab.site.repo())
+        .args(["show", "deploy:mod/forum/lang/en/forum.php"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}
+
+#[test]
+fn unsupported_branch_warns_and_strict_refuses() {
+    let lab = Lab::new();
+    let text = plugin_version_php("mod_demo", "2024010100") + "$plugin->supported = [402, 405];\n";
+    write(&lab.plugin_dir("mod_demo").join("version.php"), &text);
+    run(git(&lab.plugin_dir("mod_demo")).args(["commit", "-q", "-am", "x"]));
+    let (code, err) = lab.merge_fails(&["--strict"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("402") && err.contains("401"), "{err}");
+    let out = run(lab.site.cmd().arg("merge"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("402"), "no warning: {err}");
+}
+
+#[test]
+fn a_running_merge_makes_a_second_one_refuse() {
+    let lab = Lab::new();
+    // A merge in progress holds the lock with its pid: this test's own (alive) process.
+    let lock = lab.site.repo().join(".git/moodle-release-merge.lock");
+    fs::write(&lock, format!("{}\n", std::process::id())).unwrap();
+    let (code, err) = lab.merge_fails(&[]);
+    assert_eq!(code, 3, "{err}");
+    assert!(err.contains("another merge is running"), "{err}");
+    // A lock left by a dead process is taken over.
+    fs::write(&lock, "999999999\n").unwrap();
+    lab.merge(&[]);
+    assert!(!lock.exists());
+}
+
+#[test]
+fn libgit2_backend_gives_the_same_tree() {
+    let lab = Lab::new();
+    lab.merge(&[]);
+    let cli_tree = lab.rev("deploy^{tree}");
+    let other = Lab::new();
+    other.config("fetch = \"libgit2\"");
+    other.merge(&[]);
+    assert_eq!(other.rev("deploy^{tree}"), cli_tree);
+}
+
+#[test]
+fn unreachable_sources_name_the_source() {
+    let lab = Lab::new();
+    let text = fs::read_to_string(lab.site.config_path())
+        .unwrap()
+        .replace("ref = \"MOODLE_401_STABLE\"", "ref = \"MOODLE_999_STABLE\"");
+    fs::write(lab.site.config_path(), text).unwrap();
+    let (code, err) = lab.merge_fails(&[]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("upstream") && err.contains("MOODLE_999_STABLE"),
+        "{err}"
+    );
+    assert!(Command::new("git")
+        .arg("-C")
+        .arg(lab.site.repo())
+        .args(["rev-parse", "--verify", "-q", "deploy"])
+        .output()
+        .unwrap()
+        .stdout
+        .is_empty());
+    assert!(!lab.site.dir().join("moodle-release.lock").exists());
+}
