@@ -391,7 +391,8 @@ fn unrelated_patch_histories_are_refused() {
 #[test]
 fn moodle_checks_refuse_bad_plugins() {
     // (what to break, what the error must say)
-    let cases: Vec<(&str, Box<dyn Fn(&Lab)>, &str)> = vec![
+    type Breaker = Box<dyn Fn(&Lab)>;
+    let cases: Vec<(&str, Breaker, &str)> = vec![
         (
             "not a plugin",
             Box::new(|l: &Lab| {
