@@ -309,7 +309,8 @@ mod version_tests {
     #[test]
     fn decimal_not_float() {
         assert_eq!(cmp_version("2024100701.05", "2024100701.5"), Less);
-        assert_eq!(cmp_version("2024100701.10", "2024100701.9"), Greater);
+        assert_eq!(cmp_version("2024100701.10", "2024100701.9"), Less);
+        assert_eq!(cmp_version("2024100701.10", "2024100701.09"), Greater);
         assert_eq!(cmp_version("2024100701.50", "2024100701.5"), Equal);
         assert_eq!(cmp_version("2022112810.00", "2022112810"), Equal);
         assert_eq!(cmp_version("2022112800", "2022112810.00"), Less);
