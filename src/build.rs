@@ -638,7 +638,7 @@ fn lintian_overrides(cfg: &Config) -> String {
 }
 
 /// `Mon, 22 Apr 2024 10:00:00 +0000`.
-fn rfc2822(epoch: i64) -> String {
+pub(crate) fn rfc2822(epoch: i64) -> String {
     const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
     const MONTHS: [&str; 12] = [
         "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",

@@ -38,7 +38,7 @@ pub enum Command {
     /// Build the site's .deb from the deployment branch (or another ref, or a folder).
     Build(BuildArgs),
     /// Add built packages to the apt repository.
-    Publish(Rest),
+    Publish(PublishArgs),
     /// Upgrade the web nodes, a batch at a time, through HAProxy.
     Roll(Rest),
     /// Go back to an earlier version, with the same care.
@@ -48,6 +48,26 @@ pub enum Command {
     /// Check the config file.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Look into the apt repository.
+    #[command(subcommand)]
+    Repo(RepoCommand),
+}
+
+/// `publish`
+#[derive(Debug, Args)]
+pub struct PublishArgs {
+    /// The packages to add.
+    #[arg(required = true, value_name = "DEB")]
+    pub debs: Vec<std::path::PathBuf>,
+    /// A version that must stay in the repository whatever `[apt] keep` says (repeatable).
+    #[arg(long, value_name = "VERSION")]
+    pub keep_version: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum RepoCommand {
+    /// The versions of the package in the repository, newest first.
+    List,
 }
 
 /// `merge`

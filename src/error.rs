@@ -7,6 +7,7 @@
 //! | 2 | usage or config error, or a command not available yet |
 //! | 3 | refused for safety (e.g. a held lock) |
 
+use crate::apt::AptError;
 use crate::build::BuildError;
 use crate::config::ConfigError;
 use crate::merge::MergeError;
@@ -20,6 +21,8 @@ pub enum Error {
     Build(#[from] BuildError),
     #[error(transparent)]
     Merge(#[from] MergeError),
+    #[error(transparent)]
+    Apt(#[from] AptError),
     #[error("`moodle-release {0}` is not available yet in this version")]
     NotYet(&'static str),
     #[error("{0}")]
@@ -35,6 +38,7 @@ impl Error {
             Error::Config(_) | Error::NotYet(_) | Error::Usage(_) => 2,
             Error::Build(_) | Error::Output(_) => 1,
             Error::Merge(e) => e.exit_code(),
+            Error::Apt(e) => e.exit_code(),
         }
     }
 
@@ -42,7 +46,7 @@ impl Error {
     pub fn hint(&self) -> Option<&'static str> {
         match self {
             Error::NotYet(_) => Some(
-                "this release of moodle-release implements `merge`, `build` and `config check`",
+                "this release of moodle-release implements `merge`, `build`, `publish`, `repo list` and `config check`",
             ),
             Error::Config(ConfigError::Read { .. }) => {
                 Some("give the config file with --config PATH (default: ./moodle-release.toml)")

@@ -5,6 +5,7 @@
 //! [`build`] decides what goes in them; [`report`] is how the core talks to the user; [`cli`]
 //! and [`run`] are the command line.
 
+pub mod apt;
 pub mod build;
 pub mod cli;
 pub mod config;

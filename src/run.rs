@@ -3,8 +3,9 @@
 
 use std::io::Write;
 
+use crate::apt;
 use crate::build::{self, BuildOptions, Input};
-use crate::cli::{Cli, Command, CompressionArg, ConfigCommand};
+use crate::cli::{Cli, Command, CompressionArg, ConfigCommand, RepoCommand};
 use crate::config::Config;
 use crate::deb::Compression;
 use crate::merge;
@@ -65,7 +66,77 @@ pub fn run(cli: Cli, reporter: &dyn Reporter, out: &mut dyn Write) -> Result<(),
             }
             Ok(())
         }
-        Command::Publish(_) => Err(Error::NotYet("publish")),
+        Command::Publish(a) => {
+            let cfg = Config::load(&cli.config)?;
+            let repo = apt::Repo::from_config(&cfg)?;
+            let opts = apt::PublishOptions {
+                keep_versions: a.keep_version,
+            };
+            let p = repo.publish(&a.debs, &opts, reporter)?;
+            if cli.json {
+                serde_json::to_writer_pretty(&mut *out, &p).map_err(std::io::Error::from)?;
+                writeln!(out)?;
+            } else {
+                for v in &p.added {
+                    writeln!(out, "added {} {v}", cfg.site.package)?;
+                }
+                for v in &p.unchanged {
+                    writeln!(
+                        out,
+                        "{} {v} is already published with the same bytes: nothing to do",
+                        cfg.site.package
+                    )?;
+                }
+                for v in &p.removed {
+                    writeln!(
+                        out,
+                        "removed {} {v} (beyond keep = {})",
+                        cfg.site.package, repo.keep
+                    )?;
+                }
+                writeln!(
+                    out,
+                    "{}: {} version(s) of {} ({}), {}",
+                    p.repo.display(),
+                    p.versions.len(),
+                    cfg.site.package,
+                    p.versions.join(", "),
+                    if p.signed {
+                        "signed"
+                    } else {
+                        "NOT signed: set [apt] sign_key"
+                    }
+                )?;
+            }
+            Ok(())
+        }
+        Command::Repo(RepoCommand::List) => {
+            let cfg = Config::load(&cli.config)?;
+            let repo = apt::Repo::from_config(&cfg)?;
+            let list = repo.list()?;
+            if cli.json {
+                serde_json::to_writer_pretty(&mut *out, &list).map_err(std::io::Error::from)?;
+                writeln!(out)?;
+            } else if list.is_empty() {
+                writeln!(
+                    out,
+                    "{}: no version of {} yet",
+                    repo.root.display(),
+                    cfg.site.package
+                )?;
+            } else {
+                for l in &list {
+                    writeln!(
+                        out,
+                        "{:<28} {:>8.1} MB  Moodle {}",
+                        l.version,
+                        l.size as f64 / 1e6,
+                        l.moodle_release.clone().unwrap_or_default()
+                    )?;
+                }
+            }
+            Ok(())
+        }
         Command::Roll(_) => Err(Error::NotYet("roll")),
         Command::Rollback(_) => Err(Error::NotYet("rollback")),
         Command::Status(_) => Err(Error::NotYet("status")),

@@ -234,3 +234,188 @@ pub fn dpkg(root: &Path) -> Command {
     );
     c
 }
+
+/// A gpg home with one signing key (no passphrase), for signed repositories.
+pub struct Gpg {
+    pub home: tempfile::TempDir,
+    pub fingerprint: String,
+}
+
+impl Gpg {
+    pub fn new() -> Gpg {
+        // gpg-agent's socket path must be short: keep the home under /tmp.
+        let home = tempfile::Builder::new()
+            .prefix("mr-gpg-")
+            .tempdir_in("/tmp")
+            .unwrap();
+        fs::set_permissions(home.path(), fs::Permissions::from_mode(0o700)).unwrap();
+        run(Command::new("gpg").env("GNUPGHOME", home.path()).args([
+            "--batch",
+            "--passphrase",
+            "",
+            "--quick-gen-key",
+            "Test Repo <repo@example.edu>",
+            "ed25519",
+            "sign",
+            "never",
+        ]));
+        let list = stdout(Command::new("gpg").env("GNUPGHOME", home.path()).args([
+            "--batch",
+            "--with-colons",
+            "--list-keys",
+        ]));
+        let fingerprint = list
+            .lines()
+            .find(|l| l.starts_with("fpr:"))
+            .unwrap()
+            .split(':')
+            .nth(9)
+            .unwrap()
+            .to_string();
+        Gpg { home, fingerprint }
+    }
+}
+
+impl Drop for Gpg {
+    fn drop(&mut self) {
+        let _ = Command::new("gpgconf")
+            .env("GNUPGHOME", self.home.path())
+            .args(["--kill", "gpg-agent"])
+            .status();
+    }
+}
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A static HTTP server on 127.0.0.1 for `dir` (python3's http.server), stopped on drop.
+pub struct Http {
+    child: std::process::Child,
+    pub port: u16,
+}
+
+impl Http {
+    pub fn serve(dir: &Path) -> Http {
+        let port = free_port();
+        fs::create_dir_all(dir).unwrap();
+        let child = Command::new("python3")
+            .args([
+                "-m",
+                "http.server",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--directory",
+            ])
+            .arg(dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Http { child, port };
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let mut child = child;
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("http.server did not start on {port}");
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Http {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// An apt and dpkg root of its own: `apt-get update/install` against one source, with
+/// signatures checked through `signed-by=`, touching nothing of the machine's.
+pub struct AptRoot {
+    pub dir: tempfile::TempDir,
+}
+
+impl AptRoot {
+    /// `source` is the whole `deb [signed-by=...] URL SUITE COMPONENT` line.
+    pub fn new(source: &str) -> AptRoot {
+        let dir = tempfile::Builder::new()
+            .prefix("mr-apt-")
+            .tempdir()
+            .unwrap();
+        let r = dir.path();
+        for d in [
+            "etc/apt/sources.list.d",
+            "etc/apt/preferences.d",
+            "etc/apt/apt.conf.d",
+            "var/lib/apt/lists/partial",
+            "var/cache/apt/archives/partial",
+            "var/log/apt",
+        ] {
+            fs::create_dir_all(r.join(d)).unwrap();
+        }
+        dpkg_root(r);
+        fs::write(r.join("etc/apt/sources.list"), format!("{source}\n")).unwrap();
+        AptRoot { dir }
+    }
+
+    fn opts(&self, c: &mut Command) {
+        let r = self.dir.path().display().to_string();
+        for o in [
+            format!("Dir={r}"),
+            format!("Dir::State::status={r}/var/lib/dpkg/status"),
+            format!("Dir::Etc::sourceparts={r}/etc/apt/sources.list.d"),
+            "Dir::Etc::trusted=/dev/null".into(),
+            "Dir::Etc::trustedparts=/dev/null".into(),
+            "APT::Sandbox::User=root".into(),
+            "Debug::NoLocking=1".into(),
+            format!("DPkg::Options::=--root={r}"),
+            "DPkg::Options::=--force-script-chrootless".into(),
+            "Acquire::Retries=0".into(),
+        ] {
+            c.arg("-o").arg(o);
+        }
+        c.env("DEBIAN_FRONTEND", "noninteractive");
+        c.env(
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        );
+    }
+
+    pub fn apt_get(&self) -> Command {
+        let mut c = Command::new("apt-get");
+        self.opts(&mut c);
+        c
+    }
+
+    pub fn apt_cache(&self) -> Command {
+        let mut c = Command::new("apt-cache");
+        self.opts(&mut c);
+        c
+    }
+
+    pub fn installed(&self, package: &str) -> Option<String> {
+        let out = Command::new("dpkg-query")
+            .arg(format!(
+                "--admindir={}/var/lib/dpkg",
+                self.dir.path().display()
+            ))
+            .args(["-W", "-f=${Status} ${Version}", package])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        text.strip_prefix("install ok installed ").map(String::from)
+    }
+}

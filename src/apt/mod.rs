@@ -1,0 +1,704 @@
+//! `moodle-release publish` and `repo list`: a signed apt repository that keeps the versions
+//! needed for rollback and never shows a half-written state.
+//!
+//! Layout, as Debian's archives:
+//!
+//! ```text
+//! pool/<component>/<p>/<package>/<package>_<version>_all.deb
+//! dists/<suite>/<component>/binary-<arch>/{Packages,Packages.gz,Packages.xz}
+//! dists/<suite>/<component>/binary-<arch>/by-hash/SHA256/<hex>
+//! dists/<suite>/{Release,InRelease,Release.gpg}
+//! <suite>.asc, <suite>.gpg          the public key, for the nodes' signed-by=
+//! ```
+//!
+//! Atomicity: a reader (apt-get update at any moment, also over HTTP) must always see a Release
+//! whose indices match it. Everything a new Release names is written first (pool files, then
+//! by-hash copies of the indices, then the indices under their plain names, each by rename), and
+//! the Release files last. apt fetches indices by hash (`Acquire-By-Hash: yes`), so a client
+//! holding the previous Release still finds the previous indices' by-hash copies: those are
+//! deleted only after a grace period, as are pool files that left the index.
+//!
+//! The index is updated, not rebuilt: the current `Packages` is the database (the pool is never
+//! scanned), so publishing into a repository of 50 versions costs what publishing into one does.
+
+pub mod deb;
+pub mod stanza;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::str::FromStr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use md5::Md5;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::config::Config;
+use crate::report::Reporter;
+use stanza::Stanza;
+
+/// How long files that a previous Release named are kept (by-hash indices, pool files that left
+/// the index): longer than any `apt-get update` or `apt-get install` takes.
+pub const GRACE: Duration = Duration::from_secs(3600);
+
+/// A publish or a listing failed; the repository is as it was.
+#[derive(Debug, thiserror::Error)]
+pub enum AptError {
+    #[error("[apt] is missing from the config: publish needs at least `repo`")]
+    NoApt,
+    #[error("{0}: publishing over ssh is not available yet in this version; publish to a local folder and sync it, or serve that folder")]
+    SshNotYet(String),
+    #[error("{path}: {message}")]
+    BadDeb { path: PathBuf, message: String },
+    #[error("{path} is a package of `{found}`, not of this site's `{expected}`")]
+    OtherPackage {
+        path: PathBuf,
+        found: String,
+        expected: String,
+    },
+    #[error("{package} {version} is already in the repository with different content (sha256 {existing}, this file {new}): versions are immutable; build with another --build-number")]
+    Immutable {
+        package: String,
+        version: String,
+        existing: String,
+        new: String,
+    },
+    #[error("{0} holds something other than an apt repository made by moodle-release; give [apt] repo an empty or new folder")]
+    NotARepo(PathBuf),
+    #[error("the repository index {path} cannot be read: {message}")]
+    BadIndex { path: PathBuf, message: String },
+    #[error("signing with gpg key {key} failed: {message}")]
+    Sign { key: String, message: String },
+    #[error("another publish holds {0}; try again when it is done")]
+    Busy(PathBuf),
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+impl AptError {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            AptError::Busy(_) => 3,
+            AptError::NoApt | AptError::SshNotYet(_) => 2,
+            _ => 1,
+        }
+    }
+}
+
+fn io_err(path: &Path) -> impl Fn(std::io::Error) -> AptError + '_ {
+    move |source| AptError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// A package version in the repository.
+#[derive(Debug, Clone, Serialize)]
+pub struct Listed {
+    pub package: String,
+    pub version: String,
+    pub filename: String,
+    pub size: u64,
+    pub sha256: String,
+    pub moodle_release: Option<String>,
+}
+
+/// What `publish` did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Published {
+    /// Versions added by this publish.
+    pub added: Vec<String>,
+    /// Versions that were there with the same bytes.
+    pub unchanged: Vec<String>,
+    /// Versions that left the index (beyond `keep`).
+    pub removed: Vec<String>,
+    /// Every version now listed, newest first.
+    pub versions: Vec<String>,
+    pub repo: PathBuf,
+    pub signed: bool,
+}
+
+/// Options of `publish`.
+#[derive(Debug, Clone, Default)]
+pub struct PublishOptions {
+    /// Versions that stay whatever `keep` says (e.g. what the nodes run now).
+    pub keep_versions: Vec<String>,
+}
+
+/// The repository a config names.
+pub struct Repo {
+    pub root: PathBuf,
+    pub suite: String,
+    pub component: String,
+    pub architectures: Vec<String>,
+    pub keep: usize,
+    pub sign_key: Option<String>,
+    pub package: String,
+    pub maintainer: String,
+}
+
+impl Repo {
+    pub fn from_config(cfg: &Config) -> Result<Repo, AptError> {
+        let apt = cfg.apt.as_ref().ok_or(AptError::NoApt)?;
+        if apt.repo.starts_with("ssh://") {
+            return Err(AptError::SshNotYet(apt.repo.clone()));
+        }
+        let root = cfg.base_dir.join(&apt.repo);
+        Ok(Repo {
+            root,
+            suite: apt.suite.clone(),
+            component: apt.component.clone(),
+            architectures: apt.architectures.clone(),
+            keep: apt.keep.max(1) as usize,
+            sign_key: apt.sign_key.clone().filter(|k| !k.trim().is_empty()),
+            package: cfg.site.package.to_string(),
+            maintainer: cfg.site.maintainer.to_string(),
+        })
+    }
+
+    fn dist(&self) -> PathBuf {
+        self.root.join("dists").join(&self.suite)
+    }
+
+    fn binary_dir(&self, arch: &str) -> PathBuf {
+        self.dist()
+            .join(&self.component)
+            .join(format!("binary-{arch}"))
+    }
+
+    fn pool_dir(&self) -> PathBuf {
+        let p = &self.package;
+        let prefix = if p.starts_with("lib") && p.len() > 3 {
+            &p[..4]
+        } else {
+            &p[..1]
+        };
+        self.root
+            .join("pool")
+            .join(&self.component)
+            .join(prefix)
+            .join(p)
+    }
+
+    fn state_path(&self) -> PathBuf {
+        self.root.join(".moodle-release").join("state.json")
+    }
+
+    /// The folder is ours (or empty, or new).
+    fn check_folder(&self) -> Result<(), AptError> {
+        let marker = self.root.join(".moodle-release");
+        match fs::read_dir(&self.root) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_err(&self.root)(e)),
+            Ok(mut it) => {
+                if marker.is_dir() || it.next().is_none() {
+                    Ok(())
+                } else {
+                    Err(AptError::NotARepo(self.root.clone()))
+                }
+            }
+        }
+    }
+
+    /// The packages listed now: the `Packages` of the first architecture (all list the same).
+    pub fn current(&self) -> Result<Vec<Stanza>, AptError> {
+        let arch = self
+            .architectures
+            .first()
+            .map(String::as_str)
+            .unwrap_or("amd64");
+        let path = self.binary_dir(arch).join("Packages");
+        match fs::read_to_string(&path) {
+            Ok(text) => {
+                stanza::parse_all(&text).map_err(|message| AptError::BadIndex { path, message })
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(io_err(&path)(e)),
+        }
+    }
+
+    pub fn list(&self) -> Result<Vec<Listed>, AptError> {
+        Ok(self
+            .current()?
+            .iter()
+            .map(|s| Listed {
+                package: s.get("Package").unwrap_or_default().to_string(),
+                version: s.get("Version").unwrap_or_default().to_string(),
+                filename: s.get("Filename").unwrap_or_default().to_string(),
+                size: s.get("Size").and_then(|v| v.parse().ok()).unwrap_or(0),
+                sha256: s.get("SHA256").unwrap_or_default().to_string(),
+                moodle_release: s.get("X-Moodle-Release").map(String::from),
+            })
+            .collect())
+    }
+
+    /// Adds `debs` to the repository.
+    pub fn publish(
+        &self,
+        debs: &[PathBuf],
+        opts: &PublishOptions,
+        reporter: &dyn Reporter,
+    ) -> Result<Published, AptError> {
+        self.check_folder()?;
+        let meta = self.root.join(".moodle-release");
+        fs::create_dir_all(&meta).map_err(io_err(&meta))?;
+        let _lock = take_lock(&meta.join("lock"))?;
+        // A key that cannot sign is found out before anything changes.
+        if let Some(key) = &self.sign_key {
+            sign_clear(key, b"moodle-release signing check\n")?;
+        }
+
+        // Read and check every package first.
+        let mut incoming = Vec::new();
+        for path in debs {
+            let info = deb::read(path)?;
+            let pkg = info.control.get("Package").unwrap_or_default().to_string();
+            if pkg != self.package {
+                return Err(AptError::OtherPackage {
+                    path: path.clone(),
+                    found: pkg,
+                    expected: self.package.clone(),
+                });
+            }
+            let version = info.control.get("Version").unwrap_or_default().to_string();
+            debversion::Version::from_str(&version).map_err(|_| AptError::BadDeb {
+                path: path.clone(),
+                message: format!("`{version}` is not a Debian version"),
+            })?;
+            incoming.push((path.clone(), version, info));
+        }
+
+        let mut entries = self.current()?;
+        let mut added = Vec::new();
+        let mut unchanged = Vec::new();
+        let pool = self.pool_dir();
+        for (path, version, info) in incoming {
+            if let Some(existing) = entries
+                .iter()
+                .find(|s| s.get("Version") == Some(version.as_str()))
+            {
+                let sha = existing.get("SHA256").unwrap_or_default();
+                if sha == info.sha256 {
+                    unchanged.push(version);
+                    continue;
+                }
+                return Err(AptError::Immutable {
+                    package: self.package.clone(),
+                    version,
+                    existing: sha.to_string(),
+                    new: info.sha256.clone(),
+                });
+            }
+            reporter.step(&format!("adding {} {version}", self.package));
+            fs::create_dir_all(&pool).map_err(io_err(&pool))?;
+            let name = format!("{}_{}_all.deb", self.package, version.replace(':', "%3a"));
+            let dest = pool.join(&name);
+            copy_atomic(&path, &dest)?;
+            let mut st = info.control.clone();
+            st.remove("Filename");
+            let rel = dest
+                .strip_prefix(&self.root)
+                .unwrap_or(&dest)
+                .to_string_lossy()
+                .into_owned();
+            st.set("Filename", &rel);
+            st.set("Size", &info.size.to_string());
+            st.set("MD5sum", &info.md5);
+            st.set("SHA256", &info.sha256);
+            entries.push(st);
+            added.push(version);
+            reporter.step_done();
+        }
+
+        // Newest first; keep `keep` of them plus the pinned ones.
+        entries.sort_by_key(|s| std::cmp::Reverse(version_of(s)));
+        let mut kept = Vec::new();
+        let mut removed = Vec::new();
+        for (i, s) in entries.into_iter().enumerate() {
+            let v = s.get("Version").unwrap_or_default().to_string();
+            if i < self.keep || opts.keep_versions.contains(&v) {
+                kept.push(s);
+            } else {
+                removed.push(s);
+            }
+        }
+        let mut state = State::read(&self.state_path());
+        let now = now_secs();
+        for s in &removed {
+            if let Some(f) = s.get("Filename") {
+                state.retired.insert(f.to_string(), now);
+            }
+        }
+
+        if !added.is_empty() || !removed.is_empty() || !self.dist().join("Release").exists() {
+            reporter.step("writing the indices");
+            self.write_indices(&kept, &mut state, now)?;
+            reporter.step_done();
+        }
+        state.collect(&self.root, now);
+        state.write(&self.state_path())?;
+        self.export_key()?;
+
+        Ok(Published {
+            added,
+            unchanged,
+            removed: removed
+                .iter()
+                .map(|s| s.get("Version").unwrap_or_default().to_string())
+                .collect(),
+            versions: kept
+                .iter()
+                .map(|s| s.get("Version").unwrap_or_default().to_string())
+                .collect(),
+            repo: self.root.clone(),
+            signed: self.sign_key.is_some(),
+        })
+    }
+
+    /// Packages files (plain, gz, xz) for every architecture, their by-hash copies first, then
+    /// the Release files.
+    fn write_indices(&self, kept: &[Stanza], state: &mut State, now: u64) -> Result<(), AptError> {
+        let mut text = String::new();
+        for (i, s) in kept.iter().enumerate() {
+            if i > 0 {
+                text.push('\n');
+            }
+            text.push_str(&s.to_text());
+        }
+        let plain = text.into_bytes();
+        let gz = {
+            let mut e = flate2::GzBuilder::new()
+                .mtime(0)
+                .write(Vec::new(), flate2::Compression::new(9));
+            e.write_all(&plain).and_then(|_| e.finish())
+        }
+        .map_err(io_err(&self.root))?;
+        let xz = {
+            let mut e = liblzma::write::XzEncoder::new(Vec::new(), 6);
+            e.write_all(&plain).and_then(|_| e.finish())
+        }
+        .map_err(io_err(&self.root))?;
+
+        let mut listed: Vec<(String, Vec<u8>)> = Vec::new();
+        for arch in &self.architectures {
+            let rel = format!("{}/binary-{arch}", self.component);
+            listed.push((format!("{rel}/Packages"), plain.clone()));
+            listed.push((format!("{rel}/Packages.gz"), gz.clone()));
+            listed.push((format!("{rel}/Packages.xz"), xz.clone()));
+            listed.push((
+                format!("{rel}/Release"),
+                format!(
+                    "Archive: {}\nComponent: {}\nOrigin: {}\nLabel: {}\nArchitecture: {arch}\n",
+                    self.suite, self.component, self.package, self.package
+                )
+                .into_bytes(),
+            ));
+        }
+        let dist = self.dist();
+        let mut current = std::collections::BTreeSet::new();
+        // 1. by-hash copies (what apt fetches), 2. the plain names.
+        for (rel, data) in &listed {
+            let path = dist.join(rel);
+            let dir = path.parent().unwrap();
+            let sha = hex::encode(Sha256::digest(data));
+            let by_hash = dir.join("by-hash").join("SHA256").join(&sha);
+            if !by_hash.exists() {
+                write_atomic(&by_hash, data)?;
+            }
+            current.insert(
+                by_hash
+                    .strip_prefix(&self.root)
+                    .unwrap_or(&by_hash)
+                    .to_string_lossy()
+                    .into_owned(),
+            );
+            let md5 = hex::encode(Md5::digest(data));
+            let by_md5 = dir.join("by-hash").join("MD5Sum").join(&md5);
+            if !by_md5.exists() {
+                write_atomic(&by_md5, data)?;
+            }
+            current.insert(
+                by_md5
+                    .strip_prefix(&self.root)
+                    .unwrap_or(&by_md5)
+                    .to_string_lossy()
+                    .into_owned(),
+            );
+        }
+        for (rel, data) in &listed {
+            write_atomic(&dist.join(rel), data)?;
+        }
+        // 3. Release, signed.
+        let release = self.release_text(&listed);
+        let (inrelease, detached) = match &self.sign_key {
+            Some(key) => (
+                Some(sign_clear(key, release.as_bytes())?),
+                Some(sign_detached(key, release.as_bytes())?),
+            ),
+            None => (None, None),
+        };
+        if let Some(sig) = detached {
+            write_atomic(&dist.join("Release.gpg"), &sig)?;
+        }
+        write_atomic(&dist.join("Release"), release.as_bytes())?;
+        if let Some(ir) = inrelease {
+            write_atomic(&dist.join("InRelease"), &ir)?;
+        }
+        state.rotate(current, now);
+        Ok(())
+    }
+
+    fn release_text(&self, listed: &[(String, Vec<u8>)]) -> String {
+        let mut s = String::new();
+        s.push_str(&format!("Origin: {}\n", self.package));
+        s.push_str(&format!("Label: {}\n", self.package));
+        s.push_str(&format!("Suite: {}\n", self.suite));
+        s.push_str(&format!("Codename: {}\n", self.suite));
+        s.push_str(&format!("Date: {}\n", rfc2822_now()));
+        s.push_str(&format!(
+            "Architectures: {}\n",
+            self.architectures.join(" ")
+        ));
+        s.push_str(&format!("Components: {}\n", self.component));
+        s.push_str(&format!(
+            "Description: Moodle site packages of {}\n",
+            self.package
+        ));
+        s.push_str("Acquire-By-Hash: yes\n");
+        s.push_str("MD5Sum:\n");
+        for (rel, data) in listed {
+            s.push_str(&format!(
+                " {} {:>16} {rel}\n",
+                hex::encode(Md5::digest(data)),
+                data.len()
+            ));
+        }
+        s.push_str("SHA256:\n");
+        for (rel, data) in listed {
+            s.push_str(&format!(
+                " {} {:>16} {rel}\n",
+                hex::encode(Sha256::digest(data)),
+                data.len()
+            ));
+        }
+        s
+    }
+
+    /// `<suite>.asc` and `<suite>.gpg`: the public key the nodes name in `signed-by=`.
+    fn export_key(&self) -> Result<(), AptError> {
+        let Some(key) = &self.sign_key else {
+            return Ok(());
+        };
+        for (armor, ext) in [(true, "asc"), (false, "gpg")] {
+            let mut cmd = Command::new("gpg");
+            cmd.args(["--batch", "--export"]);
+            if armor {
+                cmd.arg("--armor");
+            }
+            let out = cmd.arg(key).output().map_err(|e| AptError::Sign {
+                key: key.clone(),
+                message: format!("cannot run gpg: {e}"),
+            })?;
+            if !out.status.success() || out.stdout.is_empty() {
+                return Err(AptError::Sign {
+                    key: key.clone(),
+                    message: "gpg exported no public key".into(),
+                });
+            }
+            let path = self.root.join(format!("{}.{ext}", self.suite));
+            if fs::read(&path).ok().as_deref() != Some(&out.stdout[..]) {
+                write_atomic(&path, &out.stdout)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn version_of(s: &Stanza) -> debversion::Version {
+    s.get("Version")
+        .and_then(|v| debversion::Version::from_str(v).ok())
+        .unwrap_or_else(|| debversion::Version::from_str("0").unwrap())
+}
+
+/// Files a previous Release named, and since when they are no longer named: deleted once
+/// [`GRACE`] has passed.
+#[derive(Debug, Default, serde::Deserialize, Serialize)]
+struct State {
+    /// by-hash files the current Release names (paths relative to the root).
+    #[serde(default)]
+    current: std::collections::BTreeSet<String>,
+    /// by-hash files of earlier Releases, with when they stopped being current.
+    #[serde(default)]
+    superseded: BTreeMap<String, u64>,
+    /// Pool files that left the index, with when they left.
+    #[serde(default)]
+    retired: BTreeMap<String, u64>,
+}
+
+impl State {
+    fn read(path: &Path) -> State {
+        fs::read(path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
+    fn write(&self, path: &Path) -> Result<(), AptError> {
+        write_atomic(path, &serde_json::to_vec_pretty(self).unwrap_or_default())
+    }
+
+    /// The new Release names `now_current`: what it no longer names starts its grace period.
+    fn rotate(&mut self, now_current: std::collections::BTreeSet<String>, now: u64) {
+        for p in self.current.difference(&now_current) {
+            self.superseded.entry(p.clone()).or_insert(now);
+        }
+        for p in &now_current {
+            self.superseded.remove(p);
+        }
+        self.current = now_current;
+    }
+
+    /// Deletes what has been unnamed for longer than the grace period.
+    fn collect(&mut self, root: &Path, now: u64) {
+        let old = |t: &u64| now.saturating_sub(*t) > GRACE.as_secs();
+        for map in [&mut self.superseded, &mut self.retired] {
+            let gone: Vec<String> = map
+                .iter()
+                .filter(|(_, t)| old(t))
+                .map(|(p, _)| p.clone())
+                .collect();
+            for p in gone {
+                let _ = fs::remove_file(root.join(&p));
+                map.remove(&p);
+            }
+        }
+    }
+}
+
+fn now_secs() -> u64 {
+    // The grace clock can be moved by tests (MOODLE_RELEASE_NOW), never by users by accident.
+    if let Some(t) = std::env::var("MOODLE_RELEASE_NOW")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        return t;
+    }
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn rfc2822_now() -> String {
+    crate::build::rfc2822(now_secs() as i64).replace("+0000", "UTC")
+}
+
+/// Writes `data` to `path` through a temporary file in the same folder, synced, then renamed.
+pub fn write_atomic(path: &Path, data: &[u8]) -> Result<(), AptError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".tmp.")
+        .tempfile_in(dir)
+        .map_err(io_err(dir))?;
+    tmp.write_all(data).map_err(io_err(path))?;
+    tmp.as_file().sync_all().map_err(io_err(path))?;
+    set_mode_0644(tmp.path()).map_err(io_err(path))?;
+    tmp.persist(path).map_err(|e| io_err(path)(e.error))?;
+    Ok(())
+}
+
+fn copy_atomic(from: &Path, to: &Path) -> Result<(), AptError> {
+    let dir = to.parent().unwrap_or(Path::new("."));
+    let tmp = tempfile::Builder::new()
+        .prefix(".tmp.")
+        .tempfile_in(dir)
+        .map_err(io_err(dir))?;
+    fs::copy(from, tmp.path()).map_err(io_err(to))?;
+    tmp.as_file().sync_all().map_err(io_err(to))?;
+    set_mode_0644(tmp.path()).map_err(io_err(to))?;
+    tmp.persist(to).map_err(|e| io_err(to)(e.error))?;
+    Ok(())
+}
+
+fn set_mode_0644(p: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(p, fs::Permissions::from_mode(0o644))
+}
+
+/// The repository's lock: waits up to a minute for another publish, then refuses.
+fn take_lock(path: &Path) -> Result<fs::File, AptError> {
+    let f = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(io_err(path))?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        match f.try_lock() {
+            Ok(()) => return Ok(f),
+            Err(fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50))
+            }
+            Err(fs::TryLockError::WouldBlock) => return Err(AptError::Busy(path.to_path_buf())),
+            Err(fs::TryLockError::Error(e)) => return Err(io_err(path)(e)),
+        }
+    }
+}
+
+fn gpg(key: &str, args: &[&str], input: &[u8]) -> Result<Vec<u8>, AptError> {
+    let err = |message: String| AptError::Sign {
+        key: key.to_string(),
+        message,
+    };
+    let mut child = Command::new("gpg")
+        .args([
+            "--batch",
+            "--yes",
+            "--pinentry-mode",
+            "error",
+            "--local-user",
+            key,
+        ])
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| err(format!("cannot run gpg: {e} (apt-get install gnupg)")))?;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input)
+        .map_err(|e| err(e.to_string()))?;
+    let out = child.wait_with_output().map_err(|e| err(e.to_string()))?;
+    if !out.status.success() || out.stdout.is_empty() {
+        let text = String::from_utf8_lossy(&out.stderr);
+        return Err(err(text
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .collect::<Vec<_>>()
+            .join("; ")));
+    }
+    Ok(out.stdout)
+}
+
+fn sign_clear(key: &str, data: &[u8]) -> Result<Vec<u8>, AptError> {
+    gpg(key, &["--digest-algo", "SHA512", "--clearsign"], data)
+}
+
+fn sign_detached(key: &str, data: &[u8]) -> Result<Vec<u8>, AptError> {
+    gpg(
+        key,
+        &["--digest-algo", "SHA512", "--armor", "--detach-sign"],
+        data,
+    )
+}
