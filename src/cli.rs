@@ -40,17 +40,65 @@ pub enum Command {
     /// Add built packages to the apt repository.
     Publish(PublishArgs),
     /// Upgrade the web nodes, a batch at a time, through HAProxy.
-    Roll(Rest),
+    Roll(RollArgs),
     /// Go back to an earlier version, with the same care.
-    Rollback(Rest),
+    Rollback(RollbackArgs),
     /// Each node's version and state, and the repository's newest version.
-    Status(Rest),
+    Status,
     /// Check the config file.
     #[command(subcommand)]
     Config(ConfigCommand),
     /// Look into the apt repository.
     #[command(subcommand)]
     Repo(RepoCommand),
+}
+
+/// `roll`
+#[derive(Debug, Args)]
+pub struct RollArgs {
+    /// Web nodes upgraded (and out of rotation) at once; default `[roll] batch`.
+    #[arg(long, value_name = "N")]
+    pub batch: Option<u32>,
+    /// The version to install; default: the newest in the apt repository.
+    #[arg(long, value_name = "V")]
+    pub version: Option<String>,
+    /// Print the plan and stop: nothing is changed.
+    #[arg(long, alias = "dry-run")]
+    pub plan: bool,
+    /// Continue a roll that stopped (a failed node, an interruption).
+    #[arg(long)]
+    pub resume: bool,
+    /// On a failure, put the nodes this roll upgraded back on their previous version.
+    #[arg(long)]
+    pub auto_rollback: bool,
+    /// Go on although servers are out of rotation that this tool did not take out.
+    #[arg(long)]
+    pub force: bool,
+    /// When sessions do not end within drain_timeout, switch the nodes to maint instead of stopping.
+    #[arg(long)]
+    pub force_drain: bool,
+    /// Remove a cluster lock left by a roll that died (with a warning).
+    #[arg(long)]
+    pub break_lock: bool,
+}
+
+/// `rollback`
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    /// The version to go back to; default: the one before the current one.
+    #[arg(long, value_name = "V")]
+    pub to: Option<String>,
+    #[arg(long, value_name = "N")]
+    pub batch: Option<u32>,
+    #[arg(long, alias = "dry-run")]
+    pub plan: bool,
+    /// Roll back although the database was upgraded (only after restoring it).
+    #[arg(long)]
+    pub force: bool,
+    #[arg(long)]
+    pub force_drain: bool,
+    #[arg(long)]
+    pub break_lock: bool,
 }
 
 /// `publish`

@@ -11,6 +11,7 @@ use crate::apt::AptError;
 use crate::build::BuildError;
 use crate::config::ConfigError;
 use crate::merge::MergeError;
+use crate::roll::RollError;
 
 /// Everything a command can fail with.
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +24,8 @@ pub enum Error {
     Merge(#[from] MergeError),
     #[error(transparent)]
     Apt(#[from] AptError),
+    #[error(transparent)]
+    Roll(#[from] RollError),
     #[error("`moodle-release {0}` is not available yet in this version")]
     NotYet(&'static str),
     #[error("{0}")]
@@ -39,6 +42,7 @@ impl Error {
             Error::Build(_) | Error::Output(_) => 1,
             Error::Merge(e) => e.exit_code(),
             Error::Apt(e) => e.exit_code(),
+            Error::Roll(e) => e.exit_code(),
         }
     }
 

@@ -11,11 +11,15 @@ pub mod cli;
 pub mod config;
 pub mod deb;
 pub mod error;
+pub mod haproxy;
+pub mod journal;
 pub mod merge;
 pub mod moodle;
 pub mod report;
+pub mod roll;
 pub mod run;
 pub mod source;
+pub mod ssh;
 pub mod ui;
 
 pub use error::Error;

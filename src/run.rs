@@ -10,6 +10,7 @@ use crate::config::Config;
 use crate::deb::Compression;
 use crate::merge;
 use crate::report::Reporter;
+use crate::roll;
 use crate::Error;
 
 /// Runs `cli`, reporting progress to `reporter` and results to `out`.
@@ -137,9 +138,88 @@ pub fn run(cli: Cli, reporter: &dyn Reporter, out: &mut dyn Write) -> Result<(),
             }
             Ok(())
         }
-        Command::Roll(_) => Err(Error::NotYet("roll")),
-        Command::Rollback(_) => Err(Error::NotYet("rollback")),
-        Command::Status(_) => Err(Error::NotYet("status")),
+        Command::Roll(a) => {
+            let cfg = Config::load(&cli.config)?;
+            let opts = roll::RollOptions {
+                batch: a.batch,
+                version: a.version,
+                plan: a.plan,
+                force: a.force,
+                force_drain: a.force_drain,
+                resume: a.resume,
+                auto_rollback: a.auto_rollback,
+                break_lock: a.break_lock,
+                rollback: false,
+            };
+            report_roll(roll::roll(&cfg, &opts, reporter), cli.json, reporter, out)
+        }
+        Command::Rollback(a) => {
+            let cfg = Config::load(&cli.config)?;
+            let opts = roll::RollOptions {
+                batch: a.batch,
+                version: a.to,
+                plan: a.plan,
+                force: a.force,
+                force_drain: a.force_drain,
+                break_lock: a.break_lock,
+                rollback: true,
+                ..Default::default()
+            };
+            report_roll(roll::roll(&cfg, &opts, reporter), cli.json, reporter, out)
+        }
+        Command::Status => {
+            let cfg = Config::load(&cli.config)?;
+            let st = roll::status(&cfg)?;
+            if cli.json {
+                serde_json::to_writer_pretty(&mut *out, &st).map_err(std::io::Error::from)?;
+                writeln!(out)?;
+            } else {
+                writeln!(
+                    out,
+                    "newest in the repository: {}",
+                    st.newest.clone().unwrap_or_else(|| "-".into())
+                )?;
+                for n in &st.nodes {
+                    let lbs = n
+                        .lbs
+                        .iter()
+                        .map(|(k, v)| format!("{k}: {v}"))
+                        .collect::<Vec<_>>()
+                        .join(", ");
+                    writeln!(
+                        out,
+                        "{:<10} {:<5} {:<28} {:<10} {}{}",
+                        n.name,
+                        n.role,
+                        n.version.clone().unwrap_or_else(|| "(none)".into()),
+                        match n.healthy {
+                            Some(true) => "healthy",
+                            Some(false) => "UNHEALTHY",
+                            None => "-",
+                        },
+                        lbs,
+                        n.error
+                            .as_ref()
+                            .map(|e| format!(" ERROR: {e}"))
+                            .unwrap_or_default()
+                    )?;
+                }
+                if let Some(r) = &st.roll {
+                    writeln!(
+                        out,
+                        "last {}: to {} is {}{}",
+                        r.kind,
+                        r.target,
+                        r.status,
+                        r.reason
+                            .as_ref()
+                            .map(|x| format!(": {x}"))
+                            .unwrap_or_default()
+                    )?;
+                }
+            }
+            Ok(())
+        }
         Command::Config(ConfigCommand::Check) => {
             let cfg = Config::load(&cli.config)?;
             if cli.json {
@@ -241,4 +321,91 @@ fn strip_nulls(v: &mut serde_json::Value) {
         serde_json::Value::Array(a) => a.iter_mut().for_each(strip_nulls),
         _ => {}
     }
+}
+
+/// Prints a roll's plan or outcome: JSON with `--json`; else the plan, the timeline and a summary.
+fn report_roll(
+    result: Result<roll::Outcome, roll::RollError>,
+    json: bool,
+    reporter: &dyn Reporter,
+    out: &mut dyn Write,
+) -> Result<(), Error> {
+    let o = match result {
+        Ok(o) => o,
+        Err(e) => {
+            if json {
+                let v = serde_json::json!({"ok": false, "error": e.to_string(), "exit_code": e.exit_code()});
+                writeln!(out, "{v}")?;
+            }
+            return Err(e.into());
+        }
+    };
+    for w in &o.warnings {
+        reporter.warn(w);
+    }
+    if json {
+        serde_json::to_writer_pretty(&mut *out, &o).map_err(std::io::Error::from)?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    let p = &o.plan;
+    writeln!(
+        out,
+        "{} to {}: {} path ({})",
+        p.kind, p.target, p.path, p.why
+    )?;
+    for (node, v) in &p.installed {
+        writeln!(
+            out,
+            "  {node:<10} {}",
+            v.clone().unwrap_or_else(|| "(not installed)".into())
+        )?;
+    }
+    for (i, b) in p.batches.iter().enumerate() {
+        writeln!(out, "  batch {}: {}", i + 1, b.join(", "))?;
+    }
+    if !p.cron.is_empty() {
+        writeln!(out, "  then cron: {}", p.cron.join(", "))?;
+    }
+    if !p.skipped.is_empty() {
+        writeln!(out, "  already on {}: {}", p.target, p.skipped.join(", "))?;
+    }
+    if o.planned_only {
+        writeln!(out, "(--plan: nothing was changed)")?;
+        return Ok(());
+    }
+    if let Some(first) = o.timeline.first() {
+        writeln!(out, "timeline:")?;
+        for e in &o.timeline {
+            let at = (e.time_ms.saturating_sub(first.time_ms)) as f64 / 1000.0;
+            writeln!(
+                out,
+                "  {at:>7.1}s  {:<8} {:<5} {:<26} {}{}",
+                e.node.clone().unwrap_or_default(),
+                e.lb.clone().unwrap_or_default(),
+                e.action,
+                e.result,
+                if e.detail.is_empty() || e.result == "ok" {
+                    String::new()
+                } else {
+                    format!(": {}", e.detail)
+                }
+            )?;
+        }
+    }
+    if let Some(m) = o.maintenance_secs {
+        writeln!(out, "the site was in maintenance mode for {m:.1}s")?;
+    }
+    writeln!(
+        out,
+        "done: {} node(s) on {} in {:.1}s{}",
+        o.upgraded.len(),
+        p.target,
+        o.seconds,
+        o.journal
+            .as_ref()
+            .map(|j| format!("; journal {}", j.display()))
+            .unwrap_or_default()
+    )?;
+    Ok(())
 }

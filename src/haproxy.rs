@@ -1,0 +1,314 @@
+//! HAProxy's Runtime API (2.6): the few commands a roll needs, with every answer parsed.
+//!
+//! The API answers in text and tools like socat exit 0 on errors, so each command is sent after
+//! `set severity-output number` and any `[0-3]:` line is an error. `show servers state` gives the
+//! admin state bits (drain, maint) and `show stat` the live counters (`scur`, `qcur`) and the
+//! health-check result.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::unix::net::UnixStream;
+use std::time::Duration;
+
+use crate::config::Lb as LbConfig;
+
+/// Talking to one load balancer failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HaError {
+    #[error("{lb}: cannot reach the Runtime API at {socket}: {message}")]
+    Connect {
+        lb: String,
+        socket: String,
+        message: String,
+    },
+    #[error("{lb}: `{command}` failed: {answer}")]
+    Command {
+        lb: String,
+        command: String,
+        answer: String,
+    },
+    #[error("{lb}: backend `{backend}` has no server `{server}` (servers: {known})")]
+    NoServer {
+        lb: String,
+        backend: String,
+        server: String,
+        known: String,
+    },
+    #[error("{lb}: unexpected answer to `{command}`: {answer}")]
+    Parse {
+        lb: String,
+        command: String,
+        answer: String,
+    },
+}
+
+/// The admin state a roll sets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AdminState {
+    Ready,
+    Drain,
+    Maint,
+}
+
+impl AdminState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AdminState::Ready => "ready",
+            AdminState::Drain => "drain",
+            AdminState::Maint => "maint",
+        }
+    }
+}
+
+/// One server of the backend, as the LB sees it now.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Server {
+    pub name: String,
+    /// Forced drain (admin state bit 0x08).
+    pub drain: bool,
+    /// Forced maintenance (0x01), or maintenance inherited/configured (0x02, 0x04, 0x10...).
+    pub maint: bool,
+    /// In-flight sessions.
+    pub scur: u64,
+    /// Queued requests.
+    pub qcur: u64,
+    /// `UP`, `DOWN`, `DRAIN`, `MAINT`, `UP 1/2`...
+    pub status: String,
+    /// `L7OK`, `L7STS`, `L4CON`...
+    pub check_status: String,
+    /// The server has an agent-check, which can cancel a drain.
+    pub agent: bool,
+}
+
+impl Server {
+    /// In rotation: takes new requests.
+    pub fn in_rotation(&self) -> bool {
+        !self.drain && !self.maint && self.status.starts_with("UP")
+    }
+
+    /// The LB's own health check passes now.
+    pub fn check_ok(&self) -> bool {
+        self.check_status.starts_with("L7OK")
+            || self.check_status.starts_with("L6OK")
+            || self.check_status.starts_with("L4OK")
+    }
+}
+
+/// A load balancer's Runtime API.
+#[derive(Debug, Clone)]
+pub struct Lb {
+    pub name: String,
+    pub socket: String,
+    pub backend: String,
+}
+
+/// `show info`'s identity of the running process: a change means HAProxy was reloaded (and
+/// runtime states were lost).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Process {
+    pub pid: String,
+    pub uptime_sec: u64,
+}
+
+impl Lb {
+    pub fn from_config(c: &LbConfig) -> Lb {
+        Lb {
+            name: c.name.clone(),
+            socket: c.socket.to_string(),
+            backend: c.backend.clone(),
+        }
+    }
+
+    /// Sends one command, returns the answer (errors already turned into `Err`).
+    pub fn send(&self, command: &str) -> Result<String, HaError> {
+        let conn_err = |message: String| HaError::Connect {
+            lb: self.name.clone(),
+            socket: self.socket.clone(),
+            message,
+        };
+        let line = format!("set severity-output number; {command}\n");
+        let timeout = Duration::from_secs(5);
+        let mut answer = String::new();
+        if let Some(path) = self.socket.strip_prefix("unix:") {
+            let mut s = UnixStream::connect(path).map_err(|e| conn_err(e.to_string()))?;
+            s.set_read_timeout(Some(timeout)).ok();
+            s.write_all(line.as_bytes())
+                .map_err(|e| conn_err(e.to_string()))?;
+            s.read_to_string(&mut answer)
+                .map_err(|e| conn_err(e.to_string()))?;
+        } else if let Some(addr) = self.socket.strip_prefix("tcp:") {
+            let addrs: Vec<std::net::SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(addr)
+                .map_err(|e| conn_err(e.to_string()))?
+                .collect();
+            let first = addrs.first().ok_or_else(|| conn_err("no address".into()))?;
+            let mut s =
+                TcpStream::connect_timeout(first, timeout).map_err(|e| conn_err(e.to_string()))?;
+            s.set_read_timeout(Some(timeout)).ok();
+            s.write_all(line.as_bytes())
+                .map_err(|e| conn_err(e.to_string()))?;
+            s.read_to_string(&mut answer)
+                .map_err(|e| conn_err(e.to_string()))?;
+        } else {
+            return Err(conn_err(
+                "the socket must be unix:PATH or tcp:HOST:PORT".into(),
+            ));
+        }
+        let errors: Vec<&str> = answer
+            .lines()
+            .filter(|l| {
+                let l = l.trim_start();
+                l.starts_with("[0]:")
+                    || l.starts_with("[1]:")
+                    || l.starts_with("[2]:")
+                    || l.starts_with("[3]:")
+            })
+            .collect();
+        if !errors.is_empty()
+            || answer.contains("Permission denied")
+            || answer.contains("Unknown command")
+        {
+            let text = if errors.is_empty() {
+                answer.trim().to_string()
+            } else {
+                errors.join(" ")
+            };
+            return Err(HaError::Command {
+                lb: self.name.clone(),
+                command: command.to_string(),
+                answer: text,
+            });
+        }
+        Ok(answer)
+    }
+
+    /// Every server of the backend with its state and counters.
+    pub fn servers(&self) -> Result<Vec<Server>, HaError> {
+        let cmd = format!("show servers state {}", self.backend);
+        let state = self.send(&cmd)?;
+        let parse_err = |answer: &str| HaError::Parse {
+            lb: self.name.clone(),
+            command: cmd.clone(),
+            answer: answer.chars().take(200).collect(),
+        };
+        let mut header: Vec<String> = Vec::new();
+        let mut admin: Vec<(String, u32, bool)> = Vec::new();
+        for line in state.lines() {
+            let line = line.trim();
+            if line.is_empty() || line == "1" {
+                continue;
+            }
+            if let Some(h) = line.strip_prefix('#') {
+                header = h.split_whitespace().map(String::from).collect();
+                continue;
+            }
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            let col = |name: &str| {
+                header
+                    .iter()
+                    .position(|h| h == name)
+                    .and_then(|i| cols.get(i).copied())
+            };
+            let name = col("srv_name").ok_or_else(|| parse_err(line))?;
+            let bits: u32 = col("srv_admin_state")
+                .and_then(|v| v.parse().ok())
+                .ok_or_else(|| parse_err(line))?;
+            let agent = col("srv_agent_state")
+                .and_then(|v| v.parse::<u32>().ok())
+                .unwrap_or(0)
+                != 0;
+            admin.push((name.to_string(), bits, agent));
+        }
+        if header.is_empty() {
+            return Err(parse_err(&state));
+        }
+        let stat_cmd = format!("show stat {} 4 -1", self.backend);
+        let stat = self.send(&stat_cmd)?;
+        let mut sheader: Vec<String> = Vec::new();
+        let mut out = Vec::new();
+        for line in stat.lines() {
+            if let Some(h) = line.strip_prefix("# ") {
+                sheader = h.split(',').map(String::from).collect();
+                continue;
+            }
+            if line.trim().is_empty() {
+                continue;
+            }
+            let cols: Vec<&str> = line.split(',').collect();
+            let col = |name: &str| {
+                sheader
+                    .iter()
+                    .position(|h| h == name)
+                    .and_then(|i| cols.get(i).copied())
+                    .unwrap_or("")
+            };
+            let name = col("svname");
+            let Some((_, bits, agent)) = admin.iter().find(|(n, _, _)| n == name) else {
+                continue;
+            };
+            out.push(Server {
+                name: name.to_string(),
+                drain: bits & 0x08 != 0,
+                maint: bits & (0x01 | 0x02 | 0x04 | 0x10 | 0x20) != 0,
+                scur: col("scur").parse().unwrap_or(0),
+                qcur: col("qcur").parse().unwrap_or(0),
+                status: col("status").to_string(),
+                check_status: col("check_status").trim_start_matches('*').to_string(),
+                agent: *agent,
+            });
+        }
+        Ok(out)
+    }
+
+    /// One server, or an error that lists the backend's servers.
+    pub fn server(&self, name: &str) -> Result<Server, HaError> {
+        let all = self.servers()?;
+        let known = all
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ");
+        all.into_iter()
+            .find(|s| s.name == name)
+            .ok_or(HaError::NoServer {
+                lb: self.name.clone(),
+                backend: self.backend.clone(),
+                server: name.to_string(),
+                known,
+            })
+    }
+
+    /// `set server BACKEND/SERVER state ...`.
+    pub fn set_state(&self, server: &str, state: AdminState) -> Result<(), HaError> {
+        let cmd = format!(
+            "set server {}/{} state {}",
+            self.backend,
+            server,
+            state.as_str()
+        );
+        let answer = self.send(&cmd)?;
+        if answer.trim().is_empty() {
+            Ok(())
+        } else {
+            Err(HaError::Command {
+                lb: self.name.clone(),
+                command: cmd,
+                answer: answer.trim().to_string(),
+            })
+        }
+    }
+
+    /// The running process (to notice reloads).
+    pub fn process(&self) -> Result<Process, HaError> {
+        let info = self.send("show info")?;
+        let get = |k: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(k).and_then(|r| r.strip_prefix(": ")))
+                .map(|v| v.trim().to_string())
+        };
+        Ok(Process {
+            pid: get("Pid").unwrap_or_default(),
+            uptime_sec: get("Uptime_sec").and_then(|v| v.parse().ok()).unwrap_or(0),
+        })
+    }
+}

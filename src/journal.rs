@@ -1,0 +1,105 @@
+//! The roll journal: one JSON line per step (time, node, LB, action, result, duration), kept
+//! under `[roll] state_dir`, and `state.json` there: the roll in progress or stopped, which
+//! `--resume`, `rollback` and `status` read.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+/// One step.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Entry {
+    /// Unix time in milliseconds.
+    pub time_ms: u128,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lb: Option<String>,
+    pub action: String,
+    /// `ok`, `failed`, `skipped`, `warning`, `info`.
+    pub result: String,
+    #[serde(default)]
+    pub duration_ms: u128,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub detail: String,
+}
+
+/// What a roll left behind, for `--resume` and `status`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct RollState {
+    pub id: String,
+    pub kind: String,
+    pub target: String,
+    /// Version each node ran before the roll.
+    pub previous: std::collections::BTreeMap<String, String>,
+    /// `running`, `done`, `failed`, `interrupted`.
+    pub status: String,
+    pub journal: PathBuf,
+    /// Nodes this roll drained or put in maint (so a re-run knows they are its own).
+    #[serde(default)]
+    pub out_of_rotation: Vec<String>,
+    #[serde(default)]
+    pub failed_node: Option<String>,
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+impl RollState {
+    pub fn path(state_dir: &Path) -> PathBuf {
+        state_dir.join("state.json")
+    }
+
+    pub fn read(state_dir: &Path) -> Option<RollState> {
+        fs::read(Self::path(state_dir))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+    }
+
+    pub fn write(&self, state_dir: &Path) -> std::io::Result<()> {
+        fs::create_dir_all(state_dir)?;
+        let tmp = state_dir.join(".state.json.tmp");
+        fs::write(&tmp, serde_json::to_vec_pretty(self).unwrap_or_default())?;
+        fs::rename(tmp, Self::path(state_dir))
+    }
+}
+
+pub fn now_ms() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0)
+}
+
+/// An open journal.
+pub struct Journal {
+    pub path: PathBuf,
+    file: File,
+    pub entries: Vec<Entry>,
+}
+
+impl Journal {
+    /// A new journal `roll-<id>.jsonl` in `state_dir`.
+    pub fn create(state_dir: &Path, id: &str) -> std::io::Result<Journal> {
+        fs::create_dir_all(state_dir)?;
+        let path = state_dir.join(format!("roll-{id}.jsonl"));
+        let file = OpenOptions::new().create(true).append(true).open(&path)?;
+        Ok(Journal {
+            path,
+            file,
+            entries: Vec::new(),
+        })
+    }
+
+    /// Appends a step; each line is written and flushed at once, so a killed roll leaves a
+    /// journal that says how far it got.
+    pub fn log(&mut self, e: Entry) {
+        if let Ok(line) = serde_json::to_string(&e) {
+            let _ = writeln!(self.file, "{line}");
+            let _ = self.file.flush();
+        }
+        self.entries.push(e);
+    }
+}

@@ -1,0 +1,1201 @@
+//! `roll`, `rollback` and `status`: upgrading the web nodes behind HAProxy a batch at a time.
+//!
+//! The order for a node, and why (see DOMAIN notes on HAProxy 2.6): drain it on every LB (no
+//! new requests, in-flight ones finish, health checks go on); wait until `scur` and `qcur` are 0
+//! everywhere; install; check the installed version; wait for its own health URL to answer 200
+//! **and** for every LB's health check to pass while it is still drained (leaving maint is
+//! optimistic in 2.6, leaving drain is not); only then `ready`. Never more than `batch` web nodes
+//! out of rotation, never the last one in rotation.
+//!
+//! When the target changes a core or plugin `$version` or any `db/` file (the hashes `build`
+//! records), mixed code is unsafe: the tool downloads the package everywhere first, turns
+//! maintenance on, installs on every node, runs `upgrade_command` once, turns maintenance off.
+
+mod http;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::apt::{AptError, Repo};
+use crate::config::{Config, Node, Role};
+use crate::haproxy::{AdminState, HaError, Lb};
+use crate::journal::{now_ms, Entry, Journal, RollState};
+use crate::report::Reporter;
+use crate::ssh::{quote, Conn, Ssh, SshError};
+
+/// What `roll` or `rollback` was asked to do.
+#[derive(Debug, Clone, Default)]
+pub struct RollOptions {
+    pub batch: Option<u32>,
+    pub version: Option<String>,
+    pub plan: bool,
+    pub force: bool,
+    pub force_drain: bool,
+    pub resume: bool,
+    pub auto_rollback: bool,
+    pub break_lock: bool,
+    /// `rollback` rather than `roll`.
+    pub rollback: bool,
+}
+
+/// Why a roll did not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum RollError {
+    #[error("{0}")]
+    Config(String),
+    #[error("before changing anything: {0}")]
+    Preflight(String),
+    #[error(
+        "another roll holds the cluster lock ({0}); wait for it, or use --break-lock if it is dead"
+    )]
+    Locked(String),
+    #[error("refused: {0}")]
+    Refused(String),
+    #[error("the roll stopped: {message}\n  journal: {journal}")]
+    Failed { message: String, journal: PathBuf },
+    #[error("interrupted: {message}\n  journal: {journal}")]
+    Interrupted { message: String, journal: PathBuf },
+    #[error(transparent)]
+    Ha(#[from] HaError),
+    #[error(transparent)]
+    Ssh(#[from] SshError),
+    #[error(transparent)]
+    Apt(#[from] AptError),
+}
+
+impl RollError {
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            RollError::Config(_) => 2,
+            RollError::Locked(_) | RollError::Refused(_) => 3,
+            RollError::Interrupted { .. } => 130,
+            _ => 1,
+        }
+    }
+}
+
+/// What a node runs.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Installed {
+    pub version: Option<String>,
+    pub versions_hash: Option<String>,
+    pub db_hash: Option<String>,
+}
+
+/// The plan, as `--plan` prints it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Plan {
+    pub kind: String,
+    pub target: String,
+    /// `code-only` or `database`.
+    pub path: String,
+    pub why: String,
+    pub batches: Vec<Vec<String>>,
+    pub cron: Vec<String>,
+    pub skipped: Vec<String>,
+    pub installed: BTreeMap<String, Option<String>>,
+}
+
+/// What a finished roll did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    pub plan: Plan,
+    pub planned_only: bool,
+    pub upgraded: Vec<String>,
+    pub maintenance_secs: Option<f64>,
+    pub journal: Option<PathBuf>,
+    pub timeline: Vec<Entry>,
+    pub warnings: Vec<String>,
+    pub seconds: f64,
+}
+
+struct Ctx<'a> {
+    cfg: &'a Config,
+    reporter: &'a dyn Reporter,
+    ssh: Ssh,
+    lbs: Vec<Lb>,
+    conns: BTreeMap<String, Conn>,
+    journal: Option<Journal>,
+    state_dir: PathBuf,
+    state: RollState,
+    stop: Arc<AtomicBool>,
+    warnings: Vec<String>,
+    pkg: String,
+}
+
+impl Ctx<'_> {
+    fn log(
+        &mut self,
+        node: Option<&str>,
+        lb: Option<&str>,
+        action: &str,
+        result: &str,
+        started: Instant,
+        detail: &str,
+    ) {
+        if let Some(j) = &mut self.journal {
+            j.log(Entry {
+                time_ms: now_ms(),
+                node: node.map(String::from),
+                lb: lb.map(String::from),
+                action: action.to_string(),
+                result: result.to_string(),
+                duration_ms: started.elapsed().as_millis(),
+                detail: detail.to_string(),
+            });
+        }
+    }
+
+    fn save_state(&self) {
+        let _ = self.state.write(&self.state_dir);
+    }
+
+    fn journal_path(&self) -> PathBuf {
+        self.journal
+            .as_ref()
+            .map(|j| j.path.clone())
+            .unwrap_or_default()
+    }
+
+    fn conn(&self, node: &str) -> &Conn {
+        &self.conns[node]
+    }
+
+    fn fail(&mut self, node: Option<&str>, message: String) -> RollError {
+        self.state.status = "failed".into();
+        self.state.failed_node = node.map(String::from);
+        self.state.reason = Some(message.clone());
+        self.save_state();
+        self.log(node, None, "stop", "failed", Instant::now(), &message);
+        RollError::Failed {
+            message,
+            journal: self.journal_path(),
+        }
+    }
+
+    /// Sets `state` for `server` on every LB.
+    fn set_all(&mut self, node: &str, server: &str, state: AdminState) -> Result<(), RollError> {
+        for lb in self.lbs.clone() {
+            let t = Instant::now();
+            match lb.set_state(server, state) {
+                Ok(()) => self.log(
+                    Some(node),
+                    Some(&lb.name),
+                    &format!("state {}", state.as_str()),
+                    "ok",
+                    t,
+                    "",
+                ),
+                Err(e) => {
+                    self.log(
+                        Some(node),
+                        Some(&lb.name),
+                        &format!("state {}", state.as_str()),
+                        "failed",
+                        t,
+                        &e.to_string(),
+                    );
+                    return Err(e.into());
+                }
+            }
+        }
+        match state {
+            AdminState::Ready => self.state.out_of_rotation.retain(|n| n != node),
+            _ => {
+                if !self.state.out_of_rotation.iter().any(|n| n == node) {
+                    self.state.out_of_rotation.push(node.to_string());
+                }
+            }
+        }
+        self.save_state();
+        Ok(())
+    }
+
+    fn installed(&self, node: &str) -> Result<Installed, RollError> {
+        let out = self.ssh.run(
+            self.conn(node),
+            &format!(
+                "dpkg-query -W -f='${{Status}}|${{Version}}|${{X-Moodle-Versions-Hash}}|${{X-Moodle-Db-Hash}}\\n' {} 2>/dev/null || true",
+                quote(&self.pkg)
+            ),
+        )?;
+        let line = out.stdout.lines().next().unwrap_or("");
+        let parts: Vec<&str> = line.split('|').collect();
+        if parts.len() < 4 || !parts[0].ends_with("ok installed") {
+            return Ok(Installed::default());
+        }
+        let opt = |s: &str| {
+            if s.is_empty() {
+                None
+            } else {
+                Some(s.to_string())
+            }
+        };
+        Ok(Installed {
+            version: opt(parts[1]),
+            versions_hash: opt(parts[2]),
+            db_hash: opt(parts[3]),
+        })
+    }
+
+    fn apt_update(&self) -> String {
+        format!(
+            "apt-get update -qq -o Dir::Etc::sourcelist=sources.list.d/{pkg}.list -o Dir::Etc::sourceparts=- -o APT::Get::List-Cleanup=0",
+            pkg = self.pkg
+        )
+    }
+
+    fn apt_install(&self, version: &str, download_only: bool) -> String {
+        format!(
+            "{} && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --allow-downgrades{} -o Dpkg::Options::=--force-confold {}",
+            self.apt_update(),
+            if download_only { " --download-only" } else { "" },
+            quote(&format!("{}={version}", self.pkg))
+        )
+    }
+
+    fn interrupted(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+}
+
+fn server_name(n: &Node) -> String {
+    n.server.clone().unwrap_or_else(|| n.name.clone())
+}
+
+fn web_nodes(cfg: &Config) -> Vec<&Node> {
+    cfg.nodes.iter().filter(|n| n.role == Role::Web).collect()
+}
+
+fn substitute(cmd: &str, cfg: &Config) -> String {
+    cmd.replace("{install_dir}", &cfg.site.install_dir.to_string())
+}
+
+/// Runs `roll` (or `rollback`).
+pub fn roll(
+    cfg: &Config,
+    opts: &RollOptions,
+    reporter: &dyn Reporter,
+) -> Result<Outcome, RollError> {
+    let started = Instant::now();
+    if cfg.nodes.is_empty() {
+        return Err(RollError::Config(
+            "the config has no [[nodes]]: nothing to roll".into(),
+        ));
+    }
+    if cfg.lb.is_empty() && web_nodes(cfg).len() > 0 {
+        return Err(RollError::Config(
+            "the config has web nodes but no [[lb]]: the tool must take nodes out of rotation"
+                .into(),
+        ));
+    }
+    let batch = opts.batch.unwrap_or(cfg.roll.batch).max(1) as usize;
+    let state_dir = cfg.base_dir.join(&cfg.roll.state_dir);
+    let stop = Arc::new(AtomicBool::new(false));
+    let _ = signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone());
+    let _ = signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone());
+    let repo = Repo::from_config(cfg)?;
+    let mut ctx = Ctx {
+        cfg,
+        reporter,
+        ssh: Ssh::new(&cfg.ssh)?,
+        lbs: cfg.lb.iter().map(Lb::from_config).collect(),
+        conns: BTreeMap::new(),
+        journal: None,
+        state_dir: state_dir.clone(),
+        state: RollState::default(),
+        stop,
+        warnings: Vec::new(),
+        pkg: cfg.site.package.to_string(),
+    };
+
+    // --- Preflight: nothing changes until every part answers.
+    reporter.step("checking the load balancers");
+    for lb in &ctx.lbs {
+        let servers = lb
+            .servers()
+            .map_err(|e| RollError::Preflight(e.to_string()))?;
+        for n in web_nodes(cfg) {
+            let s = server_name(n);
+            if !servers.iter().any(|x| x.name == s) {
+                let known = servers
+                    .iter()
+                    .map(|x| x.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                return Err(RollError::Preflight(format!(
+                    "{}: backend `{}` has no server `{s}` for node {} (it has: {known})",
+                    lb.name, lb.backend, n.name
+                )));
+            }
+            if let Some(x) = servers.iter().find(|x| x.name == s) {
+                if x.agent {
+                    ctx.warnings.push(format!(
+                        "{}: {s} has an agent-check, which can cancel a drain set by this tool",
+                        lb.name
+                    ));
+                }
+            }
+        }
+        // The Runtime API must accept state changes (level admin): a harmless no-op proves it.
+        lb.send(&format!(
+            "set weight {}/{} 100%",
+            lb.backend,
+            server_name(web_nodes(cfg)[0])
+        ))
+        .map_err(|e| RollError::Preflight(format!("{e} (the stats socket needs `level admin`)")))?;
+    }
+    reporter.step_done();
+    reporter.step("connecting to the nodes");
+    for n in &cfg.nodes {
+        let c = ctx
+            .ssh
+            .connect(&n.name, &n.ssh)
+            .map_err(|e| RollError::Preflight(e.to_string()))?;
+        ctx.conns.insert(n.name.clone(), c);
+    }
+    let mut installed = BTreeMap::new();
+    for n in &cfg.nodes {
+        installed.insert(n.name.clone(), ctx.installed(&n.name)?);
+    }
+    reporter.step_done();
+
+    // --- Target.
+    let list = repo.list()?;
+    let current_max = installed
+        .values()
+        .filter_map(|i| i.version.as_deref())
+        .filter_map(|v| v.parse::<debversion::Version>().ok())
+        .max();
+    let target = match (&opts.version, opts.rollback) {
+        (Some(v), _) => v.clone(),
+        (None, false) => list.first().map(|l| l.version.clone()).ok_or_else(|| {
+            RollError::Preflight(format!(
+                "the apt repository {} holds no version of {}",
+                repo.root.display(),
+                ctx.pkg
+            ))
+        })?,
+        (None, true) => {
+            let prev = RollState::read(&state_dir).and_then(|s| {
+                let mut v: Vec<String> = s.previous.values().cloned().collect();
+                v.sort();
+                v.dedup();
+                if v.len() == 1 && Some(&v[0]) != s.previous.values().next().filter(|_| false) {
+                    Some(v[0].clone())
+                } else {
+                    None
+                }
+            });
+            let cur = current_max.clone();
+            let below = list
+                .iter()
+                .filter(|l| match (&cur, l.version.parse::<debversion::Version>()) {
+                    (Some(c), Ok(v)) => v < *c,
+                    _ => false,
+                })
+                .map(|l| l.version.clone())
+                .next();
+            match prev.filter(|p| Some(p) != cur.as_ref().map(|c| c.to_string()).as_ref()) {
+                Some(p) if list.iter().any(|l| l.version == p) => p,
+                _ => below.ok_or_else(|| {
+                    RollError::Preflight(
+                        "no earlier version in the repository to roll back to".into(),
+                    )
+                })?,
+            }
+        }
+    };
+    let stanza = repo
+        .current()?
+        .into_iter()
+        .find(|s| s.get("Version") == Some(target.as_str()))
+        .ok_or_else(|| {
+            RollError::Preflight(format!(
+                "version {target} of {} is not in the apt repository {}",
+                ctx.pkg,
+                repo.root.display()
+            ))
+        })?;
+    let t_versions = stanza.get("X-Moodle-Versions-Hash").map(String::from);
+    let t_db = stanza.get("X-Moodle-Db-Hash").map(String::from);
+
+    // --- Which path.
+    let to_do: Vec<&Node> = cfg
+        .nodes
+        .iter()
+        .filter(|n| installed[&n.name].version.as_deref() != Some(target.as_str()))
+        .collect();
+    let mut why = String::new();
+    for n in &to_do {
+        let i = &installed[&n.name];
+        if i.version.is_none() {
+            why = format!("{} has no version of {} installed", n.name, ctx.pkg);
+            break;
+        }
+        if i.versions_hash != t_versions {
+            why = format!(
+                "a core or plugin $version differs between {} ({}) and {target}",
+                i.version.clone().unwrap_or_default(),
+                n.name
+            );
+            break;
+        }
+        if i.db_hash != t_db {
+            why = format!(
+                "files under db/ differ between {} ({}) and {target}",
+                i.version.clone().unwrap_or_default(),
+                n.name
+            );
+            break;
+        }
+    }
+    let database = !why.is_empty();
+    if opts.rollback && database && !opts.force {
+        return Err(RollError::Refused(format!(
+            "{why}: the database was upgraded for the newer code, and Moodle cannot downgrade a database. Restore the database from before the upgrade and use --force, or roll forward to a fixed version"
+        )));
+    }
+    let webs: Vec<String> = web_nodes(cfg)
+        .iter()
+        .filter(|n| to_do.iter().any(|t| t.name == n.name))
+        .map(|n| n.name.clone())
+        .collect();
+    let plan = Plan {
+        kind: if opts.rollback { "rollback" } else { "roll" }.into(),
+        target: target.clone(),
+        path: if database { "database" } else { "code-only" }.into(),
+        why: if database {
+            why.clone()
+        } else {
+            "no $version and no db/ file differs: nodes are upgraded in rotation".into()
+        },
+        batches: webs.chunks(batch).map(|c| c.to_vec()).collect(),
+        cron: cfg
+            .nodes
+            .iter()
+            .filter(|n| n.role == Role::Cron && to_do.iter().any(|t| t.name == n.name))
+            .map(|n| n.name.clone())
+            .collect(),
+        skipped: cfg
+            .nodes
+            .iter()
+            .filter(|n| !to_do.iter().any(|t| t.name == n.name))
+            .map(|n| n.name.clone())
+            .collect(),
+        installed: installed
+            .iter()
+            .map(|(k, v)| (k.clone(), v.version.clone()))
+            .collect(),
+    };
+
+    // Servers out of rotation that this tool did not put there stop the roll.
+    let previous_state = RollState::read(&state_dir);
+    let ours: Vec<String> = previous_state
+        .as_ref()
+        .filter(|s| s.status != "done")
+        .map(|s| s.out_of_rotation.clone())
+        .unwrap_or_default();
+    for lb in &ctx.lbs {
+        for s in lb.servers()? {
+            let node = web_nodes(cfg)
+                .into_iter()
+                .find(|n| server_name(n) == s.name)
+                .map(|n| n.name.clone());
+            if (s.drain || s.maint) && !opts.force {
+                match &node {
+                    Some(n) if ours.contains(n) => {}
+                    _ => {
+                        return Err(RollError::Refused(format!(
+                            "{}: server {} is out of rotation ({}), and not by this tool; bring it back or use --force",
+                            lb.name,
+                            s.name,
+                            if s.maint { "maint" } else { "drain" }
+                        )))
+                    }
+                }
+            }
+        }
+    }
+
+    if opts.plan {
+        return Ok(Outcome {
+            plan,
+            planned_only: true,
+            upgraded: Vec::new(),
+            maintenance_secs: None,
+            journal: None,
+            timeline: Vec::new(),
+            warnings: ctx.warnings,
+            seconds: started.elapsed().as_secs_f64(),
+        });
+    }
+
+    // --- The cluster lock, on the first node.
+    let lock_node = cfg.nodes[0].name.clone();
+    take_lock(&ctx, &lock_node, &target, opts.break_lock)?;
+    let result = run_plan(&mut ctx, &plan, &installed, previous_state, opts, database);
+    release_lock(&ctx, &lock_node);
+    let (upgraded, maintenance_secs) = result?;
+    ctx.state.status = "done".into();
+    ctx.save_state();
+    Ok(Outcome {
+        plan,
+        planned_only: false,
+        upgraded,
+        maintenance_secs,
+        journal: ctx.journal.as_ref().map(|j| j.path.clone()),
+        timeline: ctx
+            .journal
+            .as_ref()
+            .map(|j| j.entries.clone())
+            .unwrap_or_default(),
+        warnings: ctx.warnings,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+const LOCK_DIR: &str = "/var/lib/moodle-release/roll.lock";
+
+fn take_lock(ctx: &Ctx, node: &str, target: &str, break_lock: bool) -> Result<(), RollError> {
+    let who = format!(
+        "{}@{} pid {} since {} (target {target})",
+        std::env::var("USER").unwrap_or_else(|_| "?".into()),
+        std::fs::read_to_string("/etc/hostname")
+            .unwrap_or_default()
+            .trim(),
+        std::process::id(),
+        crate::build::rfc2822((now_ms() / 1000) as i64)
+    );
+    if break_lock {
+        ctx.reporter.warn(&format!(
+            "--break-lock: removing the cluster lock on {node}"
+        ));
+        ctx.ssh.run(ctx.conn(node), &format!("rm -rf {LOCK_DIR}"))?;
+    }
+    let script = format!(
+        "mkdir -p /var/lib/moodle-release && if mkdir {LOCK_DIR} 2>/dev/null; then echo {} > {LOCK_DIR}/owner; else cat {LOCK_DIR}/owner 2>/dev/null; exit 3; fi",
+        quote(&who)
+    );
+    let out = ctx.ssh.run(ctx.conn(node), &script)?;
+    match out.code {
+        Some(0) => Ok(()),
+        Some(3) => Err(RollError::Locked(format!(
+            "on {node}: {}",
+            out.stdout.trim()
+        ))),
+        _ => Err(RollError::Preflight(format!(
+            "{node}: cannot take the cluster lock: {}",
+            out.tail()
+        ))),
+    }
+}
+
+fn release_lock(ctx: &Ctx, node: &str) {
+    let _ = ctx.ssh.run(ctx.conn(node), &format!("rm -rf {LOCK_DIR}"));
+}
+
+fn run_plan(
+    ctx: &mut Ctx,
+    plan: &Plan,
+    installed: &BTreeMap<String, Installed>,
+    previous_state: Option<RollState>,
+    opts: &RollOptions,
+    database: bool,
+) -> Result<(Vec<String>, Option<f64>), RollError> {
+    let id = format!("{}", now_ms());
+    ctx.journal = Some(Journal::create(&ctx.state_dir, &id).map_err(|e| {
+        RollError::Config(format!(
+            "cannot write the journal in {}: {e}",
+            ctx.state_dir.display()
+        ))
+    })?);
+    ctx.state = RollState {
+        id,
+        kind: plan.kind.clone(),
+        target: plan.target.clone(),
+        previous: installed
+            .iter()
+            .filter_map(|(k, v)| v.version.clone().map(|v| (k.clone(), v)))
+            .collect(),
+        status: "running".into(),
+        journal: ctx.journal_path(),
+        out_of_rotation: previous_state
+            .as_ref()
+            .map(|s| s.out_of_rotation.clone())
+            .unwrap_or_default(),
+        failed_node: None,
+        reason: None,
+    };
+    if opts.resume {
+        if let Some(p) = &previous_state {
+            ctx.state.previous = p.previous.clone();
+        }
+    }
+    ctx.save_state();
+    ctx.log(
+        None,
+        None,
+        &format!("{} to {} ({})", plan.kind, plan.target, plan.path),
+        "info",
+        Instant::now(),
+        &plan.why,
+    );
+
+    // Nodes an earlier run left out of rotation: back in when they are on the target and healthy.
+    for node in ctx.state.out_of_rotation.clone() {
+        let Some(n) = ctx.cfg.nodes.iter().find(|n| n.name == node) else {
+            continue;
+        };
+        if installed[&node].version.as_deref() == Some(plan.target.as_str()) && health_ok(ctx, n) {
+            ctx.reporter.step(&format!("{node}: on {} and healthy, left out of rotation by an earlier run: putting it back", plan.target));
+            ctx.set_all(&node, &server_name(n), AdminState::Ready)?;
+            ctx.reporter.step_done();
+        }
+    }
+
+    if database {
+        let secs = database_path(ctx, plan)?;
+        Ok((
+            plan.batches
+                .iter()
+                .flatten()
+                .chain(plan.cron.iter())
+                .cloned()
+                .collect(),
+            Some(secs),
+        ))
+    } else {
+        let mut upgraded = Vec::new();
+        for b in &plan.batches {
+            if ctx.interrupted() {
+                let msg = format!(
+                    "stopped before batch {}; every node is in rotation; run again with --resume",
+                    b.join(", ")
+                );
+                ctx.state.status = "interrupted".into();
+                ctx.save_state();
+                ctx.log(None, None, "interrupt", "info", Instant::now(), &msg);
+                return Err(RollError::Interrupted {
+                    message: msg,
+                    journal: ctx.journal_path(),
+                });
+            }
+            code_only_batch(ctx, plan, b, opts)?;
+            upgraded.extend(b.iter().cloned());
+        }
+        for c in &plan.cron {
+            install_nodes(ctx, &[c.clone()], &plan.target)
+                .map_err(|(n, m)| ctx.fail(Some(&n), m))?;
+            upgraded.push(c.clone());
+        }
+        Ok((upgraded, None))
+    }
+}
+
+/// Installs the target on `nodes` in parallel and checks the installed version. On failure:
+/// the first failed node and why.
+fn install_nodes(ctx: &mut Ctx, nodes: &[String], target: &str) -> Result<(), (String, String)> {
+    let t = Instant::now();
+    ctx.reporter
+        .step(&format!("installing {target} on {}", nodes.join(", ")));
+    let script = ctx.apt_install(target, false);
+    let jobs: Vec<(&Conn, String)> = nodes
+        .iter()
+        .map(|n| (&ctx.conns[n], script.clone()))
+        .collect();
+    let results = ctx.ssh.run_all(jobs);
+    let mut failure = None;
+    for (n, r) in nodes.iter().zip(results) {
+        match r {
+            Ok(o) if o.success() => ctx.log(Some(n), None, "install", "ok", t, target),
+            Ok(o) => {
+                let m = format!(
+                    "{n}: apt-get install {}={target} failed (exit {:?}): {}",
+                    ctx.pkg,
+                    o.code,
+                    o.tail()
+                );
+                ctx.log(Some(n), None, "install", "failed", t, &m);
+                failure.get_or_insert((n.clone(), m));
+            }
+            Err(e) => {
+                ctx.log(Some(n), None, "install", "failed", t, &e.to_string());
+                failure.get_or_insert((n.clone(), e.to_string()));
+            }
+        }
+    }
+    ctx.reporter.step_done();
+    if let Some(f) = failure {
+        return Err(f);
+    }
+    for n in nodes {
+        let t = Instant::now();
+        let v = ctx.installed(n).map_err(|e| (n.clone(), e.to_string()))?;
+        if v.version.as_deref() != Some(target) {
+            let m = format!(
+                "{n}: after install dpkg reports {:?}, not {target}",
+                v.version
+            );
+            ctx.log(Some(n), None, "verify version", "failed", t, &m);
+            return Err((n.clone(), m));
+        }
+        ctx.log(Some(n), None, "verify version", "ok", t, target);
+    }
+    Ok(())
+}
+
+fn health_url(ctx: &Ctx, n: &Node) -> Option<String> {
+    n.http
+        .as_ref()
+        .map(|h| format!("{}{}", h.trim_end_matches('/'), ctx.cfg.roll.health_path))
+}
+
+fn health_ok(ctx: &Ctx, n: &Node) -> bool {
+    match health_url(ctx, n) {
+        Some(u) => http::get_status(&u, Duration::from_secs(3)).ok() == Some(200),
+        None => true,
+    }
+}
+
+/// Waits until the node answers 200 on its health URL and every LB's check passes.
+fn wait_healthy(ctx: &mut Ctx, n: &Node) -> Result<(), String> {
+    let t = Instant::now();
+    let deadline = t + ctx.cfg.roll.health_timeout;
+    let url = health_url(ctx, n);
+    let mut last = String::new();
+    loop {
+        let own = match &url {
+            Some(u) => match http::get_status(u, Duration::from_secs(3)) {
+                Ok(200) => true,
+                Ok(code) => {
+                    last = format!("{u} answered {code}");
+                    false
+                }
+                Err(e) => {
+                    last = format!("{u}: {e}");
+                    false
+                }
+            },
+            None => true,
+        };
+        let mut lbs_ok = own;
+        if own {
+            for lb in &ctx.lbs {
+                match lb.server(&server_name(n)) {
+                    Ok(s) if s.check_ok() => {}
+                    Ok(s) => {
+                        lbs_ok = false;
+                        last = format!(
+                            "{}: its health check says {} ({})",
+                            lb.name, s.check_status, s.status
+                        );
+                    }
+                    Err(e) => {
+                        lbs_ok = false;
+                        last = e.to_string();
+                    }
+                }
+            }
+        }
+        if lbs_ok {
+            ctx.log(
+                Some(&n.name),
+                None,
+                "health",
+                "ok",
+                t,
+                url.as_deref().unwrap_or(""),
+            );
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            let m = format!(
+                "{}: not healthy after {}: {last}",
+                n.name,
+                crate::config::format_duration(ctx.cfg.roll.health_timeout)
+            );
+            ctx.log(Some(&n.name), None, "health", "failed", t, &m);
+            return Err(m);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn code_only_batch(
+    ctx: &mut Ctx,
+    plan: &Plan,
+    batch: &[String],
+    opts: &RollOptions,
+) -> Result<(), RollError> {
+    let nodes: Vec<Node> = batch
+        .iter()
+        .map(|b| ctx.cfg.nodes.iter().find(|n| &n.name == b).unwrap().clone())
+        .collect();
+    // Re-read every LB: someone (or a reload) may have changed states since the last batch.
+    let web_servers: Vec<String> = web_nodes(ctx.cfg).iter().map(|n| server_name(n)).collect();
+    for lb in ctx.lbs.clone() {
+        let servers = lb.servers()?;
+        let in_rotation = servers
+            .iter()
+            .filter(|s| web_servers.contains(&s.name) && s.in_rotation())
+            .count();
+        let leaving = servers
+            .iter()
+            .filter(|s| nodes.iter().any(|n| server_name(n) == s.name) && s.in_rotation())
+            .count();
+        if in_rotation.saturating_sub(leaving) == 0 && !opts.force {
+            return Err(ctx.fail(
+                None,
+                format!("{}: draining {} would leave no server in rotation ({} of {} are up); lower --batch or bring servers back", lb.name, batch.join(", "), in_rotation, web_servers.len()),
+            ));
+        }
+        for s in &servers {
+            let ours = ctx.state.out_of_rotation.contains(&s.name)
+                || nodes.iter().any(|n| server_name(n) == s.name);
+            if (s.drain || s.maint) && !ours && !opts.force {
+                return Err(ctx.fail(None, format!("{}: server {} went out of rotation during the roll, not by this tool: stopping", lb.name, s.name)));
+            }
+        }
+    }
+    // Drain.
+    for n in &nodes {
+        ctx.reporter.step(&format!("draining {}", n.name));
+        ctx.set_all(&n.name, &server_name(n), AdminState::Drain)?;
+        ctx.reporter.step_done();
+    }
+    // Wait for the sessions to end.
+    let t = Instant::now();
+    let deadline = t + ctx.cfg.roll.drain_timeout;
+    ctx.reporter.step(&format!(
+        "waiting for sessions on {} to end",
+        batch.join(", ")
+    ));
+    loop {
+        let mut busy = Vec::new();
+        for lb in &ctx.lbs {
+            for n in &nodes {
+                let s = lb.server(&server_name(n))?;
+                if !s.drain && !s.maint {
+                    ctx.warnings.push(format!("{}: {} left drain by itself (an agent-check or a reload?); draining it again", lb.name, s.name));
+                    lb.set_state(&s.name, AdminState::Drain)?;
+                }
+                if s.scur + s.qcur > 0 {
+                    busy.push(format!(
+                        "{} on {} ({} sessions, {} queued)",
+                        n.name, lb.name, s.scur, s.qcur
+                    ));
+                }
+            }
+        }
+        if busy.is_empty() {
+            break;
+        }
+        if Instant::now() > deadline {
+            if opts.force_drain {
+                for n in &nodes {
+                    ctx.set_all(&n.name, &server_name(n), AdminState::Maint)?;
+                }
+                ctx.log(
+                    None,
+                    None,
+                    "drain timeout",
+                    "warning",
+                    t,
+                    &format!("--force-drain: switched to maint: {}", busy.join("; ")),
+                );
+                break;
+            }
+            for n in &nodes {
+                ctx.set_all(&n.name, &server_name(n), AdminState::Ready)?;
+            }
+            ctx.reporter.step_done();
+            return Err(ctx.fail(
+                None,
+                format!("sessions did not end within drain_timeout {}: {}; the nodes are back in rotation; raise drain_timeout or use --force-drain", crate::config::format_duration(ctx.cfg.roll.drain_timeout), busy.join("; ")),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    ctx.log(
+        None,
+        None,
+        &format!("drained {}", batch.join(", ")),
+        "ok",
+        t,
+        "",
+    );
+    ctx.reporter.step_done();
+
+    // Install, verify, health.
+    let mut failed: Vec<(String, String)> = Vec::new();
+    if let Err(f) = install_nodes(ctx, batch, &plan.target) {
+        failed.push(f);
+    }
+    for n in &nodes {
+        if failed.iter().any(|(f, _)| f == &n.name) {
+            continue;
+        }
+        ctx.reporter
+            .step(&format!("waiting for {} to be healthy", n.name));
+        if let Err(m) = wait_healthy(ctx, n) {
+            failed.push((n.name.clone(), m));
+        }
+        ctx.reporter.step_done();
+    }
+    if failed.is_empty() {
+        for n in &nodes {
+            ctx.set_all(&n.name, &server_name(n), AdminState::Ready)?;
+        }
+        return Ok(());
+    }
+    // A failed node stays out (maint) with the reason; the batch's good nodes go back.
+    for n in &nodes {
+        if failed.iter().any(|(f, _)| f == &n.name) {
+            ctx.set_all(&n.name, &server_name(n), AdminState::Maint)?;
+        } else {
+            ctx.set_all(&n.name, &server_name(n), AdminState::Ready)?;
+        }
+    }
+    let (node, why) = failed[0].clone();
+    if opts.auto_rollback {
+        ctx.warnings.push(
+            "--auto-rollback: putting the upgraded nodes back on their previous version".into(),
+        );
+        let done: Vec<String> = ctx
+            .state
+            .previous
+            .keys()
+            .filter(|k| !ctx.state.out_of_rotation.contains(k))
+            .cloned()
+            .collect();
+        for n in done {
+            if let Some(prev) = ctx.state.previous.get(&n).cloned() {
+                let _ = install_nodes(ctx, &[n.clone()], &prev);
+            }
+        }
+    }
+    Err(ctx.fail(Some(&node), format!("{why}; {node} stays out of rotation (maint); fix it and run `moodle-release roll --resume`, or `moodle-release rollback`")))
+}
+
+fn database_path(ctx: &mut Ctx, plan: &Plan) -> Result<f64, RollError> {
+    let all: Vec<String> = plan
+        .batches
+        .iter()
+        .flatten()
+        .chain(plan.cron.iter())
+        .cloned()
+        .collect();
+    let first_web = web_nodes(ctx.cfg)
+        .first()
+        .map(|n| n.name.clone())
+        .unwrap_or_else(|| ctx.cfg.nodes[0].name.clone());
+    // 1. Download everywhere first: the maintenance window holds no download.
+    let t = Instant::now();
+    ctx.reporter.step(&format!(
+        "downloading {} on {}",
+        plan.target,
+        all.join(", ")
+    ));
+    let script = ctx.apt_install(&plan.target, true);
+    let jobs: Vec<(&Conn, String)> = all
+        .iter()
+        .map(|n| (&ctx.conns[n], script.clone()))
+        .collect();
+    for (n, r) in all.clone().iter().zip(ctx.ssh.run_all(jobs)) {
+        match r {
+            Ok(o) if o.success() => ctx.log(Some(n), None, "download", "ok", t, &plan.target),
+            Ok(o) => {
+                let m = format!(
+                    "{n}: downloading {}={} failed: {}",
+                    ctx.pkg,
+                    plan.target,
+                    o.tail()
+                );
+                ctx.reporter.step_done();
+                return Err(ctx.fail(Some(n), format!("{m}; nothing was changed")));
+            }
+            Err(e) => return Err(ctx.fail(Some(n), e.to_string())),
+        }
+    }
+    ctx.reporter.step_done();
+    if ctx.interrupted() {
+        return Err(RollError::Interrupted {
+            message: "stopped before maintenance mode; nothing changed".into(),
+            journal: ctx.journal_path(),
+        });
+    }
+    // 2. Maintenance on.
+    let on = substitute(&ctx.cfg.roll.maintenance_on, ctx.cfg);
+    let t = Instant::now();
+    let m_start = Instant::now();
+    if plan.installed.get(&first_web).is_some_and(|v| v.is_some()) {
+        let out = ctx.ssh.run(ctx.conn(&first_web), &on)?;
+        if !out.success() {
+            return Err(ctx.fail(
+                Some(&first_web),
+                format!("maintenance_on failed: {}; nothing was changed", out.tail()),
+            ));
+        }
+        ctx.log(Some(&first_web), None, "maintenance on", "ok", t, &on);
+    } else {
+        // A first install: no code on the node yet, so nothing to put in maintenance.
+        ctx.log(
+            Some(&first_web),
+            None,
+            "maintenance on",
+            "skipped",
+            t,
+            "no code installed yet",
+        );
+    }
+    // 3. Install everywhere, batch after batch.
+    let batch = plan.batches.first().map(|b| b.len()).unwrap_or(1).max(1);
+    for chunk in all.chunks(batch) {
+        if let Err((n, m)) = install_nodes(ctx, chunk, &plan.target) {
+            if let Some(node) = ctx.cfg.nodes.iter().find(|x| x.name == n).cloned() {
+                if node.role == Role::Web {
+                    let _ = ctx.set_all(&n, &server_name(&node), AdminState::Maint);
+                }
+            }
+            return Err(ctx.fail(Some(&n), format!("{m}; the site is left in maintenance mode (the database is not upgraded yet): fix {n} and run `moodle-release roll --resume`")));
+        }
+    }
+    // 4. The database upgrade, once.
+    let up = substitute(&ctx.cfg.roll.upgrade_command, ctx.cfg);
+    let t = Instant::now();
+    ctx.reporter
+        .step(&format!("upgrading the database on {first_web}"));
+    let out = ctx.ssh.run(ctx.conn(&first_web), &up)?;
+    ctx.reporter.step_done();
+    if !out.success() {
+        return Err(ctx.fail(
+            Some(&first_web),
+            format!(
+                "upgrade_command failed (exit {:?}): {}; the site is left in maintenance mode",
+                out.code,
+                out.tail()
+            ),
+        ));
+    }
+    ctx.log(Some(&first_web), None, "upgrade", "ok", t, &up);
+    // 5. Maintenance off, then every web node healthy.
+    let off = substitute(&ctx.cfg.roll.maintenance_off, ctx.cfg);
+    let t = Instant::now();
+    let out = ctx.ssh.run(ctx.conn(&first_web), &off)?;
+    if !out.success() {
+        return Err(ctx.fail(
+            Some(&first_web),
+            format!("maintenance_off failed: {}", out.tail()),
+        ));
+    }
+    let secs = m_start.elapsed().as_secs_f64();
+    ctx.log(
+        Some(&first_web),
+        None,
+        "maintenance off",
+        "ok",
+        t,
+        &format!("site in maintenance for {secs:.1}s"),
+    );
+    for n in web_nodes(ctx.cfg).into_iter().cloned().collect::<Vec<_>>() {
+        if let Err(m) = wait_healthy(ctx, &n) {
+            let _ = ctx.set_all(&n.name, &server_name(&n), AdminState::Maint);
+            return Err(ctx.fail(
+                Some(&n.name),
+                format!("{m}; {} is out of rotation (maint)", n.name),
+            ));
+        }
+    }
+    Ok(secs)
+}
+
+/// `status`: what each node runs, how each LB sees it, the repository's newest version.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    pub newest: Option<String>,
+    pub nodes: Vec<NodeStatus>,
+    pub roll: Option<RollState>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeStatus {
+    pub name: String,
+    pub role: String,
+    pub version: Option<String>,
+    pub healthy: Option<bool>,
+    pub lbs: BTreeMap<String, String>,
+    pub error: Option<String>,
+}
+
+pub fn status(cfg: &Config) -> Result<Status, RollError> {
+    let repo = Repo::from_config(cfg).ok();
+    let newest = repo
+        .and_then(|r| r.list().ok())
+        .and_then(|l| l.first().map(|x| x.version.clone()));
+    let ssh = Ssh::new(&cfg.ssh)?;
+    let lbs: Vec<Lb> = cfg.lb.iter().map(Lb::from_config).collect();
+    let lb_servers: Vec<(String, Result<Vec<crate::haproxy::Server>, HaError>)> =
+        lbs.iter().map(|l| (l.name.clone(), l.servers())).collect();
+    let mut nodes = Vec::new();
+    for n in &cfg.nodes {
+        let mut st = NodeStatus {
+            name: n.name.clone(),
+            role: if n.role == Role::Web { "web" } else { "cron" }.into(),
+            version: None,
+            healthy: None,
+            lbs: BTreeMap::new(),
+            error: None,
+        };
+        match ssh.connect(&n.name, &n.ssh) {
+            Ok(c) => {
+                let out = ssh.run(
+                    &c,
+                    &format!(
+                        "dpkg-query -W -f='${{Version}}' {} 2>/dev/null || true",
+                        quote(&cfg.site.package.to_string())
+                    ),
+                );
+                st.version = out
+                    .ok()
+                    .map(|o| o.stdout.trim().to_string())
+                    .filter(|v| !v.is_empty());
+            }
+            Err(e) => st.error = Some(e.to_string()),
+        }
+        if let Some(h) = &n.http {
+            let url = format!("{}{}", h.trim_end_matches('/'), cfg.roll.health_path);
+            st.healthy = Some(http::get_status(&url, Duration::from_secs(3)).ok() == Some(200));
+        }
+        if n.role == Role::Web {
+            for (lb, servers) in &lb_servers {
+                let text = match servers {
+                    Ok(list) => match list.iter().find(|s| s.name == server_name(n)) {
+                        Some(s) => format!(
+                            "{}{}{} ({})",
+                            s.status,
+                            if s.drain { ", drain" } else { "" },
+                            if s.maint { ", maint" } else { "" },
+                            s.check_status
+                        ),
+                        None => "not in the backend".into(),
+                    },
+                    Err(e) => format!("unreachable: {e}"),
+                };
+                st.lbs.insert(lb.clone(), text);
+            }
+        }
+        nodes.push(st);
+    }
+    let roll = RollState::read(&cfg.base_dir.join(&cfg.roll.state_dir));
+    Ok(Status {
+        newest,
+        nodes,
+        roll,
+    })
+}

@@ -1,0 +1,219 @@
+//! Running commands on the nodes over SSH: the system's ssh through the openssh crate, one
+//! multiplexed master connection per node, `[ssh] config` and `known_hosts`, host keys always
+//! checked (`StrictHostKeyChecking=yes`: an unknown or changed key is an error, never a prompt),
+//! and `sudo -n` when the login user is not root.
+//!
+//! The crate is async; the rest of the tool is not. A small tokio runtime lives here and the
+//! API is blocking, with [`Ssh::run_all`] for running one command on several nodes at once.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openssh::{KnownHosts, Session, SessionBuilder};
+
+/// An SSH failure, naming the node.
+#[derive(Debug, thiserror::Error)]
+pub enum SshError {
+    #[error("{node}: cannot connect over ssh to `{dest}`: {message}")]
+    Connect {
+        node: String,
+        dest: String,
+        message: String,
+    },
+    #[error("{node}: running `{command}` failed: {message}")]
+    Run {
+        node: String,
+        command: String,
+        message: String,
+    },
+}
+
+/// What a remote command printed and how it ended.
+#[derive(Debug, Clone)]
+pub struct Output {
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Output {
+    pub fn success(&self) -> bool {
+        self.code == Some(0)
+    }
+
+    /// The last lines of stderr (or stdout), for an error message.
+    pub fn tail(&self) -> String {
+        let text = if self.stderr.trim().is_empty() {
+            &self.stdout
+        } else {
+            &self.stderr
+        };
+        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+        lines[lines.len().saturating_sub(3)..].join(" | ")
+    }
+}
+
+/// A connection to one node.
+pub struct Conn {
+    pub node: String,
+    session: Arc<Session>,
+    /// Commands are wrapped in `sudo -n` when the login user is not root.
+    sudo: bool,
+}
+
+/// The SSH layer: settings and the runtime.
+pub struct Ssh {
+    rt: tokio::runtime::Runtime,
+    builder: SessionBuilder,
+}
+
+fn expand(p: &str) -> PathBuf {
+    match (p.strip_prefix("~/"), std::env::var("HOME")) {
+        (Some(rest), Ok(home)) => PathBuf::from(home).join(rest),
+        _ => PathBuf::from(p),
+    }
+}
+
+impl Ssh {
+    pub fn new(cfg: &crate::config::Ssh) -> Result<Ssh, SshError> {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .map_err(|e| SshError::Connect {
+                node: "-".into(),
+                dest: "-".into(),
+                message: e.to_string(),
+            })?;
+        let mut builder = SessionBuilder::default();
+        builder.known_hosts_check(KnownHosts::Strict);
+        builder.connect_timeout(Duration::from_secs(10));
+        builder.server_alive_interval(Duration::from_secs(15));
+        if let Some(c) = &cfg.config {
+            let p = expand(c);
+            if p.is_file() {
+                builder.config_file(p);
+            }
+        }
+        if let Some(k) = &cfg.known_hosts {
+            builder.user_known_hosts_file(expand(k));
+        }
+        Ok(Ssh { rt, builder })
+    }
+
+    /// Opens the master connection to `dest` (`[user@]host[:port]`, resolved through the ssh
+    /// config) and finds out whether commands need sudo.
+    pub fn connect(&self, node: &str, dest: &str) -> Result<Conn, SshError> {
+        let dest_arg = ssh_destination(dest);
+        let session = self
+            .rt
+            .block_on(self.builder.connect(&dest_arg))
+            .map_err(|e| SshError::Connect {
+                node: node.to_string(),
+                dest: dest.to_string(),
+                message: describe(&e),
+            })?;
+        let mut conn = Conn {
+            node: node.to_string(),
+            session: Arc::new(session),
+            sudo: false,
+        };
+        let id = self.run(&conn, "id -u")?;
+        conn.sudo = id.stdout.trim() != "0";
+        Ok(conn)
+    }
+
+    /// Runs a shell command on a node.
+    pub fn run(&self, conn: &Conn, script: &str) -> Result<Output, SshError> {
+        self.rt.block_on(run_on(
+            conn.session.clone(),
+            conn.node.clone(),
+            conn.sudo,
+            script.to_string(),
+        ))
+    }
+
+    /// Runs the same kind of command on several nodes at once; results in the same order.
+    pub fn run_all(&self, jobs: Vec<(&Conn, String)>) -> Vec<Result<Output, SshError>> {
+        self.rt.block_on(async {
+            let handles: Vec<_> = jobs
+                .into_iter()
+                .map(|(c, s)| tokio::spawn(run_on(c.session.clone(), c.node.clone(), c.sudo, s)))
+                .collect();
+            let mut out = Vec::new();
+            for h in handles {
+                out.push(match h.await {
+                    Ok(r) => r,
+                    Err(e) => Err(SshError::Run {
+                        node: "-".into(),
+                        command: "-".into(),
+                        message: e.to_string(),
+                    }),
+                });
+            }
+            out
+        })
+    }
+}
+
+async fn run_on(
+    session: Arc<Session>,
+    node: String,
+    sudo: bool,
+    script: String,
+) -> Result<Output, SshError> {
+    let mut cmd = if sudo {
+        let mut c = Session::to_command(session.clone(), "sudo");
+        c.arg("-n").arg("sh").arg("-c").arg(&script);
+        c
+    } else {
+        let mut c = Session::to_command(session.clone(), "sh");
+        c.arg("-c").arg(&script);
+        c
+    };
+    let out = cmd.output().await.map_err(|e| SshError::Run {
+        node: node.clone(),
+        command: script.clone(),
+        message: describe(&e),
+    })?;
+    Ok(Output {
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    })
+}
+
+/// `user@host:port` as ssh takes it (`ssh://user@host:port`).
+fn ssh_destination(dest: &str) -> String {
+    match dest.rsplit_once(':') {
+        Some((host, port)) if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) => {
+            format!("ssh://{host}:{port}")
+        }
+        _ => dest.to_string(),
+    }
+}
+
+/// openssh's errors, with the part a user acts on first (host key failures especially).
+fn describe(e: &openssh::Error) -> String {
+    let mut text = e.to_string();
+    let mut src = std::error::Error::source(e);
+    while let Some(s) = src {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        src = s.source();
+    }
+    if text.contains("Host key verification failed")
+        || text.contains("REMOTE HOST IDENTIFICATION HAS CHANGED")
+        || text.contains("No ED25519 host key is known")
+        || text.contains("host key")
+    {
+        text.push_str(" (the node's host key is not in [ssh] known_hosts, or it changed: check it and add it with ssh-keyscan; moodle-release never accepts unknown keys)");
+    }
+    text
+}
+
+/// Shell-quotes `s` for a remote `sh -c` line.
+pub fn quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
