@@ -28,10 +28,19 @@ pub fn get_status(url: &str, timeout: Duration) -> Result<u16, String> {
     s.set_read_timeout(Some(timeout)).ok();
     s.set_write_timeout(Some(timeout)).ok();
     let host = hostport.split(':').next().unwrap_or(hostport);
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: moodle-release\r\nConnection: close\r\n\r\n").map_err(|e| e.to_string())?;
-    let mut head = [0u8; 64];
-    let n = s.read(&mut head).map_err(|e| e.to_string())?;
-    let line = String::from_utf8_lossy(&head[..n]);
+    // One write: some servers (PHP's built-in one) mishandle a request that arrives in pieces.
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: moodle-release\r\nConnection: close\r\n\r\n");
+    s.write_all(request.as_bytes()).map_err(|e| e.to_string())?;
+    let mut head = Vec::new();
+    let mut buf = [0u8; 256];
+    while !head.windows(2).any(|w| w == b"\r\n") && head.len() < 1024 {
+        let n = s.read(&mut buf).map_err(|e| e.to_string())?;
+        if n == 0 {
+            break;
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    let line = String::from_utf8_lossy(&head);
     line.split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
