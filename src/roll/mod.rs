@@ -288,7 +288,7 @@ pub fn roll(
             "the config has no [[nodes]]: nothing to roll".into(),
         ));
     }
-    if cfg.lb.is_empty() && web_nodes(cfg).len() > 0 {
+    if cfg.lb.is_empty() && !web_nodes(cfg).is_empty() {
         return Err(RollError::Config(
             "the config has web nodes but no [[lb]]: the tool must take nodes out of rotation"
                 .into(),
@@ -690,7 +690,7 @@ fn run_plan(
             upgraded.extend(b.iter().cloned());
         }
         for c in &plan.cron {
-            install_nodes(ctx, &[c.clone()], &plan.target)
+            install_nodes(ctx, std::slice::from_ref(c), &plan.target)
                 .map_err(|(n, m)| ctx.fail(Some(&n), m))?;
             upgraded.push(c.clone());
         }
@@ -976,7 +976,7 @@ fn code_only_batch(
             .collect();
         for n in done {
             if let Some(prev) = ctx.state.previous.get(&n).cloned() {
-                let _ = install_nodes(ctx, &[n.clone()], &prev);
+                let _ = install_nodes(ctx, std::slice::from_ref(&n), &prev);
             }
         }
     }

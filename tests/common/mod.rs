@@ -419,3 +419,216 @@ impl AptRoot {
         text.strip_prefix("install ok installed ").map(String::from)
     }
 }
+
+/// The repository's root (for scripts/).
+pub fn project_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A lab (scripts/lab) plus a sample site (scripts/make-sample-site) whose config is the site's
+/// [site], [upstream], [[plugins]], [deploy] and the lab's half. Stopped on drop.
+pub struct Cluster {
+    pub tmp: tempfile::TempDir,
+    pub env: std::collections::BTreeMap<String, String>,
+}
+
+impl Cluster {
+    pub fn up(web_nodes: u32) -> Cluster {
+        let tmp = tempfile::Builder::new()
+            .prefix("mr-lab-")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let lab = tmp.path().join("lab");
+        run(Command::new(project_root().join("scripts/lab"))
+            .arg("up")
+            .arg(&lab)
+            .args(["--nodes", &web_nodes.to_string()]));
+        let c = Cluster {
+            tmp,
+            env: Default::default(),
+        };
+        let mut c = c;
+        for line in fs::read_to_string(lab.join("lab.env")).unwrap().lines() {
+            if let Some((k, v)) = line.split_once('=') {
+                c.env.insert(k.to_string(), v.to_string());
+            }
+        }
+        run(
+            Command::new(project_root().join("scripts/make-sample-site"))
+                .arg(c.tmp.path().join("sample")),
+        );
+        let site_cfg = fs::read_to_string(c.site().join("moodle-release.toml")).unwrap();
+        let lab_cfg = fs::read_to_string(lab.join("lab.toml")).unwrap();
+        fs::write(c.config_path(), format!("{site_cfg}\n{lab_cfg}")).unwrap();
+        c
+    }
+
+    pub fn lab(&self) -> PathBuf {
+        self.tmp.path().join("lab")
+    }
+
+    pub fn site(&self) -> PathBuf {
+        self.tmp.path().join("sample/site")
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.site().join("moodle-release.toml")
+    }
+
+    /// The binary, in the site folder, with the lab's gpg home.
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_moodle-release"));
+        c.current_dir(self.site())
+            .arg("--no-progress")
+            .env("GNUPGHOME", &self.env["GNUPGHOME"]);
+        c
+    }
+
+    /// merge, build with build number `n`, publish; returns the version.
+    pub fn release(&self, n: u32, merge_args: &[&str]) -> String {
+        run(self.cmd().arg("merge").args(merge_args));
+        let out =
+            run(self
+                .cmd()
+                .args(["build", "--build-number", &n.to_string(), "--out", "dist"]));
+        let deb = String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .last()
+            .unwrap()
+            .trim()
+            .to_string();
+        run(self.cmd().arg("publish").arg(self.site().join(&deb)));
+        stdout(
+            Command::new("dpkg-deb")
+                .arg("--field")
+                .arg(self.site().join(&deb))
+                .arg("Version"),
+        )
+        .trim()
+        .to_string()
+    }
+
+    /// Runs a command on a node over ssh (as the lab's root).
+    pub fn ssh(&self, node: &str, script: &str) -> Output {
+        let lab = self.lab();
+        Command::new("ssh")
+            .arg("-F")
+            .arg(lab.join("ssh_config"))
+            .arg("-o")
+            .arg(format!(
+                "UserKnownHostsFile={}",
+                lab.join("known_hosts").display()
+            ))
+            .arg(node)
+            .arg(script)
+            .output()
+            .unwrap()
+    }
+
+    pub fn installed(&self, node: &str) -> String {
+        String::from_utf8_lossy(
+            &self
+                .ssh(node, "dpkg-query -W -f='${Version}' moodle-sample")
+                .stdout,
+        )
+        .trim()
+        .to_string()
+    }
+
+    /// The servers of the backend on LB 2 (TCP API): (name, status, drain, maint).
+    pub fn lb_servers(&self) -> Vec<(String, String)> {
+        let addr = &self.env["LAB_LB2_API"];
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        std::io::Write::write_all(&mut s, b"show stat moodle 4 -1\n").unwrap();
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut s, &mut text).unwrap();
+        text.lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .map(|l| {
+                let cols: Vec<&str> = l.split(',').collect();
+                (cols[1].to_string(), cols[17].to_string())
+            })
+            .collect()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = Command::new(project_root().join("scripts/lab"))
+            .arg("down")
+            .arg(self.lab())
+            .output();
+    }
+}
+
+/// A bounded load: `threads` clients GET `urls` in turn until `stop`, at most `max` requests
+/// each; returns (requests, failures with what failed).
+pub struct Load {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handles: Vec<std::thread::JoinHandle<(u64, Vec<String>)>>,
+}
+
+impl Load {
+    pub fn start(urls: Vec<String>, threads: usize, max: u64) -> Load {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let handles = (0..threads)
+            .map(|t| {
+                let stop = stop.clone();
+                let urls = urls.clone();
+                std::thread::spawn(move || {
+                    let mut n = 0u64;
+                    let mut failures = Vec::new();
+                    let started = std::time::Instant::now();
+                    while n < max
+                        && !stop.load(std::sync::atomic::Ordering::SeqCst)
+                        && started.elapsed() < std::time::Duration::from_secs(300)
+                    {
+                        let url = &urls[(n as usize + t) % urls.len()];
+                        match http_get(url) {
+                            Ok(200) => {}
+                            Ok(code) => failures.push(format!("{url}: {code}")),
+                            Err(e) => failures.push(format!("{url}: {e}")),
+                        }
+                        n += 1;
+                        std::thread::sleep(std::time::Duration::from_millis(5));
+                    }
+                    (n, failures)
+                })
+            })
+            .collect();
+        Load { stop, handles }
+    }
+
+    pub fn stop(self) -> (u64, Vec<String>) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        let mut total = 0;
+        let mut failures = Vec::new();
+        for h in self.handles {
+            let (n, f) = h.join().unwrap();
+            total += n;
+            failures.extend(f);
+        }
+        (total, failures)
+    }
+}
+
+/// GET `http://host:port/path` → status code.
+pub fn http_get(url: &str) -> Result<u16, String> {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").unwrap();
+    let (hostport, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let path = if path.is_empty() { "/" } else { path };
+    let mut s = std::net::TcpStream::connect(hostport).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
+        .map_err(|e| e.to_string())?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&buf);
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("bad answer {:?}", text.lines().next()))
+}

@@ -1,0 +1,292 @@
+//! `roll`, `rollback` and `status` against a real lab on loopback (scripts/lab): two HAProxy
+//! 2.6, web and cron nodes as overlay chroots with sshd and php, a signed apt repository over
+//! HTTP. Needs root (mount namespaces), like the nodes of a real cluster need it.
+
+mod common;
+
+use common::*;
+use std::fs;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+fn is_root() -> bool {
+    stdout(Command::new("id").arg("-u")).trim() == "0"
+}
+
+fn journal_actions(c: &Cluster, action: &str) -> usize {
+    let state = c.lab().join("state");
+    let mut n = 0;
+    for e in fs::read_dir(state).unwrap().flatten() {
+        if e.file_name().to_string_lossy().ends_with(".jsonl") {
+            for line in fs::read_to_string(e.path()).unwrap().lines() {
+                let v: serde_json::Value = serde_json::from_str(line).unwrap();
+                if v["action"] == action && v["result"] == "ok" {
+                    n += 1;
+                }
+            }
+        }
+    }
+    n
+}
+
+/// Samples LB 2 every 20 ms: the most servers seen out of rotation at once.
+fn sample_out_of_rotation(c: &Cluster, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<usize> {
+    let addr = c.env["LAB_LB2_API"].clone();
+    std::thread::spawn(move || {
+        let max = AtomicUsize::new(0);
+        let started = std::time::Instant::now();
+        while !stop.load(Ordering::SeqCst) && started.elapsed() < Duration::from_secs(300) {
+            if let Ok(mut s) = std::net::TcpStream::connect(&addr) {
+                let _ = std::io::Write::write_all(&mut s, b"show stat moodle 4 -1\n");
+                let mut text = String::new();
+                let _ = std::io::Read::read_to_string(&mut s, &mut text);
+                let out = text
+                    .lines()
+                    .filter(|l| !l.starts_with('#') && !l.is_empty())
+                    .filter(|l| {
+                        let st = l.split(',').nth(17).unwrap_or("");
+                        !st.starts_with("UP")
+                    })
+                    .count();
+                max.fetch_max(out, Ordering::SeqCst);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        max.load(Ordering::SeqCst)
+    })
+}
+
+#[test]
+fn first_install_code_only_roll_under_load_rollback_and_database_upgrade() {
+    if !is_root() {
+        panic!("the roll tests need root (scripts/lab uses mount namespaces); run them as root");
+    }
+    let c = Cluster::up(3);
+    // 1. First install: nothing on the nodes, so the database path, upgrade once.
+    let v1 = c.release(1, &[]);
+    let plan = run(c.cmd().args(["roll", "--plan"]));
+    let text = String::from_utf8_lossy(&plan.stdout);
+    assert!(
+        text.contains("database path") && text.contains("nothing was changed"),
+        "{text}"
+    );
+    assert_eq!(c.installed("web1"), "", "--plan installed something");
+    run(c.cmd().arg("roll"));
+    for n in ["web1", "web2", "web3", "cron1"] {
+        assert_eq!(c.installed(n), v1, "{n}");
+    }
+    assert_eq!(journal_actions(&c, "upgrade"), 1);
+    assert_eq!(
+        fs::read_to_string(c.lab().join("moodledata/dbversion"))
+            .unwrap()
+            .trim(),
+        "2022112809"
+    );
+
+    // 2. Same code, new build: code-only, batch 1, under load through both LBs.
+    let v2 = c.release(2, &[]);
+    let urls = vec![
+        format!("{}/", c.env["LAB_LB1"]),
+        format!("{}/", c.env["LAB_LB2"]),
+    ];
+    let load = Load::start(urls.clone(), 4, 5000);
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = sample_out_of_rotation(&c, stop.clone());
+    let out = run(c.cmd().args(["--json", "roll", "--batch", "1"]));
+    stop.store(true, Ordering::SeqCst);
+    let max_out = sampler.join().unwrap();
+    let (requests, failures) = load.stop();
+    let o: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(o["plan"]["path"], "code-only", "{o}");
+    assert!(requests > 50, "only {requests} requests during the roll");
+    assert!(
+        failures.is_empty(),
+        "{} of {requests} requests failed: {:?}",
+        failures.len(),
+        &failures[..failures.len().min(5)]
+    );
+    assert!(
+        max_out <= 1,
+        "{max_out} servers were out of rotation at once with --batch 1"
+    );
+    for n in ["web1", "web2", "web3", "cron1"] {
+        assert_eq!(c.installed(n), v2, "{n}");
+    }
+    assert_eq!(
+        journal_actions(&c, "upgrade"),
+        1,
+        "a code-only roll ran the upgrade"
+    );
+    assert!(
+        c.lb_servers().iter().all(|(_, st)| st.starts_with("UP")),
+        "{:?}",
+        c.lb_servers()
+    );
+
+    // 3. status says the same.
+    let st: serde_json::Value =
+        serde_json::from_slice(&run(c.cmd().args(["--json", "status"])).stdout).unwrap();
+    assert_eq!(st["newest"], v2.as_str());
+    for n in st["nodes"].as_array().unwrap() {
+        assert_eq!(n["version"], v2.as_str(), "{n}");
+    }
+
+    // 4. rollback: back to v1 with the same care (same code hashes: allowed).
+    run(c.cmd().arg("rollback"));
+    assert_eq!(c.installed("web2"), v1);
+
+    // 5. A release that changes $version and db/: the database path, upgrade once more.
+    let cfg = fs::read_to_string(c.config_path())
+        .unwrap()
+        .replace("ref = \"v4.1.9\"", "ref = \"v4.1.10\"");
+    fs::write(c.config_path(), cfg).unwrap();
+    let v3 = c.release(3, &["--update", "upstream"]);
+    let load = Load::start(urls, 2, 5000);
+    let out = run(c.cmd().args(["--json", "roll", "--batch", "2"]));
+    let (_, failures) = load.stop();
+    let o: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(o["plan"]["path"], "database", "{o}");
+    assert!(o["maintenance_secs"].as_f64().unwrap() > 0.0);
+    assert_eq!(journal_actions(&c, "upgrade"), 2);
+    assert_eq!(
+        fs::read_to_string(c.lab().join("moodledata/dbversion"))
+            .unwrap()
+            .trim(),
+        "2022112810"
+    );
+    for n in ["web1", "web2", "web3", "cron1"] {
+        assert_eq!(c.installed(n), v3, "{n}");
+    }
+    // During maintenance the site answers 503 (Moodle's maintenance page), never a connection error.
+    assert!(
+        failures.iter().all(|f| f.ends_with(": 503")),
+        "{failures:?}"
+    );
+    assert_eq!(http_get(&format!("{}/", c.env["LAB_LB1"])), Ok(200));
+
+    // 6. Rolling back across a database upgrade is refused (exit 3).
+    let out = c.cmd().args(["rollback", "--to", &v1]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("cannot downgrade a database"), "{err}");
+    assert_eq!(c.installed("web1"), v3);
+}
+
+#[test]
+fn failures_stop_the_roll_safely_and_resume_finishes_it() {
+    if !is_root() {
+        panic!("the roll tests need root (scripts/lab uses mount namespaces); run them as root");
+    }
+    let c = Cluster::up(3);
+    let v1 = c.release(1, &[]);
+    run(c.cmd().arg("roll"));
+    let v2 = c.release(2, &[]);
+
+    // apt breaks on web2: the roll stops with web2 out of rotation (maint), the site serving.
+    let broken = c.ssh("web2", "mv /usr/bin/dpkg /usr/bin/dpkg.off");
+    assert!(broken.status.success());
+    let out = c.cmd().args(["roll", "--batch", "1"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("web2") && err.contains("journal"), "{err}");
+    let servers = c.lb_servers();
+    let web2 = servers.iter().find(|(n, _)| n == "web2").unwrap();
+    assert_eq!(web2.1, "MAINT", "{servers:?}");
+    assert!(
+        servers
+            .iter()
+            .filter(|(n, _)| n != "web2")
+            .all(|(_, s)| s.starts_with("UP")),
+        "{servers:?}"
+    );
+    assert_eq!(c.installed("web1"), v2);
+    assert_eq!(c.installed("web3"), v1, "the roll went on after a failure");
+    for _ in 0..10 {
+        assert_eq!(http_get(&format!("{}/", c.env["LAB_LB1"])), Ok(200));
+    }
+    let st: serde_json::Value =
+        serde_json::from_slice(&run(c.cmd().args(["--json", "status"])).stdout).unwrap();
+    assert_eq!(st["roll"]["status"], "failed");
+    assert_eq!(st["roll"]["failed_node"], "web2");
+
+    // A plain re-run refuses? No: the servers out of rotation are this tool's own, so --resume goes on.
+    assert!(c
+        .ssh("web2", "mv /usr/bin/dpkg.off /usr/bin/dpkg")
+        .status
+        .success());
+    run(c.cmd().args(["roll", "--resume", "--batch", "1"]));
+    for n in ["web1", "web2", "web3", "cron1"] {
+        assert_eq!(c.installed(n), v2, "{n}");
+    }
+    assert!(
+        c.lb_servers().iter().all(|(_, s)| s.starts_with("UP")),
+        "{:?}",
+        c.lb_servers()
+    );
+
+    // A server out of rotation that the tool did not take out stops a roll before anything.
+    let v3 = c.release(3, &[]);
+    let mut s = std::net::TcpStream::connect(&c.env["LAB_LB2_API"]).unwrap();
+    std::io::Write::write_all(&mut s, b"set server moodle/web3 state maint\n").unwrap();
+    drop(s);
+    let out = c.cmd().arg("roll").output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not by this tool"));
+    let mut s = std::net::TcpStream::connect(&c.env["LAB_LB2_API"]).unwrap();
+    std::io::Write::write_all(&mut s, b"set server moodle/web3 state ready\n").unwrap();
+    drop(s);
+
+    // A second roll while one holds the cluster lock: refused (exit 3) and says who holds it.
+    assert!(c.ssh("web1", "mkdir -p /var/lib/moodle-release/roll.lock && echo 'ops@elsewhere pid 42' > /var/lib/moodle-release/roll.lock/owner").status.success());
+    let out = c.cmd().arg("roll").output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("ops@elsewhere"), "{err}");
+    assert_eq!(c.installed("web1"), v2);
+    run(c.cmd().args(["roll", "--break-lock"]));
+    assert_eq!(c.installed("web1"), v3);
+
+    // An unknown host key: refused before anything, never accepted.
+    let cfg_path = c.config_path();
+    let cfg = fs::read_to_string(&cfg_path).unwrap();
+    fs::write(c.tmp.path().join("empty_known_hosts"), "").unwrap();
+    let bad = cfg.replace(
+        &format!(
+            "known_hosts = \"{}\"",
+            c.lab().join("known_hosts").display()
+        ),
+        &format!(
+            "known_hosts = \"{}\"",
+            c.tmp.path().join("empty_known_hosts").display()
+        ),
+    );
+    assert_ne!(bad, cfg);
+    fs::write(&cfg_path, &bad).unwrap();
+    let out = c.cmd().args(["roll", "--plan"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("host key"), "{err}");
+
+    // An unreachable LB: refused before anything.
+    let bad = cfg.replace(
+        &format!("socket = \"tcp:{}\"", c.env["LAB_LB2_API"]),
+        "socket = \"tcp:127.0.0.1:1\"",
+    );
+    assert_ne!(bad, cfg);
+    fs::write(&cfg_path, &bad).unwrap();
+    let out = c.cmd().arg("roll").output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("lb2") && err.contains("before changing anything"),
+        "{err}"
+    );
+    fs::write(&cfg_path, &cfg).unwrap();
+}
