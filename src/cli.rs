@@ -51,6 +51,11 @@ pub enum Command {
     /// Look into the apt repository.
     #[command(subcommand)]
     Repo(RepoCommand),
+    /// Print shell completions (bash, zsh, fish, ...) to stdout.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 /// `roll`

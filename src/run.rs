@@ -167,6 +167,11 @@ pub fn run(cli: Cli, reporter: &dyn Reporter, out: &mut dyn Write) -> Result<(),
             };
             report_roll(roll::roll(&cfg, &opts, reporter), cli.json, reporter, out)
         }
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "moodle-release", out);
+            Ok(())
+        }
         Command::Status => {
             let cfg = Config::load(&cli.config)?;
             let st = roll::status(&cfg)?;

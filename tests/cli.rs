@@ -70,11 +70,27 @@ fn a_missing_config_says_where_it_looked() {
 }
 
 #[test]
-fn verbs_not_available_yet_exit_2() {
+fn roll_and_publish_without_their_sections_are_config_errors() {
     let site = Site::new();
-    for verb in ["roll", "rollback", "status"] {
-        let (code, err) = stderr_of(&site, &[verb]);
-        assert_eq!(code, Some(2), "{verb}: {err}");
-        assert!(err.contains("not available yet"), "{verb}: {err}");
-    }
+    let (code, err) = stderr_of(&site, &["roll", "--plan"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("[[nodes]]"), "{err}");
+    let (code, err) = stderr_of(&site, &["publish", "x.deb"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("[apt]"), "{err}");
+    let (code, err) = stderr_of(&site, &["merge"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("[upstream]"), "{err}");
+}
+
+#[test]
+fn completions_are_generated() {
+    let site = Site::new();
+    let out = run(site.cmd().args(["completions", "bash"]));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("moodle-release") && text.contains("rollback"),
+        "{}",
+        &text[..200.min(text.len())]
+    );
 }
