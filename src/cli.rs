@@ -51,6 +51,12 @@ pub enum Command {
     /// Look into the apt repository.
     #[command(subcommand)]
     Repo(RepoCommand),
+    /// Print `[[plugins]]` entries for the submodules of a site repository (`.gitmodules`).
+    ImportSubmodules {
+        /// The repository; default `[deploy] repo`, or `.` without a config.
+        #[arg(long, value_name = "DIR")]
+        repo: Option<std::path::PathBuf>,
+    },
     /// Print shell completions (bash, zsh, fish, ...) to stdout.
     Completions {
         #[arg(value_enum)]

@@ -167,6 +167,22 @@ pub fn run(cli: Cli, reporter: &dyn Reporter, out: &mut dyn Write) -> Result<(),
             };
             report_roll(roll::roll(&cfg, &opts, reporter), cli.json, reporter, out)
         }
+        Command::ImportSubmodules { repo } => {
+            let path = match repo {
+                Some(r) => r,
+                None => Config::load(&cli.config)
+                    .map(|c| c.deploy_repo())
+                    .unwrap_or_else(|_| ".".into()),
+            };
+            let items = merge::submodules::import(&path).map_err(Error::Usage)?;
+            if cli.json {
+                serde_json::to_writer_pretty(&mut *out, &items).map_err(std::io::Error::from)?;
+                writeln!(out)?;
+            } else {
+                write!(out, "{}", merge::submodules::to_toml(&items))?;
+            }
+            Ok(())
+        }
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut cmd, "moodle-release", out);

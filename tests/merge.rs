@@ -565,3 +565,97 @@ fn unreachable_sources_name_the_source() {
         .is_empty());
     assert!(!lab.site.dir().join("moodle-release.lock").exists());
 }
+
+/// A plugin fetched over ssh from a real sshd on loopback, with the host key checked: an unknown
+/// key is refused, never accepted.
+#[test]
+fn fetches_over_ssh_and_checks_the_host_key() {
+    let lab = Lab::new();
+    let sshd = Sshd::start();
+    let url = format!(
+        "ssh://root@127.0.0.1:{}{}",
+        sshd.port,
+        lab.plugin_dir("mod_demo").display()
+    );
+    let text = fs::read_to_string(lab.site.config_path()).unwrap();
+    let demo_url = format!("url = \"file://{}\"", lab.plugin_dir("mod_demo").display());
+    assert!(text.contains(&demo_url));
+    let with_ssh = text.replace(&demo_url, &format!("url = \"{url}\""))
+        + &format!(
+            "\n[ssh]\nconfig = \"{}\"\nknown_hosts = \"{}\"\n",
+            sshd.config().display(),
+            sshd.known_hosts().display()
+        );
+    fs::write(lab.site.config_path(), &with_ssh).unwrap();
+    let v = lab.merge(&[]);
+    assert_eq!(v["changed"], true);
+    assert!(lab.show("deploy:mod/demo/version.php").contains("mod_demo"));
+    assert!(lab.lock().contains(&url));
+
+    // The same with a known_hosts that does not know the key: refused.
+    let empty = lab.site.dir().join("empty_known_hosts");
+    fs::write(&empty, "").unwrap();
+    let other = lab.site.dir().join("repo2");
+    run(Command::new("git")
+        .args(["init", "-q", "-b", "main"])
+        .arg(&other));
+    let refused = with_ssh
+        .replace(
+            &sshd.known_hosts().display().to_string(),
+            &empty.display().to_string(),
+        )
+        .replace("repo = \"repo\"", "repo = \"repo2\"");
+    fs::write(lab.site.config_path(), refused).unwrap();
+    fs::remove_file(lab.site.dir().join("moodle-release.lock")).unwrap();
+    let (code, err) = lab.merge_fails(&[]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("mod_demo") && err.contains("Host key verification failed"),
+        "{err}"
+    );
+}
+
+#[test]
+fn import_submodules_writes_plugin_entries() {
+    let lab = Lab::new();
+    let repo = lab.site.repo();
+    run(git(&repo)
+        .args([
+            "-c",
+            "protocol.file.allow=always",
+            "submodule",
+            "add",
+            "-q",
+            "-b",
+            "main",
+        ])
+        .arg(lab.plugin_dir("mod_demo"))
+        .arg("mod/demo"));
+    run(git(&repo)
+        .args(["-c", "protocol.file.allow=always", "submodule", "add", "-q"])
+        .arg(lab.plugin_dir("assignsubmission_extra"))
+        .arg("mod/assign/submission/extra"));
+    run(git(&repo).args(["commit", "-q", "-m", "submodules"]));
+    let pinned = stdout(git(&lab.plugin_dir("assignsubmission_extra")).args(["rev-parse", "HEAD"]));
+    let out = run(lab
+        .site
+        .cmd()
+        .args(["import-submodules", "--repo"])
+        .arg(&repo));
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.contains("component = \"mod_demo\"") && text.contains("ref = \"main\""),
+        "{text}"
+    );
+    assert!(
+        text.contains("component = \"assignsubmission_extra\""),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("ref = \"{}\"", pinned.trim())),
+        "{text}"
+    );
+    // What it printed is a valid part of a config.
+    let parsed: toml::Value = toml::from_str(&text).unwrap();
+    assert_eq!(parsed["plugins"].as_array().unwrap().len(), 2);
+}

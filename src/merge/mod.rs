@@ -18,6 +18,7 @@
 
 pub mod fetch;
 pub mod lock;
+pub mod submodules;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;

@@ -632,3 +632,86 @@ pub fn http_get(url: &str) -> Result<u16, String> {
         .and_then(|c| c.parse().ok())
         .ok_or_else(|| format!("bad answer {:?}", text.lines().next()))
 }
+
+/// A real sshd on 127.0.0.1 with its own host key, accepting one client key for root; stopped
+/// on drop. `config` and `known_hosts` are what `[ssh]` names.
+pub struct Sshd {
+    pub dir: tempfile::TempDir,
+    child: std::process::Child,
+    pub port: u16,
+}
+
+impl Sshd {
+    pub fn start() -> Sshd {
+        let dir = tempfile::Builder::new()
+            .prefix("mr-sshd-")
+            .tempdir_in("/tmp")
+            .unwrap();
+        let d = dir.path();
+        for (name, comment) in [("host_key", "host"), ("client_key", "client")] {
+            run(Command::new("ssh-keygen")
+                .args(["-q", "-t", "ed25519", "-N", "", "-C", comment, "-f"])
+                .arg(d.join(name)));
+        }
+        let port = free_port();
+        fs::write(
+            d.join("sshd_config"),
+            format!(
+                "Port {port}\nListenAddress 127.0.0.1\nHostKey {hk}\nPidFile {d}/sshd.pid\nPermitRootLogin prohibit-password\nAuthorizedKeysFile {d}/client_key.pub\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\nStrictModes no\n",
+                hk = d.join("host_key").display(),
+                d = d.display()
+            ),
+        )
+        .unwrap();
+        let host = fs::read_to_string(d.join("host_key.pub")).unwrap();
+        let mut parts = host.split_whitespace();
+        let (kt, key) = (parts.next().unwrap(), parts.next().unwrap());
+        fs::write(
+            d.join("known_hosts"),
+            format!("[127.0.0.1]:{port} {kt} {key}\n"),
+        )
+        .unwrap();
+        fs::write(
+            d.join("ssh_config"),
+            format!(
+                "Host 127.0.0.1\n    User root\n    IdentityFile {}\n    IdentitiesOnly yes\n",
+                d.join("client_key").display()
+            ),
+        )
+        .unwrap();
+        fs::create_dir_all("/run/sshd").ok();
+        let child = Command::new("/usr/sbin/sshd")
+            .arg("-D")
+            .arg("-e")
+            .arg("-f")
+            .arg(d.join("sshd_config"))
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Sshd { dir, child, port };
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let mut child = child;
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("sshd did not start on {port}");
+    }
+
+    pub fn config(&self) -> PathBuf {
+        self.dir.path().join("ssh_config")
+    }
+
+    pub fn known_hosts(&self) -> PathBuf {
+        self.dir.path().join("known_hosts")
+    }
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
