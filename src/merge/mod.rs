@@ -221,9 +221,18 @@ pub fn merge(
         &upstream.reference,
         old_lock.as_ref().and_then(|l| l.upstream.as_ref()),
     )?;
+    let verb = |pin: Option<Oid>| {
+        if pin.is_some_and(|p| repo.find_commit(p).is_ok()) {
+            "using the locked"
+        } else {
+            "fetching"
+        }
+    };
     reporter.step(&format!(
-        "fetching upstream ({} {})",
-        upstream.url, upstream.reference
+        "{} upstream ({} {})",
+        verb(up_pin),
+        upstream.url,
+        upstream.reference
     ));
     let up = fetch::fetch(
         &repo,
@@ -269,7 +278,7 @@ pub fn merge(
                 .and_then(|l| l.plugin(name))
                 .map(|pp| &pp.pin),
         )?;
-        reporter.step(&format!("fetching {name} ({} {})", p.url, p.reference));
+        reporter.step(&format!("{} {name} ({} {})", verb(pin), p.url, p.reference));
         let f = fetch::fetch(
             &repo,
             &Request {
