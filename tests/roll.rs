@@ -290,3 +290,97 @@ fn failures_stop_the_roll_safely_and_resume_finishes_it() {
     );
     fs::write(&cfg_path, &cfg).unwrap();
 }
+
+#[test]
+fn ctrl_c_stops_between_batches_and_a_failing_health_check_keeps_the_node_out() {
+    if !is_root() {
+        panic!("the roll tests need root (scripts/lab uses mount namespaces); run them as root");
+    }
+    let c = Cluster::up(3);
+    let v1 = c.release(1, &[]);
+    run(c.cmd().arg("roll"));
+    let v2 = c.release(2, &[]);
+
+    // SIGINT while the first batch runs: it finishes, the next does not start, exit 130.
+    let state = c.lab().join("state");
+    let before: Vec<_> = fs::read_dir(&state)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    let mut child = c
+        .cmd()
+        .args(["roll", "--batch", "1"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    'wait: loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the roll never installed on web1"
+        );
+        for e in fs::read_dir(&state).unwrap().flatten() {
+            if before.contains(&e.path()) || !e.file_name().to_string_lossy().ends_with(".jsonl") {
+                continue;
+            }
+            if fs::read_to_string(e.path())
+                .unwrap()
+                .contains("\"action\":\"install\",\"result\":\"ok\"")
+            {
+                break 'wait;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    run(Command::new("kill").args(["-INT", &child.id().to_string()]));
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(130), "{err}");
+    assert!(
+        err.contains("interrupted") && err.contains("--resume"),
+        "{err}"
+    );
+    assert_eq!(c.installed("web1"), v2);
+    assert_eq!(c.installed("web3"), v1);
+    assert!(
+        c.lb_servers().iter().all(|(_, s)| s.starts_with("UP")),
+        "a node was left out: {:?}",
+        c.lb_servers()
+    );
+    run(c.cmd().args(["roll", "--resume", "--batch", "1"]));
+    for n in ["web1", "web2", "web3", "cron1"] {
+        assert_eq!(c.installed(n), v2, "{n}");
+    }
+
+    // web3's health check fails after the install: it stays out (maint), the roll stops (exit 1).
+    let v3 = c.release(3, &[]);
+    let cfg = fs::read_to_string(c.config_path())
+        .unwrap()
+        .replace("health_timeout = \"30s\"", "health_timeout = \"3s\"");
+    fs::write(c.config_path(), cfg).unwrap();
+    assert!(c
+        .ssh(
+            "web3",
+            "sed -i 's#/srv/moodledata#/nonexistent#' /etc/moodle-sample/config.php"
+        )
+        .status
+        .success());
+    let out = c.cmd().args(["roll", "--batch", "1"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("web3") && err.contains("not healthy"), "{err}");
+    let servers = c.lb_servers();
+    assert_eq!(
+        servers.iter().find(|(n, _)| n == "web3").unwrap().1,
+        "MAINT",
+        "{servers:?}"
+    );
+    assert_eq!(c.installed("web1"), v3);
+    assert_eq!(c.installed("web2"), v3);
+    for _ in 0..10 {
+        assert_eq!(http_get(&format!("{}/", c.env["LAB_LB2"])), Ok(200));
+    }
+}

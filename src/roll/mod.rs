@@ -243,6 +243,24 @@ impl Ctx<'_> {
         })
     }
 
+    /// [`Self::installed`] on every node at once.
+    fn installed_all(&self) -> Result<BTreeMap<String, Installed>, RollError> {
+        let names: Vec<String> = self.cfg.nodes.iter().map(|n| n.name.clone()).collect();
+        let script = format!(
+            "dpkg-query -W -f='${{Status}}|${{Version}}|${{X-Moodle-Versions-Hash}}|${{X-Moodle-Db-Hash}}\\n' {} 2>/dev/null || true",
+            quote(&self.pkg)
+        );
+        let jobs: Vec<(&Conn, String)> = names
+            .iter()
+            .map(|n| (self.conn(n), script.clone()))
+            .collect();
+        let mut out = BTreeMap::new();
+        for (n, r) in names.iter().zip(self.ssh.run_all(jobs)) {
+            out.insert(n.clone(), parse_installed(&r?.stdout));
+        }
+        Ok(out)
+    }
+
     fn apt_update(&self) -> String {
         format!(
             "apt-get update -qq -o Dir::Etc::sourcelist=sources.list.d/{pkg}.list -o Dir::Etc::sourceparts=- -o APT::Get::List-Cleanup=0",
@@ -261,6 +279,27 @@ impl Ctx<'_> {
 
     fn interrupted(&self) -> bool {
         self.stop.load(Ordering::SeqCst)
+    }
+}
+
+/// `Status|Version|X-Moodle-Versions-Hash|X-Moodle-Db-Hash` from dpkg-query.
+fn parse_installed(stdout: &str) -> Installed {
+    let line = stdout.lines().next().unwrap_or("");
+    let parts: Vec<&str> = line.split('|').collect();
+    if parts.len() < 4 || !parts[0].ends_with("ok installed") {
+        return Installed::default();
+    }
+    let opt = |s: &str| {
+        if s.is_empty() {
+            None
+        } else {
+            Some(s.to_string())
+        }
+    };
+    Installed {
+        version: opt(parts[1]),
+        versions_hash: opt(parts[2]),
+        db_hash: opt(parts[3]),
     }
 }
 
@@ -352,17 +391,16 @@ pub fn roll(
     }
     reporter.step_done();
     reporter.step("connecting to the nodes");
-    for n in &cfg.nodes {
-        let c = ctx
-            .ssh
-            .connect(&n.name, &n.ssh)
-            .map_err(|e| RollError::Preflight(e.to_string()))?;
-        ctx.conns.insert(n.name.clone(), c);
+    let dests: Vec<(String, String)> = cfg
+        .nodes
+        .iter()
+        .map(|n| (n.name.clone(), n.ssh.clone()))
+        .collect();
+    for c in ctx.ssh.connect_all(&dests) {
+        let c = c.map_err(|e| RollError::Preflight(e.to_string()))?;
+        ctx.conns.insert(c.node.clone(), c);
     }
-    let mut installed = BTreeMap::new();
-    for n in &cfg.nodes {
-        installed.insert(n.name.clone(), ctx.installed(&n.name)?);
-    }
+    let installed = ctx.installed_all()?;
     reporter.step_done();
 
     // --- Target.
