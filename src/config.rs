@@ -636,6 +636,14 @@ impl Config {
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
         cfg.base_dir = dir.to_path_buf();
+        // CI jobs hand in their own ssh files (from File variables) without editing the site's
+        // config or touching the runner's ~/.ssh.
+        if let Ok(v) = std::env::var("MOODLE_RELEASE_SSH_CONFIG") {
+            cfg.ssh.config = Some(v);
+        }
+        if let Ok(v) = std::env::var("MOODLE_RELEASE_KNOWN_HOSTS") {
+            cfg.ssh.known_hosts = Some(v);
+        }
         Ok(cfg)
     }
 
