@@ -51,6 +51,18 @@ pub enum Command {
     /// Look into the apt repository.
     #[command(subcommand)]
     Repo(RepoCommand),
+    /// Write a starting moodle-release.toml and the site's .gitlab-ci.yml (with comments).
+    Init {
+        /// The folder of the site repository.
+        #[arg(default_value = ".")]
+        dir: std::path::PathBuf,
+        /// The Debian package name of the site.
+        #[arg(long, default_value = "moodle-site")]
+        package: String,
+        /// Overwrite existing files.
+        #[arg(long)]
+        force: bool,
+    },
     /// Print `[[plugins]]` entries for the submodules of a site repository (`.gitmodules`).
     ImportSubmodules {
         /// The repository; default `[deploy] repo`, or `.` without a config.

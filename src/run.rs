@@ -167,6 +167,24 @@ pub fn run(cli: Cli, reporter: &dyn Reporter, out: &mut dyn Write) -> Result<(),
             };
             report_roll(roll::roll(&cfg, &opts, reporter), cli.json, reporter, out)
         }
+        Command::Init { dir, package, force } => {
+            let files = [
+                ("moodle-release.toml", include_str!("init/site.toml").replace("{{package}}", &package)),
+                (".gitlab-ci.yml", include_str!("../pipelines/moodle-site.gitlab-ci.yml").to_string()),
+            ];
+            for (name, _) in &files {
+                if dir.join(name).exists() && !force {
+                    return Err(Error::Usage(format!("{} exists; use --force to overwrite it", dir.join(name).display())));
+                }
+            }
+            std::fs::create_dir_all(&dir)?;
+            for (name, text) in &files {
+                std::fs::write(dir.join(name), text)?;
+                writeln!(out, "wrote {}", dir.join(name).display())?;
+            }
+            writeln!(out, "next: edit moodle-release.toml, then `moodle-release config check` and `moodle-release merge`")?;
+            Ok(())
+        }
         Command::ImportSubmodules { repo } => {
             let path = match repo {
                 Some(r) => r,
