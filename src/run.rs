@@ -167,14 +167,27 @@ pub fn run(cli: Cli, reporter: &dyn Reporter, out: &mut dyn Write) -> Result<(),
             };
             report_roll(roll::roll(&cfg, &opts, reporter), cli.json, reporter, out)
         }
-        Command::Init { dir, package, force } => {
+        Command::Init {
+            dir,
+            package,
+            force,
+        } => {
             let files = [
-                ("moodle-release.toml", include_str!("init/site.toml").replace("{{package}}", &package)),
-                (".gitlab-ci.yml", include_str!("../pipelines/moodle-site.gitlab-ci.yml").to_string()),
+                (
+                    "moodle-release.toml",
+                    include_str!("init/site.toml").replace("{{package}}", &package),
+                ),
+                (
+                    ".gitlab-ci.yml",
+                    include_str!("../pipelines/moodle-site.gitlab-ci.yml").to_string(),
+                ),
             ];
             for (name, _) in &files {
                 if dir.join(name).exists() && !force {
-                    return Err(Error::Usage(format!("{} exists; use --force to overwrite it", dir.join(name).display())));
+                    return Err(Error::Usage(format!(
+                        "{} exists; use --force to overwrite it",
+                        dir.join(name).display()
+                    )));
                 }
             }
             std::fs::create_dir_all(&dir)?;

@@ -99,15 +99,25 @@ fn completions_are_generated() {
 fn init_writes_a_config_that_checks_and_a_pipeline() {
     let dir = tempfile::tempdir().unwrap();
     let bin = env!("CARGO_BIN_EXE_moodle-release");
-    run(std::process::Command::new(bin).arg("init").arg(dir.path()).args(["--package", "moodle-example"]));
-    let out = run(std::process::Command::new(bin).arg("--config").arg(dir.path().join("moodle-release.toml")).args(["--json", "config", "check"]));
+    run(std::process::Command::new(bin)
+        .arg("init")
+        .arg(dir.path())
+        .args(["--package", "moodle-example"]));
+    let out = run(std::process::Command::new(bin)
+        .arg("--config")
+        .arg(dir.path().join("moodle-release.toml"))
+        .args(["--json", "config", "check"]));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["site"]["package"], "moodle-example");
     assert_eq!(v["plugins"][0]["path"], "admin/tool/heartbeat");
     let ci = fs::read_to_string(dir.path().join(".gitlab-ci.yml")).unwrap();
     assert!(ci.contains("resource_group") && ci.contains("merge --locked"));
     // A second init does not overwrite.
-    let again = std::process::Command::new(bin).arg("init").arg(dir.path()).output().unwrap();
+    let again = std::process::Command::new(bin)
+        .arg("init")
+        .arg(dir.path())
+        .output()
+        .unwrap();
     assert_eq!(again.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&again.stderr).contains("--force"));
 }
