@@ -69,11 +69,11 @@ pub fn run(cli: Cli, reporter: &dyn Reporter, out: &mut dyn Write) -> Result<(),
         }
         Command::Publish(a) => {
             let cfg = Config::load(&cli.config)?;
-            let repo = apt::Repo::from_config(&cfg)?;
+            let keep = cfg.apt.as_ref().map(|x| x.keep).unwrap_or(0);
             let opts = apt::PublishOptions {
                 keep_versions: a.keep_version,
             };
-            let p = repo.publish(&a.debs, &opts, reporter)?;
+            let p = apt::publish(&cfg, &a.debs, &opts, reporter)?;
             if cli.json {
                 serde_json::to_writer_pretty(&mut *out, &p).map_err(std::io::Error::from)?;
                 writeln!(out)?;
@@ -91,8 +91,8 @@ pub fn run(cli: Cli, reporter: &dyn Reporter, out: &mut dyn Write) -> Result<(),
                 for v in &p.removed {
                     writeln!(
                         out,
-                        "removed {} {v} (beyond keep = {})",
-                        cfg.site.package, repo.keep
+                        "removed {} {v} (beyond keep = {keep})",
+                        cfg.site.package
                     )?;
                 }
                 writeln!(
@@ -113,7 +113,7 @@ pub fn run(cli: Cli, reporter: &dyn Reporter, out: &mut dyn Write) -> Result<(),
         }
         Command::Repo(RepoCommand::List) => {
             let cfg = Config::load(&cli.config)?;
-            let repo = apt::Repo::from_config(&cfg)?;
+            let (repo, _mirror) = apt::open(&cfg)?;
             let list = repo.list()?;
             if cli.json {
                 serde_json::to_writer_pretty(&mut *out, &list).map_err(std::io::Error::from)?;

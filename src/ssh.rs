@@ -35,6 +35,8 @@ pub struct Output {
     pub code: Option<i32>,
     pub stdout: String,
     pub stderr: String,
+    /// stdout as bytes (a tar stream, say).
+    pub raw: Vec<u8>,
 }
 
 impl Output {
@@ -179,6 +181,58 @@ impl Ssh {
         conns
     }
 
+    /// Runs a shell command with `input` on its stdin.
+    pub fn run_with_input(
+        &self,
+        conn: &Conn,
+        script: &str,
+        input: Vec<u8>,
+    ) -> Result<Output, SshError> {
+        let session = conn.session.clone();
+        let node = conn.node.clone();
+        let sudo = conn.sudo;
+        let script = script.to_string();
+        self.rt.block_on(async move {
+            use tokio::io::AsyncWriteExt;
+            let err = |message: String| SshError::Run {
+                node: node.clone(),
+                command: script.clone(),
+                message,
+            };
+            let mut cmd = if sudo {
+                let mut c = Session::to_command(session.clone(), "sudo");
+                c.arg("-n").arg("sh").arg("-c").arg(&script);
+                c
+            } else {
+                let mut c = Session::to_command(session.clone(), "sh");
+                c.arg("-c").arg(&script);
+                c
+            };
+            cmd.stdin(openssh::Stdio::piped())
+                .stdout(openssh::Stdio::piped())
+                .stderr(openssh::Stdio::piped());
+            let mut child = cmd.spawn().await.map_err(|e| err(describe(&e)))?;
+            if let Some(mut stdin) = child.stdin().take() {
+                stdin
+                    .write_all(&input)
+                    .await
+                    .map_err(|e| err(e.to_string()))?;
+                stdin.shutdown().await.map_err(|e| err(e.to_string()))?;
+                drop(stdin);
+            }
+            let out = child
+                .wait_with_output()
+                .await
+                .map_err(|e| err(describe(&e)))?;
+            Ok(Output {
+                code: out.status.code(),
+                stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+                stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+                raw: out.stdout,
+            })
+        })
+    }
+
     /// Runs a shell command on a node.
     pub fn run(&self, conn: &Conn, script: &str) -> Result<Output, SshError> {
         self.rt.block_on(run_on(
@@ -236,6 +290,7 @@ async fn run_on(
         code: out.status.code(),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        raw: out.stdout,
     })
 }
 

@@ -433,3 +433,80 @@ fn apt_get_update_never_fails_during_publishes() {
         failures[0]
     );
 }
+
+/// `[apt] repo = "ssh://..."`: the same repository, written over ssh (host key checked) in the
+/// reader-safe order, read by apt over HTTP.
+#[test]
+fn publishes_over_ssh() {
+    let lab = Lab::new(2);
+    let sshd = Sshd::start();
+    let remote_dir = lab.site.dir().join("remote-apt");
+    let url = format!("ssh://root@127.0.0.1:{}{}", sshd.port, remote_dir.display());
+    let text = fs::read_to_string(lab.site.config_path())
+        .unwrap()
+        .replace("repo = \"apt\"", &format!("repo = \"{url}\""))
+        + &format!(
+            "\n[ssh]\nconfig = \"{}\"\nknown_hosts = \"{}\"\n",
+            sshd.config().display(),
+            sshd.known_hosts().display()
+        );
+    fs::write(lab.site.config_path(), text).unwrap();
+    let debs: Vec<PathBuf> = (1..=3).map(|n| lab.build(n)).collect();
+    for d in &debs {
+        let v = lab.publish(&[d], &[]);
+        assert_eq!(v["added"].as_array().unwrap().len(), 1, "{v}");
+    }
+    assert!(remote_dir.join("dists/moodle/InRelease").is_file());
+    assert!(remote_dir.join("moodle.asc").is_file());
+    assert!(
+        !remote_dir.join(".moodle-release/remote.lock").exists(),
+        "the lock was left behind"
+    );
+    let list: serde_json::Value =
+        serde_json::from_slice(&run(lab.cmd().args(["--json", "repo", "list"])).stdout).unwrap();
+    let versions: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["version"].as_str().unwrap())
+        .collect();
+    assert_eq!(versions, [version(3), version(2)]);
+    // Immutable over ssh too.
+    let other = lab.build_with(3, "different\n");
+    let (code, err) = lab.publish_fails(&[&other]);
+    assert_eq!(code, 1);
+    assert!(err.contains("immutable"), "{err}");
+
+    let http = Http::serve(&remote_dir);
+    let apt = AptRoot::new(&format!(
+        "deb [signed-by={}] {} moodle main",
+        remote_dir.join("moodle.asc").display(),
+        http.url()
+    ));
+    run(apt.apt_get().arg("update"));
+    let policy = stdout(apt.apt_cache().args(["policy", "moodle-test"]));
+    assert!(
+        policy.contains(&version(3)) && policy.contains(&version(2)),
+        "{policy}"
+    );
+    run(apt
+        .apt_get()
+        .args(["install", "-y", &format!("moodle-test={}", version(2))]));
+    assert_eq!(
+        apt.installed("moodle-test").as_deref(),
+        Some(version(2).as_str())
+    );
+
+    // An unknown host key: refused, nothing written.
+    let empty = lab.site.dir().join("empty_known_hosts");
+    fs::write(&empty, "").unwrap();
+    let text = fs::read_to_string(lab.site.config_path()).unwrap().replace(
+        &sshd.known_hosts().display().to_string(),
+        &empty.display().to_string(),
+    );
+    fs::write(lab.site.config_path(), text).unwrap();
+    let deb4 = lab.build(4);
+    let (code, err) = lab.publish_fails(&[&deb4]);
+    assert_eq!(code, 1);
+    assert!(err.contains("host key"), "{err}");
+}

@@ -22,6 +22,7 @@
 //! scanned), so publishing into a repository of 50 versions costs what publishing into one does.
 
 pub mod deb;
+pub mod remote;
 pub mod stanza;
 
 use std::collections::BTreeMap;
@@ -49,8 +50,8 @@ pub const GRACE: Duration = Duration::from_secs(3600);
 pub enum AptError {
     #[error("[apt] is missing from the config: publish needs at least `repo`")]
     NoApt,
-    #[error("{0}: publishing over ssh is not available yet in this version; publish to a local folder and sync it, or serve that folder")]
-    SshNotYet(String),
+    #[error("{url}: {message}")]
+    Remote { url: String, message: String },
     #[error("{path}: {message}")]
     BadDeb { path: PathBuf, message: String },
     #[error("{path} is a package of `{found}`, not of this site's `{expected}`")]
@@ -85,7 +86,7 @@ impl AptError {
     pub fn exit_code(&self) -> i32 {
         match self {
             AptError::Busy(_) => 3,
-            AptError::NoApt | AptError::SshNotYet(_) => 2,
+            AptError::NoApt => 2,
             _ => 1,
         }
     }
@@ -122,6 +123,9 @@ pub struct Published {
     pub versions: Vec<String>,
     pub repo: PathBuf,
     pub signed: bool,
+    /// Files deleted by this publish (paths relative to the root), for a remote to mirror.
+    #[serde(skip)]
+    pub collected: Vec<String>,
 }
 
 /// Options of `publish`.
@@ -144,12 +148,15 @@ pub struct Repo {
 }
 
 impl Repo {
+    /// The repository of a local `[apt] repo` (for `ssh://`, see [`open`] and [`publish`]).
     pub fn from_config(cfg: &Config) -> Result<Repo, AptError> {
         let apt = cfg.apt.as_ref().ok_or(AptError::NoApt)?;
-        if apt.repo.starts_with("ssh://") {
-            return Err(AptError::SshNotYet(apt.repo.clone()));
-        }
         let root = cfg.base_dir.join(&apt.repo);
+        Self::with_root(cfg, root)
+    }
+
+    fn with_root(cfg: &Config, root: PathBuf) -> Result<Repo, AptError> {
+        let apt = cfg.apt.as_ref().ok_or(AptError::NoApt)?;
         Ok(Repo {
             root,
             suite: apt.suite.clone(),
@@ -350,7 +357,7 @@ impl Repo {
             self.write_indices(&kept, &mut state, now)?;
             reporter.step_done();
         }
-        state.collect(&self.root, now);
+        let collected = state.collect(&self.root, now);
         state.write(&self.state_path())?;
         self.export_key()?;
 
@@ -367,6 +374,7 @@ impl Repo {
                 .collect(),
             repo: self.root.clone(),
             signed: self.sign_key.is_some(),
+            collected,
         })
     }
 
@@ -576,9 +584,10 @@ impl State {
         self.current = now_current;
     }
 
-    /// Deletes what has been unnamed for longer than the grace period.
-    fn collect(&mut self, root: &Path, now: u64) {
+    /// Deletes what has been unnamed for longer than the grace period; returns what it deleted.
+    fn collect(&mut self, root: &Path, now: u64) -> Vec<String> {
         let old = |t: &u64| now.saturating_sub(*t) > GRACE.as_secs();
+        let mut deleted = Vec::new();
         for map in [&mut self.superseded, &mut self.retired] {
             let gone: Vec<String> = map
                 .iter()
@@ -588,8 +597,10 @@ impl State {
             for p in gone {
                 let _ = fs::remove_file(root.join(&p));
                 map.remove(&p);
+                deleted.push(p);
             }
         }
+        deleted
     }
 }
 
@@ -713,4 +724,51 @@ fn sign_detached(key: &str, data: &[u8]) -> Result<Vec<u8>, AptError> {
         &["--digest-algo", "SHA512", "--armor", "--detach-sign"],
         data,
     )
+}
+
+/// A repository opened for reading: a local folder as it is, an `ssh://` one through a local
+/// copy of its metadata (kept alive by the returned guard).
+pub fn open(cfg: &Config) -> Result<(Repo, Option<tempfile::TempDir>), AptError> {
+    let apt = cfg.apt.as_ref().ok_or(AptError::NoApt)?;
+    if !apt.repo.starts_with("ssh://") {
+        return Ok((Repo::from_config(cfg)?, None));
+    }
+    let remote = remote::Remote::connect(&apt.repo, &cfg.ssh)?;
+    let mirror = tempfile::Builder::new()
+        .prefix("moodle-release-apt-")
+        .tempdir()
+        .map_err(io_err(Path::new("/tmp")))?;
+    remote.pull(mirror.path())?;
+    let repo = Repo::with_root(cfg, mirror.path().to_path_buf())?;
+    Ok((repo, Some(mirror)))
+}
+
+/// `publish`, to a local folder or over ssh.
+pub fn publish(
+    cfg: &Config,
+    debs: &[PathBuf],
+    opts: &PublishOptions,
+    reporter: &dyn Reporter,
+) -> Result<Published, AptError> {
+    let apt = cfg.apt.as_ref().ok_or(AptError::NoApt)?;
+    if !apt.repo.starts_with("ssh://") {
+        return Repo::from_config(cfg)?.publish(debs, opts, reporter);
+    }
+    reporter.step(&format!("connecting to {}", apt.repo));
+    let mut remote = remote::Remote::connect(&apt.repo, &cfg.ssh)?;
+    remote.lock()?;
+    let mirror = tempfile::Builder::new()
+        .prefix("moodle-release-apt-")
+        .tempdir()
+        .map_err(io_err(Path::new("/tmp")))?;
+    let before = remote.pull(mirror.path())?;
+    reporter.step_done();
+    let repo = Repo::with_root(cfg, mirror.path().to_path_buf())?;
+    let mut p = repo.publish(debs, opts, reporter)?;
+    reporter.step(&format!("writing to {}", apt.repo));
+    remote.push(mirror.path(), &before, &p.collected)?;
+    reporter.step_done();
+    remote.unlock();
+    p.repo = PathBuf::from(&apt.repo);
+    Ok(p)
 }

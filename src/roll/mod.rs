@@ -338,7 +338,7 @@ pub fn roll(
     let stop = Arc::new(AtomicBool::new(false));
     let _ = signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone());
     let _ = signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone());
-    let repo = Repo::from_config(cfg)?;
+    let (repo, _mirror) = crate::apt::open(cfg)?;
     let mut ctx = Ctx {
         cfg,
         reporter,
