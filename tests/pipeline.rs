@@ -147,9 +147,20 @@ fn the_tools_own_package_installs_and_runs() {
         run(Command::new(bin).arg("--help")).stdout,
     )
     .unwrap();
+    // The binary under test, packaged as CI packages the release one (no second build here).
+    let out_dir = tempfile::tempdir().unwrap();
     let out = Command::new("cargo")
         .current_dir(&root)
-        .args(["deb", "--locked", "--quiet"])
+        .args([
+            "deb",
+            "--profile",
+            "dev",
+            "--no-build",
+            "--no-strip",
+            "--locked",
+            "-o",
+        ])
+        .arg(out_dir.path())
         .output()
         .expect("cargo-deb: run scripts/install-deps");
     assert!(
