@@ -148,7 +148,8 @@ fn the_tools_own_package_installs_and_runs() {
     )
     .unwrap();
     // The binary under test, packaged as CI packages the release one (no second build here).
-    let out_dir = tempfile::tempdir().unwrap();
+    // (under target/: the nodes have a /tmp of their own)
+    let out_dir = tempfile::tempdir_in(root.join("target")).unwrap();
     let out = Command::new("cargo")
         .current_dir(&root)
         .args([
