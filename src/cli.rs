@@ -76,25 +76,17 @@ pub enum Command {
     },
 }
 
-/// `roll`
+/// What `roll` and `rollback` share.
 #[derive(Debug, Args)]
-pub struct RollArgs {
+pub struct Rolling {
     /// Web nodes upgraded (and out of rotation) at once; default `[roll] batch`.
     #[arg(long, value_name = "N")]
     pub batch: Option<u32>,
-    /// The version to install; default: the newest in the apt repository.
-    #[arg(long, value_name = "V")]
-    pub version: Option<String>,
     /// Print the plan and stop: nothing is changed.
     #[arg(long, alias = "dry-run")]
     pub plan: bool,
-    /// Continue a roll that stopped (a failed node, an interruption).
-    #[arg(long)]
-    pub resume: bool,
-    /// On a failure, put the nodes this roll upgraded back on their previous version.
-    #[arg(long)]
-    pub auto_rollback: bool,
-    /// Go on although servers are out of rotation that this tool did not take out.
+    /// Go on although servers are out of rotation that this tool did not take out (roll), or
+    /// although the database was upgraded, after restoring it (rollback).
     #[arg(long)]
     pub force: bool,
     /// When sessions do not end within drain_timeout, switch the nodes to maint instead of stopping.
@@ -105,23 +97,30 @@ pub struct RollArgs {
     pub break_lock: bool,
 }
 
+/// `roll`
+#[derive(Debug, Args)]
+pub struct RollArgs {
+    /// The version to install; default: the newest in the apt repository.
+    #[arg(long, value_name = "V")]
+    pub version: Option<String>,
+    /// Continue a roll that stopped (a failed node, an interruption).
+    #[arg(long)]
+    pub resume: bool,
+    /// On a failure, put the nodes this roll upgraded back on their previous version.
+    #[arg(long)]
+    pub auto_rollback: bool,
+    #[command(flatten)]
+    pub common: Rolling,
+}
+
 /// `rollback`
 #[derive(Debug, Args)]
 pub struct RollbackArgs {
     /// The version to go back to; default: the one before the current one.
     #[arg(long, value_name = "V")]
     pub to: Option<String>,
-    #[arg(long, value_name = "N")]
-    pub batch: Option<u32>,
-    #[arg(long, alias = "dry-run")]
-    pub plan: bool,
-    /// Roll back although the database was upgraded (only after restoring it).
-    #[arg(long)]
-    pub force: bool,
-    #[arg(long)]
-    pub force_drain: bool,
-    #[arg(long)]
-    pub break_lock: bool,
+    #[command(flatten)]
+    pub common: Rolling,
 }
 
 /// `publish`

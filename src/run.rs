@@ -141,29 +141,18 @@ pub fn run(cli: Cli, reporter: &dyn Reporter, out: &mut dyn Write) -> Result<(),
         Command::Roll(a) => {
             let cfg = Config::load(&cli.config)?;
             let opts = roll::RollOptions {
-                batch: a.batch,
                 version: a.version,
-                plan: a.plan,
-                force: a.force,
-                force_drain: a.force_drain,
                 resume: a.resume,
                 auto_rollback: a.auto_rollback,
-                break_lock: a.break_lock,
-                rollback: false,
+                ..roll_options(a.common, false)
             };
             report_roll(roll::roll(&cfg, &opts, reporter), cli.json, reporter, out)
         }
         Command::Rollback(a) => {
             let cfg = Config::load(&cli.config)?;
             let opts = roll::RollOptions {
-                batch: a.batch,
                 version: a.to,
-                plan: a.plan,
-                force: a.force,
-                force_drain: a.force_drain,
-                break_lock: a.break_lock,
-                rollback: true,
-                ..Default::default()
+                ..roll_options(a.common, true)
             };
             report_roll(roll::roll(&cfg, &opts, reporter), cli.json, reporter, out)
         }
@@ -460,4 +449,16 @@ fn report_roll(
             .unwrap_or_default()
     )?;
     Ok(())
+}
+
+fn roll_options(c: crate::cli::Rolling, rollback: bool) -> roll::RollOptions {
+    roll::RollOptions {
+        batch: c.batch,
+        plan: c.plan,
+        force: c.force,
+        force_drain: c.force_drain,
+        break_lock: c.break_lock,
+        rollback,
+        ..Default::default()
+    }
 }

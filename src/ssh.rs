@@ -199,15 +199,7 @@ impl Ssh {
                 command: script.clone(),
                 message,
             };
-            let mut cmd = if sudo {
-                let mut c = Session::to_command(session.clone(), "sudo");
-                c.arg("-n").arg("sh").arg("-c").arg(&script);
-                c
-            } else {
-                let mut c = Session::to_command(session.clone(), "sh");
-                c.arg("-c").arg(&script);
-                c
-            };
+            let mut cmd = shell_command(session.clone(), sudo, &script);
             cmd.stdin(openssh::Stdio::piped())
                 .stdout(openssh::Stdio::piped())
                 .stderr(openssh::Stdio::piped());
@@ -272,15 +264,7 @@ async fn run_on(
     sudo: bool,
     script: String,
 ) -> Result<Output, SshError> {
-    let mut cmd = if sudo {
-        let mut c = Session::to_command(session.clone(), "sudo");
-        c.arg("-n").arg("sh").arg("-c").arg(&script);
-        c
-    } else {
-        let mut c = Session::to_command(session.clone(), "sh");
-        c.arg("-c").arg(&script);
-        c
-    };
+    let mut cmd = shell_command(session.clone(), sudo, &script);
     let out = cmd.output().await.map_err(|e| SshError::Run {
         node: node.clone(),
         command: script.clone(),
@@ -292,6 +276,20 @@ async fn run_on(
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         raw: out.stdout,
     })
+}
+
+/// `sh -c SCRIPT` on the node, under `sudo -n` when the login user is not root.
+fn shell_command(
+    session: Arc<Session>,
+    sudo: bool,
+    script: &str,
+) -> openssh::OwningCommand<Arc<Session>> {
+    let mut c = Session::to_command(session, if sudo { "sudo" } else { "sh" });
+    if sudo {
+        c.arg("-n").arg("sh");
+    }
+    c.arg("-c").arg(script);
+    c
 }
 
 /// `user@host:port` as ssh takes it (`ssh://user@host:port`).

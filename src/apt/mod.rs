@@ -423,30 +423,17 @@ impl Repo {
         for (rel, data) in &listed {
             let path = dist.join(rel);
             let dir = path.parent().unwrap();
-            let sha = hex::encode(Sha256::digest(data));
-            let by_hash = dir.join("by-hash").join("SHA256").join(&sha);
-            if !by_hash.exists() {
-                write_atomic(&by_hash, data)?;
+            for (kind, hash) in [
+                ("SHA256", hex::encode(Sha256::digest(data))),
+                ("MD5Sum", hex::encode(Md5::digest(data))),
+            ] {
+                let by_hash = dir.join("by-hash").join(kind).join(hash);
+                if !by_hash.exists() {
+                    write_atomic(&by_hash, data)?;
+                }
+                let rel = by_hash.strip_prefix(&self.root).unwrap_or(&by_hash);
+                current.insert(rel.to_string_lossy().into_owned());
             }
-            current.insert(
-                by_hash
-                    .strip_prefix(&self.root)
-                    .unwrap_or(&by_hash)
-                    .to_string_lossy()
-                    .into_owned(),
-            );
-            let md5 = hex::encode(Md5::digest(data));
-            let by_md5 = dir.join("by-hash").join("MD5Sum").join(&md5);
-            if !by_md5.exists() {
-                write_atomic(&by_md5, data)?;
-            }
-            current.insert(
-                by_md5
-                    .strip_prefix(&self.root)
-                    .unwrap_or(&by_md5)
-                    .to_string_lossy()
-                    .into_owned(),
-            );
         }
         for (rel, data) in &listed {
             write_atomic(&dist.join(rel), data)?;
