@@ -420,33 +420,30 @@ pub fn roll(
             ))
         })?,
         (None, true) => {
-            let prev = RollState::read(&state_dir).and_then(|s| {
-                let mut v: Vec<String> = s.previous.values().cloned().collect();
-                v.sort();
-                v.dedup();
-                if v.len() == 1 && Some(&v[0]) != s.previous.values().next().filter(|_| false) {
-                    Some(v[0].clone())
-                } else {
-                    None
-                }
+            let current = current_max.as_ref().map(|c| c.to_string());
+            // The version every node ran before the last roll (from its journal state), when that
+            // is one version, differs from now, and is still in the repository...
+            let before_last = RollState::read(&state_dir).and_then(|s| {
+                let versions: std::collections::BTreeSet<String> =
+                    s.previous.into_values().collect();
+                let only = versions.into_iter().collect::<Vec<_>>();
+                (only.len() == 1).then(|| only[0].clone())
             });
-            let cur = current_max.clone();
+            let from_journal = before_last
+                .filter(|v| Some(v) != current.as_ref() && list.iter().any(|l| &l.version == v));
+            // ... else the newest version of the repository below what the nodes run.
             let below = list
                 .iter()
-                .filter(|l| match (&cur, l.version.parse::<debversion::Version>()) {
-                    (Some(c), Ok(v)) => v < *c,
-                    _ => false,
-                })
-                .map(|l| l.version.clone())
-                .next();
-            match prev.filter(|p| Some(p) != cur.as_ref().map(|c| c.to_string()).as_ref()) {
-                Some(p) if list.iter().any(|l| l.version == p) => p,
-                _ => below.ok_or_else(|| {
-                    RollError::Preflight(
-                        "no earlier version in the repository to roll back to".into(),
-                    )
-                })?,
-            }
+                .find(
+                    |l| match (&current_max, l.version.parse::<debversion::Version>()) {
+                        (Some(c), Ok(v)) => v < *c,
+                        _ => false,
+                    },
+                )
+                .map(|l| l.version.clone());
+            from_journal.or(below).ok_or_else(|| {
+                RollError::Preflight("no earlier version in the repository to roll back to".into())
+            })?
         }
     };
     let stanza = repo
@@ -724,7 +721,12 @@ fn run_plan(
                     journal: ctx.journal_path(),
                 });
             }
-            code_only_batch(ctx, plan, b, opts)?;
+            if let Err(e) = code_only_batch(ctx, plan, b, opts) {
+                if opts.auto_rollback && !upgraded.is_empty() {
+                    return Err(auto_rollback(ctx, plan, &upgraded, opts, e));
+                }
+                return Err(e);
+            }
             upgraded.extend(b.iter().cloned());
         }
         for c in &plan.cron {
@@ -1001,24 +1003,64 @@ fn code_only_batch(
         }
     }
     let (node, why) = failed[0].clone();
-    if opts.auto_rollback {
-        ctx.warnings.push(
-            "--auto-rollback: putting the upgraded nodes back on their previous version".into(),
-        );
-        let done: Vec<String> = ctx
-            .state
-            .previous
-            .keys()
-            .filter(|k| !ctx.state.out_of_rotation.contains(k))
-            .cloned()
-            .collect();
-        for n in done {
-            if let Some(prev) = ctx.state.previous.get(&n).cloned() {
-                let _ = install_nodes(ctx, std::slice::from_ref(&n), &prev);
-            }
+    Err(ctx.fail(Some(&node), format!("{why}; {node} stays out of rotation (maint); fix it and run `moodle-release roll --resume`, or `moodle-release rollback`")))
+}
+
+/// `--auto-rollback`: the nodes this roll already upgraded go back to the version they ran, by the
+/// same drain, install, health, ready steps (the roll was code-only, so mixed versions are safe).
+/// Returns the roll's error, completed with what happened.
+fn auto_rollback(
+    ctx: &mut Ctx,
+    plan: &Plan,
+    upgraded: &[String],
+    opts: &RollOptions,
+    cause: RollError,
+) -> RollError {
+    let cause = cause.to_string();
+    ctx.log(
+        None,
+        None,
+        "auto-rollback",
+        "info",
+        Instant::now(),
+        &format!("after: {cause}"),
+    );
+    let batch = plan.batches.first().map(|b| b.len()).unwrap_or(1).max(1);
+    let mut by_version: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for n in upgraded {
+        if let Some(v) = ctx.state.previous.get(n) {
+            by_version.entry(v.clone()).or_default().push(n.clone());
         }
     }
-    Err(ctx.fail(Some(&node), format!("{why}; {node} stays out of rotation (maint); fix it and run `moodle-release roll --resume`, or `moodle-release rollback`")))
+    let back_opts = RollOptions {
+        auto_rollback: false,
+        ..opts.clone()
+    };
+    let mut back = Vec::new();
+    for (version, nodes) in by_version {
+        let rb = Plan {
+            target: version.clone(),
+            ..plan.clone()
+        };
+        for chunk in nodes.chunks(batch) {
+            if let Err(e) = code_only_batch(ctx, &rb, chunk, &back_opts) {
+                return RollError::Failed {
+                    message: format!("{cause}; --auto-rollback then failed too: {e}"),
+                    journal: ctx.journal_path(),
+                };
+            }
+            back.extend(chunk.iter().map(|n| format!("{n} ({version})")));
+        }
+    }
+    ctx.state.status = "failed".into();
+    ctx.save_state();
+    RollError::Failed {
+        message: format!(
+            "{cause}\n  --auto-rollback: back on their previous version: {}",
+            back.join(", ")
+        ),
+        journal: ctx.journal_path(),
+    }
 }
 
 fn database_path(ctx: &mut Ctx, plan: &Plan) -> Result<f64, RollError> {
