@@ -659,3 +659,80 @@ fn import_submodules_writes_plugin_entries() {
     let parsed: toml::Value = toml::from_str(&text).unwrap();
     assert_eq!(parsed["plugins"].as_array().unwrap().len(), 2);
 }
+
+#[test]
+fn dry_run_writes_nothing() {
+    let lab = Lab::new();
+    let v = lab.merge(&["--dry-run"]);
+    assert_eq!(v["changed"], true);
+    assert_eq!(v["dry_run"], true);
+    assert!(
+        !lab.site.dir().join("moodle-release.lock").exists(),
+        "--dry-run wrote the lock"
+    );
+    let out = git(&lab.site.repo())
+        .args(["rev-parse", "--verify", "-q", "deploy"])
+        .output()
+        .unwrap();
+    assert!(out.stdout.is_empty(), "--dry-run wrote the branch");
+    lab.merge(&[]);
+    let deploy = lab.rev("deploy");
+    let lock = lab.lock();
+    lab.plugin("mod_demo", "2024030100", &[]);
+    let v = lab.merge(&["--dry-run", "--update"]);
+    assert_eq!(v["changed"], true);
+    assert_eq!(lab.rev("deploy"), deploy);
+    assert_eq!(lab.lock(), lock);
+}
+
+/// Moodle 5.1+ keeps its web code under public/: plugins go there, build packages it.
+#[test]
+fn moodle_51_public_layout() {
+    let site = Site::empty();
+    let up = site.dir().join("upstream");
+    fs::create_dir_all(&up).unwrap();
+    run(git(&up).args(["init", "-q", "-b", "main"]));
+    moodle_tree(&up.join("public"), "2025100600.00", "5.1 (Build: 20251006)");
+    fs::remove_file(up.join("public/config.php")).unwrap();
+    write(&up.join("config-dist.php"), "<?php\n");
+    write(&up.join("composer.json"), "{}\n");
+    write(
+        &up.join("public/lib/components.json"),
+        r#"{"plugintypes": {"mod": "mod", "block": "public\/blocks"}}"#,
+    );
+    run(git(&up).args(["add", "-A"]));
+    run(git(&up).args(["commit", "-q", "-m", "5.1"]));
+    let demo = site.dir().join("plugins/mod_demo");
+    fs::create_dir_all(&demo).unwrap();
+    run(git(&demo).args(["init", "-q", "-b", "main"]));
+    write(
+        &demo.join("version.php"),
+        &plugin_version_php("mod_demo", "2025010100"),
+    );
+    run(git(&demo).args(["add", "-A"]));
+    run(git(&demo).args(["commit", "-q", "-m", "demo"]));
+    site.config("\n[upstream]\nurl = \"upstream\"\nref = \"main\"\n\n[[plugins]]\ncomponent = \"mod_demo\"\nurl = \"plugins/mod_demo\"\nref = \"main\"\n");
+    let text = fs::read_to_string(site.config_path()).unwrap();
+    // [upstream] and [[plugins]] must come before [deploy]'s keys end: move them to the top.
+    let (head, tail) = text.split_at(text.find("[deploy]").unwrap());
+    let (deploy, extra) = tail.split_at(tail.find("\n[upstream]").unwrap());
+    fs::write(site.config_path(), format!("{head}{extra}\n{deploy}")).unwrap();
+    run(site.cmd().arg("merge"));
+    let show = |p: &str| stdout(git(&site.repo()).args(["show", &format!("deploy:{p}")]));
+    assert!(show("public/mod/demo/version.php").contains("mod_demo"));
+    assert!(show("public/version.php").contains("5.1"));
+    let deb = site.build(&[]);
+    assert!(
+        deb.file_name()
+            .unwrap()
+            .to_string_lossy()
+            .contains("5.1.0+"),
+        "{deb:?}"
+    );
+    let rows = deb_contents(&deb);
+    assert!(
+        rows.iter()
+            .any(|r| r.2 == "./srv/moodle-test/html/public/mod/demo/version.php"),
+        "{rows:#?}"
+    );
+}

@@ -510,3 +510,47 @@ fn publishes_over_ssh() {
     assert_eq!(code, 1);
     assert!(err.contains("host key"), "{err}");
 }
+
+/// A full disk during a publish: a clear error and the repository exactly as it was.
+#[test]
+fn a_full_disk_leaves_the_repository_as_it_was() {
+    if stdout(Command::new("id").arg("-u")).trim() != "0" {
+        panic!("this test mounts a small tmpfs: run it as root");
+    }
+    let lab = Lab::new(5);
+    fs::create_dir_all(lab.repo()).unwrap();
+    run(Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=256k", "tmpfs"])
+        .arg(lab.repo()));
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _guard = Unmount(lab.repo());
+    let small = lab.build(1);
+    lab.publish(&[&small], &[]);
+    let before = lab.snapshot();
+    // Incompressible content: the package is bigger than what is left.
+    let mut data = Vec::new();
+    let mut x: u32 = 7;
+    for _ in 0..400_000 {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        data.push(x as u8);
+    }
+    fs::write(lab.site.repo().join("lib/random.bin"), &data).unwrap();
+    let big = lab.build(2);
+    let (code, err) = lab.publish_fails(&[&big]);
+    assert_eq!(code, 1);
+    assert!(err.contains("No space left"), "{err}");
+    assert_eq!(lab.snapshot(), before, "the repository changed");
+    let stray: Vec<_> = fs::read_dir(lab.repo().join("pool/main/m/moodle-test"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(stray.len(), 1, "{stray:?}");
+}

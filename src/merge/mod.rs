@@ -669,7 +669,14 @@ fn plugin_types(
         if let Some(m) = j.get("plugintypes").and_then(|m| m.as_object()) {
             for (k, v) in m {
                 if let Some(v) = v.as_str() {
-                    types.insert(k.clone(), v.trim_matches('/').to_string());
+                    // Folders are relative to the web root; tolerate a `public/` prefix too.
+                    let v = v.trim_matches('/');
+                    let v = if prefix.is_empty() {
+                        v
+                    } else {
+                        v.strip_prefix(prefix).unwrap_or(v)
+                    };
+                    types.insert(k.clone(), v.to_string());
                 }
             }
         }
