@@ -368,10 +368,68 @@ fn ctrl_c_stops_between_batches_and_a_failing_health_check_keeps_the_node_out() 
         )
         .status
         .success());
-    let out = c.cmd().args(["roll", "--batch", "1"]).output().unwrap();
+    // While the tool waits for web3, lb1 is reloaded (runtime states lost): it notices and sets
+    // web3's state again.
+    let before: Vec<_> = fs::read_dir(&state)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    let child = c
+        .cmd()
+        .args(["roll", "--batch", "1"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    'drained: loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "the roll never drained web3"
+        );
+        for e in fs::read_dir(&state).unwrap().flatten() {
+            if before.contains(&e.path()) || !e.file_name().to_string_lossy().ends_with(".jsonl") {
+                continue;
+            }
+            let text = fs::read_to_string(e.path()).unwrap();
+            if text
+                .lines()
+                .any(|l| l.contains("\"node\":\"web3\"") && l.contains("\"action\":\"install\""))
+            {
+                break 'drained;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let lab = c.lab();
+    let pid = fs::read_to_string(lab.join("lb1.pid"))
+        .unwrap()
+        .trim()
+        .to_string();
+    run(Command::new("haproxy")
+        .arg("-f")
+        .arg(lab.join("lb1.cfg"))
+        .arg("-D")
+        .arg("-sf")
+        .arg(&pid));
+    let out = child.wait_with_output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("web3") && err.contains("not healthy"), "{err}");
+    assert!(
+        err.contains("lb1 was reloaded"),
+        "the reload went unnoticed: {err}"
+    );
+    let mut s = std::os::unix::net::UnixStream::connect(lab.join("lb1.sock")).unwrap();
+    std::io::Write::write_all(&mut s, b"show stat moodle 4 -1\n").unwrap();
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut s, &mut text).unwrap();
+    let web3 = text
+        .lines()
+        .find(|l| l.starts_with("moodle,web3,"))
+        .unwrap();
+    assert_eq!(web3.split(',').nth(17), Some("MAINT"), "{web3}");
     let servers = c.lb_servers();
     assert_eq!(
         servers.iter().find(|(n, _)| n == "web3").unwrap().1,

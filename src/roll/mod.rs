@@ -126,9 +126,62 @@ struct Ctx<'a> {
     stop: Arc<AtomicBool>,
     warnings: Vec<String>,
     pkg: String,
+    /// Each LB's process as first seen: a change means HAProxy was reloaded and dropped the
+    /// runtime states this tool set.
+    processes: BTreeMap<String, crate::haproxy::Process>,
 }
 
 impl Ctx<'_> {
+    /// Notices a reloaded LB and sets again the states this roll had set on it (drain for the
+    /// nodes being upgraded, maint for a failed one).
+    fn reapply_after_reload(&mut self) -> Result<(), RollError> {
+        for lb in self.lbs.clone() {
+            let now = lb.process()?;
+            let Some(before) = self.processes.get(&lb.name).cloned() else {
+                self.processes.insert(lb.name.clone(), now);
+                continue;
+            };
+            if before.pid == now.pid && now.uptime_sec >= before.uptime_sec {
+                continue;
+            }
+            self.processes.insert(lb.name.clone(), now);
+            let msg = format!(
+                "{} was reloaded during the roll (its runtime server states were lost): setting them again",
+                lb.name
+            );
+            self.reporter.warn(&msg);
+            self.warnings.push(msg.clone());
+            self.log(
+                None,
+                Some(&lb.name),
+                "reload detected",
+                "warning",
+                Instant::now(),
+                &msg,
+            );
+            for node in self.state.out_of_rotation.clone() {
+                let Some(n) = self.cfg.nodes.iter().find(|n| n.name == node) else {
+                    continue;
+                };
+                let state = if self.state.failed_node.as_deref() == Some(node.as_str()) {
+                    AdminState::Maint
+                } else {
+                    AdminState::Drain
+                };
+                lb.set_state(&server_name(n), state)?;
+                self.log(
+                    Some(&node),
+                    Some(&lb.name),
+                    &format!("state {} (again)", state.as_str()),
+                    "ok",
+                    Instant::now(),
+                    "",
+                );
+            }
+        }
+        Ok(())
+    }
+
     fn log(
         &mut self,
         node: Option<&str>,
@@ -351,6 +404,7 @@ pub fn roll(
         stop,
         warnings: Vec::new(),
         pkg: cfg.site.package.to_string(),
+        processes: BTreeMap::new(),
     };
 
     // --- Preflight: nothing changes until every part answers.
@@ -390,6 +444,12 @@ pub fn roll(
         .map_err(|e| RollError::Preflight(format!("{e} (the stats socket needs `level admin`)")))?;
     }
     reporter.step_done();
+    for lb in &ctx.lbs {
+        let p = lb
+            .process()
+            .map_err(|e| RollError::Preflight(e.to_string()))?;
+        ctx.processes.insert(lb.name.clone(), p);
+    }
     reporter.step("connecting to the nodes");
     let dests: Vec<(String, String)> = cfg
         .nodes
@@ -810,6 +870,9 @@ fn wait_healthy(ctx: &mut Ctx, n: &Node) -> Result<(), String> {
     let url = health_url(ctx, n);
     let mut last = String::new();
     loop {
+        if let Err(e) = ctx.reapply_after_reload() {
+            last = e.to_string();
+        }
         let own = match &url {
             Some(u) => match http::get_status(u, Duration::from_secs(3)) {
                 Ok(200) => true,
@@ -877,6 +940,7 @@ fn code_only_batch(
         .iter()
         .map(|b| ctx.cfg.nodes.iter().find(|n| &n.name == b).unwrap().clone())
         .collect();
+    ctx.reapply_after_reload()?;
     // Re-read every LB: someone (or a reload) may have changed states since the last batch.
     let web_servers: Vec<String> = web_nodes(ctx.cfg).iter().map(|n| server_name(n)).collect();
     for lb in ctx.lbs.clone() {
