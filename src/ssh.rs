@@ -225,22 +225,58 @@ impl Ssh {
         })
     }
 
-    /// Runs a shell command on a node.
+    /// Runs a shell command on a node: a query, which must answer within [`QUERY_TIMEOUT`].
     pub fn run(&self, conn: &Conn, script: &str) -> Result<Output, SshError> {
+        self.run_for(conn, script, Some(QUERY_TIMEOUT))
+    }
+
+    /// Runs a shell command that may take long (an install, a database upgrade): no timeout.
+    pub fn run_long(&self, conn: &Conn, script: &str) -> Result<Output, SshError> {
+        self.run_for(conn, script, None)
+    }
+
+    fn run_for(
+        &self,
+        conn: &Conn,
+        script: &str,
+        timeout: Option<Duration>,
+    ) -> Result<Output, SshError> {
         self.rt.block_on(run_on(
             conn.session.clone(),
             conn.node.clone(),
             conn.sudo,
             script.to_string(),
+            timeout,
         ))
     }
 
-    /// Runs the same kind of command on several nodes at once; results in the same order.
+    /// Runs the same query on several nodes at once; results in the same order.
     pub fn run_all(&self, jobs: Vec<(&Conn, String)>) -> Vec<Result<Output, SshError>> {
+        self.run_all_for(jobs, Some(QUERY_TIMEOUT))
+    }
+
+    /// [`Self::run_all`] for long commands (installs, downloads): no timeout.
+    pub fn run_all_long(&self, jobs: Vec<(&Conn, String)>) -> Vec<Result<Output, SshError>> {
+        self.run_all_for(jobs, None)
+    }
+
+    fn run_all_for(
+        &self,
+        jobs: Vec<(&Conn, String)>,
+        timeout: Option<Duration>,
+    ) -> Vec<Result<Output, SshError>> {
         self.rt.block_on(async {
             let handles: Vec<_> = jobs
                 .into_iter()
-                .map(|(c, s)| tokio::spawn(run_on(c.session.clone(), c.node.clone(), c.sudo, s)))
+                .map(|(c, s)| {
+                    tokio::spawn(run_on(
+                        c.session.clone(),
+                        c.node.clone(),
+                        c.sudo,
+                        s,
+                        timeout,
+                    ))
+                })
                 .collect();
             let mut out = Vec::new();
             for h in handles {
@@ -258,18 +294,40 @@ impl Ssh {
     }
 }
 
+/// How long a query (`id`, `dpkg-query`, a lock) may take before the node counts as hung.
+pub const QUERY_TIMEOUT: Duration = Duration::from_secs(60);
+
 async fn run_on(
     session: Arc<Session>,
     node: String,
     sudo: bool,
     script: String,
+    timeout: Option<Duration>,
 ) -> Result<Output, SshError> {
-    let mut cmd = shell_command(session.clone(), sudo, &script);
-    let out = cmd.output().await.map_err(|e| SshError::Run {
+    // ssh itself exits 255 on its own failures, so openssh reports a remote 255 (PHP's fatal
+    // errors exit 255) as a lost connection: remap it to 254 and say so.
+    let wrapped = format!(
+        "( {script}\n) ; rc=$?; if [ $rc -eq 255 ]; then echo '(exit status 255, reported as 254)' >&2; exit 254; fi; exit $rc"
+    );
+    let err = |message: String| SshError::Run {
         node: node.clone(),
         command: script.clone(),
-        message: describe(&e),
-    })?;
+        message,
+    };
+    let mut cmd = shell_command(session.clone(), sudo, &wrapped);
+    let out = match timeout {
+        Some(t) => match tokio::time::timeout(t, cmd.output()).await {
+            Ok(r) => r,
+            Err(_) => {
+                return Err(err(format!(
+                    "no answer within {}s: the node hangs",
+                    t.as_secs()
+                )))
+            }
+        },
+        None => cmd.output().await,
+    }
+    .map_err(|e| err(describe(&e)))?;
     Ok(Output {
         code: out.status.code(),
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),

@@ -809,7 +809,7 @@ fn install_nodes(ctx: &mut Ctx, nodes: &[String], target: &str) -> Result<(), (S
         .iter()
         .map(|n| (&ctx.conns[n], script.clone()))
         .collect();
-    let results = ctx.ssh.run_all(jobs);
+    let results = ctx.ssh.run_all_long(jobs);
     let mut failure = None;
     for (n, r) in nodes.iter().zip(results) {
         match r {
@@ -1151,7 +1151,7 @@ fn database_path(ctx: &mut Ctx, plan: &Plan) -> Result<f64, RollError> {
         .iter()
         .map(|n| (&ctx.conns[n], script.clone()))
         .collect();
-    for (n, r) in all.clone().iter().zip(ctx.ssh.run_all(jobs)) {
+    for (n, r) in all.clone().iter().zip(ctx.ssh.run_all_long(jobs)) {
         match r {
             Ok(o) if o.success() => ctx.log(Some(n), None, "download", "ok", t, &plan.target),
             Ok(o) => {
@@ -1179,7 +1179,7 @@ fn database_path(ctx: &mut Ctx, plan: &Plan) -> Result<f64, RollError> {
     let t = Instant::now();
     let m_start = Instant::now();
     if plan.installed.get(&first_web).is_some_and(|v| v.is_some()) {
-        let out = ctx.ssh.run(ctx.conn(&first_web), &on)?;
+        let out = ctx.ssh.run_long(ctx.conn(&first_web), &on)?;
         if !out.success() {
             return Err(ctx.fail(
                 Some(&first_web),
@@ -1215,7 +1215,7 @@ fn database_path(ctx: &mut Ctx, plan: &Plan) -> Result<f64, RollError> {
     let t = Instant::now();
     ctx.reporter
         .step(&format!("upgrading the database on {first_web}"));
-    let out = ctx.ssh.run(ctx.conn(&first_web), &up)?;
+    let out = ctx.ssh.run_long(ctx.conn(&first_web), &up)?;
     ctx.reporter.step_done();
     if !out.success() {
         return Err(ctx.fail(
@@ -1231,7 +1231,7 @@ fn database_path(ctx: &mut Ctx, plan: &Plan) -> Result<f64, RollError> {
     // 5. Maintenance off, then every web node healthy.
     let off = substitute(&ctx.cfg.roll.maintenance_off, ctx.cfg);
     let t = Instant::now();
-    let out = ctx.ssh.run(ctx.conn(&first_web), &off)?;
+    let out = ctx.ssh.run_long(ctx.conn(&first_web), &off)?;
     if !out.success() {
         return Err(ctx.fail(
             Some(&first_web),
