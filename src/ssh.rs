@@ -6,6 +6,7 @@
 //! The crate is async; the rest of the tool is not. A small tokio runtime lives here and the
 //! API is blocking, with [`Ssh::run_all`] for running one command on several nodes at once.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -68,7 +69,20 @@ pub struct Conn {
 pub struct Ssh {
     rt: tokio::runtime::Runtime,
     builder: SessionBuilder,
+    /// Where the control sockets of persistent masters are remembered (`None`: masters end with
+    /// this process).
+    masters: Option<PathBuf>,
+    /// The settings a remembered master was made with: another config or known_hosts file
+    /// means a new connection.
+    identity: String,
 }
+
+/// How long a master connection stays up unused, so that the next `roll --plan` or `status`
+/// connects in milliseconds (as `ControlPersist` in an ssh_config does).
+pub const PERSIST: std::num::NonZeroUsize = match std::num::NonZeroUsize::new(300) {
+    Some(n) => n,
+    None => panic!(),
+};
 
 fn expand(p: &str) -> PathBuf {
     match (p.strip_prefix("~/"), std::env::var("HOME")) {
@@ -78,6 +92,21 @@ fn expand(p: &str) -> PathBuf {
 }
 
 impl Ssh {
+    /// The SSH layer; with `masters` (a file in the state folder), master connections persist
+    /// for [`PERSIST`] seconds and are reused by the next run.
+    pub fn with_masters(
+        cfg: &crate::config::Ssh,
+        masters: Option<PathBuf>,
+    ) -> Result<Ssh, SshError> {
+        let mut ssh = Ssh::new(cfg)?;
+        if masters.is_some() {
+            ssh.builder
+                .control_persist(openssh::ControlPersist::IdleFor(PERSIST));
+        }
+        ssh.masters = masters;
+        Ok(ssh)
+    }
+
     pub fn new(cfg: &crate::config::Ssh) -> Result<Ssh, SshError> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -101,41 +130,47 @@ impl Ssh {
         if let Some(k) = &cfg.known_hosts {
             builder.user_known_hosts_file(expand(k));
         }
-        Ok(Ssh { rt, builder })
+        let identity = format!("{:?}|{:?}", cfg.config, cfg.known_hosts);
+        Ok(Ssh {
+            rt,
+            builder,
+            masters: None,
+            identity,
+        })
     }
 
     /// Opens the master connection to `dest` (`[user@]host[:port]`, resolved through the ssh
     /// config) and finds out whether commands need sudo.
     pub fn connect(&self, node: &str, dest: &str) -> Result<Conn, SshError> {
-        let dest_arg = ssh_destination(dest);
-        let session = self
-            .rt
-            .block_on(self.builder.connect(&dest_arg))
-            .map_err(|e| SshError::Connect {
-                node: node.to_string(),
-                dest: dest.to_string(),
-                message: describe(&e),
-            })?;
-        let mut conn = Conn {
-            node: node.to_string(),
-            session: Arc::new(session),
-            sudo: false,
-        };
-        let id = self.run(&conn, "id -u")?;
-        conn.sudo = id.stdout.trim() != "0";
-        Ok(conn)
+        self.connect_all(&[(node.to_string(), dest.to_string())])
+            .pop()
+            .unwrap_or_else(|| {
+                Err(SshError::Connect {
+                    node: node.to_string(),
+                    dest: dest.to_string(),
+                    message: "no connection".into(),
+                })
+            })
     }
 
     /// Connects to several nodes at once (a cluster of 20 is planned in about the time of one
     /// connection); results in the same order.
     pub fn connect_all(&self, nodes: &[(String, String)]) -> Vec<Result<Conn, SshError>> {
+        let remembered: BTreeMap<String, PathBuf> = self
+            .masters
+            .as_ref()
+            .and_then(|p| std::fs::read(p).ok())
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        let persist = self.masters.is_some();
         let sessions = self.rt.block_on(async {
             let handles: Vec<_> = nodes
                 .iter()
                 .map(|(_, dest)| {
                     let b = self.builder.clone();
                     let d = ssh_destination(dest);
-                    tokio::spawn(async move { b.connect(&d).await })
+                    let known = remembered.get(&format!("{}|{d}", self.identity)).cloned();
+                    tokio::spawn(async move { open(b, d, known, persist).await })
                 })
                 .collect();
             let mut out = Vec::new();
@@ -144,6 +179,25 @@ impl Ssh {
             }
             out
         });
+        if let Some(path) = &self.masters {
+            let mut map = remembered.clone();
+            for ((_, dest), r) in nodes.iter().zip(&sessions) {
+                if let Ok(Ok((_, Some(ctl)))) = r {
+                    map.insert(
+                        format!("{}|{}", self.identity, ssh_destination(dest)),
+                        ctl.clone(),
+                    );
+                }
+            }
+            if let Some(dir) = path.parent() {
+                let _ = std::fs::create_dir_all(dir);
+            }
+            let _ = std::fs::write(path, serde_json::to_vec_pretty(&map).unwrap_or_default());
+        }
+        let sessions: Vec<_> = sessions
+            .into_iter()
+            .map(|r| r.map(|x| x.map(|(s, _)| s)))
+            .collect();
         let mut conns: Vec<Result<Conn, SshError>> = nodes
             .iter()
             .zip(sessions)
@@ -334,6 +388,32 @@ async fn run_on(
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
         raw: out.stdout,
     })
+}
+
+/// A session to `dest`: the remembered master when it still answers, else a new connection
+/// (host key checked). With `persist`, the new master outlives this process and its control
+/// socket is returned to be remembered.
+async fn open(
+    builder: SessionBuilder,
+    dest: String,
+    known: Option<PathBuf>,
+    persist: bool,
+) -> Result<(Session, Option<PathBuf>), openssh::Error> {
+    if let Some(ctl) = known {
+        if ctl.exists() {
+            let s = Session::resume(ctl.clone().into_boxed_path(), None);
+            if s.check().await.is_ok() {
+                return Ok((s, Some(ctl)));
+            }
+        }
+    }
+    let s = builder.connect(&dest).await?;
+    if !persist {
+        return Ok((s, None));
+    }
+    let (ctl, log) = s.detach();
+    let path = PathBuf::from(&*ctl);
+    Ok((Session::resume(ctl, log), Some(path)))
 }
 
 /// `sh -c SCRIPT` on the node, under `sudo -n` when the login user is not root.

@@ -395,7 +395,7 @@ pub fn roll(
     let mut ctx = Ctx {
         cfg,
         reporter,
-        ssh: Ssh::new(&cfg.ssh)?,
+        ssh: Ssh::with_masters(&cfg.ssh, Some(state_dir.join("ssh-masters.json")))?,
         lbs: cfg.lb.iter().map(Lb::from_config).collect(),
         conns: BTreeMap::new(),
         journal: None,
@@ -1282,7 +1282,14 @@ pub fn status(cfg: &Config) -> Result<Status, RollError> {
     let newest = repo
         .and_then(|r| r.list().ok())
         .and_then(|l| l.first().map(|x| x.version.clone()));
-    let ssh = Ssh::new(&cfg.ssh)?;
+    let ssh = Ssh::with_masters(
+        &cfg.ssh,
+        Some(
+            cfg.base_dir
+                .join(&cfg.roll.state_dir)
+                .join("ssh-masters.json"),
+        ),
+    )?;
     let lbs: Vec<Lb> = cfg.lb.iter().map(Lb::from_config).collect();
     let lb_servers: Vec<(String, Result<Vec<crate::haproxy::Server>, HaError>)> =
         lbs.iter().map(|l| (l.name.clone(), l.servers())).collect();
