@@ -891,7 +891,7 @@ fn wait_healthy(ctx: &mut Ctx, n: &Node) -> Result<(), String> {
         if own {
             for lb in &ctx.lbs {
                 match lb.server(&server_name(n)) {
-                    Ok(s) if s.check_ok() => {}
+                    Ok(s) if s.check_ok() && !s.status.starts_with("DOWN") => {}
                     Ok(s) => {
                         lbs_ok = false;
                         last = format!(
@@ -1044,6 +1044,30 @@ fn code_only_batch(
     for n in &nodes {
         if failed.iter().any(|(f, _)| f == &n.name) {
             continue;
+        }
+        // The LBs' last check result may predate the install: mark the (drained, idle) server
+        // down, so that only checks of the new code can bring it back up.
+        for lb in ctx.lbs.clone() {
+            let t = Instant::now();
+            let cmd = format!("set server {}/{} health down", lb.backend, server_name(n));
+            match lb.send(&cmd) {
+                Ok(_) => ctx.log(
+                    Some(&n.name),
+                    Some(&lb.name),
+                    "health down until checked",
+                    "ok",
+                    t,
+                    "",
+                ),
+                Err(e) => ctx.log(
+                    Some(&n.name),
+                    Some(&lb.name),
+                    "health down until checked",
+                    "warning",
+                    t,
+                    &e.to_string(),
+                ),
+            }
         }
         ctx.reporter
             .step(&format!("waiting for {} to be healthy", n.name));
