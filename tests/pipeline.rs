@@ -148,7 +148,6 @@ fn the_tools_own_package_installs_and_runs() {
     )
     .unwrap();
     // The binary under test, packaged as CI packages the release one (no second build here).
-    // (under target/: the nodes have a /tmp of their own)
     let out_dir = tempfile::tempdir_in(root.join("target")).unwrap();
     let out = Command::new("cargo")
         .current_dir(&root)
@@ -178,6 +177,11 @@ fn the_tools_own_package_installs_and_runs() {
         .to_string();
     assert!(deb.ends_with("_amd64.deb"), "{deb}");
     let c = Cluster::up(1);
+    // Into the lab's folder, which every node sees (the checkout may be somewhere a node does not,
+    // such as /tmp, which nodes have of their own).
+    let in_lab = c.lab().join("moodle-release.deb");
+    fs::copy(&deb, &in_lab).unwrap();
+    let deb = in_lab.display();
     let o = c.ssh("web1", &format!("dpkg -i {deb} >/dev/null && moodle-release --version && test -f /usr/share/bash-completion/completions/moodle-release"));
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(
