@@ -440,21 +440,13 @@ fn bad_ref_and_output_folder_are_refused() {
 /// A full disk mid-build: the error names it and no .deb is left under the final name.
 #[test]
 fn a_full_disk_leaves_no_package() {
-    if !nix_is_root() {
-        eprintln!("skipped: needs root to mount a small tmpfs");
-        return;
-    }
+    assert!(
+        nix_is_root(),
+        "this test mounts a small tmpfs: run it as root"
+    );
     let site = Site::new();
     // Enough incompressible data to overflow a 64 KiB filesystem.
-    let mut data = Vec::new();
-    let mut x: u32 = 1;
-    for _ in 0..200_000 {
-        x ^= x << 13;
-        x ^= x >> 17;
-        x ^= x << 5;
-        data.push(x as u8);
-    }
-    fs::write(site.repo().join("lib/random.bin"), &data).unwrap();
+    fs::write(site.repo().join("lib/random.bin"), noise(200_000, 1)).unwrap();
     site.commit("random data");
     let mnt = site.dir().join("small");
     fs::create_dir_all(&mnt).unwrap();

@@ -533,15 +533,7 @@ fn a_full_disk_leaves_the_repository_as_it_was() {
     lab.publish(&[&small], &[]);
     let before = lab.snapshot();
     // Incompressible content: the package is bigger than what is left.
-    let mut data = Vec::new();
-    let mut x: u32 = 7;
-    for _ in 0..400_000 {
-        x ^= x << 13;
-        x ^= x >> 17;
-        x ^= x << 5;
-        data.push(x as u8);
-    }
-    fs::write(lab.site.repo().join("lib/random.bin"), &data).unwrap();
+    fs::write(lab.site.repo().join("lib/random.bin"), noise(400_000, 7)).unwrap();
     let big = lab.build(2);
     let (code, err) = lab.publish_fails(&[&big]);
     assert_eq!(code, 1);

@@ -31,6 +31,47 @@ fn journal_actions(c: &Cluster, action: &str) -> usize {
     n
 }
 
+/// Starts `roll ARGS` in the background and returns once its new journal has a line for which
+/// `seen` holds (bounded: 60 s). The caller waits for the child; a panic here ends the test.
+#[allow(clippy::zombie_processes)]
+fn roll_until(
+    c: &Cluster,
+    args: &[&str],
+    what: &str,
+    seen: impl Fn(&str) -> bool,
+) -> std::process::Child {
+    let state = c.lab().join("state");
+    let before: Vec<_> = fs::read_dir(&state)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    let mut child = c
+        .cmd()
+        .args(args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    loop {
+        if started.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the roll never got to: {what}");
+        }
+        for e in fs::read_dir(&state).unwrap().flatten() {
+            if before.contains(&e.path()) || !e.file_name().to_string_lossy().ends_with(".jsonl") {
+                continue;
+            }
+            if fs::read_to_string(e.path()).unwrap().lines().any(&seen) {
+                return child;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Samples LB 2 every 20 ms: the most servers seen out of rotation at once.
 fn sample_out_of_rotation(c: &Cluster, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<usize> {
     let addr = c.env["LAB_LB2_API"].clone();
@@ -302,38 +343,9 @@ fn ctrl_c_stops_between_batches_and_a_failing_health_check_keeps_the_node_out() 
     let v2 = c.release(2, &[]);
 
     // SIGINT while the first batch runs: it finishes, the next does not start, exit 130.
-    let state = c.lab().join("state");
-    let before: Vec<_> = fs::read_dir(&state)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .collect();
-    let mut child = c
-        .cmd()
-        .args(["roll", "--batch", "1"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let started = std::time::Instant::now();
-    'wait: loop {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "the roll never installed on web1"
-        );
-        for e in fs::read_dir(&state).unwrap().flatten() {
-            if before.contains(&e.path()) || !e.file_name().to_string_lossy().ends_with(".jsonl") {
-                continue;
-            }
-            if fs::read_to_string(e.path())
-                .unwrap()
-                .contains("\"action\":\"install\",\"result\":\"ok\"")
-            {
-                break 'wait;
-            }
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut child = roll_until(&c, &["roll", "--batch", "1"], "an install on web1", |l| {
+        l.contains("\"action\":\"install\",\"result\":\"ok\"")
+    });
     run(Command::new("kill").args(["-INT", &child.id().to_string()]));
     let status = child.wait().unwrap();
     let mut err = String::new();
@@ -370,38 +382,9 @@ fn ctrl_c_stops_between_batches_and_a_failing_health_check_keeps_the_node_out() 
         .success());
     // While the tool waits for web3, lb1 is reloaded (runtime states lost): it notices and sets
     // web3's state again.
-    let before: Vec<_> = fs::read_dir(&state)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .collect();
-    let child = c
-        .cmd()
-        .args(["roll", "--batch", "1"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let started = std::time::Instant::now();
-    'drained: loop {
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "the roll never drained web3"
-        );
-        for e in fs::read_dir(&state).unwrap().flatten() {
-            if before.contains(&e.path()) || !e.file_name().to_string_lossy().ends_with(".jsonl") {
-                continue;
-            }
-            let text = fs::read_to_string(e.path()).unwrap();
-            if text
-                .lines()
-                .any(|l| l.contains("\"node\":\"web3\"") && l.contains("\"action\":\"install\""))
-            {
-                break 'drained;
-            }
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let child = roll_until(&c, &["roll", "--batch", "1"], "the install on web3", |l| {
+        l.contains("\"node\":\"web3\"") && l.contains("\"action\":\"install\"")
+    });
     let lab = c.lab();
     let pid = fs::read_to_string(lab.join("lb1.pid"))
         .unwrap()

@@ -715,3 +715,16 @@ impl Drop for Sshd {
         let _ = self.child.wait();
     }
 }
+
+/// `len` incompressible bytes (xorshift), the same for the same seed.
+pub fn noise(len: usize, seed: u32) -> Vec<u8> {
+    let mut x = seed.max(1);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
