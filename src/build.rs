@@ -6,12 +6,11 @@
 //! renamed to the final name only when complete, so no partial `.deb` ever has the real name.
 
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::Serialize;
-use sha2::{Digest, Sha256};
 
 use crate::config::Config;
 use crate::deb::control::{self, Control};
@@ -257,7 +256,7 @@ pub fn build(
         .prefix(&format!(".{file_name}."))
         .tempfile_in(&opts.out_dir)
         .map_err(out_err)?;
-    deb::assemble(
+    let (sha256, size) = deb::assemble(
         deb_file.as_file_mut(),
         &control_tar,
         data_file.as_file_mut(),
@@ -267,7 +266,6 @@ pub fn build(
     .map_err(write_err)?;
     drop(data_file);
     deb_file.as_file().sync_all().map_err(write_err)?;
-    let (sha256, size) = hash_file(deb_file.path()).map_err(write_err)?;
     set_mode_0644(deb_file.path()).map_err(write_err)?;
     deb_file
         .persist(&final_path)
@@ -290,22 +288,6 @@ pub fn build(
 fn set_mode_0644(p: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o644))
-}
-
-fn hash_file(p: &Path) -> std::io::Result<(String, u64)> {
-    let mut f = std::fs::File::open(p)?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut n = 0u64;
-    loop {
-        let k = f.read(&mut buf)?;
-        if k == 0 {
-            break;
-        }
-        h.update(&buf[..k]);
-        n += k as u64;
-    }
-    Ok((hex::encode(h.finalize()), n))
 }
 
 /// Refuses names dpkg cannot carry and symlinks that leave the install directory.

@@ -79,6 +79,8 @@ pub struct Server {
     pub check_status: String,
     /// The server has an agent-check, which can cancel a drain.
     pub agent: bool,
+    /// The weight set by the operator (`srv_uweight`).
+    pub weight: u32,
 }
 
 impl Server {
@@ -192,7 +194,8 @@ impl Lb {
             answer: answer.chars().take(200).collect(),
         };
         let mut header: Vec<String> = Vec::new();
-        let mut admin: Vec<(String, u32, bool)> = Vec::new();
+        // From `show servers state`: name, admin state bits, agent-check, user weight.
+        let mut admin: Vec<(String, u32, bool, u32)> = Vec::new();
         for line in state.lines() {
             let line = line.trim();
             if line.is_empty() || line == "1" {
@@ -217,7 +220,8 @@ impl Lb {
                 .and_then(|v| v.parse::<u32>().ok())
                 .unwrap_or(0)
                 != 0;
-            admin.push((name.to_string(), bits, agent));
+            let weight = col("srv_uweight").and_then(|v| v.parse().ok()).unwrap_or(1);
+            admin.push((name.to_string(), bits, agent, weight));
         }
         if header.is_empty() {
             return Err(parse_err(&state));
@@ -243,7 +247,7 @@ impl Lb {
                     .unwrap_or("")
             };
             let name = col("svname");
-            let Some((_, bits, agent)) = admin.iter().find(|(n, _, _)| n == name) else {
+            let Some((_, bits, agent, weight)) = admin.iter().find(|a| a.0 == name) else {
                 continue;
             };
             out.push(Server {
@@ -255,6 +259,7 @@ impl Lb {
                 status: col("status").to_string(),
                 check_status: col("check_status").trim_start_matches('*').to_string(),
                 agent: *agent,
+                weight: *weight,
             });
         }
         Ok(out)
@@ -262,19 +267,23 @@ impl Lb {
 
     /// One server, or an error that lists the backend's servers.
     pub fn server(&self, name: &str) -> Result<Server, HaError> {
-        let all = self.servers()?;
-        let known = all
+        self.find(&self.servers()?, name).cloned()
+    }
+
+    /// `name` among `servers` (read from this LB), or an error that lists them.
+    pub fn find<'a>(&self, servers: &'a [Server], name: &str) -> Result<&'a Server, HaError> {
+        servers
             .iter()
-            .map(|s| s.name.as_str())
-            .collect::<Vec<_>>()
-            .join(", ");
-        all.into_iter()
             .find(|s| s.name == name)
-            .ok_or(HaError::NoServer {
+            .ok_or_else(|| HaError::NoServer {
                 lb: self.name.clone(),
                 backend: self.backend.clone(),
                 server: name.to_string(),
-                known,
+                known: servers
+                    .iter()
+                    .map(|s| s.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
             })
     }
 

@@ -34,21 +34,36 @@ pub enum SshError {
 #[derive(Debug, Clone)]
 pub struct Output {
     pub code: Option<i32>,
-    pub stdout: String,
+    /// As bytes: it can be a tar stream. [`Output::text`] for text.
+    pub stdout: Vec<u8>,
     pub stderr: String,
-    /// stdout as bytes (a tar stream, say).
-    pub raw: Vec<u8>,
+}
+
+impl From<std::process::Output> for Output {
+    fn from(o: std::process::Output) -> Output {
+        Output {
+            code: o.status.code(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+            stdout: o.stdout,
+        }
+    }
 }
 
 impl Output {
+    /// stdout as text.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+
     pub fn success(&self) -> bool {
         self.code == Some(0)
     }
 
     /// The last lines of stderr (or stdout), for an error message.
     pub fn tail(&self) -> String {
+        let stdout = self.text();
         let text = if self.stderr.trim().is_empty() {
-            &self.stdout
+            &stdout
         } else {
             &self.stderr
         };
@@ -226,7 +241,7 @@ impl Ssh {
         let ids: Vec<Option<bool>> = self
             .run_all(jobs)
             .into_iter()
-            .map(|r| r.ok().map(|o| o.stdout.trim() != "0"))
+            .map(|r| r.ok().map(|o| o.text().trim() != "0"))
             .collect();
         let mut it = ids.into_iter();
         for c in conns.iter_mut().flatten() {
@@ -270,12 +285,7 @@ impl Ssh {
                 .wait_with_output()
                 .await
                 .map_err(|e| err(describe(&e)))?;
-            Ok(Output {
-                code: out.status.code(),
-                stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-                stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-                raw: out.stdout,
-            })
+            Ok(out.into())
         })
     }
 
@@ -358,17 +368,12 @@ async fn run_on(
     script: String,
     timeout: Option<Duration>,
 ) -> Result<Output, SshError> {
-    // ssh itself exits 255 on its own failures, so openssh reports a remote 255 (PHP's fatal
-    // errors exit 255) as a lost connection: remap it to 254 and say so.
-    let wrapped = format!(
-        "( {script}\n) ; rc=$?; if [ $rc -eq 255 ]; then echo '(exit status 255, reported as 254)' >&2; exit 254; fi; exit $rc"
-    );
     let err = |message: String| SshError::Run {
         node: node.clone(),
         command: script.clone(),
         message,
     };
-    let mut cmd = shell_command(session.clone(), sudo, &wrapped);
+    let mut cmd = shell_command(session.clone(), sudo, &script);
     let out = match timeout {
         Some(t) => match tokio::time::timeout(t, cmd.output()).await {
             Ok(r) => r,
@@ -382,12 +387,7 @@ async fn run_on(
         None => cmd.output().await,
     }
     .map_err(|e| err(describe(&e)))?;
-    Ok(Output {
-        code: out.status.code(),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        raw: out.stdout,
-    })
+    Ok(out.into())
 }
 
 /// A session to `dest`: the remembered master when it still answers, else a new connection
@@ -426,7 +426,11 @@ fn shell_command(
     if sudo {
         c.arg("-n").arg("sh");
     }
-    c.arg("-c").arg(script);
+    // ssh itself exits 255 on its own failures, so openssh reports a remote 255 (PHP's fatal
+    // errors exit 255) as a lost connection: every command remaps it to 254 and says so.
+    c.arg("-c").arg(format!(
+        "( {script}\n) ; rc=$?; if [ $rc -eq 255 ]; then echo '(exit status 255, reported as 254)' >&2; exit 254; fi; exit $rc"
+    ));
     c
 }
 

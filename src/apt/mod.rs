@@ -108,6 +108,11 @@ pub struct Listed {
     pub size: u64,
     pub sha256: String,
     pub moodle_release: Option<String>,
+    /// `build`'s hashes of every `$version` and of the `db/` folders: what `roll` compares.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub versions_hash: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub db_hash: Option<String>,
 }
 
 /// What `publish` did.
@@ -241,6 +246,8 @@ impl Repo {
                 size: s.get("Size").and_then(|v| v.parse().ok()).unwrap_or(0),
                 sha256: s.get("SHA256").unwrap_or_default().to_string(),
                 moodle_release: s.get("X-Moodle-Release").map(String::from),
+                versions_hash: s.get("X-Moodle-Versions-Hash").map(String::from),
+                db_hash: s.get("X-Moodle-Db-Hash").map(String::from),
             })
             .collect())
     }

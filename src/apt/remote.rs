@@ -90,7 +90,7 @@ impl Remote {
             Some(3) => Err(AptError::Busy(PathBuf::from(format!(
                 "{} (held by {})",
                 self.url,
-                out.stdout.trim()
+                out.text().trim()
             )))),
             _ => Err(err(&self.url, out.tail())),
         }
@@ -112,8 +112,8 @@ impl Remote {
             path: mirror.to_path_buf(),
             source,
         })?;
-        if !out.raw.is_empty() {
-            tar::Archive::new(&out.raw[..])
+        if !out.stdout.is_empty() {
+            tar::Archive::new(&out.stdout[..])
                 .unpack(mirror)
                 .map_err(|e| {
                     err(
@@ -274,7 +274,7 @@ impl Drop for Remote {
     }
 }
 
-/// Every file under `root` (relative path -> sha256), the lock excluded.
+/// Every file under `root` (relative path -> sha256; `new` for pool files), the lock excluded.
 fn manifest(root: &Path) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     let mut stack = vec![root.to_path_buf()];
@@ -292,6 +292,10 @@ fn manifest(root: &Path) -> BTreeMap<String, String> {
             }
             if p.is_dir() {
                 stack.push(p);
+            } else if rel.starts_with("pool/") {
+                // The pool is never pulled: a package in the mirror is one this publish added.
+                // No need to read (maybe 200 MB) to know it changed.
+                out.insert(rel, "new".into());
             } else if let Ok(bytes) = fs::read(&p) {
                 out.insert(rel, hex::encode(Sha256::digest(&bytes)));
             }

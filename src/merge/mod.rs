@@ -330,6 +330,8 @@ pub fn merge(
     let mut seen_paths: BTreeMap<String, String> = BTreeMap::new();
     let mut tree_id = up_tree.id();
     let mut versions: BTreeMap<String, String> = BTreeMap::new();
+    // Each plugin's version.php, read once: the dependency check below needs it again.
+    let mut plugin_php: BTreeMap<String, VersionPhp> = BTreeMap::new();
     for &i in &order {
         let s = &sources[i];
         let what = format!("{} ({} {})", s.component, s.url, s.reference);
@@ -404,14 +406,12 @@ pub fn merge(
         seen_paths.insert(s.path.clone(), s.component.clone());
         tree_id = graft(&repo, &current, &s.path, ptree.id())?;
         versions.insert(s.component.clone(), version);
+        plugin_php.insert(s.component.clone(), v);
     }
 
     // Dependencies, against the grafted tree.
     let grafted = repo.find_tree(tree_id)?;
-    for &i in &order {
-        let s = &sources[i];
-        let ptree = repo.find_commit(s.commit)?.tree()?;
-        let v = read_version_php(&repo, &ptree, "version.php").unwrap_or_default();
+    for (component, v) in &plugin_php {
         for (dep, need) in v.dependencies() {
             let have = versions.get(&dep).cloned().or_else(|| {
                 let (t, n) = dep.split_once('_')?;
@@ -424,13 +424,13 @@ pub fn merge(
                 None => {
                     return Err(MergeError::Moodle(format!(
                         "{} needs {dep}, which is neither in upstream nor among the plugins",
-                        s.component
+                        component
                     )))
                 }
                 Some(have) if need != "ANY_VERSION" && cmp_version(&have, &need).is_lt() => {
                     return Err(MergeError::Moodle(format!(
                         "{} needs {dep} {need} or later; the tree has {have}",
-                        s.component
+                        component
                     )))
                 }
                 _ => {}

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::apt::{AptError, Repo};
+use crate::apt::AptError;
 use crate::config::{Config, Node, Role};
 use crate::haproxy::{AdminState, HaError, Lb};
 use crate::journal::{now_ms, Entry, Journal, RollState};
@@ -269,47 +269,17 @@ impl Ctx<'_> {
         Ok(())
     }
 
-    fn installed(&self, node: &str) -> Result<Installed, RollError> {
-        let out = self.ssh.run(
-            self.conn(node),
-            &format!(
-                "dpkg-query -W -f='${{Status}}|${{Version}}|${{X-Moodle-Versions-Hash}}|${{X-Moodle-Db-Hash}}\\n' {} 2>/dev/null || true",
-                quote(&self.pkg)
-            ),
-        )?;
-        let line = out.stdout.lines().next().unwrap_or("");
-        let parts: Vec<&str> = line.split('|').collect();
-        if parts.len() < 4 || !parts[0].ends_with("ok installed") {
-            return Ok(Installed::default());
-        }
-        let opt = |s: &str| {
-            if s.is_empty() {
-                None
-            } else {
-                Some(s.to_string())
-            }
-        };
-        Ok(Installed {
-            version: opt(parts[1]),
-            versions_hash: opt(parts[2]),
-            db_hash: opt(parts[3]),
-        })
-    }
-
-    /// [`Self::installed`] on every node at once.
-    fn installed_all(&self) -> Result<BTreeMap<String, Installed>, RollError> {
-        let names: Vec<String> = self.cfg.nodes.iter().map(|n| n.name.clone()).collect();
-        let script = format!(
-            "dpkg-query -W -f='${{Status}}|${{Version}}|${{X-Moodle-Versions-Hash}}|${{X-Moodle-Db-Hash}}\\n' {} 2>/dev/null || true",
-            quote(&self.pkg)
-        );
+    /// What `names` run, asked of all of them at once (`dpkg-query` with the fields `build`
+    /// records).
+    fn installed_on(&self, names: &[String]) -> Result<BTreeMap<String, Installed>, RollError> {
+        let script = installed_query(&self.pkg);
         let jobs: Vec<(&Conn, String)> = names
             .iter()
             .map(|n| (self.conn(n), script.clone()))
             .collect();
         let mut out = BTreeMap::new();
         for (n, r) in names.iter().zip(self.ssh.run_all(jobs)) {
-            out.insert(n.clone(), parse_installed(&r?.stdout));
+            out.insert(n.clone(), parse_installed(&r?.text()));
         }
         Ok(out)
     }
@@ -333,6 +303,14 @@ impl Ctx<'_> {
     fn interrupted(&self) -> bool {
         self.stop.load(Ordering::SeqCst)
     }
+}
+
+/// The query whose answer [`parse_installed`] reads.
+fn installed_query(pkg: &str) -> String {
+    format!(
+        "dpkg-query -W -f='${{Status}}|${{Version}}|${{X-Moodle-Versions-Hash}}|${{X-Moodle-Db-Hash}}\\n' {} 2>/dev/null || true",
+        quote(pkg)
+    )
 }
 
 /// `Status|Version|X-Moodle-Versions-Hash|X-Moodle-Db-Hash` from dpkg-query.
@@ -415,33 +393,30 @@ pub fn roll(
             .map_err(|e| RollError::Preflight(e.to_string()))?;
         for n in web_nodes(cfg) {
             let s = server_name(n);
-            if !servers.iter().any(|x| x.name == s) {
-                let known = servers
-                    .iter()
-                    .map(|x| x.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                return Err(RollError::Preflight(format!(
-                    "{}: backend `{}` has no server `{s}` for node {} (it has: {known})",
-                    lb.name, lb.backend, n.name
-                )));
-            }
-            if let Some(x) = servers.iter().find(|x| x.name == s) {
-                if x.agent {
-                    ctx.warnings.push(format!(
-                        "{}: {s} has an agent-check, which can cancel a drain set by this tool",
-                        lb.name
-                    ));
-                }
+            let x = lb
+                .find(&servers, &s)
+                .map_err(|e| RollError::Preflight(format!("{e}; node {} needs it", n.name)))?;
+            if x.agent {
+                ctx.warnings.push(format!(
+                    "{}: {s} has an agent-check, which can cancel a drain set by this tool",
+                    lb.name
+                ));
             }
         }
-        // The Runtime API must accept state changes (level admin): a harmless no-op proves it.
-        lb.send(&format!(
-            "set weight {}/{} 100%",
-            lb.backend,
-            server_name(web_nodes(cfg)[0])
-        ))
-        .map_err(|e| RollError::Preflight(format!("{e} (the stats socket needs `level admin`)")))?;
+        // The Runtime API must accept state changes (level admin). Setting a server's weight to
+        // the weight it has proves it and changes nothing.
+        if let Some(x) = web_nodes(cfg)
+            .first()
+            .and_then(|n| servers.iter().find(|x| x.name == server_name(n)))
+        {
+            lb.send(&format!(
+                "set weight {}/{} {}",
+                lb.backend, x.name, x.weight
+            ))
+            .map_err(|e| {
+                RollError::Preflight(format!("{e} (the stats socket needs `level admin`)"))
+            })?;
+        }
     }
     reporter.step_done();
     for lb in &ctx.lbs {
@@ -460,7 +435,8 @@ pub fn roll(
         let c = c.map_err(|e| RollError::Preflight(e.to_string()))?;
         ctx.conns.insert(c.node.clone(), c);
     }
-    let installed = ctx.installed_all()?;
+    let names: Vec<String> = cfg.nodes.iter().map(|n| n.name.clone()).collect();
+    let installed = ctx.installed_on(&names)?;
     reporter.step_done();
 
     // --- Target.
@@ -506,19 +482,15 @@ pub fn roll(
             })?
         }
     };
-    let stanza = repo
-        .current()?
-        .into_iter()
-        .find(|s| s.get("Version") == Some(target.as_str()))
-        .ok_or_else(|| {
-            RollError::Preflight(format!(
-                "version {target} of {} is not in the apt repository {}",
-                ctx.pkg,
-                repo.root.display()
-            ))
-        })?;
-    let t_versions = stanza.get("X-Moodle-Versions-Hash").map(String::from);
-    let t_db = stanza.get("X-Moodle-Db-Hash").map(String::from);
+    let listed = list.iter().find(|l| l.version == target).ok_or_else(|| {
+        RollError::Preflight(format!(
+            "version {target} of {} is not in the apt repository {}",
+            ctx.pkg,
+            repo.root.display()
+        ))
+    })?;
+    let t_versions = listed.versions_hash.clone();
+    let t_db = listed.db_hash.clone();
 
     // --- Which path.
     let to_do: Vec<&Node> = cfg
@@ -682,7 +654,7 @@ fn take_lock(ctx: &Ctx, node: &str, target: &str, break_lock: bool) -> Result<()
         Some(0) => Ok(()),
         Some(3) => Err(RollError::Locked(format!(
             "on {node}: {}",
-            out.stdout.trim()
+            out.text().trim()
         ))),
         _ => Err(RollError::Preflight(format!(
             "{node}: cannot take the cluster lock: {}",
@@ -834,9 +806,12 @@ fn install_nodes(ctx: &mut Ctx, nodes: &[String], target: &str) -> Result<(), (S
     if let Some(f) = failure {
         return Err(f);
     }
+    let t = Instant::now();
+    let now = ctx
+        .installed_on(nodes)
+        .map_err(|e| (nodes[0].clone(), e.to_string()))?;
     for n in nodes {
-        let t = Instant::now();
-        let v = ctx.installed(n).map_err(|e| (n.clone(), e.to_string()))?;
+        let v = &now[n];
         if v.version.as_deref() != Some(target) {
             let m = format!(
                 "{n}: after install dpkg reports {:?}, not {target}",
@@ -983,8 +958,10 @@ fn code_only_batch(
     loop {
         let mut busy = Vec::new();
         for lb in &ctx.lbs {
+            // One read of the LB per poll, whatever the batch size.
+            let servers = lb.servers()?;
             for n in &nodes {
-                let s = lb.server(&server_name(n))?;
+                let s = lb.find(&servers, &server_name(n))?;
                 if !s.drain && !s.maint {
                     ctx.warnings.push(format!("{}: {} left drain by itself (an agent-check or a reload?); draining it again", lb.name, s.name));
                     lb.set_state(&s.name, AdminState::Drain)?;
@@ -1302,9 +1279,10 @@ pub struct NodeStatus {
 }
 
 pub fn status(cfg: &Config) -> Result<Status, RollError> {
-    let repo = Repo::from_config(cfg).ok();
-    let newest = repo
-        .and_then(|r| r.list().ok())
+    // The repository may be over ssh: `open` reads it either way.
+    let newest = crate::apt::open(cfg)
+        .ok()
+        .and_then(|(r, _mirror)| r.list().ok())
         .and_then(|l| l.first().map(|x| x.version.clone()));
     let ssh = Ssh::with_masters(
         &cfg.ssh,
@@ -1317,6 +1295,33 @@ pub fn status(cfg: &Config) -> Result<Status, RollError> {
     let lbs: Vec<Lb> = cfg.lb.iter().map(Lb::from_config).collect();
     let lb_servers: Vec<(String, Result<Vec<crate::haproxy::Server>, HaError>)> =
         lbs.iter().map(|l| (l.name.clone(), l.servers())).collect();
+    // Every node at once: connections, then one query each.
+    let dests: Vec<(String, String)> = cfg
+        .nodes
+        .iter()
+        .map(|n| (n.name.clone(), n.ssh.clone()))
+        .collect();
+    let conns = ssh.connect_all(&dests);
+    let query = installed_query(&cfg.site.package.to_string());
+    let jobs: Vec<(&Conn, String)> = conns.iter().flatten().map(|c| (c, query.clone())).collect();
+    let mut answers: BTreeMap<String, Result<Installed, String>> = conns
+        .iter()
+        .flatten()
+        .map(|c| c.node.clone())
+        .zip(ssh.run_all(jobs))
+        .map(|(n, r)| {
+            (
+                n,
+                r.map(|o| parse_installed(&o.text()))
+                    .map_err(|e| e.to_string()),
+            )
+        })
+        .collect();
+    for e in conns.iter().filter_map(|c| c.as_ref().err()) {
+        if let SshError::Connect { node, .. } = e {
+            answers.insert(node.clone(), Err(e.to_string()));
+        }
+    }
     let mut nodes = Vec::new();
     for n in &cfg.nodes {
         let mut st = NodeStatus {
@@ -1327,21 +1332,10 @@ pub fn status(cfg: &Config) -> Result<Status, RollError> {
             lbs: BTreeMap::new(),
             error: None,
         };
-        match ssh.connect(&n.name, &n.ssh) {
-            Ok(c) => {
-                let out = ssh.run(
-                    &c,
-                    &format!(
-                        "dpkg-query -W -f='${{Version}}' {} 2>/dev/null || true",
-                        quote(&cfg.site.package.to_string())
-                    ),
-                );
-                st.version = out
-                    .ok()
-                    .map(|o| o.stdout.trim().to_string())
-                    .filter(|v| !v.is_empty());
-            }
-            Err(e) => st.error = Some(e.to_string()),
+        match answers.remove(&n.name) {
+            Some(Ok(i)) => st.version = i.version,
+            Some(Err(e)) => st.error = Some(e),
+            None => st.error = Some("no answer".into()),
         }
         if let Some(h) = &n.http {
             let url = format!("{}{}", h.trim_end_matches('/'), cfg.roll.health_path);
