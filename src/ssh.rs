@@ -250,12 +250,12 @@ impl Ssh {
         conns
     }
 
-    /// Runs a shell command with `input` on its stdin.
+    /// Runs a shell command with `input` streamed to its stdin.
     pub fn run_with_input(
         &self,
         conn: &Conn,
         script: &str,
-        input: Vec<u8>,
+        mut input: impl std::io::Read,
     ) -> Result<Output, SshError> {
         let session = conn.session.clone();
         let node = conn.node.clone();
@@ -274,10 +274,19 @@ impl Ssh {
                 .stderr(openssh::Stdio::piped());
             let mut child = cmd.spawn().await.map_err(|e| err(describe(&e)))?;
             if let Some(mut stdin) = child.stdin().take() {
-                stdin
-                    .write_all(&input)
-                    .await
-                    .map_err(|e| err(e.to_string()))?;
+                // Streamed a MiB at a time: the input can be a package of hundreds of MB.
+                // (The blocking read holds only this thread; the runtime's workers drive ssh.)
+                let mut buf = vec![0u8; 1 << 20];
+                loop {
+                    let n = input.read(&mut buf).map_err(|e| err(e.to_string()))?;
+                    if n == 0 {
+                        break;
+                    }
+                    stdin
+                        .write_all(&buf[..n])
+                        .await
+                        .map_err(|e| err(e.to_string()))?;
+                }
                 stdin.shutdown().await.map_err(|e| err(e.to_string()))?;
                 drop(stdin);
             }

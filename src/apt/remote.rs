@@ -228,26 +228,43 @@ impl Remote {
     /// Sends `files` in one tar stream to a staging folder on the server, syncs it, then renames
     /// each into place.
     fn put(&self, mirror: &Path, files: &[&String]) -> Result<(), AptError> {
-        let mut b = tar::Builder::new(Vec::new());
-        for f in files {
-            b.append_path_with_name(mirror.join(f), f.as_str())
-                .map_err(|source| AptError::Io {
-                    path: mirror.join(f),
-                    source,
-                })?;
-        }
-        let data = b.into_inner().map_err(|source| AptError::Io {
+        // The tar stream is made by a thread into a pipe and streamed over ssh: a new package
+        // is never held in memory whole.
+        let (reader, writer) = std::io::pipe().map_err(|source| AptError::Io {
             path: mirror.to_path_buf(),
             source,
         })?;
+        let paths: Vec<(PathBuf, String)> = files
+            .iter()
+            .map(|f| (mirror.join(f), f.to_string()))
+            .collect();
+        let producer = std::thread::spawn(move || -> Result<(), AptError> {
+            let mut b = tar::Builder::new(writer);
+            for (path, name) in &paths {
+                b.append_path_with_name(path, name)
+                    .map_err(|source| AptError::Io {
+                        path: path.clone(),
+                        source,
+                    })?;
+            }
+            b.into_inner().map(drop).map_err(|source| AptError::Io {
+                path: PathBuf::from("tar"),
+                source,
+            })
+        });
         let p = quote(&self.path);
         let script = format!(
             "set -e; cd {p}; stage=.moodle-release/incoming.$$; mkdir -p $stage; tar -xf - -C $stage; sync -f $stage 2>/dev/null || sync; cd $stage; find . -type f | while read -r f; do mkdir -p \"../../$(dirname \"$f\")\"; chmod 644 \"$f\"; mv -f \"$f\" \"../../$f\"; done; cd ../..; rm -rf $stage"
         );
         let out = self
             .ssh
-            .run_with_input(&self.conn, &script, data)
-            .map_err(|e| err(&self.url, e.to_string()))?;
+            .run_with_input(&self.conn, &script, reader)
+            .map_err(|e| err(&self.url, e.to_string()));
+        let made = producer
+            .join()
+            .unwrap_or_else(|_| Err(err(&self.url, "the tar writer stopped".into())));
+        let out = out?;
+        made?;
         if !out.success() {
             return Err(err(
                 &self.url,
