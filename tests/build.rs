@@ -440,10 +440,7 @@ fn bad_ref_and_output_folder_are_refused() {
 /// A full disk mid-build: the error names it and no .deb is left under the final name.
 #[test]
 fn a_full_disk_leaves_no_package() {
-    assert!(
-        nix_is_root(),
-        "this test mounts a small tmpfs: run it as root"
-    );
+    require_root("it mounts a small tmpfs");
     let site = Site::new();
     // Enough incompressible data to overflow a 64 KiB filesystem.
     fs::write(site.repo().join("lib/random.bin"), noise(200_000, 1)).unwrap();
@@ -471,8 +468,4 @@ fn a_full_disk_leaves_no_package() {
         "{err}"
     );
     assert!(left.is_empty(), "left behind: {left:?}");
-}
-
-fn nix_is_root() -> bool {
-    stdout(Command::new("id").arg("-u")).trim() == "0"
 }

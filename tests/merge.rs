@@ -112,6 +112,24 @@ branch = "deploy"
         fs::write(self.site.config_path(), text).unwrap();
     }
 
+    /// A branch `local-fixes` off `deploy` with one commit that sets mod/demo/lib.php to `text`.
+    fn patch_branch(&self, text: &str, message: &str) {
+        run(git(&self.site.repo()).args(["branch", "local-fixes", "deploy"]));
+        let wt = self.site.dir().join("wt");
+        run(git(&self.site.repo())
+            .args(["worktree", "add", "-q"])
+            .arg(&wt)
+            .arg("local-fixes"));
+        write(&wt.join("mod/demo/lib.php"), text);
+        run(git(&wt).args(["commit", "-q", "-am", message]));
+    }
+
+    /// Replaces mod_demo's version.php with `text` in a new commit.
+    fn demo_version_php(&self, text: &str) {
+        write(&self.plugin_dir("mod_demo").join("version.php"), text);
+        run(git(&self.plugin_dir("mod_demo")).args(["commit", "-q", "-am", "version.php"]));
+    }
+
     fn merge(&self, args: &[&str]) -> serde_json::Value {
         let out = run(self.site.cmd().arg("--json").arg("merge").args(args));
         serde_json::from_slice(&out.stdout).unwrap()
@@ -306,17 +324,7 @@ fn patches_are_merged_and_survive_later_merges() {
     let lab = Lab::new();
     lab.merge(&[]);
     // A local fix, branched off the deployment branch, touching a plugin's file.
-    run(git(&lab.site.repo()).args(["branch", "local-fixes", "deploy"]));
-    let wt = lab.site.dir().join("wt");
-    run(git(&lab.site.repo())
-        .args(["worktree", "add", "-q"])
-        .arg(&wt)
-        .arg("local-fixes"));
-    write(
-        &wt.join("mod/demo/lib.php"),
-        "<?php\n// mod_demo 2024010100\n// local fix\n",
-    );
-    run(git(&wt).args(["commit", "-q", "-am", "local fix"]));
+    lab.patch_branch("<?php\n// mod_demo 2024010100\n// local fix\n", "local fix");
     lab.config("patches = [\"local-fixes\"]");
     let v = lab.merge(&[]);
     assert_eq!(v["changed"], true);
@@ -344,17 +352,7 @@ fn patches_are_merged_and_survive_later_merges() {
 fn a_conflicting_patch_names_the_files_and_changes_nothing() {
     let lab = Lab::new();
     lab.merge(&[]);
-    run(git(&lab.site.repo()).args(["branch", "local-fixes", "deploy"]));
-    let wt = lab.site.dir().join("wt");
-    run(git(&lab.site.repo())
-        .args(["worktree", "add", "-q"])
-        .arg(&wt)
-        .arg("local-fixes"));
-    write(
-        &wt.join("mod/demo/lib.php"),
-        "<?php\n// our version of the line\n",
-    );
-    run(git(&wt).args(["commit", "-q", "-am", "local change"]));
+    lab.patch_branch("<?php\n// our version of the line\n", "local change");
     lab.config("patches = [\"local-fixes\"]");
     lab.merge(&[]);
     let deploy = lab.rev("deploy");
@@ -405,11 +403,7 @@ fn moodle_checks_refuse_bad_plugins() {
         (
             "wrong component",
             Box::new(|l: &Lab| {
-                write(
-                    &l.plugin_dir("mod_demo").join("version.php"),
-                    &plugin_version_php("mod_other", "2024010100"),
-                );
-                run(git(&l.plugin_dir("mod_demo")).args(["commit", "-q", "-am", "x"]));
+                l.demo_version_php(&plugin_version_php("mod_other", "2024010100"));
             }),
             "mod_other",
         ),
@@ -418,8 +412,7 @@ fn moodle_checks_refuse_bad_plugins() {
             Box::new(|l: &Lab| {
                 let text = plugin_version_php("mod_demo", "2024010100")
                     .replace("2022112800;", "2024100700;");
-                write(&l.plugin_dir("mod_demo").join("version.php"), &text);
-                run(git(&l.plugin_dir("mod_demo")).args(["commit", "-q", "-am", "x"]));
+                l.demo_version_php(&text);
             }),
             "2024100700",
         ),
@@ -428,8 +421,7 @@ fn moodle_checks_refuse_bad_plugins() {
             Box::new(|l: &Lab| {
                 let text = plugin_version_php("mod_demo", "2024010100")
                     + "$plugin->dependencies = ['local_missing' => ANY_VERSION];\n";
-                write(&l.plugin_dir("mod_demo").join("version.php"), &text);
-                run(git(&l.plugin_dir("mod_demo")).args(["commit", "-q", "-am", "x"]));
+                l.demo_version_php(&text);
             }),
             "local_missing",
         ),
@@ -438,8 +430,7 @@ fn moodle_checks_refuse_bad_plugins() {
             Box::new(|l: &Lab| {
                 let text = plugin_version_php("mod_demo", "2024010100")
                     + "$plugin->dependencies = array('mod_forum' => 2099010100);\n";
-                write(&l.plugin_dir("mod_demo").join("version.php"), &text);
-                run(git(&l.plugin_dir("mod_demo")).args(["commit", "-q", "-am", "x"]));
+                l.demo_version_php(&text);
             }),
             "2099010100",
         ),
@@ -448,8 +439,7 @@ fn moodle_checks_refuse_bad_plugins() {
             Box::new(|l: &Lab| {
                 let text =
                     plugin_version_php("mod_demo", "2024010100") + "$plugin->incompatible = 401;\n";
-                write(&l.plugin_dir("mod_demo").join("version.php"), &text);
-                run(git(&l.plugin_dir("mod_demo")).args(["commit", "-q", "-am", "x"]));
+                l.demo_version_php(&text);
             }),
             "incompatible",
         ),
@@ -505,9 +495,9 @@ fn a_core_plugin_path_needs_replace() {
 #[test]
 fn unsupported_branch_warns_and_strict_refuses() {
     let lab = Lab::new();
-    let text = plugin_version_php("mod_demo", "2024010100") + "$plugin->supported = [402, 405];\n";
-    write(&lab.plugin_dir("mod_demo").join("version.php"), &text);
-    run(git(&lab.plugin_dir("mod_demo")).args(["commit", "-q", "-am", "x"]));
+    lab.demo_version_php(
+        &(plugin_version_php("mod_demo", "2024010100") + "$plugin->supported = [402, 405];\n"),
+    );
     let (code, err) = lab.merge_fails(&["--strict"]);
     assert_eq!(code, 1);
     assert!(err.contains("402") && err.contains("401"), "{err}");

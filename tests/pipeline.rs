@@ -21,16 +21,9 @@ fn gitlab_ci_local() -> PathBuf {
     panic!("gitlab-ci-local is not installed: run scripts/install-deps (npm install --prefix /opt/gitlab-ci-local gitlab-ci-local@4.60.0)");
 }
 
-fn is_root() -> bool {
-    stdout(Command::new("id").arg("-u")).trim() == "0"
-}
-
 #[test]
 fn the_site_pipeline_merges_builds_tests_publishes_and_deploys() {
-    assert!(
-        is_root(),
-        "the pipeline test deploys to the lab, which needs root"
-    );
+    require_root("the pipeline test deploys to the lab, which needs root");
     let gcl = gitlab_ci_local();
     let c = Cluster::up(2);
     let site = c.site();
@@ -129,10 +122,7 @@ fn the_site_pipeline_merges_builds_tests_publishes_and_deploys() {
 /// `cargo deb` packages the tool; installed in a node (its own dpkg database), it runs.
 #[test]
 fn the_tools_own_package_installs_and_runs() {
-    assert!(
-        is_root(),
-        "the package test installs into a lab node, which needs root"
-    );
+    require_root("the package test installs into a lab node, which needs root");
     let root = project_root();
     let assets = root.join("target/assets");
     fs::create_dir_all(&assets).unwrap();
@@ -168,13 +158,7 @@ fn the_tools_own_package_installs_and_runs() {
         "cargo deb failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let deb = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .last()
-        .unwrap()
-        .trim()
-        .to_string();
+    let deb = last_line(&out);
     assert!(deb.ends_with("_amd64.deb"), "{deb}");
     let c = Cluster::up(1);
     // Into the lab's folder, which every node sees (the checkout may be somewhere a node does not,

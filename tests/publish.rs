@@ -51,6 +51,18 @@ impl Lab {
         ])
     }
 
+    /// `repo list --json`: the versions, newest first.
+    fn listed(&self) -> Vec<String> {
+        let list: serde_json::Value =
+            serde_json::from_slice(&run(self.cmd().args(["--json", "repo", "list"])).stdout)
+                .unwrap();
+        list.as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["version"].as_str().unwrap().to_string())
+            .collect()
+    }
+
     fn publish(&self, debs: &[&Path], extra: &[&str]) -> serde_json::Value {
         let out = run(self
             .cmd()
@@ -115,14 +127,7 @@ fn apt_sees_every_kept_version_and_installs_an_old_one() {
         lab.publish(&[d], &[]);
     }
     // keep = 3: the oldest left.
-    let list: serde_json::Value =
-        serde_json::from_slice(&run(lab.cmd().args(["--json", "repo", "list"])).stdout).unwrap();
-    let versions: Vec<&str> = list
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v["version"].as_str().unwrap())
-        .collect();
+    let versions = lab.listed();
     assert_eq!(versions, [version(4), version(3), version(2)]);
 
     let release = fs::read_to_string(lab.repo().join("dists/moodle/Release")).unwrap();
@@ -462,14 +467,7 @@ fn publishes_over_ssh() {
         !remote_dir.join(".moodle-release/remote.lock").exists(),
         "the lock was left behind"
     );
-    let list: serde_json::Value =
-        serde_json::from_slice(&run(lab.cmd().args(["--json", "repo", "list"])).stdout).unwrap();
-    let versions: Vec<&str> = list
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|v| v["version"].as_str().unwrap())
-        .collect();
+    let versions = lab.listed();
     assert_eq!(versions, [version(3), version(2)]);
     // Immutable over ssh too.
     let other = lab.build_with(3, "different\n");
@@ -514,9 +512,7 @@ fn publishes_over_ssh() {
 /// A full disk during a publish: a clear error and the repository exactly as it was.
 #[test]
 fn a_full_disk_leaves_the_repository_as_it_was() {
-    if stdout(Command::new("id").arg("-u")).trim() != "0" {
-        panic!("this test mounts a small tmpfs: run it as root");
-    }
+    require_root("it mounts a small tmpfs");
     let lab = Lab::new(5);
     fs::create_dir_all(lab.repo()).unwrap();
     run(Command::new("mount")

@@ -11,10 +11,6 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-fn is_root() -> bool {
-    stdout(Command::new("id").arg("-u")).trim() == "0"
-}
-
 fn journal_actions(c: &Cluster, action: &str) -> usize {
     let state = c.lab().join("state");
     let mut n = 0;
@@ -72,6 +68,16 @@ fn roll_until(
     }
 }
 
+/// A lab of 3 web nodes and a cron node on release 1 (rolled), with release 2 published.
+fn installed_cluster() -> (Cluster, String, String) {
+    require_root("scripts/lab uses mount namespaces");
+    let c = Cluster::up(3);
+    let v1 = c.release(1, &[]);
+    run(c.cmd().arg("roll"));
+    let v2 = c.release(2, &[]);
+    (c, v1, v2)
+}
+
 /// Samples LB 2 every 20 ms: the most servers seen out of rotation at once.
 fn sample_out_of_rotation(c: &Cluster, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<usize> {
     let addr = c.env["LAB_LB2_API"].clone();
@@ -101,9 +107,7 @@ fn sample_out_of_rotation(c: &Cluster, stop: Arc<AtomicBool>) -> std::thread::Jo
 
 #[test]
 fn first_install_code_only_roll_under_load_rollback_and_database_upgrade() {
-    if !is_root() {
-        panic!("the roll tests need root (scripts/lab uses mount namespaces); run them as root");
-    }
+    require_root("scripts/lab uses mount namespaces");
     let c = Cluster::up(3);
     // 1. First install: nothing on the nodes, so the database path, upgrade once.
     let v1 = c.release(1, &[]);
@@ -217,13 +221,7 @@ fn first_install_code_only_roll_under_load_rollback_and_database_upgrade() {
 
 #[test]
 fn failures_stop_the_roll_safely_and_resume_finishes_it() {
-    if !is_root() {
-        panic!("the roll tests need root (scripts/lab uses mount namespaces); run them as root");
-    }
-    let c = Cluster::up(3);
-    let v1 = c.release(1, &[]);
-    run(c.cmd().arg("roll"));
-    let v2 = c.release(2, &[]);
+    let (c, v1, v2) = installed_cluster();
 
     // apt breaks on web2: the roll stops with web2 out of rotation (maint), the site serving.
     let broken = c.ssh("web2", "mv /usr/bin/dpkg /usr/bin/dpkg.off");
@@ -334,13 +332,7 @@ fn failures_stop_the_roll_safely_and_resume_finishes_it() {
 
 #[test]
 fn ctrl_c_stops_between_batches_and_a_failing_health_check_keeps_the_node_out() {
-    if !is_root() {
-        panic!("the roll tests need root (scripts/lab uses mount namespaces); run them as root");
-    }
-    let c = Cluster::up(3);
-    let v1 = c.release(1, &[]);
-    run(c.cmd().arg("roll"));
-    let v2 = c.release(2, &[]);
+    let (c, v1, v2) = installed_cluster();
 
     // SIGINT while the first batch runs: it finishes, the next does not start, exit 130.
     let mut child = roll_until(&c, &["roll", "--batch", "1"], "an install on web1", |l| {

@@ -491,13 +491,7 @@ impl Cluster {
             run(self
                 .cmd()
                 .args(["build", "--build-number", &n.to_string(), "--out", "dist"]));
-        let deb = String::from_utf8(out.stdout)
-            .unwrap()
-            .lines()
-            .last()
-            .unwrap()
-            .trim()
-            .to_string();
+        let deb = last_line(&out);
         run(self.cmd().arg("publish").arg(self.site().join(&deb)));
         stdout(
             Command::new("dpkg-deb")
@@ -727,4 +721,22 @@ pub fn noise(len: usize, seed: u32) -> Vec<u8> {
             x as u8
         })
         .collect()
+}
+
+/// Stops a test that needs root (mount namespaces, tmpfs, the lab) with a message that says so.
+pub fn require_root(why: &str) {
+    assert!(
+        stdout(Command::new("id").arg("-u")).trim() == "0",
+        "this test needs root ({why}): run it as root"
+    );
+}
+
+/// The last line of a command's stdout (where `build` and `cargo deb` print the package).
+pub fn last_line(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .expect("the command printed nothing")
+        .trim()
+        .to_string()
 }
