@@ -125,6 +125,9 @@ pub fn build(
     reporter: &dyn Reporter,
 ) -> Result<Built, BuildError> {
     let site = &cfg.site;
+    let started = std::time::Instant::now();
+    let lap =
+        |what: &str| tracing::debug!("build: {what} at {:.3}s", started.elapsed().as_secs_f64());
     std::fs::create_dir_all(&opts.out_dir).map_err(|source| BuildError::OutDir {
         path: opts.out_dir.clone(),
         source,
@@ -157,7 +160,9 @@ pub fn build(
     }
     let reader = src.reader()?;
     check_paths(&tree, &reader, &site.install_dir.0)?;
+    lap("listed and checked the tree");
     let info = SiteInfo::analyze(&tree, &reader)?;
+    lap("analyzed the site");
     reporter.step_done();
 
     let epoch = match (opts.source_date_epoch, &commit) {
@@ -218,6 +223,7 @@ pub fn build(
         })?;
         s
     };
+    lap("wrote data.tar");
     reporter.step_done();
 
     let control = control_fields(
@@ -264,8 +270,10 @@ pub fn build(
         mtime,
     )
     .map_err(write_err)?;
+    lap("assembled the package");
     drop(data_file);
     deb_file.as_file().sync_all().map_err(write_err)?;
+    lap("synced the package");
     set_mode_0644(deb_file.path()).map_err(write_err)?;
     deb_file
         .persist(&final_path)

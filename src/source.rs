@@ -194,8 +194,8 @@ fn limit_pack_maps() {
         // SAFETY: called once, before this process's readers open their repositories (the
         // options are global to libgit2 and read when packs are mapped).
         unsafe {
-            let _ = git2::opts::set_mwindow_size(32 << 20);
-            let _ = git2::opts::set_mwindow_mapped_limit(96 << 20);
+            let _ = git2::opts::set_mwindow_size(16 << 20);
+            let _ = git2::opts::set_mwindow_mapped_limit(48 << 20);
         }
         // libgit2 re-hashes every object it reads with collision-detecting SHA-1: a quarter of
         // a build's CPU. git itself does not on reads; pack data is still checked by zlib's

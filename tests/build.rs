@@ -168,6 +168,67 @@ fn builds_are_byte_identical_whatever_the_threads_and_compression_is_readable() 
     );
 }
 
+/// A tree larger than one piece of data.tar (4 MiB or 2048 entries): dpkg 1.21.22 reads only
+/// the first frame of a zstd member and the first stream of an xz member, so a package written
+/// in pieces must still be read whole by dpkg-deb and installed whole by dpkg.
+#[test]
+fn large_trees_are_read_whole_by_dpkg_with_every_compression() {
+    let site = Site::new();
+    let repo = site.repo();
+    for i in 0..2600 {
+        write(
+            &repo.join(format!("lib/many/d{:02}/f{i:04}.php", i % 40)),
+            &format!("<?php // file {i}\n"),
+        );
+    }
+    fs::write(repo.join("lib/big.bin"), noise(1 << 20, 7)).unwrap();
+    site.commit("many files");
+    let files = stdout(git(&repo).args(["ls-tree", "-r", "--name-only", "HEAD"]))
+        .lines()
+        .filter(|l| *l != "config.php")
+        .count();
+    for comp in ["gzip", "zstd", "xz"] {
+        let one = site.build(&[
+            "--out",
+            &format!("{comp}-1"),
+            "--compression",
+            comp,
+            "--jobs",
+            "1",
+        ]);
+        let two = site.build(&[
+            "--out",
+            &format!("{comp}-2"),
+            "--compression",
+            comp,
+            "--jobs",
+            "2",
+        ]);
+        assert_eq!(
+            fs::read(&one).unwrap(),
+            fs::read(&two).unwrap(),
+            "{comp}: builds differ"
+        );
+        let listed = deb_contents(&one);
+        let in_site = listed
+            .iter()
+            .filter(|(perm, _, path, _)| {
+                !perm.starts_with('d') && path.starts_with("./srv/moodle-test/html/")
+            })
+            .count();
+        assert_eq!(
+            in_site, files,
+            "{comp}: dpkg-deb lists every file of the tree"
+        );
+        assert!(
+            listed
+                .iter()
+                .any(|(_, _, p, _)| p.starts_with("./usr/share/")),
+            "{comp}: the generated files after the tree are there too"
+        );
+    }
+}
+
 #[test]
 fn a_plain_directory_gives_the_same_files_as_git() {
     let site = Site::new();

@@ -1,8 +1,14 @@
 //! The compressors a `.deb` member may use, behind one `Write`.
 //!
-//! Each piece of data.tar is compressed on its own (see `deb::data`), so every encoder here is
-//! single-threaded and deterministic: the same input gives the same bytes whatever the machine's
-//! thread count (dpkg-deb's own multithreaded zstd output is not).
+//! gzip: each piece of data.tar is compressed on its own (see `deb::data`) by a single-threaded
+//! [`Encoder`]; dpkg reads concatenated gzip members as one stream.
+//!
+//! zstd and xz: dpkg (1.21.22, measured) stops at the end of the first zstd frame or xz stream,
+//! so data.tar must be one frame or stream. [`StreamEncoder`] uses the libraries' own
+//! multithreaded modes, whose output depends on the input and the level only, not on the number
+//! of threads (measured: zstd -T1, -T2 and -T4 give the same bytes; liblzma's threaded encoder
+//! cuts blocks at a fixed size). dpkg-deb's zstd output is not reproducible that way: with one
+//! thread it uses the single-threaded format.
 
 use std::fmt;
 use std::io::{self, Write};
@@ -70,6 +76,8 @@ impl fmt::Display for Compression {
 
 /// One of the encoders, writing into memory.
 pub enum Encoder {
+    /// No compression: a piece that goes into a [`StreamEncoder`].
+    Plain(Vec<u8>),
     Gzip(flate2::write::GzEncoder<Vec<u8>>),
     Zstd(zstd::stream::Encoder<'static, Vec<u8>>),
     Xz(liblzma::write::XzEncoder<Vec<u8>>),
@@ -79,6 +87,7 @@ impl Encoder {
     /// Ends the stream and returns the compressed bytes.
     pub fn finish(self) -> io::Result<Vec<u8>> {
         match self {
+            Encoder::Plain(v) => Ok(v),
             Encoder::Gzip(e) => e.finish(),
             Encoder::Zstd(e) => e.finish(),
             Encoder::Xz(e) => e.finish(),
@@ -89,6 +98,7 @@ impl Encoder {
 impl Write for Encoder {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
+            Encoder::Plain(v) => v.write(buf),
             Encoder::Gzip(e) => e.write(buf),
             Encoder::Zstd(e) => e.write(buf),
             Encoder::Xz(e) => e.write(buf),
@@ -96,9 +106,79 @@ impl Write for Encoder {
     }
     fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
         match self {
+            Encoder::Plain(v) => v.write_all(buf),
             Encoder::Gzip(e) => e.write_all(buf),
             Encoder::Zstd(e) => e.write_all(buf),
             Encoder::Xz(e) => e.write_all(buf),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// One compressed stream written on several threads by the compression library itself.
+pub enum StreamEncoder<W: Write> {
+    Zstd(zstd::stream::write::Encoder<'static, W>),
+    Xz(liblzma::write::XzEncoder<W>),
+}
+
+impl Compression {
+    /// Whether data.tar is one stream compressed by a [`StreamEncoder`] (zstd, xz), rather
+    /// than pieces compressed apart and concatenated (gzip).
+    pub fn one_stream(self) -> bool {
+        !matches!(self, Compression::Gzip)
+    }
+
+    /// A multithreaded encoder of one stream into `out`, for zstd and xz (see [`one_stream`]).
+    ///
+    /// [`one_stream`]: Compression::one_stream
+    pub fn stream_encoder<W: Write>(self, out: W, threads: usize) -> io::Result<StreamEncoder<W>> {
+        // Always the threaded format, even for one thread: its bytes do not depend on the count.
+        let threads = threads.clamp(1, 64) as u32;
+        Ok(match self {
+            Compression::Gzip => {
+                return Err(io::Error::other(
+                    "gzip data is compressed in pieces, not as one stream",
+                ))
+            }
+            Compression::Zstd => {
+                let mut e = zstd::stream::write::Encoder::new(out, self.level() as i32)?;
+                e.include_checksum(true)?;
+                e.multithread(threads)?;
+                StreamEncoder::Zstd(e)
+            }
+            Compression::Xz => {
+                let stream = liblzma::stream::MtStreamBuilder::new()
+                    .threads(threads)
+                    .preset(self.level())
+                    // 8 MiB blocks instead of 3x the dictionary (24 MiB): more blocks in
+                    // parallel on a Moodle-sized member and less memory per thread.
+                    .block_size(8 << 20)
+                    .check(liblzma::stream::Check::Crc64)
+                    .encoder()
+                    .map_err(io::Error::other)?;
+                StreamEncoder::Xz(liblzma::write::XzEncoder::new_stream(out, stream))
+            }
+        })
+    }
+}
+
+impl<W: Write> StreamEncoder<W> {
+    /// Ends the stream and returns the writer.
+    pub fn finish(self) -> io::Result<W> {
+        match self {
+            StreamEncoder::Zstd(e) => e.finish(),
+            StreamEncoder::Xz(e) => e.finish(),
+        }
+    }
+}
+
+impl<W: Write> Write for StreamEncoder<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            StreamEncoder::Zstd(e) => e.write(buf),
+            StreamEncoder::Xz(e) => e.write(buf),
         }
     }
     fn flush(&mut self) -> io::Result<()> {

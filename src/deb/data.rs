@@ -2,12 +2,15 @@
 //!
 //! The entry list is cut into pieces at entry boundaries, by a rule that depends only on the
 //! entries (count and sizes), never on timing. Each worker reads its piece's files (from git
-//! objects or the disk), hashes them for `md5sums`, writes their tar headers and content into
-//! its own compressor, and hands back the compressed piece. A writer puts the pieces into the
-//! output in order. dpkg reads a member made of concatenated gzip members, xz streams or zstd
-//! frames when each cut falls between tar entries (measured: DOMAIN.md), so the result is one
-//! valid `data.tar.*`. A fixed number of pieces is ever in flight, so memory stays bounded
-//! however large the tree is.
+//! objects or the disk), hashes them for `md5sums` and writes their tar headers and content.
+//! A writer puts the pieces into the output in order.
+//!
+//! With gzip each worker also compresses its piece: dpkg reads concatenated gzip members as one
+//! stream. zstd and xz must be one frame or stream (dpkg 1.21.22 stops reading at the end of
+//! the first one, measured), so their pieces stay plain and the writer feeds them to one
+//! multithreaded encoder (see `compress`). Either way the bytes do not depend on the thread
+//! count. A fixed number of pieces is ever in flight, so memory stays bounded however large
+//! the tree is.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -171,16 +174,48 @@ pub fn write(
                 }
             }
         });
-        let result = collect(n, &res_rx, &tok_tx, out, total, reporter);
+        let mut counted = Counted { out, bytes: 0 };
+        let result = if compression.one_stream() {
+            match compression.stream_encoder(&mut counted, threads) {
+                Ok(mut enc) => {
+                    collect(n, &res_rx, &tok_tx, &mut enc, total, reporter).and_then(|s| {
+                        enc.write_all(&END)?;
+                        enc.finish()?;
+                        Ok(s)
+                    })
+                }
+                Err(e) => Err(e.into()),
+            }
+        } else {
+            collect(n, &res_rx, &tok_tx, &mut counted, total, reporter).and_then(|s| {
+                counted.write_all(&super::compress::compress(compression, &END)?)?;
+                Ok(s)
+            })
+        };
         drop(tok_tx);
         // Drain so that workers blocked on a full channel can finish after an error.
         while res_rx.recv().is_ok() {}
         let mut summary = result?;
-        let end = super::compress::compress(compression, &END)?;
-        out.write_all(&end)?;
-        summary.compressed_bytes += end.len() as u64;
+        summary.compressed_bytes = counted.bytes;
         Ok(summary)
     })
+}
+
+/// Counts the bytes written through it.
+struct Counted<W> {
+    out: W,
+    bytes: u64,
+}
+
+impl<W: Write> Write for Counted<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.out.write(buf)?;
+        self.bytes += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
 }
 
 fn collect(
@@ -204,7 +239,6 @@ fn collect(
             summary.installed_kib += p.installed_kib;
             summary.files += p.files;
             summary.content_bytes += p.content_bytes;
-            summary.compressed_bytes += p.bytes.len() as u64;
             done += p.entries;
             reporter.progress(done, total);
             next += 1;
@@ -254,7 +288,11 @@ fn piece(
     compression: Compression,
     mtime: u64,
 ) -> Result<Piece, DataError> {
-    let mut enc = compression.encoder(Vec::with_capacity(1 << 20))?;
+    let mut enc = if compression.one_stream() {
+        super::compress::Encoder::Plain(Vec::with_capacity(PIECE_BYTES as usize + (1 << 20)))
+    } else {
+        compression.encoder(Vec::with_capacity(1 << 20))?
+    };
     let mut p = Piece {
         index: 0,
         bytes: Vec::new(),
