@@ -15,7 +15,10 @@ pub use compress::Compression;
 
 /// Writes the `.deb` to `out`: `debian-binary`, the compressed control.tar, then the compressed
 /// data.tar copied from `data` (a file written beforehand, since control needs its md5sums).
-/// Returns the package's SHA-256 and size, hashed on the way out: the file is not read again.
+/// Returns the package's SHA-256 and size.
+///
+/// The data is copied by the kernel (`io::copy` between files uses `copy_file_range`) while
+/// another thread hashes it from the page cache: neither waits for the other.
 pub fn assemble(
     out: &mut std::fs::File,
     control_tar: &[u8],
@@ -24,6 +27,7 @@ pub fn assemble(
     mtime: u64,
 ) -> io::Result<(String, u64)> {
     use sha2::{Digest, Sha256};
+    use std::os::unix::fs::FileExt;
     let data_len = data.seek(SeekFrom::End(0))?;
     data.seek(SeekFrom::Start(0))?;
     let mut head = Vec::new();
@@ -40,33 +44,44 @@ pub fn assemble(
         data_len,
         mtime,
     )?);
-    let mut hasher = Sha256::new();
-    let mut size = 0u64;
-    let mut w = io::BufWriter::with_capacity(1 << 20, &mut *out);
-    let mut put = |bytes: &[u8], w: &mut io::BufWriter<&mut std::fs::File>| -> io::Result<()> {
-        hasher.update(bytes);
-        size += bytes.len() as u64;
-        w.write_all(bytes)
-    };
-    put(&head, &mut w)?;
-    let mut buf = vec![0u8; 1 << 20];
-    let mut copied = 0u64;
-    while copied < data_len {
-        let want = buf.len().min((data_len - copied) as usize);
-        let n = data.read(&mut buf[..want])?;
-        if n == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "data.tar shrank while being copied",
-            ));
+    // ar pads odd-sized members with a newline.
+    let tail: &[u8] = if data_len % 2 == 1 { b"\n" } else { b"" };
+    let hashed = data.try_clone()?;
+    let head = &head;
+    std::thread::scope(|s| -> io::Result<(String, u64)> {
+        let hasher = s.spawn(move || -> io::Result<String> {
+            let mut h = Sha256::new();
+            h.update(head);
+            let mut buf = vec![0u8; 1 << 20];
+            let mut at = 0u64;
+            while at < data_len {
+                let want = buf.len().min((data_len - at) as usize);
+                let n = hashed.read_at(&mut buf[..want], at)?;
+                if n == 0 {
+                    return Err(shrank());
+                }
+                h.update(&buf[..n]);
+                at += n as u64;
+            }
+            h.update(tail);
+            Ok(hex::encode(h.finalize()))
+        });
+        out.write_all(head)?;
+        let copied = io::copy(&mut Read::by_ref(data).take(data_len), out)?;
+        if copied != data_len {
+            return Err(shrank());
         }
-        put(&buf[..n], &mut w)?;
-        copied += n as u64;
-    }
-    if data_len % 2 == 1 {
-        put(b"\n", &mut w)?;
-    }
-    w.flush()?;
-    drop(w);
-    Ok((hex::encode(hasher.finalize()), size))
+        out.write_all(tail)?;
+        let sha256 = hasher
+            .join()
+            .map_err(|_| io::Error::other("the hashing thread stopped unexpectedly"))??;
+        Ok((sha256, head.len() as u64 + data_len + tail.len() as u64))
+    })
+}
+
+fn shrank() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::UnexpectedEof,
+        "data.tar shrank while being copied",
+    )
 }
