@@ -135,9 +135,14 @@ pub fn write(
 ) -> Result<DataSummary, DataError> {
     let ranges = pieces(entries);
     let threads = threads.max(1);
-    // At most this many pieces exist at once (queued, being compressed, or waiting to be
-    // written in order): memory is bounded by it.
-    let window = 2 * threads + 2;
+    // At most this many pieces exist at once (queued, being read, or waiting to be written in
+    // order): memory is bounded by it. Plain pieces (zstd, xz) are 4 MiB each and the encoder
+    // keeps its own buffers, so fewer of them wait.
+    let window = if compression.one_stream() {
+        threads + 2
+    } else {
+        2 * threads + 2
+    };
     let total = entries.len() as u64;
     std::thread::scope(|s| -> Result<DataSummary, DataError> {
         let (job_tx, job_rx) = sync_channel::<usize>(threads);
