@@ -168,8 +168,9 @@ impl Ssh {
             })
     }
 
-    /// Connects to several nodes at once (a cluster of 20 is planned in about the time of one
-    /// connection); results in the same order.
+    /// Connects to several nodes at once; results in the same order. New connections cost
+    /// the client CPU, not round trips: OpenSSH 9.2's default key exchange (sntrup761x25519)
+    /// takes about 0.1 s of it per connection (README, "Speed").
     pub fn connect_all(&self, nodes: &[(String, String)]) -> Vec<Result<Conn, SshError>> {
         let remembered: BTreeMap<String, PathBuf> = self
             .masters
