@@ -778,10 +778,17 @@ impl Config {
                 }
             }
             if let Some(h) = &n.http {
-                if !(h.starts_with("http://") || h.starts_with("https://")) {
+                // Checked here, not when the first batch is already drained and installed.
+                if h.starts_with("https://") {
                     return Err(err(
                         vec![k("nodes"), I(i), k("http")],
-                        format!("`{h}` is not an http(s) URL, e.g. \"http://web1.example.edu\""),
+                        format!("`{h}`: health checks go straight to the node over plain HTTP (https is not supported); give the node's http:// address, e.g. \"http://web1.example.edu\""),
+                    ));
+                }
+                if !h.starts_with("http://") {
+                    return Err(err(
+                        vec![k("nodes"), I(i), k("http")],
+                        format!("`{h}` is not an http:// URL, e.g. \"http://web1.example.edu\""),
                     ));
                 }
             }
@@ -998,6 +1005,12 @@ install_dir = "/srv/moodle/html"
         let e = parse("[[nodes]]\nname = \"web1\"\nssh = \"web1\"\n").unwrap_err();
         assert!(
             e.starts_with("moodle-release.toml:7: [[nodes]] #1: web node `web1` needs `http`"),
+            "{e}"
+        );
+        let e = parse("[[nodes]]\nname = \"web1\"\nssh = \"web1\"\nhttp = \"https://web1\"\n")
+            .unwrap_err();
+        assert!(
+            e.starts_with("moodle-release.toml:10: [[nodes]] #1 http: `https://web1`: health checks go straight to the node over plain HTTP"),
             "{e}"
         );
     }
