@@ -7,7 +7,7 @@ mod common;
 use common::*;
 use std::fs;
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -80,28 +80,47 @@ fn installed_cluster() -> (Cluster, String, String) {
 
 /// Samples LB 2 every 20 ms: the most servers seen out of rotation at once.
 fn sample_out_of_rotation(c: &Cluster, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<usize> {
+    sample_lb2(c, stop, "show stat moodle 4 -1", |text| {
+        text.lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .filter(|l| !l.split(',').nth(17).unwrap_or("").starts_with("UP"))
+            .count()
+    })
+}
+
+/// The most servers the tool took out (drain or maint: admin state bits set) at any sample,
+/// whatever their health: during maintenance mode every health check fails.
+fn sample_taken_out(c: &Cluster, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<usize> {
+    sample_lb2(c, stop, "show servers state moodle", |text| {
+        text.lines()
+            .filter(|l| !l.starts_with('#') && l.split_whitespace().count() > 6)
+            .filter(|l| l.split_whitespace().nth(6) != Some("0"))
+            .count()
+    })
+}
+
+/// Asks lb2's Runtime API `cmd` every 20 ms until `stop` (at most 5 minutes), returns the
+/// largest `count` of the answers.
+fn sample_lb2(
+    c: &Cluster,
+    stop: Arc<AtomicBool>,
+    cmd: &'static str,
+    count: fn(&str) -> usize,
+) -> std::thread::JoinHandle<usize> {
     let addr = c.env["LAB_LB2_API"].clone();
     std::thread::spawn(move || {
-        let max = AtomicUsize::new(0);
+        let mut max = 0;
         let started = std::time::Instant::now();
         while !stop.load(Ordering::SeqCst) && started.elapsed() < Duration::from_secs(300) {
             if let Ok(mut s) = std::net::TcpStream::connect(&addr) {
-                let _ = std::io::Write::write_all(&mut s, b"show stat moodle 4 -1\n");
+                let _ = std::io::Write::write_all(&mut s, format!("{cmd}\n").as_bytes());
                 let mut text = String::new();
                 let _ = std::io::Read::read_to_string(&mut s, &mut text);
-                let out = text
-                    .lines()
-                    .filter(|l| !l.starts_with('#') && !l.is_empty())
-                    .filter(|l| {
-                        let st = l.split(',').nth(17).unwrap_or("");
-                        !st.starts_with("UP")
-                    })
-                    .count();
-                max.fetch_max(out, Ordering::SeqCst);
+                max = max.max(count(&text));
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        max.load(Ordering::SeqCst)
+        max
     })
 }
 
@@ -188,9 +207,20 @@ fn first_install_code_only_roll_under_load_rollback_and_database_upgrade() {
         .replace("ref = \"v4.1.9\"", "ref = \"v4.1.10\"");
     fs::write(c.config_path(), cfg).unwrap();
     let v3 = c.release(3, &["--update", "upstream"]);
+    let drains_before = journal_actions(&c, "state drain");
     let load = Load::start(urls, 2, 5000);
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = sample_taken_out(&c, stop.clone());
     let out = run(c.cmd().args(["--json", "roll", "--batch", "2"]));
+    stop.store(true, Ordering::SeqCst);
+    let max_out = sampler.join().unwrap();
     let (_, failures) = load.stop();
+    // Each web node left rotation on both LBs while its files were swapped, never more than 2.
+    assert_eq!(journal_actions(&c, "state drain") - drains_before, 3 * 2);
+    assert!(
+        max_out <= 2,
+        "{max_out} servers out of rotation at once with --batch 2"
+    );
     let o: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(o["plan"]["path"], "database", "{o}");
     assert!(o["maintenance_secs"].as_f64().unwrap() > 0.0);

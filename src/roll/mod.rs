@@ -1199,16 +1199,39 @@ fn database_path(ctx: &mut Ctx, plan: &Plan) -> Result<f64, RollError> {
             "no code installed yet",
         );
     }
-    // 3. Install everywhere, batch after batch.
+    // 3. Install everywhere, batch after batch. Web nodes leave rotation while their files are
+    // swapped (the others serve the maintenance page meanwhile), unless that would leave none.
     let batch = plan.batches.first().map(|b| b.len()).unwrap_or(1).max(1);
+    let web_count = web_nodes(ctx.cfg).len();
     for chunk in all.chunks(batch) {
+        let web: Vec<Node> = ctx
+            .cfg
+            .nodes
+            .iter()
+            .filter(|n| n.role == Role::Web && chunk.contains(&n.name))
+            .cloned()
+            .collect();
+        let drain = !web.is_empty() && web.len() < web_count;
+        if drain {
+            take_out_for_install(ctx, &web)?;
+        }
         if let Err((n, m)) = install_nodes(ctx, chunk, &plan.target) {
-            if let Some(node) = ctx.cfg.nodes.iter().find(|x| x.name == n).cloned() {
-                if node.role == Role::Web {
-                    let _ = ctx.set_all(&n, &server_name(&node), AdminState::Maint);
+            for w in &web {
+                let state = if w.name == n {
+                    AdminState::Maint
+                } else {
+                    AdminState::Ready
+                };
+                if drain || state == AdminState::Maint {
+                    let _ = ctx.set_all(&w.name, &server_name(w), state);
                 }
             }
             return Err(ctx.fail(Some(&n), format!("{m}; the site is left in maintenance mode (the database is not upgraded yet): fix {n} and run `moodle-release roll --resume`")));
+        }
+        if drain {
+            for w in &web {
+                ctx.set_all(&w.name, &server_name(w), AdminState::Ready)?;
+            }
         }
     }
     // 4. The database upgrade, once.
@@ -1258,6 +1281,64 @@ fn database_path(ctx: &mut Ctx, plan: &Plan) -> Result<f64, RollError> {
         }
     }
     Ok(secs)
+}
+
+/// Database path: drains `nodes` on every LB and waits, at most `drain_timeout`, for their
+/// requests in flight to end. The site is in maintenance mode, so no session is worth waiting
+/// longer for: then the nodes go to maint and the install goes on.
+fn take_out_for_install(ctx: &mut Ctx, nodes: &[Node]) -> Result<(), RollError> {
+    for n in nodes {
+        ctx.set_all(&n.name, &server_name(n), AdminState::Drain)?;
+    }
+    let t = Instant::now();
+    let deadline = t + ctx.cfg.roll.drain_timeout;
+    let names: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
+    loop {
+        let mut busy = Vec::new();
+        for lb in &ctx.lbs {
+            let servers = lb.servers()?;
+            for n in nodes {
+                let s = lb.find(&servers, &server_name(n))?;
+                if s.scur + s.qcur > 0 {
+                    busy.push(format!(
+                        "{} on {} ({} sessions)",
+                        n.name,
+                        lb.name,
+                        s.scur + s.qcur
+                    ));
+                }
+            }
+        }
+        if busy.is_empty() {
+            ctx.log(
+                None,
+                None,
+                &format!("drained {}", names.join(", ")),
+                "ok",
+                t,
+                "",
+            );
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            for n in nodes {
+                ctx.set_all(&n.name, &server_name(n), AdminState::Maint)?;
+            }
+            ctx.log(
+                None,
+                None,
+                "drain timeout",
+                "warning",
+                t,
+                &format!(
+                    "site in maintenance: switched to maint: {}",
+                    busy.join("; ")
+                ),
+            );
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// `status`: what each node runs, how each LB sees it, the repository's newest version.
