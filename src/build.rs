@@ -15,6 +15,7 @@ use serde::Serialize;
 use crate::config::Config;
 use crate::deb::control::{self, Control};
 use crate::deb::data::{self, Content, DataEntry};
+use crate::deb::md5cache::Md5Cache;
 use crate::deb::{self, Compression};
 use crate::moodle::release::yyyymmdd;
 use crate::moodle::{MoodleError, SiteInfo};
@@ -65,6 +66,8 @@ pub struct Built {
     pub size: u64,
     /// Regular files in the package.
     pub files: u64,
+    /// Files whose MD5 came from the cache of the previous build (`.git/moodle-release/`).
+    pub md5_reused: u64,
     #[serde(skip)]
     pub site: SiteInfo,
     #[serde(skip)]
@@ -201,19 +204,35 @@ pub fn build(
         "writing data.tar.{}",
         opts.compression.extension()
     ));
+    let md5s = match &src {
+        Source::Git { repo, .. } => match git2::Repository::open(repo) {
+            Ok(r) => {
+                let (cache, warning) = Md5Cache::open(r.path());
+                if let Some(w) = warning {
+                    reporter.warn(&w);
+                }
+                cache
+            }
+            Err(_) => Md5Cache::none(),
+        },
+        Source::Dir(_) => Md5Cache::none(),
+    };
     let threads = opts.jobs.unwrap_or_else(|| {
         std::thread::available_parallelism()
             .map(|n| n.get())
             .unwrap_or(1)
     });
-    let summary = {
+    let mut summary = {
         let mut w = std::io::BufWriter::with_capacity(1 << 20, data_file.as_file_mut());
         let s = data::write(
             &entries,
-            &src,
-            opts.compression,
-            mtime,
-            threads,
+            &data::Job {
+                source: &src,
+                compression: opts.compression,
+                mtime,
+                threads,
+                md5s: &md5s,
+            },
             &mut w,
             reporter,
         )?;
@@ -274,6 +293,12 @@ pub fn build(
     drop(data_file);
     deb_file.as_file().sync_all().map_err(write_err)?;
     lap("synced the package");
+    // Only now: a failed build leaves the previous cache as it was.
+    if let Err(e) = md5s.save(&mut summary.blob_md5s) {
+        reporter.warn(&format!(
+            "could not save the MD5 cache: {e} (the next build hashes every file)"
+        ));
+    }
     set_mode_0644(deb_file.path()).map_err(write_err)?;
     deb_file
         .persist(&final_path)
@@ -288,6 +313,7 @@ pub fn build(
         sha256,
         size,
         files: summary.files,
+        md5_reused: summary.md5_reused,
         site: info,
         content_bytes: summary.content_bytes,
     })

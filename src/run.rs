@@ -303,8 +303,12 @@ pub fn run(cli: Cli, reporter: &dyn Reporter, out: &mut dyn Write) -> Result<(),
                 serde_json::to_writer(&mut *out, &built).map_err(std::io::Error::from)?;
                 writeln!(out)?;
             } else {
+                let reused = match built.md5_reused {
+                    0 => String::new(),
+                    n => format!(" ({n} MD5s from the last build)"),
+                };
                 eprintln!(
-                    "built {} {} (Moodle {}, {} plugins): {} files, {:.1} MB -> {:.1} MB in {:.1}s",
+                    "built {} {} (Moodle {}, {} plugins): {} files, {:.1} MB -> {:.1} MB in {:.1}s{reused}",
                     built.package,
                     built.version,
                     built.site.core.release,

@@ -229,6 +229,60 @@ fn large_trees_are_read_whole_by_dpkg_with_every_compression() {
     }
 }
 
+/// The MD5s of the last build's blobs are kept in `.git/moodle-release/md5.cache`: the next build
+/// hashes only changed files and gives the same bytes as a build without the cache; a damaged
+/// cache is ignored with a warning.
+#[test]
+fn rebuilds_reuse_md5s_and_give_the_same_package() {
+    let site = Site::new();
+    let json = |out: &str| -> serde_json::Value {
+        let o = run(site.cmd().args(["--json", "build", "--out", out]));
+        serde_json::from_slice(&o.stdout).unwrap()
+    };
+    let first = json("a");
+    assert_eq!(first["md5_reused"], 0);
+    let cache = site.repo().join(".git/moodle-release/md5.cache");
+    assert!(cache.is_file());
+
+    write(&site.repo().join("lib/changed.php"), "<?php // changed\n");
+    site.commit("one more file");
+    let second = json("b");
+    let files = second["files"].as_u64().unwrap();
+    // Everything but the new file and the generated ones (changelog, copyright, metadata...).
+    let reused = second["md5_reused"].as_u64().unwrap();
+    assert!(reused > 0 && reused < files, "{second}");
+    assert_eq!(reused, first_git_files(&site));
+
+    fs::remove_file(&cache).unwrap();
+    let cold = json("c");
+    assert_eq!(cold["md5_reused"], 0);
+    assert_eq!(
+        cold["sha256"], second["sha256"],
+        "the cache changed the package"
+    );
+
+    fs::write(&cache, b"MRMD5v1\nnot a cache").unwrap();
+    let o = run(site.cmd().args(["--json", "build", "--out", "d"]));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("damaged"));
+    let damaged: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(damaged["md5_reused"], 0);
+    assert_eq!(damaged["sha256"], second["sha256"]);
+    assert_eq!(json("e")["md5_reused"].as_u64().unwrap(), reused + 1);
+}
+
+/// Regular files of the deployment branch's previous commit that the package carries (not
+/// symlinks, `.git*` files or the root config.php).
+fn first_git_files(site: &Site) -> u64 {
+    stdout(git(&site.repo()).args(["ls-tree", "-r", "HEAD~1"]))
+        .lines()
+        .filter_map(|l| l.split_once('\t'))
+        .filter(|(meta, path)| {
+            let name = path.rsplit('/').next().unwrap_or(path);
+            !meta.starts_with("120000") && !name.starts_with(".git") && *path != "config.php"
+        })
+        .count() as u64
+}
+
 #[test]
 fn a_plain_directory_gives_the_same_files_as_git() {
     let site = Site::new();

@@ -20,6 +20,7 @@ use std::sync::Arc;
 use md5::{Digest, Md5};
 
 use super::compress::Compression;
+use super::md5cache::Md5Cache;
 use super::tar::{padding, write_header, EntryKind, END};
 use crate::report::Reporter;
 use crate::source::{Entry, Source, SourceError};
@@ -81,6 +82,10 @@ pub struct DataSummary {
     pub content_bytes: u64,
     /// Bytes written.
     pub compressed_bytes: u64,
+    /// (blob id, MD5) of every git file, for [`Md5Cache::save`].
+    pub blob_md5s: Vec<(git2::Oid, [u8; 16])>,
+    /// Files whose MD5 came from the cache instead of being computed.
+    pub md5_reused: u64,
 }
 
 /// Writing data.tar failed.
@@ -102,6 +107,10 @@ struct Piece {
     files: u64,
     content_bytes: u64,
     entries: u64,
+    /// (blob id, MD5) of the piece's git files, for the next build's cache.
+    blob_md5s: Vec<(git2::Oid, [u8; 16])>,
+    /// Files whose MD5 came from the cache.
+    md5_reused: u64,
 }
 
 /// Cuts `entries` into pieces: `(start, end)` ranges.
@@ -122,19 +131,30 @@ fn pieces(entries: &[DataEntry]) -> Vec<(usize, usize)> {
     out
 }
 
-/// Writes the compressed data.tar of `entries` (already sorted) to `out`, using `threads`
-/// workers. Reports progress in entries.
+/// How data.tar is written.
+pub struct Job<'a> {
+    /// Where the tree's files are read.
+    pub source: &'a Source,
+    pub compression: Compression,
+    /// Every entry's mtime.
+    pub mtime: u64,
+    /// Worker threads.
+    pub threads: usize,
+    /// MD5s known from earlier builds.
+    pub md5s: &'a Md5Cache,
+}
+
+/// Writes the compressed data.tar of `entries` (already sorted) to `out`. Reports progress in
+/// entries.
 pub fn write(
     entries: &[DataEntry],
-    source: &Source,
-    compression: Compression,
-    mtime: u64,
-    threads: usize,
+    job: &Job,
     out: &mut impl Write,
     reporter: &dyn Reporter,
 ) -> Result<DataSummary, DataError> {
     let ranges = pieces(entries);
-    let threads = threads.max(1);
+    let threads = job.threads.max(1);
+    let compression = job.compression;
     // At most this many pieces exist at once (queued, being read, or waiting to be written in
     // order): memory is bounded by it. Plain pieces (zstd, xz) are 4 MiB each and the encoder
     // keeps its own buffers, so fewer of them wait.
@@ -156,17 +176,7 @@ pub fn write(
             let job_rx = Arc::clone(&job_rx);
             let res_tx = res_tx.clone();
             let ranges = &ranges;
-            s.spawn(move || {
-                worker(
-                    entries,
-                    ranges,
-                    source,
-                    compression,
-                    mtime,
-                    &job_rx,
-                    &res_tx,
-                )
-            });
+            s.spawn(move || worker(entries, ranges, job, &job_rx, &res_tx));
         }
         drop(res_tx);
         // The dispatcher hands out pieces in order, one token each; the writer gives a token
@@ -244,6 +254,8 @@ fn collect(
             summary.installed_kib += p.installed_kib;
             summary.files += p.files;
             summary.content_bytes += p.content_bytes;
+            summary.md5_reused += p.md5_reused;
+            summary.blob_md5s.extend_from_slice(&p.blob_md5s);
             done += p.entries;
             reporter.progress(done, total);
             next += 1;
@@ -256,13 +268,11 @@ fn collect(
 fn worker(
     entries: &[DataEntry],
     ranges: &[(usize, usize)],
-    source: &Source,
-    compression: Compression,
-    mtime: u64,
+    job: &Job,
     jobs: &std::sync::Mutex<Receiver<usize>>,
     results: &SyncSender<Result<Piece, DataError>>,
 ) {
-    let reader = match source.reader() {
+    let reader = match job.source.reader() {
         Ok(r) => r,
         Err(e) => {
             let _ = results.send(Err(e.into()));
@@ -270,13 +280,13 @@ fn worker(
         }
     };
     loop {
-        let job = match jobs.lock() {
+        let next = match jobs.lock() {
             Ok(rx) => rx.recv(),
             Err(_) => return,
         };
-        let Ok(index) = job else { return };
+        let Ok(index) = next else { return };
         let (a, b) = ranges[index];
-        let r = piece(&entries[a..b], &reader, compression, mtime).map(|mut p| {
+        let r = piece(&entries[a..b], &reader, job).map(|mut p| {
             p.index = index;
             p
         });
@@ -290,9 +300,9 @@ fn worker(
 fn piece(
     entries: &[DataEntry],
     reader: &crate::source::Reader,
-    compression: Compression,
-    mtime: u64,
+    job: &Job,
 ) -> Result<Piece, DataError> {
+    let (compression, mtime, md5s) = (job.compression, job.mtime, job.md5s);
     let mut enc = if compression.one_stream() {
         super::compress::Encoder::Plain(Vec::with_capacity(PIECE_BYTES as usize + (1 << 20)))
     } else {
@@ -306,15 +316,29 @@ fn piece(
         files: 0,
         content_bytes: 0,
         entries: entries.len() as u64,
+        blob_md5s: Vec::new(),
+        md5_reused: 0,
     };
     for e in entries {
-        let mut file = |data: &[u8], enc: &mut super::compress::Encoder| -> std::io::Result<()> {
+        let mut file = |data: &[u8],
+                        blob: Option<git2::Oid>,
+                        enc: &mut super::compress::Encoder|
+         -> std::io::Result<()> {
             let len = data.len() as u64;
             write_header(enc, &e.path, EntryKind::File, e.mode, len, mtime)?;
             enc.write_all(data)?;
             enc.write_all(padding(len))?;
-            p.md5sums
-                .extend_from_slice(hex::encode(Md5::digest(data)).as_bytes());
+            let md5: [u8; 16] = match blob.and_then(|b| md5s.get(&b)) {
+                Some(known) => {
+                    p.md5_reused += 1;
+                    known
+                }
+                None => Md5::digest(data).into(),
+            };
+            if let Some(b) = blob {
+                p.blob_md5s.push((b, md5));
+            }
+            p.md5sums.extend_from_slice(hex::encode(md5).as_bytes());
             p.md5sums.extend_from_slice(b"  ");
             p.md5sums.extend_from_slice(&e.path);
             p.md5sums.push(b'\n');
@@ -328,7 +352,7 @@ fn piece(
                 write_header(&mut enc, &e.path, EntryKind::Dir, e.mode, 0, mtime)?;
                 p.installed_kib += 1;
             }
-            Content::File(data) => file(data, &mut enc)?,
+            Content::File(data) => file(data, None, &mut enc)?,
             Content::Tree(t) => match t.kind {
                 crate::source::Kind::Symlink => {
                     let target = reader.read(t)?;
@@ -342,7 +366,7 @@ fn piece(
                     )?;
                     p.installed_kib += (target.len() as u64).div_ceil(1024);
                 }
-                _ => reader.with(t, |data| file(data, &mut enc))??,
+                _ => reader.with(t, |data| file(data, t.oid, &mut enc))??,
             },
         }
     }

@@ -7,6 +7,7 @@ pub mod ar;
 pub mod compress;
 pub mod control;
 pub mod data;
+pub mod md5cache;
 pub mod tar;
 
 use std::io::{self, Read, Seek, SeekFrom, Write};
