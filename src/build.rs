@@ -156,7 +156,9 @@ pub fn build(
         }
     };
     let filter = Filter::new(&site.exclude);
+    lap("resolved the ref");
     let mut tree = src.list(&filter)?;
+    lap("listed the tree");
     if let Some(i) = tree.iter().position(|e| e.path == b"config.php") {
         tree.remove(i);
         reporter.warn("the tree has a config.php at its root: it is never packaged (secrets stay on the nodes, see [site] config_php)");
