@@ -942,56 +942,26 @@ fn code_only_batch(
             }
         }
     }
-    // Drain.
-    for n in &nodes {
-        ctx.reporter.step(&format!("draining {}", n.name));
-        ctx.set_all(&n.name, &server_name(n), AdminState::Drain)?;
-        ctx.reporter.step_done();
-    }
-    // Wait for the sessions to end.
-    let t = Instant::now();
-    let deadline = t + ctx.cfg.roll.drain_timeout;
+    // Drain, then wait for the sessions to end.
     ctx.reporter.step(&format!(
-        "waiting for sessions on {} to end",
+        "draining {} and waiting for their sessions to end",
         batch.join(", ")
     ));
-    loop {
-        let mut busy = Vec::new();
-        for lb in &ctx.lbs {
-            // One read of the LB per poll, whatever the batch size.
-            let servers = lb.servers()?;
+    let (t, busy) = drain_and_wait(ctx, &nodes)?;
+    if !busy.is_empty() {
+        if opts.force_drain {
             for n in &nodes {
-                let s = lb.find(&servers, &server_name(n))?;
-                if !s.drain && !s.maint {
-                    ctx.warnings.push(format!("{}: {} left drain by itself (an agent-check or a reload?); draining it again", lb.name, s.name));
-                    lb.set_state(&s.name, AdminState::Drain)?;
-                }
-                if s.scur + s.qcur > 0 {
-                    busy.push(format!(
-                        "{} on {} ({} sessions, {} queued)",
-                        n.name, lb.name, s.scur, s.qcur
-                    ));
-                }
+                ctx.set_all(&n.name, &server_name(n), AdminState::Maint)?;
             }
-        }
-        if busy.is_empty() {
-            break;
-        }
-        if Instant::now() > deadline {
-            if opts.force_drain {
-                for n in &nodes {
-                    ctx.set_all(&n.name, &server_name(n), AdminState::Maint)?;
-                }
-                ctx.log(
-                    None,
-                    None,
-                    "drain timeout",
-                    "warning",
-                    t,
-                    &format!("--force-drain: switched to maint: {}", busy.join("; ")),
-                );
-                break;
-            }
+            ctx.log(
+                None,
+                None,
+                "drain timeout",
+                "warning",
+                t,
+                &format!("--force-drain: switched to maint: {}", busy.join("; ")),
+            );
+        } else {
             for n in &nodes {
                 ctx.set_all(&n.name, &server_name(n), AdminState::Ready)?;
             }
@@ -1001,16 +971,7 @@ fn code_only_batch(
                 format!("sessions did not end within drain_timeout {}: {}; the nodes are back in rotation; raise drain_timeout or use --force-drain", crate::config::format_duration(ctx.cfg.roll.drain_timeout), busy.join("; ")),
             ));
         }
-        std::thread::sleep(Duration::from_millis(100));
     }
-    ctx.log(
-        None,
-        None,
-        &format!("drained {}", batch.join(", ")),
-        "ok",
-        t,
-        "",
-    );
     ctx.reporter.step_done();
 
     // Install, verify, health.
@@ -1283,33 +1244,36 @@ fn database_path(ctx: &mut Ctx, plan: &Plan) -> Result<f64, RollError> {
     Ok(secs)
 }
 
-/// Database path: drains `nodes` on every LB and waits, at most `drain_timeout`, for their
-/// requests in flight to end. The site is in maintenance mode, so no session is worth waiting
-/// longer for: then the nodes go to maint and the install goes on.
-fn take_out_for_install(ctx: &mut Ctx, nodes: &[Node]) -> Result<(), RollError> {
+/// Drains `nodes` on every LB and waits, at most `drain_timeout`, until none has a session in
+/// flight or queued (one read of each LB per poll, whatever the batch size). A server that left
+/// drain by itself (an agent-check, a reload) is drained again, with a warning. Returns when it
+/// started and, at the timeout, what was still busy (empty: drained, logged as such).
+fn drain_and_wait(ctx: &mut Ctx, nodes: &[Node]) -> Result<(Instant, Vec<String>), RollError> {
     for n in nodes {
         ctx.set_all(&n.name, &server_name(n), AdminState::Drain)?;
     }
     let t = Instant::now();
     let deadline = t + ctx.cfg.roll.drain_timeout;
-    let names: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
     loop {
         let mut busy = Vec::new();
         for lb in &ctx.lbs {
             let servers = lb.servers()?;
             for n in nodes {
                 let s = lb.find(&servers, &server_name(n))?;
+                if !s.drain && !s.maint {
+                    ctx.warnings.push(format!("{}: {} left drain by itself (an agent-check or a reload?); draining it again", lb.name, s.name));
+                    lb.set_state(&s.name, AdminState::Drain)?;
+                }
                 if s.scur + s.qcur > 0 {
                     busy.push(format!(
-                        "{} on {} ({} sessions)",
-                        n.name,
-                        lb.name,
-                        s.scur + s.qcur
+                        "{} on {} ({} sessions, {} queued)",
+                        n.name, lb.name, s.scur, s.qcur
                     ));
                 }
             }
         }
         if busy.is_empty() {
+            let names: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
             ctx.log(
                 None,
                 None,
@@ -1318,27 +1282,37 @@ fn take_out_for_install(ctx: &mut Ctx, nodes: &[Node]) -> Result<(), RollError> 
                 t,
                 "",
             );
-            return Ok(());
+            return Ok((t, busy));
         }
         if Instant::now() > deadline {
-            for n in nodes {
-                ctx.set_all(&n.name, &server_name(n), AdminState::Maint)?;
-            }
-            ctx.log(
-                None,
-                None,
-                "drain timeout",
-                "warning",
-                t,
-                &format!(
-                    "site in maintenance: switched to maint: {}",
-                    busy.join("; ")
-                ),
-            );
-            return Ok(());
+            return Ok((t, busy));
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// Database path: takes `nodes` out of rotation while their files are swapped. The site is in
+/// maintenance mode, so no session is worth waiting longer than `drain_timeout` for: then the
+/// nodes go to maint and the install goes on.
+fn take_out_for_install(ctx: &mut Ctx, nodes: &[Node]) -> Result<(), RollError> {
+    let (t, busy) = drain_and_wait(ctx, nodes)?;
+    if !busy.is_empty() {
+        for n in nodes {
+            ctx.set_all(&n.name, &server_name(n), AdminState::Maint)?;
+        }
+        ctx.log(
+            None,
+            None,
+            "drain timeout",
+            "warning",
+            t,
+            &format!(
+                "site in maintenance: switched to maint: {}",
+                busy.join("; ")
+            ),
+        );
+    }
+    Ok(())
 }
 
 /// `status`: what each node runs, how each LB sees it, the repository's newest version.
