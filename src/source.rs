@@ -22,7 +22,8 @@ pub enum Kind {
 pub struct Entry {
     pub path: Vec<u8>,
     pub kind: Kind,
-    /// Bytes of a file, or length of a symlink's target; 0 for directories.
+    /// Bytes of a file, or length of a symlink's target (directory sources; for git ones,
+    /// [`Reader::size`] asks the object database, off the listing's path); 0 for directories.
     pub size: u64,
     /// The git blob id (git sources only).
     pub oid: Option<Oid>,
@@ -227,7 +228,6 @@ fn list_git(repo: &Path, commit: Oid, filter: &Filter) -> Result<Vec<Entry>, Sou
         .find_commit(commit)
         .and_then(|c| c.tree())
         .map_err(git("/"))?;
-    let odb = r.odb().map_err(git("/"))?;
     let mut out = Vec::new();
     let mut failure = None;
     tree.walk(TreeWalkMode::PreOrder, |dir, e| {
@@ -250,24 +250,10 @@ fn list_git(repo: &Path, commit: Oid, filter: &Filter) -> Result<Vec<Entry>, Sou
             }
             _ => return TreeWalkResult::Skip,
         };
-        let size = if kind == Kind::Dir {
-            0
-        } else {
-            match odb.read_header(e.id()) {
-                Ok((size, _)) => size as u64,
-                Err(source) => {
-                    failure = Some(SourceError::Git {
-                        path: String::from_utf8_lossy(&path).into_owned(),
-                        source,
-                    });
-                    return TreeWalkResult::Abort;
-                }
-            }
-        };
         out.push(Entry {
             path,
             kind,
-            size,
+            size: 0,
             oid: (kind != Kind::Dir).then(|| e.id()),
             mtime: 0,
         });
@@ -399,6 +385,21 @@ impl Reader {
                     _ => Ok(f(&std::fs::read(&p).map_err(io)?)),
                 }
             }
+        }
+    }
+
+    /// The bytes of a file or symlink target, without reading its content.
+    pub fn size(&self, e: &Entry) -> Result<u64, SourceError> {
+        match (self, e.oid) {
+            (Reader::Git(r), Some(oid)) => r
+                .odb()
+                .and_then(|odb| odb.read_header(oid))
+                .map(|(size, _)| size as u64)
+                .map_err(|source| SourceError::Git {
+                    path: String::from_utf8_lossy(&e.path).into_owned(),
+                    source,
+                }),
+            _ => Ok(e.size),
         }
     }
 

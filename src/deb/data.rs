@@ -55,14 +55,6 @@ impl DataEntry {
         matches!(self.content, Content::Dir)
     }
 
-    fn size_hint(&self) -> u64 {
-        match &self.content {
-            Content::Dir => 0,
-            Content::Tree(e) => e.size,
-            Content::File(d) => d.len() as u64,
-        }
-    }
-
     /// The key entries are sorted by (see [`crate::source::sort_key`]).
     pub fn sort_key(&self) -> Vec<u8> {
         crate::source::sort_key(&self.path, self.is_dir())
@@ -113,22 +105,39 @@ struct Piece {
     md5_reused: u64,
 }
 
-/// Cuts `entries` into pieces: `(start, end)` ranges.
-fn pieces(entries: &[DataEntry]) -> Vec<(usize, usize)> {
-    let mut out = Vec::new();
+/// Cuts `entries` into pieces, handing each `(start, end)` range to `piece` as soon as it is
+/// known (`piece` returns false to stop). `size` is asked of each entry once, in order: for git
+/// sources it reads the object database, which is why this runs beside the workers rather than
+/// before them.
+fn cut<E>(
+    entries: &[DataEntry],
+    mut size: impl FnMut(&DataEntry) -> Result<u64, E>,
+    mut piece: impl FnMut(usize, usize) -> bool,
+) -> Result<(), E> {
     let (mut start, mut bytes) = (0, 0u64);
     for (i, e) in entries.iter().enumerate() {
-        bytes += e.size_hint();
+        bytes += size(e)?;
         if bytes >= PIECE_BYTES || i + 1 - start >= PIECE_ENTRIES {
-            out.push((start, i + 1));
+            if !piece(start, i + 1) {
+                return Ok(());
+            }
             start = i + 1;
             bytes = 0;
         }
     }
     if start < entries.len() {
-        out.push((start, entries.len()));
+        piece(start, entries.len());
     }
-    out
+    Ok(())
+}
+
+/// The size of an entry's content.
+fn size(e: &DataEntry, reader: &crate::source::Reader) -> Result<u64, SourceError> {
+    match &e.content {
+        Content::Dir => Ok(0),
+        Content::File(d) => Ok(d.len() as u64),
+        Content::Tree(t) => reader.size(t),
+    }
 }
 
 /// How data.tar is written.
@@ -152,7 +161,6 @@ pub fn write(
     out: &mut impl Write,
     reporter: &dyn Reporter,
 ) -> Result<DataSummary, DataError> {
-    let ranges = pieces(entries);
     let threads = job.threads.max(1);
     let compression = job.compression;
     // At most this many pieces exist at once (queued, being read, or waiting to be written in
@@ -165,7 +173,8 @@ pub fn write(
     };
     let total = entries.len() as u64;
     std::thread::scope(|s| -> Result<DataSummary, DataError> {
-        let (job_tx, job_rx) = sync_channel::<usize>(threads);
+        // (piece index, first entry, end)
+        let (job_tx, job_rx) = sync_channel::<(usize, usize, usize)>(threads);
         let job_rx = Arc::new(std::sync::Mutex::new(job_rx));
         let (res_tx, res_rx) = sync_channel::<Result<Piece, DataError>>(window);
         let (tok_tx, tok_rx) = sync_channel::<()>(window);
@@ -175,34 +184,44 @@ pub fn write(
         for _ in 0..threads {
             let job_rx = Arc::clone(&job_rx);
             let res_tx = res_tx.clone();
-            let ranges = &ranges;
-            s.spawn(move || worker(entries, ranges, job, &job_rx, &res_tx));
+            s.spawn(move || worker(entries, job, &job_rx, &res_tx));
         }
-        drop(res_tx);
-        // The dispatcher hands out pieces in order, one token each; the writer gives a token
-        // back when it has written a piece.
-        let n = ranges.len();
+        // The dispatcher cuts the pieces and hands them out in order, one token each; the
+        // writer gives a token back when it has written a piece.
         s.spawn(move || {
-            for i in 0..n {
-                if tok_rx.recv().is_err() || job_tx.send(i).is_err() {
+            let reader = match job.source.reader() {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = res_tx.send(Err(e.into()));
                     return;
                 }
+            };
+            let mut index = 0;
+            let cut = cut(
+                entries,
+                |e| size(e, &reader),
+                |a, b| {
+                    let sent = tok_rx.recv().is_ok() && job_tx.send((index, a, b)).is_ok();
+                    index += 1;
+                    sent
+                },
+            );
+            if let Err(e) = cut {
+                let _ = res_tx.send(Err(e.into()));
             }
         });
         let mut counted = Counted { out, bytes: 0 };
         let result = if compression.one_stream() {
             match compression.stream_encoder(&mut counted, threads) {
-                Ok(mut enc) => {
-                    collect(n, &res_rx, &tok_tx, &mut enc, total, reporter).and_then(|s| {
-                        enc.write_all(&END)?;
-                        enc.finish()?;
-                        Ok(s)
-                    })
-                }
+                Ok(mut enc) => collect(&res_rx, &tok_tx, &mut enc, total, reporter).and_then(|s| {
+                    enc.write_all(&END)?;
+                    enc.finish()?;
+                    Ok(s)
+                }),
                 Err(e) => Err(e.into()),
             }
         } else {
-            collect(n, &res_rx, &tok_tx, &mut counted, total, reporter).and_then(|s| {
+            collect(&res_rx, &tok_tx, &mut counted, total, reporter).and_then(|s| {
                 counted.write_all(&super::compress::compress(compression, &END)?)?;
                 Ok(s)
             })
@@ -233,8 +252,9 @@ impl<W: Write> Write for Counted<W> {
     }
 }
 
+/// Writes the pieces in order as they come, until every sender is gone; every entry must have
+/// been written by then.
 fn collect(
-    n: usize,
     res_rx: &Receiver<Result<Piece, DataError>>,
     tok_tx: &SyncSender<()>,
     out: &mut impl Write,
@@ -245,8 +265,8 @@ fn collect(
     let mut waiting = BTreeMap::new();
     let mut next = 0;
     let mut done = 0u64;
-    while next < n {
-        let piece = res_rx.recv().map_err(|_| DataError::Worker)??;
+    while let Ok(piece) = res_rx.recv() {
+        let piece = piece?;
         waiting.insert(piece.index, piece);
         while let Some(p) = waiting.remove(&next) {
             out.write_all(&p.bytes)?;
@@ -262,14 +282,16 @@ fn collect(
             let _ = tok_tx.send(());
         }
     }
+    if done != total {
+        return Err(DataError::Worker);
+    }
     Ok(summary)
 }
 
 fn worker(
     entries: &[DataEntry],
-    ranges: &[(usize, usize)],
     job: &Job,
-    jobs: &std::sync::Mutex<Receiver<usize>>,
+    jobs: &std::sync::Mutex<Receiver<(usize, usize, usize)>>,
     results: &SyncSender<Result<Piece, DataError>>,
 ) {
     let reader = match job.source.reader() {
@@ -284,8 +306,7 @@ fn worker(
             Ok(rx) => rx.recv(),
             Err(_) => return,
         };
-        let Ok(index) = next else { return };
-        let (a, b) = ranges[index];
+        let Ok((index, a, b)) = next else { return };
         let r = piece(&entries[a..b], &reader, job).map(|mut p| {
             p.index = index;
             p
@@ -388,11 +409,32 @@ mod tests {
         let mut v: Vec<DataEntry> = (0..5000).map(|_| e(10)).collect();
         v.push(e(5 << 20));
         v.push(e(1));
-        let p = pieces(&v);
+        let mut p = Vec::new();
+        let sizes = |e: &DataEntry| match &e.content {
+            Content::File(d) => Ok::<u64, ()>(d.len() as u64),
+            _ => Ok(0),
+        };
+        cut(&v, sizes, |a, b| {
+            p.push((a, b));
+            true
+        })
+        .unwrap();
         assert_eq!(p.first().unwrap().0, 0);
         assert_eq!(p.last().unwrap().1, v.len());
         assert!(p.windows(2).all(|w| w[0].1 == w[1].0));
         assert_eq!(p[0], (0, 2048));
         assert!(p.contains(&(4096, 5001)), "{p:?}");
+        // A size that cannot be read stops the cut with its error; `false` stops it quietly.
+        let mut n = 0;
+        assert_eq!(
+            cut(&v, |_| Err::<u64, _>("no size"), |_, _| true),
+            Err("no size")
+        );
+        cut(&v, sizes, |_, _| {
+            n += 1;
+            false
+        })
+        .unwrap();
+        assert_eq!(n, 1);
     }
 }
