@@ -12,13 +12,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 fn journal_actions(c: &Cluster, action: &str) -> usize {
+    journal_actions_result(c, action, "ok")
+}
+
+/// Journal lines of `action` with `result`, over every roll of the lab.
+fn journal_actions_result(c: &Cluster, action: &str, result: &str) -> usize {
     let state = c.lab().join("state");
     let mut n = 0;
     for e in fs::read_dir(state).unwrap().flatten() {
         if e.file_name().to_string_lossy().ends_with(".jsonl") {
             for line in fs::read_to_string(e.path()).unwrap().lines() {
                 let v: serde_json::Value = serde_json::from_str(line).unwrap();
-                if v["action"] == action && v["result"] == "ok" {
+                if v["action"] == action && v["result"] == result {
                     n += 1;
                 }
             }
@@ -446,4 +451,91 @@ fn ctrl_c_stops_between_batches_and_a_failing_health_check_keeps_the_node_out() 
     for _ in 0..10 {
         assert_eq!(http_get(&format!("{}/", c.env["LAB_LB2"])), Ok(200));
     }
+}
+
+/// Requests that do not end (an upload whose body never comes: HAProxy has handed it to a
+/// server, so the server's `scur` stays 1) on every web server of LB 2.
+fn hold_sessions(c: &Cluster) -> Vec<std::net::TcpStream> {
+    let addr = c.env["LAB_LB2"].trim_start_matches("http://").to_string();
+    let held: Vec<std::net::TcpStream> = (0..6)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(&addr).unwrap();
+            std::io::Write::write_all(
+                &mut s,
+                b"POST /index.php HTTP/1.1\r\nHost: lab\r\nContent-Length: 100000\r\n\r\npart",
+            )
+            .unwrap();
+            // Round robin: one after the other, so each server gets its share.
+            std::thread::sleep(Duration::from_millis(50));
+            s
+        })
+        .collect();
+    let busy = |text: &str| {
+        text.lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+            .filter(|l| l.split(',').nth(4).is_some_and(|scur| scur != "0"))
+            .count()
+    };
+    for _ in 0..50 {
+        let mut s = std::net::TcpStream::connect(&c.env["LAB_LB2_API"]).unwrap();
+        std::io::Write::write_all(&mut s, b"show stat moodle 4 -1\n").unwrap();
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut s, &mut text).unwrap();
+        if busy(&text) >= 3 {
+            return held;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("the held requests did not reach every web server");
+}
+
+/// Sessions that outlast `drain_timeout`: the roll stops with the nodes back in rotation and
+/// says so; with `--force-drain` they go to maint and the roll finishes.
+#[test]
+fn sessions_that_outlast_the_drain_timeout_stop_the_roll_or_force_drain_goes_on() {
+    let (c, v1, v2) = installed_cluster();
+    let cfg = fs::read_to_string(c.config_path())
+        .unwrap()
+        .replace("drain_timeout = \"20s\"", "drain_timeout = \"1s\"");
+    fs::write(c.config_path(), cfg).unwrap();
+
+    let held = hold_sessions(&c);
+    let out = c.cmd().args(["roll", "--batch", "1"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("sessions did not end within drain_timeout 1s")
+            && err.contains("back in rotation")
+            && err.contains("--force-drain"),
+        "{err}"
+    );
+    for n in ["web1", "web2", "web3"] {
+        assert_eq!(c.installed(n), v1, "{n} was upgraded");
+    }
+    assert!(
+        c.lb_servers().iter().all(|(_, s)| s.starts_with("UP")),
+        "{:?}",
+        c.lb_servers()
+    );
+
+    let out = c
+        .cmd()
+        .args(["roll", "--resume", "--batch", "1", "--force-drain"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    drop(held);
+    for n in ["web1", "web2", "web3", "cron1"] {
+        assert_eq!(c.installed(n), v2, "{n}");
+    }
+    assert!(journal_actions_result(&c, "drain timeout", "warning") >= 1);
+    assert!(
+        c.lb_servers().iter().all(|(_, s)| s.starts_with("UP")),
+        "{:?}",
+        c.lb_servers()
+    );
 }

@@ -948,19 +948,10 @@ fn code_only_batch(
         batch.join(", ")
     ));
     let (t, busy) = drain_and_wait(ctx, &nodes)?;
+    let forced = !busy.is_empty() && opts.force_drain;
     if !busy.is_empty() {
-        if opts.force_drain {
-            for n in &nodes {
-                ctx.set_all(&n.name, &server_name(n), AdminState::Maint)?;
-            }
-            ctx.log(
-                None,
-                None,
-                "drain timeout",
-                "warning",
-                t,
-                &format!("--force-drain: switched to maint: {}", busy.join("; ")),
-            );
+        if forced {
+            maint_after_timeout(ctx, &nodes, t, "--force-drain", &busy)?;
         } else {
             for n in &nodes {
                 ctx.set_all(&n.name, &server_name(n), AdminState::Ready)?;
@@ -982,6 +973,11 @@ fn code_only_batch(
     for n in &nodes {
         if failed.iter().any(|(f, _)| f == &n.name) {
             continue;
+        }
+        // HAProxy does not check a server in maint: back to drain (still no new traffic), or
+        // the checks below would never see the new code.
+        if forced {
+            ctx.set_all(&n.name, &server_name(n), AdminState::Drain)?;
         }
         // The LBs' last check result may predate the install: mark the (drained, idle) server
         // down, so that only checks of the new code can bring it back up.
@@ -1297,21 +1293,31 @@ fn drain_and_wait(ctx: &mut Ctx, nodes: &[Node]) -> Result<(Instant, Vec<String>
 fn take_out_for_install(ctx: &mut Ctx, nodes: &[Node]) -> Result<(), RollError> {
     let (t, busy) = drain_and_wait(ctx, nodes)?;
     if !busy.is_empty() {
-        for n in nodes {
-            ctx.set_all(&n.name, &server_name(n), AdminState::Maint)?;
-        }
-        ctx.log(
-            None,
-            None,
-            "drain timeout",
-            "warning",
-            t,
-            &format!(
-                "site in maintenance: switched to maint: {}",
-                busy.join("; ")
-            ),
-        );
+        maint_after_timeout(ctx, nodes, t, "site in maintenance", &busy)?;
     }
+    Ok(())
+}
+
+/// After `drain_timeout`: `nodes` go to maint (no traffic, not even cookie-bound), and the
+/// journal says why and what was still busy.
+fn maint_after_timeout(
+    ctx: &mut Ctx,
+    nodes: &[Node],
+    since: Instant,
+    why: &str,
+    busy: &[String],
+) -> Result<(), RollError> {
+    for n in nodes {
+        ctx.set_all(&n.name, &server_name(n), AdminState::Maint)?;
+    }
+    ctx.log(
+        None,
+        None,
+        "drain timeout",
+        "warning",
+        since,
+        &format!("{why}: switched to maint: {}", busy.join("; ")),
+    );
     Ok(())
 }
 
