@@ -539,3 +539,38 @@ fn sessions_that_outlast_the_drain_timeout_stop_the_roll_or_force_drain_goes_on(
         c.lb_servers()
     );
 }
+
+/// `--auto-rollback`: when a node fails, the nodes this roll already upgraded go back to the
+/// version they ran; the failed node stays out of rotation with the reason.
+#[test]
+fn auto_rollback_puts_the_upgraded_nodes_back() {
+    let (c, v1, _v2) = installed_cluster();
+    assert!(c
+        .ssh("web2", "mv /usr/bin/dpkg /usr/bin/dpkg.off")
+        .status
+        .success());
+    let out = c
+        .cmd()
+        .args(["roll", "--batch", "1", "--auto-rollback"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("--auto-rollback: back on their previous version: web1"),
+        "{err}"
+    );
+    for n in ["web1", "web3", "cron1"] {
+        assert_eq!(c.installed(n), v1, "{n}");
+    }
+    let servers = c.lb_servers();
+    assert!(
+        servers.iter().all(|(n, s)| if n == "web2" {
+            s == "MAINT"
+        } else {
+            s.starts_with("UP")
+        }),
+        "{servers:?}"
+    );
+    assert_eq!(http_get(&format!("{}/", c.env["LAB_LB1"])), Ok(200));
+}
