@@ -574,3 +574,32 @@ fn auto_rollback_puts_the_upgraded_nodes_back() {
     );
     assert_eq!(http_get(&format!("{}/", c.env["LAB_LB1"])), Ok(200));
 }
+
+/// A batch as large as the pool would take every server out: refused before any change, by
+/// `--plan` too (exit 3, refused for safety).
+#[test]
+fn a_batch_that_would_empty_the_pool_is_refused() {
+    let (c, v1, _v2) = installed_cluster();
+    let drains = journal_actions(&c, "state drain");
+    for args in [
+        &["roll", "--plan", "--batch", "3"][..],
+        &["roll", "--batch", "3"],
+    ] {
+        let out = c.cmd().args(args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{args:?}: {err}");
+        assert!(
+            err.contains("--batch 3 would take all 3 web servers out of rotation at once: use --batch 2 or less"),
+            "{err}"
+        );
+    }
+    for n in ["web1", "web2", "web3"] {
+        assert_eq!(c.installed(n), v1, "{n}");
+    }
+    assert!(
+        c.lb_servers().iter().all(|(_, s)| s.starts_with("UP")),
+        "{:?}",
+        c.lb_servers()
+    );
+    assert_eq!(journal_actions(&c, "state drain"), drains);
+}

@@ -533,6 +533,19 @@ pub fn roll(
         .filter(|n| to_do.iter().any(|t| t.name == n.name))
         .map(|n| n.name.clone())
         .collect();
+    // In rotation, a batch as large as the pool would leave no server: refused before anything,
+    // even --plan (the database path takes the site to maintenance anyway).
+    let pool = web_nodes(cfg).len();
+    if !database && !opts.force && pool > 0 && batch.min(webs.len()) >= pool {
+        return Err(RollError::Refused(if pool == 1 {
+            "the only web server would go out of rotation (the site down while it is upgraded): add a web node, or use --force".to_string()
+        } else {
+            format!(
+                "--batch {batch} would take all {pool} web servers out of rotation at once: use --batch {} or less (or --force)",
+                pool - 1
+            )
+        }));
+    }
     let plan = Plan {
         kind: if opts.rollback { "rollback" } else { "roll" }.into(),
         target: target.clone(),
