@@ -248,6 +248,37 @@ impl Ssh {
         for c in conns.iter_mut().flatten() {
             c.sudo = it.next().flatten().unwrap_or(true);
         }
+        // A login user that is not root needs passwordless sudo: find out now, in one clear
+        // error, rather than from every command failing (a failed query would read as "nothing
+        // installed").
+        let probes: Vec<(usize, &Conn)> = conns
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| c.as_ref().ok().filter(|c| c.sudo).map(|c| (i, c)))
+            .collect();
+        let answers = self.run_all(
+            probes
+                .iter()
+                .map(|(_, c)| (*c, "true".to_string()))
+                .collect(),
+        );
+        let refused: Vec<(usize, String)> = probes
+            .iter()
+            .zip(answers)
+            .filter_map(|((i, _), r)| match r {
+                Ok(o) if o.success() => None,
+                Ok(o) => Some((*i, o.tail())),
+                Err(e) => Some((*i, e.to_string())),
+            })
+            .collect();
+        for (i, why) in refused {
+            let (node, dest) = &nodes[i];
+            conns[i] = Err(SshError::Connect {
+                node: node.clone(),
+                dest: dest.clone(),
+                message: format!("the login user is not root and `sudo -n` fails ({why}): give it passwordless sudo, or log in as root"),
+            });
+        }
         conns
     }
 

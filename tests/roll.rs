@@ -603,3 +603,49 @@ fn a_batch_that_would_empty_the_pool_is_refused() {
     );
     assert_eq!(journal_actions(&c, "state drain"), drains);
 }
+
+/// A deploy user that is not root: every command goes through `sudo -n`; a node where sudo
+/// asks for a password is refused at connection, in one clear error, before any change.
+#[test]
+fn a_deploy_user_with_passwordless_sudo_rolls_and_one_without_is_refused() {
+    let (c, v1, v2) = installed_cluster();
+    for n in ["web1", "web2", "web3", "cron1"] {
+        let o = c.ssh(
+            n,
+            "useradd -m -p '*' -s /bin/bash deploy && printf '# lab node\\n' >/home/deploy/.bashrc && echo 'deploy ALL=(ALL) NOPASSWD: ALL' >/etc/sudoers.d/deploy && chmod 440 /etc/sudoers.d/deploy",
+        );
+        assert!(
+            o.status.success(),
+            "{n}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    let mut cfg = fs::read_to_string(c.config_path()).unwrap();
+    for n in ["web1", "web2", "web3", "cron1"] {
+        cfg = cfg.replace(&format!("ssh = \"{n}\""), &format!("ssh = \"deploy@{n}\""));
+    }
+    fs::write(c.config_path(), cfg).unwrap();
+    run(c.cmd().args(["roll", "--batch", "1"]));
+    for n in ["web1", "web2", "web3", "cron1"] {
+        assert_eq!(c.installed(n), v2, "{n}");
+    }
+
+    // web3's sudo now wants a password: refused before anything, saying so.
+    assert!(c.ssh("web3", "rm /etc/sudoers.d/deploy").status.success());
+    let out = c
+        .cmd()
+        .args(["rollback", "--to", &v1, "--batch", "1"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("web3")
+            && err.contains("`sudo -n` fails")
+            && err.contains("passwordless sudo"),
+        "{err}"
+    );
+    for n in ["web1", "web2", "web3"] {
+        assert_eq!(c.installed(n), v2, "{n} changed");
+    }
+}

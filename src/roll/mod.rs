@@ -279,7 +279,18 @@ impl Ctx<'_> {
             .collect();
         let mut out = BTreeMap::new();
         for (n, r) in names.iter().zip(self.ssh.run_all(jobs)) {
-            out.insert(n.clone(), parse_installed(&r?.text()));
+            let o = r?;
+            // The query itself never fails (`|| true`): a failure is the shell or sudo's, and
+            // must not read as "nothing installed".
+            if !o.success() {
+                return Err(crate::ssh::SshError::Run {
+                    node: n.clone(),
+                    command: "dpkg-query".into(),
+                    message: o.tail(),
+                }
+                .into());
+            }
+            out.insert(n.clone(), parse_installed(&o.text()));
         }
         Ok(out)
     }
