@@ -649,3 +649,60 @@ fn a_deploy_user_with_passwordless_sudo_rolls_and_one_without_is_refused() {
         assert_eq!(c.installed(n), v2, "{n} changed");
     }
 }
+
+/// A server with an agent-check (whose "ready" can cancel a drain set through the Runtime API):
+/// the plan warns about it, and the roll still drains, upgrades and brings it back.
+#[test]
+fn an_agent_check_is_warned_about_and_the_roll_still_finishes() {
+    let (c, _v1, v2) = installed_cluster();
+    // An agent that always answers "ready".
+    let agent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = agent.local_addr().unwrap().port();
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopped = stop.clone();
+    agent.set_nonblocking(true).unwrap();
+    let thread = std::thread::spawn(move || {
+        let started = std::time::Instant::now();
+        while !stopped.load(Ordering::SeqCst) && started.elapsed() < Duration::from_secs(300) {
+            match agent.accept() {
+                Ok((mut s, _)) => {
+                    let _ = std::io::Write::write_all(&mut s, b"ready\n");
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    });
+    let cfg_path = c.lab().join("lb1.cfg");
+    let cfg = fs::read_to_string(&cfg_path).unwrap();
+    let line = cfg
+        .lines()
+        .find(|l| l.trim_start().starts_with("server web1 "))
+        .unwrap()
+        .to_string();
+    let cfg = cfg.replace(
+        &line,
+        &format!("{line} agent-check agent-port {port} agent-inter 200ms"),
+    );
+    fs::write(&cfg_path, cfg).unwrap();
+    let pid = fs::read_to_string(c.lab().join("lb1.pid")).unwrap();
+    run(Command::new("kill").arg(pid.trim()));
+    std::thread::sleep(Duration::from_millis(300));
+    run(Command::new("haproxy").arg("-f").arg(&cfg_path).arg("-D"));
+
+    let plan = run(c.cmd().args(["roll", "--plan", "--batch", "1"]));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&plan.stdout),
+        String::from_utf8_lossy(&plan.stderr)
+    );
+    assert!(
+        text.contains("lb1: web1 has an agent-check, which can cancel a drain"),
+        "{text}"
+    );
+    run(c.cmd().args(["roll", "--batch", "1"]));
+    stop.store(true, Ordering::SeqCst);
+    thread.join().unwrap();
+    for n in ["web1", "web2", "web3", "cron1"] {
+        assert_eq!(c.installed(n), v2, "{n}");
+    }
+}
