@@ -11,6 +11,22 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+/// Every web server is UP on LB 2.
+fn assert_all_up(c: &Cluster) {
+    let servers = c.lb_servers();
+    assert!(
+        servers.iter().all(|(_, s)| s.starts_with("UP")),
+        "{servers:?}"
+    );
+}
+
+/// Each of `nodes` has `version` installed.
+fn assert_on(c: &Cluster, nodes: &[&str], version: &str) {
+    for n in nodes {
+        assert_eq!(c.installed(n), version, "{n}");
+    }
+}
+
 fn journal_actions(c: &Cluster, action: &str) -> usize {
     journal_actions_result(c, action, "ok")
 }
@@ -143,9 +159,7 @@ fn first_install_code_only_roll_under_load_rollback_and_database_upgrade() {
     );
     assert_eq!(c.installed("web1"), "", "--plan installed something");
     run(c.cmd().arg("roll"));
-    for n in ["web1", "web2", "web3", "cron1"] {
-        assert_eq!(c.installed(n), v1, "{n}");
-    }
+    assert_on(&c, &["web1", "web2", "web3", "cron1"], &v1);
     assert_eq!(journal_actions(&c, "upgrade"), 1);
     assert_eq!(
         fs::read_to_string(c.lab().join("moodledata/dbversion"))
@@ -180,9 +194,7 @@ fn first_install_code_only_roll_under_load_rollback_and_database_upgrade() {
         max_out <= 1,
         "{max_out} servers were out of rotation at once with --batch 1"
     );
-    for n in ["web1", "web2", "web3", "cron1"] {
-        assert_eq!(c.installed(n), v2, "{n}");
-    }
+    assert_on(&c, &["web1", "web2", "web3", "cron1"], &v2);
     assert_eq!(
         journal_actions(&c, "upgrade"),
         1,
@@ -236,9 +248,7 @@ fn first_install_code_only_roll_under_load_rollback_and_database_upgrade() {
             .trim(),
         "2022112810"
     );
-    for n in ["web1", "web2", "web3", "cron1"] {
-        assert_eq!(c.installed(n), v3, "{n}");
-    }
+    assert_on(&c, &["web1", "web2", "web3", "cron1"], &v3);
     // During maintenance the site answers 503 (Moodle's maintenance page), never a connection error.
     assert!(
         failures.iter().all(|f| f.ends_with(": 503")),
@@ -291,14 +301,8 @@ fn failures_stop_the_roll_safely_and_resume_finishes_it() {
         .status
         .success());
     run(c.cmd().args(["roll", "--resume", "--batch", "1"]));
-    for n in ["web1", "web2", "web3", "cron1"] {
-        assert_eq!(c.installed(n), v2, "{n}");
-    }
-    assert!(
-        c.lb_servers().iter().all(|(_, s)| s.starts_with("UP")),
-        "{:?}",
-        c.lb_servers()
-    );
+    assert_on(&c, &["web1", "web2", "web3", "cron1"], &v2);
+    assert_all_up(&c);
 
     // A server out of rotation that the tool did not take out stops a roll before anything.
     let v3 = c.release(3, &[]);
@@ -390,9 +394,7 @@ fn ctrl_c_stops_between_batches_and_a_failing_health_check_keeps_the_node_out() 
         c.lb_servers()
     );
     run(c.cmd().args(["roll", "--resume", "--batch", "1"]));
-    for n in ["web1", "web2", "web3", "cron1"] {
-        assert_eq!(c.installed(n), v2, "{n}");
-    }
+    assert_on(&c, &["web1", "web2", "web3", "cron1"], &v2);
 
     // web3's health check fails after the install: it stays out (maint), the roll stops (exit 1).
     let v3 = c.release(3, &[]);
@@ -509,14 +511,8 @@ fn sessions_that_outlast_the_drain_timeout_stop_the_roll_or_force_drain_goes_on(
             && err.contains("--force-drain"),
         "{err}"
     );
-    for n in ["web1", "web2", "web3"] {
-        assert_eq!(c.installed(n), v1, "{n} was upgraded");
-    }
-    assert!(
-        c.lb_servers().iter().all(|(_, s)| s.starts_with("UP")),
-        "{:?}",
-        c.lb_servers()
-    );
+    assert_on(&c, &["web1", "web2", "web3"], &v1);
+    assert_all_up(&c);
 
     let out = c
         .cmd()
@@ -529,15 +525,9 @@ fn sessions_that_outlast_the_drain_timeout_stop_the_roll_or_force_drain_goes_on(
         String::from_utf8_lossy(&out.stderr)
     );
     drop(held);
-    for n in ["web1", "web2", "web3", "cron1"] {
-        assert_eq!(c.installed(n), v2, "{n}");
-    }
+    assert_on(&c, &["web1", "web2", "web3", "cron1"], &v2);
     assert!(journal_actions_result(&c, "drain timeout", "warning") >= 1);
-    assert!(
-        c.lb_servers().iter().all(|(_, s)| s.starts_with("UP")),
-        "{:?}",
-        c.lb_servers()
-    );
+    assert_all_up(&c);
 }
 
 /// `--auto-rollback`: when a node fails, the nodes this roll already upgraded go back to the
@@ -560,9 +550,7 @@ fn auto_rollback_puts_the_upgraded_nodes_back() {
         err.contains("--auto-rollback: back on their previous version: web1"),
         "{err}"
     );
-    for n in ["web1", "web3", "cron1"] {
-        assert_eq!(c.installed(n), v1, "{n}");
-    }
+    assert_on(&c, &["web1", "web3", "cron1"], &v1);
     let servers = c.lb_servers();
     assert!(
         servers.iter().all(|(n, s)| if n == "web2" {
@@ -593,14 +581,8 @@ fn a_batch_that_would_empty_the_pool_is_refused() {
             "{err}"
         );
     }
-    for n in ["web1", "web2", "web3"] {
-        assert_eq!(c.installed(n), v1, "{n}");
-    }
-    assert!(
-        c.lb_servers().iter().all(|(_, s)| s.starts_with("UP")),
-        "{:?}",
-        c.lb_servers()
-    );
+    assert_on(&c, &["web1", "web2", "web3"], &v1);
+    assert_all_up(&c);
     assert_eq!(journal_actions(&c, "state drain"), drains);
 }
 
@@ -626,9 +608,7 @@ fn a_deploy_user_with_passwordless_sudo_rolls_and_one_without_is_refused() {
     }
     fs::write(c.config_path(), cfg).unwrap();
     run(c.cmd().args(["roll", "--batch", "1"]));
-    for n in ["web1", "web2", "web3", "cron1"] {
-        assert_eq!(c.installed(n), v2, "{n}");
-    }
+    assert_on(&c, &["web1", "web2", "web3", "cron1"], &v2);
 
     // web3's sudo now wants a password: refused before anything, saying so.
     assert!(c.ssh("web3", "rm /etc/sudoers.d/deploy").status.success());
@@ -645,9 +625,7 @@ fn a_deploy_user_with_passwordless_sudo_rolls_and_one_without_is_refused() {
             && err.contains("passwordless sudo"),
         "{err}"
     );
-    for n in ["web1", "web2", "web3"] {
-        assert_eq!(c.installed(n), v2, "{n} changed");
-    }
+    assert_on(&c, &["web1", "web2", "web3"], &v2);
 }
 
 /// A server with an agent-check (whose "ready" can cancel a drain set through the Runtime API):
@@ -702,7 +680,5 @@ fn an_agent_check_is_warned_about_and_the_roll_still_finishes() {
     run(c.cmd().args(["roll", "--batch", "1"]));
     stop.store(true, Ordering::SeqCst);
     thread.join().unwrap();
-    for n in ["web1", "web2", "web3", "cron1"] {
-        assert_eq!(c.installed(n), v2, "{n}");
-    }
+    assert_on(&c, &["web1", "web2", "web3", "cron1"], &v2);
 }
