@@ -20,7 +20,7 @@ use crate::deb::{self, Compression};
 use crate::moodle::release::yyyymmdd;
 use crate::moodle::{MoodleError, SiteInfo};
 use crate::report::Reporter;
-use crate::source::{self, Entry, Filter, Kind, Source, SourceError};
+use crate::source::{self, Entry, Filter, Kind, Reader, Source, SourceError};
 
 /// Longest path dpkg can carry (PATH_MAX less the terminating NUL).
 const MAX_PATH: usize = 4095;
@@ -206,18 +206,16 @@ pub fn build(
         "writing data.tar.{}",
         opts.compression.extension()
     ));
-    let md5s = match &src {
-        Source::Git { repo, .. } => match git2::Repository::open(repo) {
-            Ok(r) => {
-                let (cache, warning) = Md5Cache::open(r.path());
-                if let Some(w) = warning {
-                    reporter.warn(&w);
-                }
-                cache
+    // The repository the tree was read from knows its git folder.
+    let md5s = match &reader {
+        Reader::Git(r) => {
+            let (cache, warning) = Md5Cache::open(r.path());
+            if let Some(w) = warning {
+                reporter.warn(&w);
             }
-            Err(_) => Md5Cache::none(),
-        },
-        Source::Dir(_) => Md5Cache::none(),
+            cache
+        }
+        Reader::Dir(_) => Md5Cache::none(),
     };
     let threads = opts.jobs.unwrap_or_else(|| {
         std::thread::available_parallelism()

@@ -234,50 +234,40 @@ impl Ssh {
                 }
             })
             .collect();
-        let jobs: Vec<(&Conn, String)> = conns
+        // One round trip per node: who logs in, and, when it is not root, whether passwordless
+        // sudo works. Finding out now gives one clear error instead of every command failing
+        // (a failed query would read as "nothing installed").
+        let up: Vec<usize> = (0..conns.len()).filter(|&i| conns[i].is_ok()).collect();
+        let jobs: Vec<(&Conn, String)> = up
             .iter()
-            .filter_map(|c| c.as_ref().ok())
-            .map(|c| (c, "id -u".to_string()))
-            .collect();
-        let ids: Vec<Option<bool>> = self
-            .run_all(jobs)
-            .into_iter()
-            .map(|r| r.ok().map(|o| o.text().trim() != "0"))
-            .collect();
-        let mut it = ids.into_iter();
-        for c in conns.iter_mut().flatten() {
-            c.sudo = it.next().flatten().unwrap_or(true);
-        }
-        // A login user that is not root needs passwordless sudo: find out now, in one clear
-        // error, rather than from every command failing (a failed query would read as "nothing
-        // installed").
-        let probes: Vec<(usize, &Conn)> = conns
-            .iter()
-            .enumerate()
-            .filter_map(|(i, c)| c.as_ref().ok().filter(|c| c.sudo).map(|c| (i, c)))
-            .collect();
-        let answers = self.run_all(
-            probes
-                .iter()
-                .map(|(_, c)| (*c, "true".to_string()))
-                .collect(),
-        );
-        let refused: Vec<(usize, String)> = probes
-            .iter()
-            .zip(answers)
-            .filter_map(|((i, _), r)| match r {
-                Ok(o) if o.success() => None,
-                Ok(o) => Some((*i, o.tail())),
-                Err(e) => Some((*i, e.to_string())),
+            .filter_map(|&i| conns[i].as_ref().ok())
+            .map(|c| {
+                (
+                    c,
+                    r#"u=$(id -u); echo "$u"; [ "$u" = 0 ] || sudo -n true"#.to_string(),
+                )
             })
             .collect();
-        for (i, why) in refused {
-            let (node, dest) = &nodes[i];
-            conns[i] = Err(SshError::Connect {
-                node: node.clone(),
-                dest: dest.clone(),
-                message: format!("the login user is not root and `sudo -n` fails ({why}): give it passwordless sudo, or log in as root"),
-            });
+        let answers = self.run_all(jobs);
+        for (i, r) in up.into_iter().zip(answers) {
+            let refused = match &r {
+                Ok(o) if o.text().trim() == "0" => None,
+                Ok(o) if o.success() => None,
+                Ok(o) => Some(o.tail()),
+                Err(_) => None,
+            };
+            if let Ok(c) = conns[i].as_mut() {
+                // Unknown (the command failed to run): assume not root, as before.
+                c.sudo = r.map(|o| o.text().trim() != "0").unwrap_or(true);
+            }
+            if let Some(why) = refused {
+                let (node, dest) = &nodes[i];
+                conns[i] = Err(SshError::Connect {
+                    node: node.clone(),
+                    dest: dest.clone(),
+                    message: format!("the login user is not root and `sudo -n` fails ({why}): give it passwordless sudo, or log in as root"),
+                });
+            }
         }
         conns
     }

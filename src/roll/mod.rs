@@ -272,25 +272,13 @@ impl Ctx<'_> {
     /// What `names` run, asked of all of them at once (`dpkg-query` with the fields `build`
     /// records).
     fn installed_on(&self, names: &[String]) -> Result<BTreeMap<String, Installed>, RollError> {
-        let script = installed_query(&self.pkg);
-        let jobs: Vec<(&Conn, String)> = names
-            .iter()
-            .map(|n| (self.conn(n), script.clone()))
-            .collect();
+        let conns: Vec<&Conn> = names.iter().map(|n| self.conn(n)).collect();
         let mut out = BTreeMap::new();
-        for (n, r) in names.iter().zip(self.ssh.run_all(jobs)) {
-            let o = r?;
-            // The query itself never fails (`|| true`): a failure is the shell or sudo's, and
-            // must not read as "nothing installed".
-            if !o.success() {
-                return Err(crate::ssh::SshError::Run {
-                    node: n.clone(),
-                    command: "dpkg-query".into(),
-                    message: o.tail(),
-                }
-                .into());
-            }
-            out.insert(n.clone(), parse_installed(&o.text()));
+        for (n, r) in names
+            .iter()
+            .zip(query_installed(&self.ssh, &self.pkg, &conns))
+        {
+            out.insert(n.clone(), r?);
         }
         Ok(out)
     }
@@ -314,6 +302,30 @@ impl Ctx<'_> {
     fn interrupted(&self) -> bool {
         self.stop.load(Ordering::SeqCst)
     }
+}
+
+/// What each of `conns` has installed of `pkg`, asked of all at once; results in the same
+/// order. Used by roll and by status.
+fn query_installed(ssh: &Ssh, pkg: &str, conns: &[&Conn]) -> Vec<Result<Installed, SshError>> {
+    let script = installed_query(pkg);
+    let jobs = conns.iter().map(|c| (*c, script.clone())).collect();
+    conns
+        .iter()
+        .zip(ssh.run_all(jobs))
+        .map(|(c, r)| {
+            let o = r?;
+            // The query itself never fails (`|| true`): a failure is the shell's or sudo's, and
+            // must not read as "nothing installed".
+            if !o.success() {
+                return Err(SshError::Run {
+                    node: c.node.clone(),
+                    command: "dpkg-query".into(),
+                    message: o.tail(),
+                });
+            }
+            Ok(parse_installed(&o.text()))
+        })
+        .collect()
 }
 
 /// The query whose answer [`parse_installed`] reads.
@@ -1387,20 +1399,12 @@ pub fn status(cfg: &Config) -> Result<Status, RollError> {
         .map(|n| (n.name.clone(), n.ssh.clone()))
         .collect();
     let conns = ssh.connect_all(&dests);
-    let query = installed_query(&cfg.site.package.to_string());
-    let jobs: Vec<(&Conn, String)> = conns.iter().flatten().map(|c| (c, query.clone())).collect();
-    let mut answers: BTreeMap<String, Result<Installed, String>> = conns
+    let up: Vec<&Conn> = conns.iter().flatten().collect();
+    let mut answers: BTreeMap<String, Result<Installed, String>> = up
         .iter()
-        .flatten()
         .map(|c| c.node.clone())
-        .zip(ssh.run_all(jobs))
-        .map(|(n, r)| {
-            (
-                n,
-                r.map(|o| parse_installed(&o.text()))
-                    .map_err(|e| e.to_string()),
-            )
-        })
+        .zip(query_installed(&ssh, &cfg.site.package.to_string(), &up))
+        .map(|(n, r)| (n, r.map_err(|e| e.to_string())))
         .collect();
     for e in conns.iter().filter_map(|c| c.as_ref().err()) {
         if let SshError::Connect { node, .. } = e {
