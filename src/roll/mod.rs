@@ -755,7 +755,9 @@ fn run_plan(
         let Some(n) = ctx.cfg.nodes.iter().find(|n| n.name == node) else {
             continue;
         };
-        if installed[&node].version.as_deref() == Some(plan.target.as_str()) && health_ok(ctx, n) {
+        if installed[&node].version.as_deref() == Some(plan.target.as_str())
+            && healthy(ctx.cfg, n) != Some(false)
+        {
             ctx.reporter.step(&format!("{node}: on {} and healthy, left out of rotation by an earlier run: putting it back", plan.target));
             ctx.set_all(&node, &server_name(n), AdminState::Ready)?;
             ctx.reporter.step_done();
@@ -861,24 +863,22 @@ fn install_nodes(ctx: &mut Ctx, nodes: &[String], target: &str) -> Result<(), (S
     Ok(())
 }
 
-fn health_url(ctx: &Ctx, n: &Node) -> Option<String> {
+fn health_url(cfg: &Config, n: &Node) -> Option<String> {
     n.http
         .as_ref()
-        .map(|h| format!("{}{}", h.trim_end_matches('/'), ctx.cfg.roll.health_path))
+        .map(|h| format!("{}{}", h.trim_end_matches('/'), cfg.roll.health_path))
 }
 
-fn health_ok(ctx: &Ctx, n: &Node) -> bool {
-    match health_url(ctx, n) {
-        Some(u) => http::get_status(&u, Duration::from_secs(3)).ok() == Some(200),
-        None => true,
-    }
+/// Whether the node's health URL answers 200 now; `None` for a node without one (cron).
+fn healthy(cfg: &Config, n: &Node) -> Option<bool> {
+    health_url(cfg, n).map(|u| http::get_status(&u, Duration::from_secs(3)).ok() == Some(200))
 }
 
 /// Waits until the node answers 200 on its health URL and every LB's check passes.
 fn wait_healthy(ctx: &mut Ctx, n: &Node) -> Result<(), String> {
     let t = Instant::now();
     let deadline = t + ctx.cfg.roll.health_timeout;
-    let url = health_url(ctx, n);
+    let url = health_url(ctx.cfg, n);
     let mut last = String::new();
     loop {
         if let Err(e) = ctx.reapply_after_reload() {
@@ -1411,13 +1411,25 @@ pub fn status(cfg: &Config) -> Result<Status, RollError> {
             answers.insert(node.clone(), Err(e.to_string()));
         }
     }
+    // Every node's health at once: a node that does not answer costs its timeout once.
+    let health: Vec<Option<bool>> = std::thread::scope(|s| {
+        let checks: Vec<_> = cfg
+            .nodes
+            .iter()
+            .map(|n| s.spawn(move || healthy(cfg, n)))
+            .collect();
+        checks
+            .into_iter()
+            .map(|c| c.join().unwrap_or(Some(false)))
+            .collect()
+    });
     let mut nodes = Vec::new();
-    for n in &cfg.nodes {
+    for (n, healthy) in cfg.nodes.iter().zip(health) {
         let mut st = NodeStatus {
             name: n.name.clone(),
             role: if n.role == Role::Web { "web" } else { "cron" }.into(),
             version: None,
-            healthy: None,
+            healthy,
             lbs: BTreeMap::new(),
             error: None,
         };
@@ -1425,10 +1437,6 @@ pub fn status(cfg: &Config) -> Result<Status, RollError> {
             Some(Ok(i)) => st.version = i.version,
             Some(Err(e)) => st.error = Some(e),
             None => st.error = Some("no answer".into()),
-        }
-        if let Some(h) = &n.http {
-            let url = format!("{}{}", h.trim_end_matches('/'), cfg.roll.health_path);
-            st.healthy = Some(http::get_status(&url, Duration::from_secs(3)).ok() == Some(200));
         }
         if n.role == Role::Web {
             for (lb, servers) in &lb_servers {
