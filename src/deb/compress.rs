@@ -76,8 +76,6 @@ impl fmt::Display for Compression {
 
 /// One of the encoders, writing into memory.
 pub enum Encoder {
-    /// No compression: a piece that goes into a [`StreamEncoder`].
-    Plain(Vec<u8>),
     Gzip(flate2::write::GzEncoder<Vec<u8>>),
     Zstd(zstd::stream::Encoder<'static, Vec<u8>>),
     Xz(liblzma::write::XzEncoder<Vec<u8>>),
@@ -87,7 +85,6 @@ impl Encoder {
     /// Ends the stream and returns the compressed bytes.
     pub fn finish(self) -> io::Result<Vec<u8>> {
         match self {
-            Encoder::Plain(v) => Ok(v),
             Encoder::Gzip(e) => e.finish(),
             Encoder::Zstd(e) => e.finish(),
             Encoder::Xz(e) => e.finish(),
@@ -98,7 +95,6 @@ impl Encoder {
 impl Write for Encoder {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
-            Encoder::Plain(v) => v.write(buf),
             Encoder::Gzip(e) => e.write(buf),
             Encoder::Zstd(e) => e.write(buf),
             Encoder::Xz(e) => e.write(buf),
@@ -106,7 +102,6 @@ impl Write for Encoder {
     }
     fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
         match self {
-            Encoder::Plain(v) => v.write_all(buf),
             Encoder::Gzip(e) => e.write_all(buf),
             Encoder::Zstd(e) => e.write_all(buf),
             Encoder::Xz(e) => e.write_all(buf),
