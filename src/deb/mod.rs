@@ -16,10 +16,10 @@ pub use compress::Compression;
 
 /// Writes the `.deb` to `out`: `debian-binary`, the compressed control.tar, then the compressed
 /// data.tar copied from `data` (a file written beforehand, since control needs its md5sums).
-/// Returns the package's SHA-256 and size.
+/// Returns the package's SHA-256 and size, once `out` is synced to disk.
 ///
-/// The data is copied by the kernel (`io::copy` between files uses `copy_file_range`) while
-/// another thread hashes it from the page cache: neither waits for the other.
+/// The data is copied by the kernel (`io::copy` between files uses `copy_file_range`) and synced
+/// while another thread hashes it from the page cache: neither waits for the other.
 pub fn assemble(
     out: &mut std::fs::File,
     control_tar: &[u8],
@@ -73,6 +73,8 @@ pub fn assemble(
             return Err(shrank());
         }
         out.write_all(tail)?;
+        // On disk before it gets its final name; the hashing goes on meanwhile.
+        out.sync_all()?;
         let sha256 = hasher
             .join()
             .map_err(|_| io::Error::other("the hashing thread stopped unexpectedly"))??;
