@@ -45,6 +45,11 @@ pub struct RollState {
     pub failed_node: Option<String>,
     #[serde(default)]
     pub reason: Option<String>,
+    /// The database path turned maintenance mode on and has not turned it off yet: the
+    /// database upgrade may not have run. The next run, whatever its target, takes the
+    /// database path, so the upgrade runs and the site leaves maintenance.
+    #[serde(default)]
+    pub upgrade_pending: bool,
 }
 
 impl RollState {

@@ -682,3 +682,82 @@ fn an_agent_check_is_warned_about_and_the_roll_still_finishes() {
     thread.join().unwrap();
     assert_on(&c, &["web1", "web2", "web3", "cron1"], &v2);
 }
+
+/// A database upgrade whose `upgrade_command` fails leaves the site in maintenance. Once the
+/// cause is fixed, `roll --resume` has no node left to install, yet runs the upgrade and ends
+/// maintenance. A forced rollback across the upgrade runs the old code's upgrade, which (like
+/// Moodle's) refuses a newer database: the re-run finishes once the database is restored.
+#[test]
+fn a_failed_database_upgrade_is_finished_by_resume_and_a_forced_rollback_needs_the_old_database() {
+    require_root("scripts/lab uses mount namespaces");
+    let c = Cluster::up(3);
+    let all = ["web1", "web2", "web3", "cron1"];
+    let v1 = c.release(1, &[]);
+    run(c.cmd().arg("roll"));
+    let cfg = fs::read_to_string(c.config_path())
+        .unwrap()
+        .replace("ref = \"v4.1.9\"", "ref = \"v4.1.10\"");
+    fs::write(c.config_path(), cfg).unwrap();
+    let v2 = c.release(2, &["--update", "upstream"]);
+    let moodledata = c.lab().join("moodledata");
+    let dbversion = || {
+        fs::read_to_string(moodledata.join("dbversion"))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    let site = format!("{}/", c.env["LAB_LB1"]);
+
+    // 1. The upgrade fails after every node got the code: exit 1, the site in maintenance.
+    fs::write(moodledata.join("upgrade-fails"), "").unwrap();
+    let out = c.cmd().arg("roll").output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("upgrade_command failed") && err.contains("--resume"),
+        "{err}"
+    );
+    assert_on(&c, &all, &v2);
+    assert_eq!(dbversion(), "2022112809");
+    assert_eq!(http_get(&site), Ok(503));
+
+    // 2. Fixed: --resume runs the upgrade once more and ends maintenance.
+    fs::remove_file(moodledata.join("upgrade-fails")).unwrap();
+    let upgrades = journal_actions(&c, "upgrade");
+    let out = run(c.cmd().args(["--json", "roll", "--resume"]));
+    let o: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(o["plan"]["path"], "database", "{o}");
+    assert!(
+        o["plan"]["why"]
+            .as_str()
+            .unwrap()
+            .contains("stopped before its database upgrade finished"),
+        "{o}"
+    );
+    assert_eq!(journal_actions(&c, "upgrade"), upgrades + 1);
+    assert_eq!(dbversion(), "2022112810");
+    assert_eq!(http_get(&site), Ok(200));
+    assert_all_up(&c);
+
+    // 3. A forced rollback to v1 with the upgraded database: the old code's upgrade refuses, the
+    // site stays in maintenance on v1's code.
+    let out = c
+        .cmd()
+        .args(["rollback", "--to", &v1, "--force"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("Cannot downgrade"), "{err}");
+    assert_on(&c, &all, &v1);
+    assert_eq!(http_get(&site), Ok(503));
+
+    // 4. The database restored from before the upgrade: the same command finishes.
+    fs::write(moodledata.join("dbversion"), "2022112809\n").unwrap();
+    run(c.cmd().args(["rollback", "--to", &v1, "--force"]));
+    assert_eq!(journal_actions(&c, "upgrade"), upgrades + 2);
+    assert_eq!(dbversion(), "2022112809");
+    assert_eq!(http_get(&site), Ok(200));
+    assert_all_up(&c);
+    assert_on(&c, &all, &v1);
+}

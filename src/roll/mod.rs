@@ -545,6 +545,21 @@ pub fn roll(
             break;
         }
     }
+    // A stopped roll can leave the site in maintenance with its upgrade not run (say
+    // upgrade_command failed once every node had the code): nothing differs any more, yet the
+    // upgrade and maintenance off remain to do.
+    let previous_state = RollState::read(&state_dir);
+    if why.is_empty() {
+        if let Some(p) = previous_state
+            .as_ref()
+            .filter(|s| s.status != "done" && s.upgrade_pending)
+        {
+            why = format!(
+                "an earlier {} to {} stopped before its database upgrade finished (the site is in maintenance mode)",
+                p.kind, p.target
+            );
+        }
+    }
     let database = !why.is_empty();
     if opts.rollback && database && !opts.force {
         return Err(RollError::Refused(format!(
@@ -598,7 +613,6 @@ pub fn roll(
     };
 
     // Servers out of rotation that this tool did not put there stop the roll.
-    let previous_state = RollState::read(&state_dir);
     let ours: Vec<String> = previous_state
         .as_ref()
         .filter(|s| s.status != "done")
@@ -734,6 +748,9 @@ fn run_plan(
             .unwrap_or_default(),
         failed_node: None,
         reason: None,
+        upgrade_pending: previous_state
+            .as_ref()
+            .is_some_and(|s| s.status != "done" && s.upgrade_pending),
     };
     if opts.resume {
         if let Some(p) = &previous_state {
@@ -1135,33 +1152,35 @@ fn database_path(ctx: &mut Ctx, plan: &Plan) -> Result<f64, RollError> {
         .unwrap_or_else(|| ctx.cfg.nodes[0].name.clone());
     // 1. Download everywhere first: the maintenance window holds no download.
     let t = Instant::now();
-    ctx.reporter.step(&format!(
-        "downloading {} on {}",
-        plan.target,
-        all.join(", ")
-    ));
-    let script = ctx.apt_install(&plan.target, true);
-    let jobs: Vec<(&Conn, String)> = all
-        .iter()
-        .map(|n| (&ctx.conns[n], script.clone()))
-        .collect();
-    for (n, r) in all.clone().iter().zip(ctx.ssh.run_all_long(jobs)) {
-        match r {
-            Ok(o) if o.success() => ctx.log(Some(n), None, "download", "ok", t, &plan.target),
-            Ok(o) => {
-                let m = format!(
-                    "{n}: downloading {}={} failed: {}",
-                    ctx.pkg,
-                    plan.target,
-                    o.tail()
-                );
-                ctx.reporter.step_done();
-                return Err(ctx.fail(Some(n), format!("{m}; nothing was changed")));
+    if !all.is_empty() {
+        ctx.reporter.step(&format!(
+            "downloading {} on {}",
+            plan.target,
+            all.join(", ")
+        ));
+        let script = ctx.apt_install(&plan.target, true);
+        let jobs: Vec<(&Conn, String)> = all
+            .iter()
+            .map(|n| (&ctx.conns[n], script.clone()))
+            .collect();
+        for (n, r) in all.clone().iter().zip(ctx.ssh.run_all_long(jobs)) {
+            match r {
+                Ok(o) if o.success() => ctx.log(Some(n), None, "download", "ok", t, &plan.target),
+                Ok(o) => {
+                    let m = format!(
+                        "{n}: downloading {}={} failed: {}",
+                        ctx.pkg,
+                        plan.target,
+                        o.tail()
+                    );
+                    ctx.reporter.step_done();
+                    return Err(ctx.fail(Some(n), format!("{m}; nothing was changed")));
+                }
+                Err(e) => return Err(ctx.fail(Some(n), e.to_string())),
             }
-            Err(e) => return Err(ctx.fail(Some(n), e.to_string())),
         }
+        ctx.reporter.step_done();
     }
-    ctx.reporter.step_done();
     if ctx.interrupted() {
         return Err(RollError::Interrupted {
             message: "stopped before maintenance mode; nothing changed".into(),
@@ -1192,6 +1211,8 @@ fn database_path(ctx: &mut Ctx, plan: &Plan) -> Result<f64, RollError> {
             "no code installed yet",
         );
     }
+    ctx.state.upgrade_pending = true;
+    ctx.save_state();
     // 3. Install everywhere, batch after batch. Web nodes leave rotation while their files are
     // swapped (the others serve the maintenance page meanwhile), unless that would leave none.
     let batch = plan.batches.first().map(|b| b.len()).unwrap_or(1).max(1);
@@ -1238,7 +1259,7 @@ fn database_path(ctx: &mut Ctx, plan: &Plan) -> Result<f64, RollError> {
         return Err(ctx.fail(
             Some(&first_web),
             format!(
-                "upgrade_command failed (exit {:?}): {}; the site is left in maintenance mode",
+                "upgrade_command failed (exit {:?}): {}; the site is left in maintenance mode: fix the cause and run `moodle-release roll --resume` (it runs the upgrade again and ends maintenance)",
                 out.code,
                 out.tail()
             ),
@@ -1255,6 +1276,8 @@ fn database_path(ctx: &mut Ctx, plan: &Plan) -> Result<f64, RollError> {
             format!("maintenance_off failed: {}", out.tail()),
         ));
     }
+    ctx.state.upgrade_pending = false;
+    ctx.save_state();
     let secs = m_start.elapsed().as_secs_f64();
     ctx.log(
         Some(&first_web),
