@@ -57,10 +57,22 @@ impl RollState {
         state_dir.join("state.json")
     }
 
-    pub fn read(state_dir: &Path) -> Option<RollState> {
-        fs::read(Self::path(state_dir))
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
+    /// The state an earlier roll left, `None` when there is none. A file that cannot be read
+    /// or parsed is an error naming it: it may hold the only record of a stopped roll (which
+    /// servers it took out, an upgrade left to finish), so it is never taken for "no roll".
+    pub fn read(state_dir: &Path) -> Result<Option<RollState>, String> {
+        let path = Self::path(state_dir);
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(format!("{}: {e}", path.display())),
+        };
+        serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+            format!(
+                "{}: damaged ({e}); it records the last roll (servers it took out, an upgrade left to finish): check it by hand, or move it away to start afresh",
+                path.display()
+            )
+        })
     }
 
     pub fn write(&self, state_dir: &Path) -> std::io::Result<()> {

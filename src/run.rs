@@ -258,6 +258,9 @@ pub fn run(cli: Cli, reporter: &dyn Reporter, out: &mut dyn Write) -> Result<(),
                             .unwrap_or_default()
                     )?;
                 }
+                if let Some(e) = &st.roll_error {
+                    writeln!(out, "last roll: unknown: {e}")?;
+                }
             }
             Ok(())
         }

@@ -566,7 +566,7 @@ fn auto_rollback_puts_the_upgraded_nodes_back() {
 /// A batch as large as the pool would take every server out: refused before any change, by
 /// `--plan` too (exit 3, refused for safety).
 #[test]
-fn a_batch_that_would_empty_the_pool_is_refused() {
+fn a_batch_that_would_empty_the_pool_or_a_damaged_state_is_refused() {
     let (c, v1, _v2) = installed_cluster();
     let drains = journal_actions(&c, "state drain");
     for args in [
@@ -584,6 +584,19 @@ fn a_batch_that_would_empty_the_pool_is_refused() {
     assert_on(&c, &["web1", "web2", "web3"], &v1);
     assert_all_up(&c);
     assert_eq!(journal_actions(&c, "state drain"), drains);
+
+    // A damaged state.json is never read as "no roll": roll refuses, status says so.
+    let state = c.lab().join("state/state.json");
+    let good = fs::read(&state).unwrap();
+    fs::write(&state, &good[..good.len() / 2]).unwrap();
+    let out = c.cmd().args(["roll", "--plan"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("state.json: damaged"), "{err}");
+    let st = String::from_utf8_lossy(&run(c.cmd().arg("status")).stdout).into_owned();
+    assert!(st.contains("last roll: unknown:"), "{st}");
+    fs::write(&state, good).unwrap();
+    run(c.cmd().args(["roll", "--plan"]));
 }
 
 /// A deploy user that is not root: every command goes through `sudo -n`; a node where sudo

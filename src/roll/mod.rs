@@ -389,6 +389,7 @@ pub fn roll(
     }
     let batch = opts.batch.unwrap_or(cfg.roll.batch).max(1) as usize;
     let state_dir = cfg.base_dir.join(&cfg.roll.state_dir);
+    let previous_state = RollState::read(&state_dir).map_err(RollError::Preflight)?;
     let stop = Arc::new(AtomicBool::new(false));
     let _ = signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone());
     let _ = signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone());
@@ -482,9 +483,9 @@ pub fn roll(
             let current = current_max.as_ref().map(|c| c.to_string());
             // The version every node ran before the last roll (from its journal state), when that
             // is one version, differs from now, and is still in the repository...
-            let before_last = RollState::read(&state_dir).and_then(|s| {
+            let before_last = previous_state.as_ref().and_then(|s| {
                 let versions: std::collections::BTreeSet<String> =
-                    s.previous.into_values().collect();
+                    s.previous.values().cloned().collect();
                 let only = versions.into_iter().collect::<Vec<_>>();
                 (only.len() == 1).then(|| only[0].clone())
             });
@@ -548,7 +549,6 @@ pub fn roll(
     // A stopped roll can leave the site in maintenance with its upgrade not run (say
     // upgrade_command failed once every node had the code): nothing differs any more, yet the
     // upgrade and maintenance off remain to do.
-    let previous_state = RollState::read(&state_dir);
     if why.is_empty() {
         if let Some(p) = previous_state
             .as_ref()
@@ -1386,6 +1386,9 @@ pub struct Status {
     pub newest: Option<String>,
     pub nodes: Vec<NodeStatus>,
     pub roll: Option<RollState>,
+    /// Why the last roll's state could not be read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub roll_error: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -1481,10 +1484,14 @@ pub fn status(cfg: &Config) -> Result<Status, RollError> {
         }
         nodes.push(st);
     }
-    let roll = RollState::read(&cfg.base_dir.join(&cfg.roll.state_dir));
+    let (roll, roll_error) = match RollState::read(&cfg.base_dir.join(&cfg.roll.state_dir)) {
+        Ok(r) => (r, None),
+        Err(e) => (None, Some(e)),
+    };
     Ok(Status {
         newest,
         nodes,
         roll,
+        roll_error,
     })
 }
