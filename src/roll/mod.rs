@@ -409,236 +409,19 @@ pub fn roll(
         processes: BTreeMap::new(),
     };
 
-    // --- Preflight: nothing changes until every part answers.
-    reporter.step("checking the load balancers");
-    for lb in &ctx.lbs {
-        let servers = lb
-            .servers()
-            .map_err(|e| RollError::Preflight(e.to_string()))?;
-        for n in web_nodes(cfg) {
-            let s = server_name(n);
-            let x = lb
-                .find(&servers, &s)
-                .map_err(|e| RollError::Preflight(format!("{e}; node {} needs it", n.name)))?;
-            if x.agent {
-                ctx.warnings.push(format!(
-                    "{}: {s} has an agent-check, which can cancel a drain set by this tool",
-                    lb.name
-                ));
-            }
-        }
-        // The Runtime API must accept state changes (level admin). Setting a server's weight to
-        // the weight it has proves it and changes nothing.
-        if let Some(x) = web_nodes(cfg)
-            .first()
-            .and_then(|n| servers.iter().find(|x| x.name == server_name(n)))
-        {
-            lb.send(&format!(
-                "set weight {}/{} {}",
-                lb.backend, x.name, x.weight
-            ))
-            .map_err(|e| {
-                RollError::Preflight(format!("{e} (the stats socket needs `level admin`)"))
-            })?;
-        }
-    }
-    reporter.step_done();
-    for lb in &ctx.lbs {
-        let p = lb
-            .process()
-            .map_err(|e| RollError::Preflight(e.to_string()))?;
-        ctx.processes.insert(lb.name.clone(), p);
-    }
-    reporter.step("connecting to the nodes");
-    let dests: Vec<(String, String)> = cfg
-        .nodes
-        .iter()
-        .map(|n| (n.name.clone(), n.ssh.clone()))
-        .collect();
-    for c in ctx.ssh.connect_all(&dests) {
-        let c = c.map_err(|e| RollError::Preflight(e.to_string()))?;
-        ctx.conns.insert(c.node.clone(), c);
-    }
-    let names: Vec<String> = cfg.nodes.iter().map(|n| n.name.clone()).collect();
-    let installed = ctx.installed_on(&names)?;
-    reporter.step_done();
-
-    // --- Target.
-    let list = repo.list()?;
-    let current_max = installed
-        .values()
-        .filter_map(|i| i.version.as_deref())
-        .filter_map(|v| v.parse::<debversion::Version>().ok())
-        .max();
-    let target = match (&opts.version, opts.rollback) {
-        (Some(v), _) => v.clone(),
-        (None, false) => list.first().map(|l| l.version.clone()).ok_or_else(|| {
-            RollError::Preflight(format!(
-                "the apt repository {} holds no version of {}",
-                repo.root.display(),
-                ctx.pkg
-            ))
-        })?,
-        (None, true) => {
-            let current = current_max.as_ref().map(|c| c.to_string());
-            // The version every node ran before the last roll (from its journal state), when that
-            // is one version, differs from now, and is still in the repository...
-            let before_last = previous_state.as_ref().and_then(|s| {
-                let versions: std::collections::BTreeSet<String> =
-                    s.previous.values().cloned().collect();
-                let only = versions.into_iter().collect::<Vec<_>>();
-                (only.len() == 1).then(|| only[0].clone())
-            });
-            let from_journal = before_last
-                .filter(|v| Some(v) != current.as_ref() && list.iter().any(|l| &l.version == v));
-            // ... else the newest version of the repository below what the nodes run.
-            let below = list
-                .iter()
-                .find(
-                    |l| match (&current_max, l.version.parse::<debversion::Version>()) {
-                        (Some(c), Ok(v)) => v < *c,
-                        _ => false,
-                    },
-                )
-                .map(|l| l.version.clone());
-            from_journal.or(below).ok_or_else(|| {
-                RollError::Preflight("no earlier version in the repository to roll back to".into())
-            })?
-        }
-    };
-    let listed = list.iter().find(|l| l.version == target).ok_or_else(|| {
-        RollError::Preflight(format!(
-            "version {target} of {} is not in the apt repository {}",
-            ctx.pkg,
-            repo.root.display()
-        ))
-    })?;
-    let t_versions = listed.versions_hash.clone();
-    let t_db = listed.db_hash.clone();
-
-    // --- Which path.
-    let to_do: Vec<&Node> = cfg
-        .nodes
-        .iter()
-        .filter(|n| installed[&n.name].version.as_deref() != Some(target.as_str()))
-        .collect();
-    let mut why = String::new();
-    for n in &to_do {
-        let i = &installed[&n.name];
-        if i.version.is_none() {
-            why = format!("{} has no version of {} installed", n.name, ctx.pkg);
-            break;
-        }
-        if i.versions_hash != t_versions {
-            why = format!(
-                "a core or plugin $version differs between {} ({}) and {target}",
-                i.version.clone().unwrap_or_default(),
-                n.name
-            );
-            break;
-        }
-        if i.db_hash != t_db {
-            why = format!(
-                "files under db/ differ between {} ({}) and {target}",
-                i.version.clone().unwrap_or_default(),
-                n.name
-            );
-            break;
-        }
-    }
-    // A stopped roll can leave the site in maintenance with its upgrade not run (say
-    // upgrade_command failed once every node had the code): nothing differs any more, yet the
-    // upgrade and maintenance off remain to do.
-    if why.is_empty() {
-        if let Some(p) = previous_state
-            .as_ref()
-            .filter(|s| s.status != "done" && s.upgrade_pending)
-        {
-            why = format!(
-                "an earlier {} to {} stopped before its database upgrade finished (the site is in maintenance mode)",
-                p.kind, p.target
-            );
-        }
-    }
-    let database = !why.is_empty();
-    if opts.rollback && database && !opts.force {
-        return Err(RollError::Refused(format!(
-            "{why}: the database was upgraded for the newer code, and Moodle cannot downgrade a database. Restore the database from before the upgrade and use --force, or roll forward to a fixed version"
-        )));
-    }
-    let webs: Vec<String> = web_nodes(cfg)
-        .iter()
-        .filter(|n| to_do.iter().any(|t| t.name == n.name))
-        .map(|n| n.name.clone())
-        .collect();
-    // In rotation, a batch as large as the pool would leave no server: refused before anything,
-    // even --plan (the database path takes the site to maintenance anyway).
-    let pool = web_nodes(cfg).len();
-    if !database && !opts.force && pool > 0 && batch.min(webs.len()) >= pool {
-        return Err(RollError::Refused(if pool == 1 {
-            "the only web server would go out of rotation (the site down while it is upgraded): add a web node, or use --force".to_string()
-        } else {
-            format!(
-                "--batch {batch} would take all {pool} web servers out of rotation at once: use --batch {} or less (or --force)",
-                pool - 1
-            )
-        }));
-    }
-    let plan = Plan {
-        kind: if opts.rollback { "rollback" } else { "roll" }.into(),
-        target: target.clone(),
-        path: if database { "database" } else { "code-only" }.into(),
-        why: if database {
-            why.clone()
-        } else {
-            "no $version and no db/ file differs: nodes are upgraded in rotation".into()
-        },
-        batches: webs.chunks(batch).map(|c| c.to_vec()).collect(),
-        cron: cfg
-            .nodes
-            .iter()
-            .filter(|n| n.role == Role::Cron && to_do.iter().any(|t| t.name == n.name))
-            .map(|n| n.name.clone())
-            .collect(),
-        skipped: cfg
-            .nodes
-            .iter()
-            .filter(|n| !to_do.iter().any(|t| t.name == n.name))
-            .map(|n| n.name.clone())
-            .collect(),
-        installed: installed
-            .iter()
-            .map(|(k, v)| (k.clone(), v.version.clone()))
-            .collect(),
-    };
-
-    // Servers out of rotation that this tool did not put there stop the roll.
-    let ours: Vec<String> = previous_state
-        .as_ref()
-        .filter(|s| s.status != "done")
-        .map(|s| s.out_of_rotation.clone())
-        .unwrap_or_default();
-    for lb in &ctx.lbs {
-        for s in lb.servers()? {
-            let node = web_nodes(cfg)
-                .into_iter()
-                .find(|n| server_name(n) == s.name)
-                .map(|n| n.name.clone());
-            if (s.drain || s.maint) && !opts.force {
-                match &node {
-                    Some(n) if ours.contains(n) => {}
-                    _ => {
-                        return Err(RollError::Refused(format!(
-                            "{}: server {} is out of rotation ({}), and not by this tool; bring it back or use --force",
-                            lb.name,
-                            s.name,
-                            if s.maint { "maint" } else { "drain" }
-                        )))
-                    }
-                }
-            }
-        }
-    }
+    // Nothing changes until every part answers.
+    let installed = preflight(&mut ctx)?;
+    let (target, listed) = choose_target(&ctx, &repo, opts, &installed, previous_state.as_ref())?;
+    let (plan, database) = make_plan(
+        cfg,
+        opts,
+        batch,
+        &target,
+        &listed,
+        &installed,
+        previous_state.as_ref(),
+    )?;
+    refuse_foreign_out_of_rotation(&ctx, opts, previous_state.as_ref())?;
 
     if opts.plan {
         return Ok(Outcome {
@@ -675,6 +458,272 @@ pub fn roll(
         warnings: ctx.warnings,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// Before anything changes: every LB answers, lists every web node's server and takes state
+/// changes; every node answers over SSH. Returns what each node has installed.
+fn preflight(ctx: &mut Ctx) -> Result<BTreeMap<String, Installed>, RollError> {
+    let cfg = ctx.cfg;
+    ctx.reporter.step("checking the load balancers");
+    for lb in &ctx.lbs {
+        let servers = lb
+            .servers()
+            .map_err(|e| RollError::Preflight(e.to_string()))?;
+        for n in web_nodes(cfg) {
+            let s = server_name(n);
+            let x = lb
+                .find(&servers, &s)
+                .map_err(|e| RollError::Preflight(format!("{e}; node {} needs it", n.name)))?;
+            if x.agent {
+                ctx.warnings.push(format!(
+                    "{}: {s} has an agent-check, which can cancel a drain set by this tool",
+                    lb.name
+                ));
+            }
+        }
+        // The Runtime API must accept state changes (level admin). Setting a server's weight to
+        // the weight it has proves it and changes nothing.
+        if let Some(x) = web_nodes(cfg)
+            .first()
+            .and_then(|n| servers.iter().find(|x| x.name == server_name(n)))
+        {
+            lb.send(&format!(
+                "set weight {}/{} {}",
+                lb.backend, x.name, x.weight
+            ))
+            .map_err(|e| {
+                RollError::Preflight(format!("{e} (the stats socket needs `level admin`)"))
+            })?;
+        }
+    }
+    ctx.reporter.step_done();
+    for lb in &ctx.lbs {
+        let p = lb
+            .process()
+            .map_err(|e| RollError::Preflight(e.to_string()))?;
+        ctx.processes.insert(lb.name.clone(), p);
+    }
+    ctx.reporter.step("connecting to the nodes");
+    let dests: Vec<(String, String)> = cfg
+        .nodes
+        .iter()
+        .map(|n| (n.name.clone(), n.ssh.clone()))
+        .collect();
+    for c in ctx.ssh.connect_all(&dests) {
+        let c = c.map_err(|e| RollError::Preflight(e.to_string()))?;
+        ctx.conns.insert(c.node.clone(), c);
+    }
+    let names: Vec<String> = cfg.nodes.iter().map(|n| n.name.clone()).collect();
+    let installed = ctx.installed_on(&names)?;
+    ctx.reporter.step_done();
+    Ok(installed)
+}
+
+/// The version to roll to, and its entry in the repository: `--version`, else the newest (roll)
+/// or the one before the current (rollback: from the last roll's state, else the repository).
+fn choose_target(
+    ctx: &Ctx,
+    repo: &crate::apt::Repo,
+    opts: &RollOptions,
+    installed: &BTreeMap<String, Installed>,
+    previous_state: Option<&RollState>,
+) -> Result<(String, crate::apt::Listed), RollError> {
+    let list = repo.list()?;
+    let current_max = installed
+        .values()
+        .filter_map(|i| i.version.as_deref())
+        .filter_map(|v| v.parse::<debversion::Version>().ok())
+        .max();
+    let target = match (&opts.version, opts.rollback) {
+        (Some(v), _) => v.clone(),
+        (None, false) => list.first().map(|l| l.version.clone()).ok_or_else(|| {
+            RollError::Preflight(format!(
+                "the apt repository {} holds no version of {}",
+                repo.root.display(),
+                ctx.pkg
+            ))
+        })?,
+        (None, true) => {
+            let current = current_max.as_ref().map(|c| c.to_string());
+            // The version every node ran before the last roll (from its journal state), when that
+            // is one version, differs from now, and is still in the repository...
+            let before_last = previous_state.and_then(|s| {
+                let versions: std::collections::BTreeSet<String> =
+                    s.previous.values().cloned().collect();
+                let only = versions.into_iter().collect::<Vec<_>>();
+                (only.len() == 1).then(|| only[0].clone())
+            });
+            let from_journal = before_last
+                .filter(|v| Some(v) != current.as_ref() && list.iter().any(|l| &l.version == v));
+            // ... else the newest version of the repository below what the nodes run.
+            let below = list
+                .iter()
+                .find(
+                    |l| match (&current_max, l.version.parse::<debversion::Version>()) {
+                        (Some(c), Ok(v)) => v < *c,
+                        _ => false,
+                    },
+                )
+                .map(|l| l.version.clone());
+            from_journal.or(below).ok_or_else(|| {
+                RollError::Preflight("no earlier version in the repository to roll back to".into())
+            })?
+        }
+    };
+    let listed = list.iter().find(|l| l.version == target).ok_or_else(|| {
+        RollError::Preflight(format!(
+            "version {target} of {} is not in the apt repository {}",
+            ctx.pkg,
+            repo.root.display()
+        ))
+    })?;
+    Ok((target, listed.clone()))
+}
+
+/// The plan: the nodes not on `target`, the path (database or code-only, and why), the batches.
+/// Refuses a rollback across a database upgrade and a batch that would empty the pool (unless
+/// `--force`).
+fn make_plan(
+    cfg: &Config,
+    opts: &RollOptions,
+    batch: usize,
+    target: &str,
+    listed: &crate::apt::Listed,
+    installed: &BTreeMap<String, Installed>,
+    previous_state: Option<&RollState>,
+) -> Result<(Plan, bool), RollError> {
+    let (t_versions, t_db) = (&listed.versions_hash, &listed.db_hash);
+    let to_do: Vec<&Node> = cfg
+        .nodes
+        .iter()
+        .filter(|n| installed[&n.name].version.as_deref() != Some(target))
+        .collect();
+    let mut why = String::new();
+    for n in &to_do {
+        let i = &installed[&n.name];
+        if i.version.is_none() {
+            why = format!(
+                "{} has no version of {} installed",
+                n.name, cfg.site.package
+            );
+            break;
+        }
+        if i.versions_hash != *t_versions {
+            why = format!(
+                "a core or plugin $version differs between {} ({}) and {target}",
+                i.version.clone().unwrap_or_default(),
+                n.name
+            );
+            break;
+        }
+        if i.db_hash != *t_db {
+            why = format!(
+                "files under db/ differ between {} ({}) and {target}",
+                i.version.clone().unwrap_or_default(),
+                n.name
+            );
+            break;
+        }
+    }
+    // A stopped roll can leave the site in maintenance with its upgrade not run (say
+    // upgrade_command failed once every node had the code): nothing differs any more, yet the
+    // upgrade and maintenance off remain to do.
+    if why.is_empty() {
+        if let Some(p) = previous_state.filter(|s| s.status != "done" && s.upgrade_pending) {
+            why = format!(
+                "an earlier {} to {} stopped before its database upgrade finished (the site is in maintenance mode)",
+                p.kind, p.target
+            );
+        }
+    }
+    let database = !why.is_empty();
+    if opts.rollback && database && !opts.force {
+        return Err(RollError::Refused(format!(
+            "{why}: the database was upgraded for the newer code, and Moodle cannot downgrade a database. Restore the database from before the upgrade and use --force, or roll forward to a fixed version"
+        )));
+    }
+    let webs: Vec<String> = web_nodes(cfg)
+        .iter()
+        .filter(|n| to_do.iter().any(|t| t.name == n.name))
+        .map(|n| n.name.clone())
+        .collect();
+    // In rotation, a batch as large as the pool would leave no server: refused before anything,
+    // even --plan (the database path takes the site to maintenance anyway).
+    let pool = web_nodes(cfg).len();
+    if !database && !opts.force && pool > 0 && batch.min(webs.len()) >= pool {
+        return Err(RollError::Refused(if pool == 1 {
+            "the only web server would go out of rotation (the site down while it is upgraded): add a web node, or use --force".to_string()
+        } else {
+            format!(
+                "--batch {batch} would take all {pool} web servers out of rotation at once: use --batch {} or less (or --force)",
+                pool - 1
+            )
+        }));
+    }
+    let plan = Plan {
+        kind: if opts.rollback { "rollback" } else { "roll" }.into(),
+        target: target.to_string(),
+        path: if database { "database" } else { "code-only" }.into(),
+        why: if database {
+            why.clone()
+        } else {
+            "no $version and no db/ file differs: nodes are upgraded in rotation".into()
+        },
+        batches: webs.chunks(batch).map(|c| c.to_vec()).collect(),
+        cron: cfg
+            .nodes
+            .iter()
+            .filter(|n| n.role == Role::Cron && to_do.iter().any(|t| t.name == n.name))
+            .map(|n| n.name.clone())
+            .collect(),
+        skipped: cfg
+            .nodes
+            .iter()
+            .filter(|n| !to_do.iter().any(|t| t.name == n.name))
+            .map(|n| n.name.clone())
+            .collect(),
+        installed: installed
+            .iter()
+            .map(|(k, v)| (k.clone(), v.version.clone()))
+            .collect(),
+    };
+    Ok((plan, database))
+}
+
+/// Servers out of rotation that this tool did not put there (by the last roll's state) stop
+/// the roll, unless `--force`: someone took them out for a reason.
+fn refuse_foreign_out_of_rotation(
+    ctx: &Ctx,
+    opts: &RollOptions,
+    previous_state: Option<&RollState>,
+) -> Result<(), RollError> {
+    let cfg = ctx.cfg;
+    let ours: Vec<String> = previous_state
+        .filter(|s| s.status != "done")
+        .map(|s| s.out_of_rotation.clone())
+        .unwrap_or_default();
+    for lb in &ctx.lbs {
+        for s in lb.servers()? {
+            let node = web_nodes(cfg)
+                .into_iter()
+                .find(|n| server_name(n) == s.name)
+                .map(|n| n.name.clone());
+            if (s.drain || s.maint) && !opts.force {
+                match &node {
+                    Some(n) if ours.contains(n) => {}
+                    _ => {
+                        return Err(RollError::Refused(format!(
+                            "{}: server {} is out of rotation ({}), and not by this tool; bring it back or use --force",
+                            lb.name,
+                            s.name,
+                            if s.maint { "maint" } else { "drain" }
+                        )))
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 const LOCK_DIR: &str = "/var/lib/moodle-release/roll.lock";
