@@ -733,6 +733,8 @@ fn a_failed_database_upgrade_is_finished_by_resume_and_a_forced_rollback_needs_t
     assert_on(&c, &all, &v2);
     assert_eq!(dbversion(), "2022112809");
     assert_eq!(http_get(&site), Ok(503));
+    let st = String::from_utf8_lossy(&run(c.cmd().arg("status")).stdout).into_owned();
+    assert!(st.contains("database upgrade pending"), "{st}");
 
     // 2. Fixed: --resume runs the upgrade once more and ends maintenance.
     fs::remove_file(moodledata.join("upgrade-fails")).unwrap();
@@ -751,6 +753,8 @@ fn a_failed_database_upgrade_is_finished_by_resume_and_a_forced_rollback_needs_t
     assert_eq!(dbversion(), "2022112810");
     assert_eq!(http_get(&site), Ok(200));
     assert_all_up(&c);
+    let st = String::from_utf8_lossy(&run(c.cmd().arg("status")).stdout).into_owned();
+    assert!(!st.contains("database upgrade pending"), "{st}");
 
     // 3. A forced rollback to v1 with the upgraded database: the old code's upgrade refuses, the
     // site stays in maintenance on v1's code.
