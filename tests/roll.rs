@@ -58,6 +58,7 @@ fn roll_until(
     seen: impl Fn(&str) -> bool,
 ) -> std::process::Child {
     let state = c.lab().join("state");
+    fs::create_dir_all(&state).unwrap();
     let before: Vec<_> = fs::read_dir(&state)
         .unwrap()
         .flatten()
@@ -777,4 +778,30 @@ fn a_failed_database_upgrade_is_finished_by_resume_and_a_forced_rollback_needs_t
     assert_eq!(http_get(&site), Ok(200));
     assert_all_up(&c);
     assert_on(&c, &all, &v1);
+}
+
+/// SIGINT during the database path (here a first install) does not stop it halfway: stopping
+/// would leave the site in maintenance, or its code ahead of its database. It runs to its end and
+/// says so.
+#[test]
+fn ctrl_c_during_the_database_path_finishes_it() {
+    require_root("scripts/lab uses mount namespaces");
+    let c = Cluster::up(2);
+    let v1 = c.release(1, &[]);
+    let mut child = roll_until(&c, &["roll"], "maintenance mode", |l| {
+        l.contains("\"action\":\"maintenance on\"")
+    });
+    run(Command::new("kill").args(["-INT", &child.id().to_string()]));
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(0), "{err}");
+    assert!(
+        err.contains("it was finished rather than leave the site in maintenance"),
+        "{err}"
+    );
+    assert_on(&c, &["web1", "web2", "cron1"], &v1);
+    assert_eq!(journal_actions(&c, "upgrade"), 1);
+    assert_eq!(journal_actions(&c, "maintenance off"), 1);
+    assert_eq!(http_get(&format!("{}/", c.env["LAB_LB1"])), Ok(200));
 }

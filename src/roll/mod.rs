@@ -832,6 +832,11 @@ fn run_plan(
 
     if database {
         let secs = database_path(ctx, plan)?;
+        if ctx.interrupted() {
+            // Stopping halfway would leave the site in maintenance, or on code its database
+            // does not match: the database path, once begun, runs to its end.
+            ctx.warnings.push("interrupted (Ctrl-C or SIGTERM) during the database path: it was finished rather than leave the site in maintenance mode".into());
+        }
         Ok((
             plan.batches
                 .iter()
