@@ -478,6 +478,45 @@ mod tests {
         }
     }
 
+    /// md5-many picks its kernels by the CPU (16 lanes with AVX-512, 8 with AVX2, 4 with SSE):
+    /// at every level this CPU has, a batch of files of mixed lengths gets md-5's digests. A
+    /// build machine with another CPU takes another kernel; this pins each one we can run.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn the_batch_md5_agrees_with_md5_at_every_simd_level() {
+        use fearless_simd::Level;
+        use md5::{Digest, Md5};
+        let best = Level::new();
+        let mut levels = vec![Level::baseline()];
+        levels.extend(best.as_sse4_2().map(Level::Sse4_2));
+        levels.extend(best.as_avx2().map(Level::Avx2));
+        levels.extend(best.as_avx512().map(Level::Avx512));
+        // Lengths from a fixed pseudo-random sequence, with the padding edges and a few large.
+        let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+        let mut lengths: Vec<usize> = (0..300)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x % 5000) as usize
+            })
+            .collect();
+        lengths.extend([0, 55, 56, 64, 119, 120, 200_000, 1 << 20]);
+        let messages: Vec<Vec<u8>> = lengths
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| (0..n).map(|j| (j * 7 + i * 13) as u8).collect())
+            .collect();
+        let inputs: Vec<&[u8]> = messages.iter().map(|m| &m[..]).collect();
+        let want: Vec<[u8; 16]> = inputs.iter().map(|m| Md5::digest(m).into()).collect();
+        for level in levels {
+            let engine = md5_many::Md5Many::from_level(level);
+            let mut got = vec![[0u8; 16]; inputs.len()];
+            engine.hash_many(&inputs, &mut got);
+            assert_eq!(got, want, "{level:?} ({} lanes)", engine.lanes());
+        }
+    }
+
     #[test]
     fn pieces_cover_everything_in_order() {
         let e = |size: usize| DataEntry {
