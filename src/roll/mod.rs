@@ -625,6 +625,7 @@ fn make_plan(
             break;
         }
     }
+    let components_differ = !why.is_empty();
     // A stopped roll can leave the site in maintenance with its upgrade not run (say
     // upgrade_command failed once every node had the code): nothing differs any more, yet the
     // upgrade and maintenance off remain to do.
@@ -637,7 +638,10 @@ fn make_plan(
         }
     }
     let database = !why.is_empty();
-    if opts.rollback && database && !opts.force {
+    // Code whose $version or db/ differs from what runs means a database made for the other
+    // code. (Only finishing a pending upgrade, with every node already on the target, is not a
+    // downgrade: the upgrade runs for the code installed.)
+    if opts.rollback && components_differ && !opts.force {
         return Err(RollError::Refused(format!(
             "{why}: the database was upgraded for the newer code, and Moodle cannot downgrade a database. Restore the database from before the upgrade and use --force, or roll forward to a fixed version"
         )));
