@@ -146,7 +146,7 @@ pub fn run(cli: Cli, reporter: &dyn Reporter, out: &mut dyn Write) -> Result<(),
                 auto_rollback: a.auto_rollback,
                 ..roll_options(a.common, false)
             };
-            report_roll(roll::roll(&cfg, &opts, reporter), cli.json, reporter, out)
+            report_roll(roll::roll(&cfg, &opts, reporter), cli.json, out)
         }
         Command::Rollback(a) => {
             let cfg = Config::load(&cli.config)?;
@@ -154,7 +154,7 @@ pub fn run(cli: Cli, reporter: &dyn Reporter, out: &mut dyn Write) -> Result<(),
                 version: a.to,
                 ..roll_options(a.common, true)
             };
-            report_roll(roll::roll(&cfg, &opts, reporter), cli.json, reporter, out)
+            report_roll(roll::roll(&cfg, &opts, reporter), cli.json, out)
         }
         Command::Init {
             dir,
@@ -381,7 +381,6 @@ fn strip_nulls(v: &mut serde_json::Value) {
 fn report_roll(
     result: Result<roll::Outcome, roll::RollError>,
     json: bool,
-    reporter: &dyn Reporter,
     out: &mut dyn Write,
 ) -> Result<(), Error> {
     let o = match result {
@@ -394,9 +393,7 @@ fn report_roll(
             return Err(e.into());
         }
     };
-    for w in &o.warnings {
-        reporter.warn(w);
-    }
+    // The roll said its warnings as they came; `--json` carries them too.
     if json {
         serde_json::to_writer_pretty(&mut *out, &o).map_err(std::io::Error::from)?;
         writeln!(out)?;

@@ -723,12 +723,18 @@ fn a_failed_database_upgrade_is_finished_by_resume_and_a_forced_rollback_needs_t
     let site = format!("{}/", c.env["LAB_LB1"]);
 
     // 1. The upgrade fails after every node got the code: exit 1, the site in maintenance.
+    // --auto-rollback cannot apply (the database cannot go back): said up front, and the
+    // warning is not lost when the roll fails.
     fs::write(moodledata.join("upgrade-fails"), "").unwrap();
-    let out = c.cmd().arg("roll").output().unwrap();
+    let out = c.cmd().args(["roll", "--auto-rollback"]).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
         err.contains("upgrade_command failed") && err.contains("--resume"),
+        "{err}"
+    );
+    assert!(
+        err.contains("--auto-rollback does not apply to the database path"),
         "{err}"
     );
     assert_on(&c, &all, &v2);

@@ -149,8 +149,7 @@ impl Ctx<'_> {
                 "{} was reloaded during the roll (its runtime server states were lost): setting them again",
                 lb.name
             );
-            self.reporter.warn(&msg);
-            self.warnings.push(msg.clone());
+            warn(self.reporter, &mut self.warnings, msg.clone());
             self.log(
                 None,
                 Some(&lb.name),
@@ -202,6 +201,11 @@ impl Ctx<'_> {
                 detail: detail.to_string(),
             });
         }
+    }
+
+    /// Says `msg` at once (a roll that fails later must not lose it) and keeps it for `--json`.
+    fn warn(&mut self, msg: String) {
+        warn(self.reporter, &mut self.warnings, msg);
     }
 
     fn save_state(&self) {
@@ -365,6 +369,12 @@ fn web_nodes(cfg: &Config) -> Vec<&Node> {
     cfg.nodes.iter().filter(|n| n.role == Role::Web).collect()
 }
 
+/// [`Ctx::warn`] for code that holds other parts of the context borrowed.
+fn warn(reporter: &dyn Reporter, warnings: &mut Vec<String>, msg: String) {
+    reporter.warn(&msg);
+    warnings.push(msg);
+}
+
 fn substitute(cmd: &str, cfg: &Config) -> String {
     cmd.replace("{install_dir}", &cfg.site.install_dir.to_string())
 }
@@ -422,6 +432,9 @@ pub fn roll(
         previous_state.as_ref(),
     )?;
     refuse_foreign_out_of_rotation(&ctx, opts, previous_state.as_ref())?;
+    if database && opts.auto_rollback {
+        ctx.warn("--auto-rollback does not apply to the database path: the upgraded database cannot go back to older code; a failure stops the roll for --resume".into());
+    }
 
     if opts.plan {
         return Ok(Outcome {
@@ -475,10 +488,14 @@ fn preflight(ctx: &mut Ctx) -> Result<BTreeMap<String, Installed>, RollError> {
                 .find(&servers, &s)
                 .map_err(|e| RollError::Preflight(format!("{e}; node {} needs it", n.name)))?;
             if x.agent {
-                ctx.warnings.push(format!(
-                    "{}: {s} has an agent-check, which can cancel a drain set by this tool",
-                    lb.name
-                ));
+                warn(
+                    ctx.reporter,
+                    &mut ctx.warnings,
+                    format!(
+                        "{}: {s} has an agent-check, which can cancel a drain set by this tool",
+                        lb.name
+                    ),
+                );
             }
         }
         // The Runtime API must accept state changes (level admin). Setting a server's weight to
@@ -839,7 +856,7 @@ fn run_plan(
         if ctx.interrupted() {
             // Stopping halfway would leave the site in maintenance, or on code its database
             // does not match: the database path, once begun, runs to its end.
-            ctx.warnings.push("interrupted (Ctrl-C or SIGTERM) during the database path: it was finished rather than leave the site in maintenance mode".into());
+            ctx.warn("interrupted (Ctrl-C or SIGTERM) during the database path: it was finished rather than leave the site in maintenance mode".into());
         }
         Ok((
             plan.batches
@@ -1374,7 +1391,7 @@ fn drain_and_wait(ctx: &mut Ctx, nodes: &[Node]) -> Result<(Instant, Vec<String>
             for n in nodes {
                 let s = lb.find(&servers, &server_name(n))?;
                 if !s.drain && !s.maint {
-                    ctx.warnings.push(format!("{}: {} left drain by itself (an agent-check or a reload?); draining it again", lb.name, s.name));
+                    warn(ctx.reporter, &mut ctx.warnings, format!("{}: {} left drain by itself (an agent-check or a reload?); draining it again", lb.name, s.name));
                     lb.set_state(&s.name, AdminState::Drain)?;
                 }
                 if s.scur + s.qcur > 0 {
