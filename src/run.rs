@@ -387,7 +387,7 @@ fn report_roll(
         Ok(o) => o,
         Err(e) => {
             if json {
-                let v = serde_json::json!({"ok": false, "error": e.to_string(), "exit_code": e.exit_code()});
+                let v = serde_json::json!({"ok": false, "error": e.to_string(), "exit_code": e.exit_code(), "journal": e.journal()});
                 writeln!(out, "{v}")?;
             }
             return Err(e.into());

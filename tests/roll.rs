@@ -726,9 +726,22 @@ fn a_failed_database_upgrade_is_finished_by_resume_and_a_forced_rollback_needs_t
     // --auto-rollback cannot apply (the database cannot go back): said up front, and the
     // warning is not lost when the roll fails.
     fs::write(moodledata.join("upgrade-fails"), "").unwrap();
-    let out = c.cmd().args(["roll", "--auto-rollback"]).output().unwrap();
+    let out = c
+        .cmd()
+        .args(["--json", "roll", "--auto-rollback"])
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
+    // For CI: what failed, the exit status and the journal to keep, as JSON.
+    let o: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (&o["ok"], &o["exit_code"]),
+        (&false.into(), &1.into()),
+        "{o}"
+    );
+    let journal = fs::read_to_string(o["journal"].as_str().unwrap()).unwrap();
+    assert!(journal.contains("upgrade_command failed"), "{journal}");
     assert!(
         err.contains("upgrade_command failed") && err.contains("--resume"),
         "{err}"

@@ -69,6 +69,16 @@ pub enum RollError {
 }
 
 impl RollError {
+    /// The journal of a roll that began and stopped (for CI to keep as an artifact).
+    pub fn journal(&self) -> Option<&std::path::Path> {
+        match self {
+            RollError::Failed { journal, .. } | RollError::Interrupted { journal, .. } => {
+                Some(journal)
+            }
+            _ => None,
+        }
+    }
+
     pub fn exit_code(&self) -> i32 {
         match self {
             RollError::Config(_) => 2,
