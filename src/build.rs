@@ -7,7 +7,7 @@
 
 use std::collections::BTreeSet;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -297,7 +297,7 @@ pub fn build(
             "could not save the MD5 cache: {e} (the next build hashes every file)"
         ));
     }
-    set_mode_0644(deb_file.path()).map_err(write_err)?;
+    crate::fsutil::set_mode_0644(deb_file.path()).map_err(write_err)?;
     deb_file
         .persist(&final_path)
         .map_err(|e| BuildError::Write {
@@ -315,11 +315,6 @@ pub fn build(
         site: info,
         content_bytes: summary.content_bytes,
     })
-}
-
-fn set_mode_0644(p: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o644))
 }
 
 /// Refuses names dpkg cannot carry and symlinks that leave the install directory.

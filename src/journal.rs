@@ -76,10 +76,10 @@ impl RollState {
     }
 
     pub fn write(&self, state_dir: &Path) -> std::io::Result<()> {
-        fs::create_dir_all(state_dir)?;
-        let tmp = state_dir.join(".state.json.tmp");
-        fs::write(&tmp, serde_json::to_vec_pretty(self).unwrap_or_default())?;
-        fs::rename(tmp, Self::path(state_dir))
+        crate::fsutil::write_atomic(
+            &Self::path(state_dir),
+            &serde_json::to_vec_pretty(self).unwrap_or_default(),
+        )
     }
 }
 

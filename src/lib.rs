@@ -11,6 +11,7 @@ pub mod cli;
 pub mod config;
 pub mod deb;
 pub mod error;
+pub mod fsutil;
 pub mod haproxy;
 pub mod journal;
 pub mod merge;

@@ -317,7 +317,7 @@ impl Repo {
             }
             let name = format!("{}_{}_all.deb", self.package, version.replace(':', "%3a"));
             let dest = pool.join(&name);
-            set_mode_0644(tmp.path()).map_err(io_err(&dest))?;
+            crate::fsutil::set_mode_0644(tmp.path()).map_err(io_err(&dest))?;
             to_persist.push((tmp, dest.clone()));
             let mut st = info.control.clone();
             st.remove("Filename");
@@ -616,20 +616,11 @@ fn rfc2822_now() -> String {
     crate::build::rfc2822(now_secs() as i64).replace("+0000", "UTC")
 }
 
-/// Writes `data` to `path` through a temporary file in the same folder, then renamed: a reader
-/// sees the old file or the new one, never a part. Durability is [`sync_fs`]'s job, once per
-/// stage rather than once per file (thirty fsyncs cost more than the rest of a publish).
+/// [`crate::fsutil::write_atomic`], with the path in the error. Durability is [`sync_fs`]'s
+/// job, once per stage rather than once per file (thirty fsyncs cost more than the rest of a
+/// publish).
 pub fn write_atomic(path: &Path, data: &[u8]) -> Result<(), AptError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    fs::create_dir_all(dir).map_err(io_err(dir))?;
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".tmp.")
-        .tempfile_in(dir)
-        .map_err(io_err(dir))?;
-    tmp.write_all(data).map_err(io_err(path))?;
-    set_mode_0644(tmp.path()).map_err(io_err(path))?;
-    tmp.persist(path).map_err(|e| io_err(path)(e.error))?;
-    Ok(())
+    crate::fsutil::write_atomic(path, data).map_err(io_err(path))
 }
 
 /// Flushes the filesystem that holds `root` to disk: after this, everything written so far
@@ -642,11 +633,6 @@ fn sync_fs(root: &Path) -> Result<(), AptError> {
         return Err(io_err(root)(std::io::Error::last_os_error()));
     }
     Ok(())
-}
-
-fn set_mode_0644(p: &Path) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    fs::set_permissions(p, fs::Permissions::from_mode(0o644))
 }
 
 /// The repository's lock: waits up to a minute for another publish, then refuses.

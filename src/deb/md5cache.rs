@@ -84,17 +84,7 @@ impl Md5Cache {
         }
         let sum = Sha256::digest(&out);
         out.extend_from_slice(&sum);
-        let dir = path.parent().unwrap_or(Path::new("."));
-        std::fs::create_dir_all(dir)?;
-        let tmp = tempfile::NamedTempFile::new_in(dir)?;
-        std::fs::write(tmp.path(), &out)?;
-        // Readable like the rest of .git (a temporary file starts 0600).
-        std::fs::set_permissions(
-            tmp.path(),
-            std::os::unix::fs::PermissionsExt::from_mode(0o644),
-        )?;
-        tmp.persist(path).map_err(|e| e.error)?;
-        Ok(())
+        crate::fsutil::write_atomic(path, &out)
     }
 }
 
