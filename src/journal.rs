@@ -53,6 +53,16 @@ pub struct RollState {
 }
 
 impl RollState {
+    /// Still running, or stopped (failed, interrupted): what it recorded still matters.
+    pub fn unfinished(&self) -> bool {
+        self.status != "done"
+    }
+
+    /// An unfinished database path left the site in maintenance with its upgrade to run.
+    pub fn upgrade_left(&self) -> bool {
+        self.unfinished() && self.upgrade_pending
+    }
+
     pub fn path(state_dir: &Path) -> PathBuf {
         state_dir.join("state.json")
     }

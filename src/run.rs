@@ -257,7 +257,7 @@ pub fn run(cli: Cli, reporter: &dyn Reporter, out: &mut dyn Write) -> Result<(),
                             .map(|x| format!(": {x}"))
                             .unwrap_or_default()
                     )?;
-                    if r.upgrade_pending && r.status != "done" {
+                    if r.upgrade_left() {
                         writeln!(
                             out,
                             "database upgrade pending: the site is in maintenance mode; `moodle-release roll --resume` runs the upgrade and ends it"

@@ -111,6 +111,13 @@ pub struct Plan {
     pub installed: BTreeMap<String, Option<String>>,
 }
 
+impl Plan {
+    /// The database path (maintenance mode and `upgrade_command`), rather than code-only.
+    pub fn database(&self) -> bool {
+        self.path == "database"
+    }
+}
+
 /// What a finished roll did.
 #[derive(Debug, Clone, Serialize)]
 pub struct Outcome {
@@ -231,6 +238,17 @@ impl Ctx<'_> {
 
     fn conn(&self, node: &str) -> &Conn {
         &self.conns[node]
+    }
+
+    /// Stops the roll on Ctrl-C or SIGTERM, between steps: the state says so, for `--resume`.
+    fn interrupt(&mut self, message: String) -> RollError {
+        self.state.status = "interrupted".into();
+        self.save_state();
+        self.log(None, None, "interrupt", "info", Instant::now(), &message);
+        RollError::Interrupted {
+            message,
+            journal: self.journal_path(),
+        }
     }
 
     fn fail(&mut self, node: Option<&str>, message: String) -> RollError {
@@ -432,7 +450,7 @@ pub fn roll(
     // Nothing changes until every part answers.
     let installed = preflight(&mut ctx)?;
     let (target, listed) = choose_target(&ctx, &repo, opts, &installed, previous_state.as_ref())?;
-    let (plan, database) = make_plan(
+    let plan = make_plan(
         cfg,
         opts,
         batch,
@@ -442,7 +460,7 @@ pub fn roll(
         previous_state.as_ref(),
     )?;
     refuse_foreign_out_of_rotation(&ctx, opts, previous_state.as_ref())?;
-    if database && opts.auto_rollback {
+    if plan.database() && opts.auto_rollback {
         ctx.warn("--auto-rollback does not apply to the database path: the upgraded database cannot go back to older code; a failure stops the roll for --resume".into());
     }
 
@@ -462,7 +480,7 @@ pub fn roll(
     // --- The cluster lock, on the first node.
     let lock_node = cfg.nodes[0].name.clone();
     take_lock(&ctx, &lock_node, &target, opts.break_lock)?;
-    let result = run_plan(&mut ctx, &plan, &installed, previous_state, opts, database);
+    let result = run_plan(&mut ctx, &plan, &installed, previous_state, opts);
     release_lock(&ctx, &lock_node);
     let (upgraded, maintenance_secs) = result?;
     ctx.state.status = "done".into();
@@ -618,7 +636,7 @@ fn make_plan(
     listed: &crate::apt::Listed,
     installed: &BTreeMap<String, Installed>,
     previous_state: Option<&RollState>,
-) -> Result<(Plan, bool), RollError> {
+) -> Result<Plan, RollError> {
     let (t_versions, t_db) = (&listed.versions_hash, &listed.db_hash);
     let to_do: Vec<&Node> = cfg
         .nodes
@@ -657,7 +675,7 @@ fn make_plan(
     // upgrade_command failed once every node had the code): nothing differs any more, yet the
     // upgrade and maintenance off remain to do.
     if why.is_empty() {
-        if let Some(p) = previous_state.filter(|s| s.status != "done" && s.upgrade_pending) {
+        if let Some(p) = previous_state.filter(|s| s.upgrade_left()) {
             why = format!(
                 "an earlier {} to {} stopped before its database upgrade finished (the site is in maintenance mode)",
                 p.kind, p.target
@@ -718,7 +736,7 @@ fn make_plan(
             .map(|(k, v)| (k.clone(), v.version.clone()))
             .collect(),
     };
-    Ok((plan, database))
+    Ok(plan)
 }
 
 /// Servers out of rotation that this tool did not put there (by the last roll's state) stop
@@ -730,7 +748,7 @@ fn refuse_foreign_out_of_rotation(
 ) -> Result<(), RollError> {
     let cfg = ctx.cfg;
     let ours: Vec<String> = previous_state
-        .filter(|s| s.status != "done")
+        .filter(|s| s.unfinished())
         .map(|s| s.out_of_rotation.clone())
         .unwrap_or_default();
     for lb in &ctx.lbs {
@@ -803,7 +821,6 @@ fn run_plan(
     installed: &BTreeMap<String, Installed>,
     previous_state: Option<RollState>,
     opts: &RollOptions,
-    database: bool,
 ) -> Result<(Vec<String>, Option<f64>), RollError> {
     let id = format!("{}", now_ms());
     ctx.journal = Some(Journal::create(&ctx.state_dir, &id).map_err(|e| {
@@ -828,9 +845,7 @@ fn run_plan(
             .unwrap_or_default(),
         failed_node: None,
         reason: None,
-        upgrade_pending: previous_state
-            .as_ref()
-            .is_some_and(|s| s.status != "done" && s.upgrade_pending),
+        upgrade_pending: previous_state.as_ref().is_some_and(|s| s.upgrade_left()),
     };
     if opts.resume {
         if let Some(p) = &previous_state {
@@ -861,7 +876,7 @@ fn run_plan(
         }
     }
 
-    if database {
+    if plan.database() {
         let secs = database_path(ctx, plan)?;
         if ctx.interrupted() {
             // Stopping halfway would leave the site in maintenance, or on code its database
@@ -885,13 +900,7 @@ fn run_plan(
                     "stopped before batch {}; every node is in rotation; run again with --resume",
                     b.join(", ")
                 );
-                ctx.state.status = "interrupted".into();
-                ctx.save_state();
-                ctx.log(None, None, "interrupt", "info", Instant::now(), &msg);
-                return Err(RollError::Interrupted {
-                    message: msg,
-                    journal: ctx.journal_path(),
-                });
+                return Err(ctx.interrupt(msg));
             }
             if let Err(e) = code_only_batch(ctx, plan, b, opts) {
                 if opts.auto_rollback && !upgraded.is_empty() {
@@ -1267,10 +1276,11 @@ fn database_path(ctx: &mut Ctx, plan: &Plan) -> Result<f64, RollError> {
         ctx.reporter.step_done();
     }
     if ctx.interrupted() {
-        return Err(RollError::Interrupted {
-            message: "stopped before maintenance mode; nothing changed".into(),
-            journal: ctx.journal_path(),
-        });
+        return Err(ctx.interrupt(if ctx.state.upgrade_pending {
+            "stopped before the database upgrade; the site is still in maintenance mode from the earlier roll: run again to finish it".into()
+        } else {
+            "stopped before maintenance mode; nothing changed".into()
+        }));
     }
     // 2. Maintenance on.
     let on = substitute(&ctx.cfg.roll.maintenance_on, ctx.cfg);
