@@ -250,11 +250,10 @@ impl Ssh {
             .collect();
         let answers = self.run_all(jobs);
         for (i, r) in up.into_iter().zip(answers) {
+            // Root answers "0" and succeeds; anyone else succeeds only when `sudo -n` works.
             let refused = match &r {
-                Ok(o) if o.text().trim() == "0" => None,
-                Ok(o) if o.success() => None,
-                Ok(o) => Some(o.tail()),
-                Err(_) => None,
+                Ok(o) if !o.success() => Some(o.tail()),
+                _ => None,
             };
             if let Ok(c) = conns[i].as_mut() {
                 // Unknown (the command failed to run): assume not root, as before.
