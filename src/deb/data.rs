@@ -346,12 +346,12 @@ fn piece(
             let start = tar.len();
             tar.extend_from_slice(data);
             tar.extend_from_slice(padding(len));
-            let md5 = blob.and_then(|b| md5s.get(&b));
-            p.md5_reused += md5.is_some() as u64;
+            let cached = blob.and_then(|b| md5s.get(&b));
+            p.md5_reused += cached.is_some() as u64;
             files.push(PieceFile {
                 path: &e.path,
                 blob,
-                md5,
+                cached,
                 content: start..start + data.len(),
             });
             p.installed_kib += len.div_ceil(1024);
@@ -382,9 +382,7 @@ fn piece(
             },
         }
     }
-    hash_files(&mut files, &tar);
-    for f in &files {
-        let md5 = f.md5.expect("hash_files hashes every file");
+    for (f, md5) in files.iter().zip(hash_files(&files, &tar)) {
         if let Some(b) = f.blob {
             p.blob_md5s.push((b, md5));
         }
@@ -405,22 +403,24 @@ fn piece(
 struct PieceFile<'a> {
     path: &'a [u8],
     blob: Option<git2::Oid>,
-    md5: Option<[u8; 16]>,
+    /// Its MD5 from the cache of an earlier build.
+    cached: Option<[u8; 16]>,
     /// Where its content is in the piece's tar.
     content: std::ops::Range<usize>,
 }
 
-/// Computes the MD5 of every file that has none yet, several files at once in the lanes of the
-/// CPU's vector unit (md5-many: 16 lanes with AVX-512, 8 with AVX2). One MD5 stream cannot be
-/// split, but a piece holds hundreds of independent files. Files of close length share a batch
+/// The MD5 of every file, in order: the cached one, else computed several files at once in the
+/// lanes of the CPU's vector unit (md5-many: 16 lanes with AVX-512, 8 with AVX2). One MD5 stream
+/// cannot be split, but a piece holds hundreds of independent files. Files of close length share a batch
 /// best, so they are hashed in length order. Measured on the 45,697-file bench tree: 2.4x the
 /// throughput of md-5 one file after another (1.6 GB/s against 0.68 GB/s).
-fn hash_files(files: &mut [PieceFile], tar: &[u8]) {
+fn hash_files(files: &[PieceFile], tar: &[u8]) -> Vec<[u8; 16]> {
+    let mut md5s: Vec<[u8; 16]> = files.iter().map(|f| f.cached.unwrap_or_default()).collect();
     let mut todo: Vec<usize> = (0..files.len())
-        .filter(|&i| files[i].md5.is_none())
+        .filter(|&i| files[i].cached.is_none())
         .collect();
     if todo.is_empty() {
-        return;
+        return md5s;
     }
     todo.sort_by_key(|&i| files[i].content.len());
     let inputs: Vec<&[u8]> = todo
@@ -430,8 +430,9 @@ fn hash_files(files: &mut [PieceFile], tar: &[u8]) {
     let mut out = vec![[0u8; 16]; inputs.len()];
     md5_engine().hash_many(&inputs, &mut out);
     for (&i, md5) in todo.iter().zip(out) {
-        files[i].md5 = Some(md5);
+        md5s[i] = md5;
     }
+    md5s
 }
 
 /// The batch MD5 engine, with the CPU's features detected once.
@@ -463,18 +464,19 @@ mod tests {
                 path: b"f",
                 blob: None,
                 // The cache "knows" file 5; its (wrong on purpose) MD5 must stay.
-                md5: (i == 5).then_some([7u8; 16]),
+                cached: (i == 5).then_some([7u8; 16]),
                 content: start..start + len,
             });
         }
-        hash_files(&mut files, &tar);
-        for (i, f) in files.iter().enumerate() {
+        let md5s = hash_files(&files, &tar);
+        assert_eq!(md5s.len(), files.len());
+        for (i, (f, md5)) in files.iter().zip(md5s).enumerate() {
             let want: [u8; 16] = if i == 5 {
                 [7u8; 16]
             } else {
                 Md5::digest(&tar[f.content.clone()]).into()
             };
-            assert_eq!(f.md5, Some(want), "file {i} of {} bytes", lengths[i]);
+            assert_eq!(md5, want, "file {i} of {} bytes", lengths[i]);
         }
     }
 
