@@ -90,6 +90,15 @@ fn roll_until(
     }
 }
 
+/// Sends SIGINT to a roll started by [`roll_until`] and waits for it: its exit status and stderr.
+fn interrupt(mut child: std::process::Child) -> (std::process::ExitStatus, String) {
+    run(Command::new("kill").args(["-INT", &child.id().to_string()]));
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    (status, err)
+}
+
 /// A lab of 3 web nodes and a cron node on release 1 (rolled), with release 2 published.
 fn installed_cluster() -> (Cluster, String, String) {
     require_root("scripts/lab uses mount namespaces");
@@ -375,13 +384,10 @@ fn ctrl_c_stops_between_batches_and_a_failing_health_check_keeps_the_node_out() 
     let (c, v1, v2) = installed_cluster();
 
     // SIGINT while the first batch runs: it finishes, the next does not start, exit 130.
-    let mut child = roll_until(&c, &["roll", "--batch", "1"], "an install on web1", |l| {
+    let child = roll_until(&c, &["roll", "--batch", "1"], "an install on web1", |l| {
         l.contains("\"action\":\"install\",\"result\":\"ok\"")
     });
-    run(Command::new("kill").args(["-INT", &child.id().to_string()]));
-    let status = child.wait().unwrap();
-    let mut err = String::new();
-    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    let (status, err) = interrupt(child);
     assert_eq!(status.code(), Some(130), "{err}");
     assert!(
         err.contains("interrupted") && err.contains("--resume"),
@@ -594,7 +600,7 @@ fn a_batch_that_would_empty_the_pool_or_a_damaged_state_is_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("state.json: damaged"), "{err}");
-    let st = String::from_utf8_lossy(&run(c.cmd().arg("status")).stdout).into_owned();
+    let st = stdout(c.cmd().arg("status"));
     assert!(st.contains("last roll: unknown:"), "{st}");
     fs::write(&state, good).unwrap();
     run(c.cmd().args(["roll", "--plan"]));
@@ -753,7 +759,7 @@ fn a_failed_database_upgrade_is_finished_by_resume_and_a_forced_rollback_needs_t
     assert_on(&c, &all, &v2);
     assert_eq!(dbversion(), "2022112809");
     assert_eq!(http_get(&site), Ok(503));
-    let st = String::from_utf8_lossy(&run(c.cmd().arg("status")).stdout).into_owned();
+    let st = stdout(c.cmd().arg("status"));
     assert!(st.contains("database upgrade pending"), "{st}");
 
     // 2. Fixed: --resume runs the upgrade once more and ends maintenance.
@@ -773,7 +779,7 @@ fn a_failed_database_upgrade_is_finished_by_resume_and_a_forced_rollback_needs_t
     assert_eq!(dbversion(), "2022112810");
     assert_eq!(http_get(&site), Ok(200));
     assert_all_up(&c);
-    let st = String::from_utf8_lossy(&run(c.cmd().arg("status")).stdout).into_owned();
+    let st = stdout(c.cmd().arg("status"));
     assert!(!st.contains("database upgrade pending"), "{st}");
 
     // 3. A forced rollback to v1 with the upgraded database: the old code's upgrade refuses, the
@@ -808,13 +814,10 @@ fn ctrl_c_during_the_database_path_finishes_it() {
     require_root("scripts/lab uses mount namespaces");
     let c = Cluster::up(2);
     let v1 = c.release(1, &[]);
-    let mut child = roll_until(&c, &["roll"], "maintenance mode", |l| {
+    let child = roll_until(&c, &["roll"], "maintenance mode", |l| {
         l.contains("\"action\":\"maintenance on\"")
     });
-    run(Command::new("kill").args(["-INT", &child.id().to_string()]));
-    let status = child.wait().unwrap();
-    let mut err = String::new();
-    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    let (status, err) = interrupt(child);
     assert_eq!(status.code(), Some(0), "{err}");
     assert!(
         err.contains("it was finished rather than leave the site in maintenance"),
