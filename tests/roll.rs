@@ -90,6 +90,15 @@ fn roll_until(
     }
 }
 
+/// Runs `cmd`, which must exit with `code` (its stderr in the message if not): its output and
+/// stderr.
+fn exits(cmd: &mut Command, code: i32) -> (std::process::Output, String) {
+    let out = cmd.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(code), "{cmd:?}: {err}");
+    (out, err)
+}
+
 /// Sends SIGINT to a roll started by [`roll_until`] and waits for it: its exit status and stderr.
 fn interrupt(mut child: std::process::Child) -> (std::process::ExitStatus, String) {
     run(Command::new("kill").args(["-INT", &child.id().to_string()]));
@@ -267,9 +276,7 @@ fn first_install_code_only_roll_under_load_rollback_and_database_upgrade() {
     assert_eq!(http_get(&format!("{}/", c.env["LAB_LB1"])), Ok(200));
 
     // 6. Rolling back across a database upgrade is refused (exit 3).
-    let out = c.cmd().args(["rollback", "--to", &v1]).output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(3), "{err}");
+    let (_, err) = exits(c.cmd().args(["rollback", "--to", &v1]), 3);
     assert!(err.contains("cannot downgrade a database"), "{err}");
     assert_eq!(c.installed("web1"), v3);
 }
@@ -281,9 +288,7 @@ fn failures_stop_the_roll_safely_and_resume_finishes_it() {
     // apt breaks on web2: the roll stops with web2 out of rotation (maint), the site serving.
     let broken = c.ssh("web2", "mv /usr/bin/dpkg /usr/bin/dpkg.off");
     assert!(broken.status.success());
-    let out = c.cmd().args(["roll", "--batch", "1"]).output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let (_, err) = exits(c.cmd().args(["roll", "--batch", "1"]), 1);
     assert!(err.contains("web2") && err.contains("journal"), "{err}");
     let servers = c.lb_servers();
     let web2 = servers.iter().find(|(n, _)| n == "web2").unwrap();
@@ -333,9 +338,7 @@ fn failures_stop_the_roll_safely_and_resume_finishes_it() {
 
     // A second roll while one holds the cluster lock: refused (exit 3) and says who holds it.
     assert!(c.ssh("web1", "mkdir -p /var/lib/moodle-release/roll.lock && echo 'ops@elsewhere pid 42' > /var/lib/moodle-release/roll.lock/owner").status.success());
-    let out = c.cmd().arg("roll").output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(3), "{err}");
+    let (_, err) = exits(c.cmd().arg("roll"), 3);
     assert!(err.contains("ops@elsewhere"), "{err}");
     assert_eq!(c.installed("web1"), v2);
     run(c.cmd().args(["roll", "--break-lock"]));
@@ -357,9 +360,7 @@ fn failures_stop_the_roll_safely_and_resume_finishes_it() {
     );
     assert_ne!(bad, cfg);
     fs::write(&cfg_path, &bad).unwrap();
-    let out = c.cmd().args(["roll", "--plan"]).output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let (_, err) = exits(c.cmd().args(["roll", "--plan"]), 1);
     assert!(err.contains("host key"), "{err}");
 
     // An unreachable LB: refused before anything.
@@ -369,9 +370,7 @@ fn failures_stop_the_roll_safely_and_resume_finishes_it() {
     );
     assert_ne!(bad, cfg);
     fs::write(&cfg_path, &bad).unwrap();
-    let out = c.cmd().arg("roll").output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let (_, err) = exits(c.cmd().arg("roll"), 1);
     assert!(
         err.contains("lb2") && err.contains("before changing anything"),
         "{err}"
@@ -509,9 +508,7 @@ fn sessions_that_outlast_the_drain_timeout_stop_the_roll_or_force_drain_goes_on(
     fs::write(c.config_path(), cfg).unwrap();
 
     let held = hold_sessions(&c);
-    let out = c.cmd().args(["roll", "--batch", "1"]).output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let (_, err) = exits(c.cmd().args(["roll", "--batch", "1"]), 1);
     assert!(
         err.contains("sessions did not end within drain_timeout 1s")
             && err.contains("back in rotation")
@@ -546,13 +543,7 @@ fn auto_rollback_puts_the_upgraded_nodes_back() {
         .ssh("web2", "mv /usr/bin/dpkg /usr/bin/dpkg.off")
         .status
         .success());
-    let out = c
-        .cmd()
-        .args(["roll", "--batch", "1", "--auto-rollback"])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let (_, err) = exits(c.cmd().args(["roll", "--batch", "1", "--auto-rollback"]), 1);
     assert!(
         err.contains("--auto-rollback: back on their previous version: web1"),
         "{err}"
@@ -596,9 +587,7 @@ fn a_batch_that_would_empty_the_pool_or_a_damaged_state_is_refused() {
     let state = c.lab().join("state/state.json");
     let good = fs::read(&state).unwrap();
     fs::write(&state, &good[..good.len() / 2]).unwrap();
-    let out = c.cmd().args(["roll", "--plan"]).output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let (_, err) = exits(c.cmd().args(["roll", "--plan"]), 1);
     assert!(err.contains("state.json: damaged"), "{err}");
     let st = stdout(c.cmd().arg("status"));
     assert!(st.contains("last roll: unknown:"), "{st}");
@@ -732,13 +721,7 @@ fn a_failed_database_upgrade_is_finished_by_resume_and_a_forced_rollback_needs_t
     // --auto-rollback cannot apply (the database cannot go back): said up front, and the
     // warning is not lost when the roll fails.
     fs::write(moodledata.join("upgrade-fails"), "").unwrap();
-    let out = c
-        .cmd()
-        .args(["--json", "roll", "--auto-rollback"])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let (out, err) = exits(c.cmd().args(["--json", "roll", "--auto-rollback"]), 1);
     // For CI: what failed, the exit status and the journal to keep, as JSON.
     let o: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(
@@ -784,13 +767,7 @@ fn a_failed_database_upgrade_is_finished_by_resume_and_a_forced_rollback_needs_t
 
     // 3. A forced rollback to v1 with the upgraded database: the old code's upgrade refuses, the
     // site stays in maintenance on v1's code.
-    let out = c
-        .cmd()
-        .args(["rollback", "--to", &v1, "--force"])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
+    let (_, err) = exits(c.cmd().args(["rollback", "--to", &v1, "--force"]), 1);
     assert!(err.contains("Cannot downgrade"), "{err}");
     assert_on(&c, &all, &v1);
     assert_eq!(http_get(&site), Ok(503));
