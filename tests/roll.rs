@@ -745,9 +745,31 @@ fn a_failed_database_upgrade_is_finished_by_resume_and_a_forced_rollback_needs_t
     let st = stdout(c.cmd().arg("status"));
     assert!(st.contains("database upgrade pending"), "{st}");
 
+    // 1b. A re-run that fails before its own maintenance step does not claim that nothing is
+    // changed: the site is still in maintenance from the first run.
+    let upgrades = journal_actions(&c, "upgrade");
+    let cfg = fs::read_to_string(c.config_path()).unwrap();
+    let on = cfg
+        .lines()
+        .find(|l| l.starts_with("maintenance_on = "))
+        .unwrap();
+    fs::write(
+        c.config_path(),
+        cfg.replace(on, "maintenance_on = \"false\""),
+    )
+    .unwrap();
+    let (_, err) = exits(c.cmd().args(["roll", "--resume"]), 1);
+    assert!(
+        err.contains("maintenance_on failed")
+            && err.contains("still in maintenance mode from the earlier roll"),
+        "{err}"
+    );
+    assert_eq!(journal_actions(&c, "upgrade"), upgrades);
+    assert_eq!(http_get(&site), Ok(503));
+    fs::write(c.config_path(), &cfg).unwrap();
+
     // 2. Fixed: --resume runs the upgrade once more and ends maintenance.
     fs::remove_file(moodledata.join("upgrade-fails")).unwrap();
-    let upgrades = journal_actions(&c, "upgrade");
     let out = run(c.cmd().args(["--json", "roll", "--resume"]));
     let o: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(o["plan"]["path"], "database", "{o}");

@@ -251,6 +251,16 @@ impl Ctx<'_> {
         }
     }
 
+    /// What a stop before this run's maintenance window leaves behind: nothing, unless an
+    /// earlier roll stopped with the site in maintenance and its upgrade left to run.
+    fn untouched(&self) -> &'static str {
+        if self.state.upgrade_pending {
+            "this run changed nothing, but the site is still in maintenance mode from the earlier roll: run again to finish its database upgrade"
+        } else {
+            "nothing was changed"
+        }
+    }
+
     fn fail(&mut self, node: Option<&str>, message: String) -> RollError {
         self.state.status = "failed".into();
         self.state.failed_node = node.map(String::from);
@@ -1268,7 +1278,8 @@ fn database_path(ctx: &mut Ctx, plan: &Plan) -> Result<f64, RollError> {
                         o.tail()
                     );
                     ctx.reporter.step_done();
-                    return Err(ctx.fail(Some(n), format!("{m}; nothing was changed")));
+                    let untouched = ctx.untouched();
+                    return Err(ctx.fail(Some(n), format!("{m}; {untouched}")));
                 }
                 Err(e) => return Err(ctx.fail(Some(n), e.to_string())),
             }
@@ -1276,11 +1287,8 @@ fn database_path(ctx: &mut Ctx, plan: &Plan) -> Result<f64, RollError> {
         ctx.reporter.step_done();
     }
     if ctx.interrupted() {
-        return Err(ctx.interrupt(if ctx.state.upgrade_pending {
-            "stopped before the database upgrade; the site is still in maintenance mode from the earlier roll: run again to finish it".into()
-        } else {
-            "stopped before maintenance mode; nothing changed".into()
-        }));
+        let untouched = ctx.untouched();
+        return Err(ctx.interrupt(format!("stopped before the maintenance step; {untouched}")));
     }
     // 2. Maintenance on.
     let on = substitute(&ctx.cfg.roll.maintenance_on, ctx.cfg);
@@ -1289,9 +1297,10 @@ fn database_path(ctx: &mut Ctx, plan: &Plan) -> Result<f64, RollError> {
     if plan.installed.get(&first_web).is_some_and(|v| v.is_some()) {
         let out = ctx.ssh.run_long(ctx.conn(&first_web), &on)?;
         if !out.success() {
+            let untouched = ctx.untouched();
             return Err(ctx.fail(
                 Some(&first_web),
-                format!("maintenance_on failed: {}; nothing was changed", out.tail()),
+                format!("maintenance_on failed: {}; {untouched}", out.tail()),
             ));
         }
         ctx.log(Some(&first_web), None, "maintenance on", "ok", t, &on);
