@@ -105,6 +105,8 @@ pub enum BuildError {
     Data(#[from] data::DataError),
     #[error("SOURCE_DATE_EPOCH=`{0}` is not a Unix time in seconds")]
     BadEpoch(String),
+    #[error("`{}` is a shallow clone: its commit count would not order this build after earlier ones; fetch the whole history (`git fetch --unshallow`) or give `--build-number N`", repo.display())]
+    Shallow { repo: PathBuf },
 }
 
 /// Reads `SOURCE_DATE_EPOCH` from the environment.
@@ -175,10 +177,13 @@ pub fn build(
         (None, Some(c)) => c.time.max(0),
         (None, None) => tree.iter().map(|e| e.mtime).max().unwrap_or(0).max(0),
     };
-    let build_number = opts
-        .build_number
-        .or(commit.as_ref().map(|c| c.first_parent_count))
-        .unwrap_or(0);
+    let build_number = match (opts.build_number, &commit) {
+        (Some(n), _) => n,
+        (None, Some(c)) => c.first_parent_count.ok_or_else(|| BuildError::Shallow {
+            repo: cfg.deploy_repo(),
+        })?,
+        (None, None) => 0,
+    };
     let version = info.release().debian_version(build_number, yyyymmdd(epoch));
     let package = site.package.0.clone();
     let file_name = format!("{package}_{version}_all.deb");

@@ -397,6 +397,60 @@ fn versions_increase_along_the_branch() {
     assert_eq!(deb_field(&deb, "Version"), "4.1.10+20240426+417-1");
 }
 
+/// The build part is the commit count along first parents, as `git rev-list --first-parent`
+/// counts it: a merged side branch adds one (the merge), not its own commits. A shallow clone,
+/// whose count would be too small, needs `--build-number`.
+#[test]
+fn the_build_part_counts_first_parents_and_a_shallow_clone_needs_a_build_number() {
+    let site = Site::new();
+    let repo = site.repo();
+    run(git(&repo).args(["checkout", "-q", "-b", "side"]));
+    for i in 0..3 {
+        write(&repo.join(format!("local/side{i}.txt")), "side\n");
+        site.commit(&format!("side {i}"));
+    }
+    run(git(&repo).args(["checkout", "-q", "deploy"]));
+    write(&repo.join("local/main.txt"), "main\n");
+    site.commit("main");
+    run(git(&repo).args(["merge", "-q", "--no-ff", "-m", "merge side", "side"]));
+    let count = stdout(git(&repo).args(["rev-list", "--count", "--first-parent", "deploy"]));
+    let all = stdout(git(&repo).args(["rev-list", "--count", "deploy"]));
+    assert_eq!((count.trim(), all.trim()), ("3", "6"));
+    let deb = site.build(&["--out", "full"]);
+    assert_eq!(deb_field(&deb, "Version"), "4.1.10+3-1");
+
+    // A clone of depth 1: refused without --build-number, built with it.
+    let shallow = site.dir().join("shallow");
+    run(Command::new("git").args([
+        "clone",
+        "-q",
+        "--depth",
+        "1",
+        "--branch",
+        "deploy",
+        &format!("file://{}", repo.display()),
+        shallow.to_str().unwrap(),
+    ]));
+    site.config("");
+    let cfg = fs::read_to_string(site.config_path())
+        .unwrap()
+        .replace("repo = \"repo\"", "repo = \"shallow\"");
+    fs::write(site.config_path(), cfg).unwrap();
+    let out = site.cmd().args(["build", "--out", "s"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("shallow clone") && err.contains("--build-number"),
+        "{err}"
+    );
+    let left = fs::read_dir(site.dir().join("s"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(left, 0, "nothing is written");
+    let deb = site.build(&["--out", "s", "--build-number", "12"]);
+    assert_eq!(deb_field(&deb, "Version"), "4.1.10+12-1");
+}
+
 #[test]
 fn dpkg_installs_upgrades_and_purges_it() {
     let site = Site::new();
