@@ -336,6 +336,8 @@ impl fmt::Display for Socket {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Socket::Unix(p) => write!(f, "unix:{}", p.display()),
+            // An IPv6 address keeps its brackets: `tcp:[::1]:9999`.
+            Socket::Tcp(h, p) if h.contains(':') => write!(f, "tcp:[{h}]:{p}"),
             Socket::Tcp(h, p) => write!(f, "tcp:{h}:{p}"),
         }
     }
@@ -1060,5 +1062,20 @@ install_dir = "/srv/moodle/html"
             Socket::Tcp("10.0.0.12".into(), 9999)
         );
         assert!("tcp:host".parse::<Socket>().is_err());
+        // IPv6 keeps its brackets when shown, and what is shown parses back to the same socket
+        // (the LB client connects to what the config holds, not to its text).
+        assert_eq!(
+            "tcp:[2001:db8::12]:9999".parse::<Socket>().unwrap(),
+            Socket::Tcp("2001:db8::12".into(), 9999)
+        );
+        for text in [
+            "tcp:[::1]:9999",
+            "tcp:lb1.example.edu:9999",
+            "tcp:10.0.0.12:1",
+            "unix:/run/h.sock",
+        ] {
+            let socket = text.parse::<Socket>().unwrap();
+            assert_eq!(socket.to_string(), text);
+        }
     }
 }

@@ -10,7 +10,7 @@ use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
-use crate::config::Lb as LbConfig;
+use crate::config::{Lb as LbConfig, Socket};
 
 /// Talking to one load balancer failed.
 #[derive(Debug, thiserror::Error)]
@@ -101,7 +101,7 @@ impl Server {
 #[derive(Debug, Clone)]
 pub struct Lb {
     pub name: String,
-    pub socket: String,
+    pub socket: Socket,
     pub backend: String,
 }
 
@@ -117,7 +117,7 @@ impl Lb {
     pub fn from_config(c: &LbConfig) -> Lb {
         Lb {
             name: c.name.clone(),
-            socket: c.socket.to_string(),
+            socket: c.socket.clone(),
             backend: c.backend.clone(),
         }
     }
@@ -126,35 +126,35 @@ impl Lb {
     pub fn send(&self, command: &str) -> Result<String, HaError> {
         let conn_err = |message: String| HaError::Connect {
             lb: self.name.clone(),
-            socket: self.socket.clone(),
+            socket: self.socket.to_string(),
             message,
         };
         let line = format!("set severity-output number; {command}\n");
         let timeout = Duration::from_secs(5);
         let mut answer = String::new();
-        if let Some(path) = self.socket.strip_prefix("unix:") {
-            let mut s = UnixStream::connect(path).map_err(|e| conn_err(e.to_string()))?;
-            s.set_read_timeout(Some(timeout)).ok();
-            s.write_all(line.as_bytes())
-                .map_err(|e| conn_err(e.to_string()))?;
-            s.read_to_string(&mut answer)
-                .map_err(|e| conn_err(e.to_string()))?;
-        } else if let Some(addr) = self.socket.strip_prefix("tcp:") {
-            let addrs: Vec<std::net::SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(addr)
-                .map_err(|e| conn_err(e.to_string()))?
-                .collect();
-            let first = addrs.first().ok_or_else(|| conn_err("no address".into()))?;
-            let mut s =
-                TcpStream::connect_timeout(first, timeout).map_err(|e| conn_err(e.to_string()))?;
-            s.set_read_timeout(Some(timeout)).ok();
-            s.write_all(line.as_bytes())
-                .map_err(|e| conn_err(e.to_string()))?;
-            s.read_to_string(&mut answer)
-                .map_err(|e| conn_err(e.to_string()))?;
-        } else {
-            return Err(conn_err(
-                "the socket must be unix:PATH or tcp:HOST:PORT".into(),
-            ));
+        match &self.socket {
+            Socket::Unix(path) => {
+                let mut s = UnixStream::connect(path).map_err(|e| conn_err(e.to_string()))?;
+                s.set_read_timeout(Some(timeout)).ok();
+                s.write_all(line.as_bytes())
+                    .map_err(|e| conn_err(e.to_string()))?;
+                s.read_to_string(&mut answer)
+                    .map_err(|e| conn_err(e.to_string()))?;
+            }
+            Socket::Tcp(host, port) => {
+                let addrs: Vec<std::net::SocketAddr> =
+                    std::net::ToSocketAddrs::to_socket_addrs(&(host.as_str(), *port))
+                        .map_err(|e| conn_err(e.to_string()))?
+                        .collect();
+                let first = addrs.first().ok_or_else(|| conn_err("no address".into()))?;
+                let mut s = TcpStream::connect_timeout(first, timeout)
+                    .map_err(|e| conn_err(e.to_string()))?;
+                s.set_read_timeout(Some(timeout)).ok();
+                s.write_all(line.as_bytes())
+                    .map_err(|e| conn_err(e.to_string()))?;
+                s.read_to_string(&mut answer)
+                    .map_err(|e| conn_err(e.to_string()))?;
+            }
         }
         let errors: Vec<&str> = answer
             .lines()

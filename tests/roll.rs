@@ -827,3 +827,57 @@ fn ctrl_c_during_the_database_path_finishes_it() {
     assert_eq!(journal_actions(&c, "maintenance off"), 1);
     assert_eq!(http_get(&format!("{}/", c.env["LAB_LB1"])), Ok(200));
 }
+
+/// An LB whose Runtime API listens on IPv6 (`tcp:[::1]:PORT`): status reads its servers. A real
+/// HAProxy, in a network namespace of the test's own (only its loopback), with no node
+/// reachable: status still reports each LB's view.
+#[test]
+fn an_lb_on_ipv6_is_reached() {
+    require_root("a network namespace of its own");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    fs::write(
+        d.join("lb.cfg"),
+        format!(
+            "global\n    stats socket ipv6@[::1]:9999 level admin\n    pidfile {pid}\n\
+             defaults\n    mode http\n    timeout connect 1s\n    timeout client 5s\n    timeout server 5s\n\
+             backend moodle\n    server web1 127.0.0.1:1 disabled\n",
+            pid = d.join("lb.pid").display()
+        ),
+    )
+    .unwrap();
+    fs::write(
+        d.join("moodle-release.toml"),
+        "[site]\npackage = \"moodle-test\"\nmaintainer = \"T <t@example.edu>\"\n\
+         description = \"t\"\ninstall_dir = \"/srv/moodle/html\"\n\
+         [deploy]\nrepo = \".\"\nbranch = \"deploy\"\n\
+         [apt]\nrepo = \"apt\"\n\
+         [ssh]\nconfig = \"ssh_config\"\nknown_hosts = \"known_hosts\"\n\
+         [roll]\nstate_dir = \"state\"\n\
+         [[lb]]\nname = \"lb6\"\nsocket = \"tcp:[::1]:9999\"\nbackend = \"moodle\"\n\
+         [[nodes]]\nname = \"web1\"\nssh = \"web1\"\nhttp = \"http://127.0.0.1:1\"\n",
+    )
+    .unwrap();
+    fs::write(
+        d.join("ssh_config"),
+        "Host web1\n    HostName 127.0.0.1\n    Port 1\n    BatchMode yes\n",
+    )
+    .unwrap();
+    fs::write(d.join("known_hosts"), "").unwrap();
+    let script = format!(
+        "set -e; ip link set lo up; haproxy -f lb.cfg -D; \
+         {bin} --config moodle-release.toml --no-progress --json status; \
+         kill $(cat lb.pid)",
+        bin = env!("CARGO_BIN_EXE_moodle-release")
+    );
+    let out = run(Command::new("timeout")
+        .args(["60", "unshare", "-n", "bash", "-c", &script])
+        .current_dir(d));
+    let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let lb = st["nodes"][0]["lbs"]["lb6"].as_str().unwrap_or_default();
+    assert!(lb.starts_with("MAINT"), "{st}");
+    assert!(
+        st["nodes"][0]["error"].is_string(),
+        "web1 is unreachable: {st}"
+    );
+}
