@@ -14,22 +14,19 @@ pub fn get_status(url: &str, timeout: Duration) -> Result<u16, String> {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
     };
-    let with_port = if hostport.contains(':') {
-        hostport.to_string()
-    } else {
-        format!("{hostport}:80")
-    };
-    let addr = with_port
+    let (host, port) = authority(hostport).ok_or_else(|| format!("{url}: not host[:port]"))?;
+    let addr = (host, port)
         .to_socket_addrs()
-        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("{hostport}: {e}"))?
         .next()
         .ok_or_else(|| format!("{hostport}: no address"))?;
     let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(timeout)).ok();
     s.set_write_timeout(Some(timeout)).ok();
-    let host = hostport.split(':').next().unwrap_or(hostport);
     // One write: some servers (PHP's built-in one) mishandle a request that arrives in pieces.
-    let request = format!("GET {path} HTTP/1.0\r\nHost: {host}\r\nUser-Agent: moodle-release\r\nConnection: close\r\n\r\n");
+    // Host is the URL's authority as written, port included (an IPv6 address cut at its first
+    // `:` made it `[` before).
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {hostport}\r\nUser-Agent: moodle-release\r\nConnection: close\r\n\r\n");
     s.write_all(request.as_bytes()).map_err(|e| e.to_string())?;
     let mut head = Vec::new();
     let mut buf = [0u8; 256];
@@ -50,4 +47,67 @@ pub fn get_status(url: &str, timeout: Duration) -> Result<u16, String> {
                 line.lines().next().unwrap_or("")
             )
         })
+}
+
+/// The host (without an IPv6 address's brackets) and port (default 80) of `host[:port]`,
+/// `[v6]` or `[v6]:port`.
+fn authority(hostport: &str) -> Option<(&str, u16)> {
+    let (host, port) = if let Some(rest) = hostport.strip_prefix('[') {
+        let (host, after) = rest.split_once(']')?;
+        match after {
+            "" => (host, None),
+            _ => (host, Some(after.strip_prefix(':')?)),
+        }
+    } else {
+        match hostport.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (hostport, None),
+        }
+    };
+    let port = match port {
+        Some(p) => p.parse().ok()?,
+        None => 80,
+    };
+    (!host.is_empty()).then_some((host, port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn authorities_with_and_without_ports_and_ipv6() {
+        assert_eq!(
+            authority("web1.example.edu"),
+            Some(("web1.example.edu", 80))
+        );
+        assert_eq!(authority("10.0.0.21:8080"), Some(("10.0.0.21", 8080)));
+        assert_eq!(authority("[::1]:8080"), Some(("::1", 8080)));
+        assert_eq!(authority("[2001:db8::21]"), Some(("2001:db8::21", 80)));
+        for bad in ["", ":80", "web1:http", "[::1", "[::1]8080", "web1:99999"] {
+            assert_eq!(authority(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_status_is_read_from_a_real_socket() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let mut req = [0u8; 1024];
+            let n = s.read(&mut req).unwrap();
+            s.write_all(b"HTTP/1.0 503 Service Unavailable\r\n\r\n")
+                .unwrap();
+            String::from_utf8_lossy(&req[..n]).into_owned()
+        });
+        let url = format!("http://127.0.0.1:{port}/admin/tool/heartbeat/index.php");
+        assert_eq!(get_status(&url, Duration::from_secs(5)), Ok(503));
+        let request = server.join().unwrap();
+        assert!(
+            request.starts_with("GET /admin/tool/heartbeat/index.php HTTP/1.0\r\n")
+                && request.contains(&format!("\r\nHost: 127.0.0.1:{port}\r\n")),
+            "{request}"
+        );
+    }
 }
