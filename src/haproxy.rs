@@ -12,6 +12,10 @@ use std::time::Duration;
 
 use crate::config::{Lb as LbConfig, Socket};
 
+/// A Runtime API connection, unix or TCP.
+trait ReadWrite: Read + Write {}
+impl<T: Read + Write> ReadWrite for T {}
+
 /// Talking to one load balancer failed.
 #[derive(Debug, thiserror::Error)]
 pub enum HaError {
@@ -132,14 +136,16 @@ impl Lb {
         let line = format!("set severity-output number; {command}\n");
         let timeout = Duration::from_secs(5);
         let mut answer = String::new();
+        // One command per connection: HAProxy answers and closes (non-interactive mode).
+        let mut exchange = |s: &mut dyn ReadWrite| -> std::io::Result<()> {
+            s.write_all(line.as_bytes())?;
+            s.read_to_string(&mut answer).map(|_| ())
+        };
         match &self.socket {
             Socket::Unix(path) => {
                 let mut s = UnixStream::connect(path).map_err(|e| conn_err(e.to_string()))?;
                 s.set_read_timeout(Some(timeout)).ok();
-                s.write_all(line.as_bytes())
-                    .map_err(|e| conn_err(e.to_string()))?;
-                s.read_to_string(&mut answer)
-                    .map_err(|e| conn_err(e.to_string()))?;
+                exchange(&mut s).map_err(|e| conn_err(e.to_string()))?;
             }
             Socket::Tcp(host, port) => {
                 let addrs: Vec<std::net::SocketAddr> =
@@ -150,10 +156,7 @@ impl Lb {
                 let mut s = TcpStream::connect_timeout(first, timeout)
                     .map_err(|e| conn_err(e.to_string()))?;
                 s.set_read_timeout(Some(timeout)).ok();
-                s.write_all(line.as_bytes())
-                    .map_err(|e| conn_err(e.to_string()))?;
-                s.read_to_string(&mut answer)
-                    .map_err(|e| conn_err(e.to_string()))?;
+                exchange(&mut s).map_err(|e| conn_err(e.to_string()))?;
             }
         }
         let errors: Vec<&str> = answer
