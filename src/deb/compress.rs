@@ -1,7 +1,8 @@
-//! The compressors a `.deb` member may use, behind one `Write`.
+//! The compressors a `.deb` member may use.
 //!
-//! gzip: each piece of data.tar is compressed on its own (see `deb::data`) by a single-threaded
-//! [`Encoder`]; dpkg reads concatenated gzip members as one stream.
+//! gzip: each piece of data.tar is compressed on its own (see `deb::data`) in one [`compress`]
+//! call; dpkg reads concatenated gzip members as one stream. control.tar is one [`compress`]
+//! call too.
 //!
 //! zstd and xz: dpkg (1.21.22, measured) stops at the end of the first zstd frame or xz stream,
 //! so data.tar must be one frame or stream. [`StreamEncoder`] uses the libraries' own
@@ -44,24 +45,6 @@ impl Compression {
             Compression::Xz => 6,
         }
     }
-
-    /// An encoder writing into `out`.
-    pub fn encoder(self, out: Vec<u8>) -> io::Result<Encoder> {
-        Ok(match self {
-            Compression::Gzip => Encoder::Gzip(
-                flate2::GzBuilder::new()
-                    .mtime(0)
-                    .operating_system(3)
-                    .write(out, flate2::Compression::new(self.level())),
-            ),
-            Compression::Zstd => {
-                let mut e = zstd::stream::Encoder::new(out, self.level() as i32)?;
-                e.include_checksum(true)?;
-                Encoder::Zstd(e)
-            }
-            Compression::Xz => Encoder::Xz(liblzma::write::XzEncoder::new(out, self.level())),
-        })
-    }
 }
 
 impl fmt::Display for Compression {
@@ -71,44 +54,6 @@ impl fmt::Display for Compression {
             Compression::Zstd => "zstd",
             Compression::Xz => "xz",
         })
-    }
-}
-
-/// One of the encoders, writing into memory.
-pub enum Encoder {
-    Gzip(flate2::write::GzEncoder<Vec<u8>>),
-    Zstd(zstd::stream::Encoder<'static, Vec<u8>>),
-    Xz(liblzma::write::XzEncoder<Vec<u8>>),
-}
-
-impl Encoder {
-    /// Ends the stream and returns the compressed bytes.
-    pub fn finish(self) -> io::Result<Vec<u8>> {
-        match self {
-            Encoder::Gzip(e) => e.finish(),
-            Encoder::Zstd(e) => e.finish(),
-            Encoder::Xz(e) => e.finish(),
-        }
-    }
-}
-
-impl Write for Encoder {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Encoder::Gzip(e) => e.write(buf),
-            Encoder::Zstd(e) => e.write(buf),
-            Encoder::Xz(e) => e.write(buf),
-        }
-    }
-    fn write_all(&mut self, buf: &[u8]) -> io::Result<()> {
-        match self {
-            Encoder::Gzip(e) => e.write_all(buf),
-            Encoder::Zstd(e) => e.write_all(buf),
-            Encoder::Xz(e) => e.write_all(buf),
-        }
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
     }
 }
 
@@ -301,11 +246,29 @@ fn check(code: usize) -> io::Result<usize> {
     Ok(code)
 }
 
-/// Compresses `data` in one go.
+/// Compresses `data` in one go: a gzip piece of data.tar, or a control.tar.
 pub fn compress(c: Compression, data: &[u8]) -> io::Result<Vec<u8>> {
-    let mut e = c.encoder(Vec::new())?;
-    e.write_all(data)?;
-    e.finish()
+    match c {
+        Compression::Gzip => {
+            let mut e = flate2::GzBuilder::new()
+                .mtime(0)
+                .operating_system(3)
+                .write(Vec::new(), flate2::Compression::new(c.level()));
+            e.write_all(data)?;
+            e.finish()
+        }
+        Compression::Zstd => {
+            let mut e = zstd::stream::Encoder::new(Vec::new(), c.level() as i32)?;
+            e.include_checksum(true)?;
+            e.write_all(data)?;
+            e.finish()
+        }
+        Compression::Xz => {
+            let mut e = liblzma::write::XzEncoder::new(Vec::new(), c.level());
+            e.write_all(data)?;
+            e.finish()
+        }
+    }
 }
 
 #[cfg(test)]
