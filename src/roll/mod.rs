@@ -1268,21 +1268,22 @@ fn database_path(ctx: &mut Ctx, plan: &Plan) -> Result<f64, RollError> {
             .map(|n| (&ctx.conns[n], script.clone()))
             .collect();
         for (n, r) in all.clone().iter().zip(ctx.ssh.run_all_long(jobs)) {
-            match r {
-                Ok(o) if o.success() => ctx.log(Some(n), None, "download", "ok", t, &plan.target),
-                Ok(o) => {
-                    let m = format!(
-                        "{n}: downloading {}={} failed: {}",
-                        ctx.pkg,
-                        plan.target,
-                        o.tail()
-                    );
-                    ctx.reporter.step_done();
-                    let untouched = ctx.untouched();
-                    return Err(ctx.fail(Some(n), format!("{m}; {untouched}")));
+            let failure = match r {
+                Ok(o) if o.success() => {
+                    ctx.log(Some(n), None, "download", "ok", t, &plan.target);
+                    continue;
                 }
-                Err(e) => return Err(ctx.fail(Some(n), e.to_string())),
-            }
+                Ok(o) => format!(
+                    "{n}: downloading {}={} failed: {}",
+                    ctx.pkg,
+                    plan.target,
+                    o.tail()
+                ),
+                Err(e) => e.to_string(),
+            };
+            ctx.reporter.step_done();
+            let untouched = ctx.untouched();
+            return Err(ctx.fail(Some(n), format!("{failure}; {untouched}")));
         }
         ctx.reporter.step_done();
     }
