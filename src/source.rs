@@ -102,17 +102,16 @@ pub fn resolve(repo: &Path, reference: &str) -> Result<CommitInfo, SourceError> 
         path: reference.to_string(),
         source,
     };
-    // Along first parents, reading each commit's raw header: a revwalk parses whole commits and
-    // keeps them sorted, 1.5x the time on a long history (0.26 s for 30,000 commits).
     let first_parent_count = if r.is_shallow() {
         None
     } else {
-        let odb = r.odb().map_err(git)?;
+        let mut walk = r.revwalk().map_err(git)?;
+        walk.push(commit.id()).map_err(git)?;
+        walk.simplify_first_parent().map_err(git)?;
         let mut count = 0u64;
-        let mut next = Some(commit.id());
-        while let Some(id) = next {
+        for c in walk {
+            c.map_err(git)?;
             count += 1;
-            next = first_parent(odb.read(id).map_err(git)?.data());
         }
         Some(count)
     };
@@ -121,24 +120,6 @@ pub fn resolve(repo: &Path, reference: &str) -> Result<CommitInfo, SourceError> 
         time: commit.time().seconds(),
         first_parent_count,
     })
-}
-
-/// The first `parent` of a raw commit object (its header: `tree`, then the `parent` lines).
-fn first_parent(raw: &[u8]) -> Option<Oid> {
-    for line in raw.split(|&b| b == b'\n') {
-        if line.is_empty() {
-            break;
-        }
-        if let Some(hex) = line.strip_prefix(b"parent ") {
-            return std::str::from_utf8(hex)
-                .ok()
-                .and_then(|h| Oid::from_str(h).ok());
-        }
-        if !line.starts_with(b"tree ") {
-            break;
-        }
-    }
-    None
 }
 
 /// Decides which paths are left out (`.git*` metadata and the configured globs).
