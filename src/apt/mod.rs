@@ -396,6 +396,8 @@ impl Repo {
             text.push_str(&s.to_text());
         }
         let plain = text.into_bytes();
+        // Level 9, unlike a package's data (deb::compress): the index is small and every node
+        // fetches it on every `apt-get update`, so its smallest form costs nothing that matters.
         let gz = {
             let mut e = flate2::GzBuilder::new()
                 .mtime(0)
