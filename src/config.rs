@@ -259,6 +259,10 @@ pub struct Roll {
     /// How long a node may take to become healthy after install.
     #[serde(default = "default_health_timeout", with = "duration_str")]
     pub health_timeout: Duration,
+    /// How long an install waits for another apt or dpkg on the node to let go of its lock.
+    /// Debian's unattended-upgrades runs between 6 and 7 a.m., when rolls happen too.
+    #[serde(default = "default_apt_lock_timeout", with = "duration_str")]
+    pub apt_lock_timeout: Duration,
     /// Run once, on one node, when the release changes the database.
     #[serde(default = "default_upgrade_command")]
     pub upgrade_command: String,
@@ -280,6 +284,7 @@ impl Default for Roll {
             drain_timeout: default_drain_timeout(),
             health_path: default_health_path(),
             health_timeout: default_health_timeout(),
+            apt_lock_timeout: default_apt_lock_timeout(),
             upgrade_command: default_upgrade_command(),
             maintenance_on: default_maintenance_on(),
             maintenance_off: default_maintenance_off(),
@@ -299,6 +304,9 @@ fn default_health_path() -> String {
 }
 fn default_health_timeout() -> Duration {
     Duration::from_secs(60)
+}
+fn default_apt_lock_timeout() -> Duration {
+    Duration::from_secs(300)
 }
 fn default_upgrade_command() -> String {
     "php {install_dir}/admin/cli/upgrade.php --non-interactive".into()

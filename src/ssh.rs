@@ -59,6 +59,14 @@ impl Output {
         self.code == Some(0)
     }
 
+    /// `exit 100`, or `no exit status` when ssh lost the command (a signal, a dropped link).
+    pub fn status(&self) -> String {
+        match self.code {
+            Some(c) => format!("exit {c}"),
+            None => "no exit status".into(),
+        }
+    }
+
     /// The last lines of stderr (or stdout), for an error message.
     pub fn tail(&self) -> String {
         let stdout = self.text();

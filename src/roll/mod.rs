@@ -325,18 +325,28 @@ impl Ctx<'_> {
         Ok(out)
     }
 
+    /// Refreshes the site's own apt source only. `apt-get update` does not wait for the lists
+    /// lock (apt 2.6: `DPkg::Lock::Timeout` covers dpkg's lock only), so it is tried again while
+    /// that lock is what it failed on, up to `[roll] apt_lock_timeout`.
     fn apt_update(&self) -> String {
         format!(
-            "apt-get update -qq -o Dir::Etc::sourcelist=sources.list.d/{pkg}.list -o Dir::Etc::sourceparts=- -o APT::Get::List-Cleanup=0",
-            pkg = self.pkg
+            "end=$(( $(date +%s) + {wait} )); while :; do \
+             out=$(LC_ALL=C apt-get update -qq -o Dir::Etc::sourcelist=sources.list.d/{pkg}.list -o Dir::Etc::sourceparts=- -o APT::Get::List-Cleanup=0 2>&1) && break; \
+             case $out in *'Could not get lock'*) if [ $(date +%s) -lt $end ]; then sleep 2; continue; fi;; esac; \
+             printf '%s\\n' \"$out\" >&2; exit 100; done",
+            pkg = self.pkg,
+            wait = self.cfg.roll.apt_lock_timeout.as_secs(),
         )
     }
 
+    /// Installs (or only downloads) `version`, waiting up to `[roll] apt_lock_timeout` for
+    /// dpkg's lock when another apt holds it.
     fn apt_install(&self, version: &str, download_only: bool) -> String {
         format!(
-            "{} && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --allow-downgrades{} -o Dpkg::Options::=--force-confold {}",
+            "{} && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --allow-downgrades{} -o DPkg::Lock::Timeout={} -o Dpkg::Options::=--force-confold {}",
             self.apt_update(),
             if download_only { " --download-only" } else { "" },
+            self.cfg.roll.apt_lock_timeout.as_secs(),
             quote(&format!("{}={version}", self.pkg))
         )
     }
@@ -947,9 +957,9 @@ fn install_nodes(ctx: &mut Ctx, nodes: &[String], target: &str) -> Result<(), (S
             Ok(o) if o.success() => ctx.log(Some(n), None, "install", "ok", t, target),
             Ok(o) => {
                 let m = format!(
-                    "{n}: apt-get install {}={target} failed (exit {:?}): {}",
+                    "{n}: apt-get install {}={target} failed ({}): {}",
                     ctx.pkg,
-                    o.code,
+                    o.status(),
                     o.tail()
                 );
                 ctx.log(Some(n), None, "install", "failed", t, &m);
@@ -1364,8 +1374,8 @@ fn database_path(ctx: &mut Ctx, plan: &Plan) -> Result<f64, RollError> {
         return Err(ctx.fail(
             Some(&first_web),
             format!(
-                "upgrade_command failed (exit {:?}): {}; the site is left in maintenance mode: fix the cause and run `moodle-release roll --resume` (it runs the upgrade again and ends maintenance)",
-                out.code,
+                "upgrade_command failed ({}): {}; the site is left in maintenance mode: fix the cause and run `moodle-release roll --resume` (it runs the upgrade again and ends maintenance)",
+                out.status(),
                 out.tail()
             ),
         ));
