@@ -611,6 +611,30 @@ fn a_batch_that_would_empty_the_pool_or_a_damaged_state_is_refused() {
     assert!(st.contains("last roll: unknown:"), "{st}");
     fs::write(&state, good).unwrap();
     run(c.cmd().args(["roll", "--plan"]));
+
+    // A node without the package's apt source: refused before anything, naming the node (apt
+    // would refresh nothing and fail once the node is drained).
+    let list = "/etc/apt/sources.list.d/moodle-sample.list";
+    assert!(c
+        .ssh("web2", &format!("mv {list} /tmp/moodle-sample.list"))
+        .status
+        .success());
+    let (_, err) = exits(c.cmd().args(["roll", "--plan"]), 1);
+    assert!(
+        err.contains("before changing anything: web2: no apt source for moodle-sample"),
+        "{err}"
+    );
+    // The same source in deb822 form (`.sources`) is used as it is.
+    let deb822 = "line=$(cat /tmp/moodle-sample.list); key=${line#*signed-by=}; key=${key%%]*}; \
+        set -- ${line#*]}; \
+        printf 'Types: deb\\nURIs: %s\\nSuites: %s\\nComponents: %s\\nSigned-By: %s\\n' $1 $2 $3 $key \
+        > /etc/apt/sources.list.d/moodle-sample.sources && cat /etc/apt/sources.list.d/moodle-sample.sources";
+    let out = c.ssh("web2", deb822);
+    assert!(out.status.success(), "{out:?}");
+    let v3 = c.release(3, &[]);
+    run(c.cmd().args(["roll", "--batch", "2"]));
+    assert_on(&c, &["web1", "web2", "web3"], &v3);
+    assert_all_up(&c);
 }
 
 /// A deploy user that is not root: every command goes through `sudo -n`; a node where sudo

@@ -95,6 +95,10 @@ pub struct Installed {
     pub version: Option<String>,
     pub versions_hash: Option<String>,
     pub db_hash: Option<String>,
+    /// The node's apt source for the package, the only one `roll` refreshes:
+    /// `/etc/apt/sources.list.d/<package>.list`, else `.sources` (deb822).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub apt_source: Option<String>,
 }
 
 /// The plan, as `--plan` prints it.
@@ -330,10 +334,11 @@ impl Ctx<'_> {
     /// that lock is what it failed on, up to `[roll] apt_lock_timeout`.
     fn apt_update(&self) -> String {
         format!(
-            "end=$(( $(date +%s) + {wait} )); while :; do \
-             out=$(LC_ALL=C apt-get update -qq -o Dir::Etc::sourcelist=sources.list.d/{pkg}.list -o Dir::Etc::sourceparts=- -o APT::Get::List-Cleanup=0 2>&1) && break; \
+            "src=sources.list.d/{pkg}.list; [ -e /etc/apt/$src ] || src=sources.list.d/{pkg}.sources; \
+             end=$(( $(date +%s) + {wait} )); while :; do \
+             out=$(LC_ALL=C apt-get update -qq -o Dir::Etc::sourcelist=$src -o Dir::Etc::sourceparts=- -o APT::Get::List-Cleanup=0 2>&1) && break; \
              case $out in *'Could not get lock'*) if [ $(date +%s) -lt $end ]; then sleep 2; continue; fi;; esac; \
-             printf '%s\\n' \"$out\" >&2; exit 100; done",
+             printf '%s\\n' \"$out\" | grep -v '^W: Unable to read /etc/apt/-/' >&2; exit 100; done",
             pkg = self.pkg,
             wait = self.cfg.roll.apt_lock_timeout.as_secs(),
         )
@@ -383,17 +388,28 @@ fn query_installed(ssh: &Ssh, pkg: &str, conns: &[&Conn]) -> Vec<Result<Installe
 /// The query whose answer [`parse_installed`] reads.
 fn installed_query(pkg: &str) -> String {
     format!(
-        "dpkg-query -W -f='${{Status}}|${{Version}}|${{X-Moodle-Versions-Hash}}|${{X-Moodle-Db-Hash}}\\n' {} 2>/dev/null || true",
-        quote(pkg)
+        "dpkg-query -W -f='${{Status}}|${{Version}}|${{X-Moodle-Versions-Hash}}|${{X-Moodle-Db-Hash}}\\n' {q} 2>/dev/null || true; \
+         for f in {list} {sources}; do if [ -e \"$f\" ]; then echo \"source $f\"; fi; done",
+        q = quote(pkg),
+        list = quote(&format!("/etc/apt/sources.list.d/{pkg}.list")),
+        sources = quote(&format!("/etc/apt/sources.list.d/{pkg}.sources")),
     )
 }
 
-/// `Status|Version|X-Moodle-Versions-Hash|X-Moodle-Db-Hash` from dpkg-query.
+/// `Status|Version|X-Moodle-Versions-Hash|X-Moodle-Db-Hash` from dpkg-query, then a `source
+/// PATH` line for each apt source of the package the node has.
 fn parse_installed(stdout: &str) -> Installed {
-    let line = stdout.lines().next().unwrap_or("");
+    let apt_source = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("source "))
+        .map(str::to_string);
+    let line = stdout.lines().find(|l| l.contains('|')).unwrap_or("");
     let parts: Vec<&str> = line.split('|').collect();
     if parts.len() < 4 || !parts[0].ends_with("ok installed") {
-        return Installed::default();
+        return Installed {
+            apt_source,
+            ..Installed::default()
+        };
     }
     let opt = |s: &str| {
         if s.is_empty() {
@@ -406,6 +422,7 @@ fn parse_installed(stdout: &str) -> Installed {
         version: opt(parts[1]),
         versions_hash: opt(parts[2]),
         db_hash: opt(parts[3]),
+        apt_source,
     }
 }
 
@@ -581,6 +598,19 @@ fn preflight(ctx: &mut Ctx) -> Result<BTreeMap<String, Installed>, RollError> {
     let names: Vec<String> = cfg.nodes.iter().map(|n| n.name.clone()).collect();
     let installed = ctx.installed_on(&names)?;
     ctx.reporter.step_done();
+    // Without it, apt would refresh nothing and fail later, on a node already drained.
+    let missing: Vec<&str> = names
+        .iter()
+        .filter(|n| installed[*n].apt_source.is_none())
+        .map(String::as_str)
+        .collect();
+    if !missing.is_empty() {
+        return Err(RollError::Preflight(format!(
+            "{}: no apt source for {pkg}: write /etc/apt/sources.list.d/{pkg}.list (or {pkg}.sources), the only source roll refreshes (README: \"Serve [apt] repo\")",
+            missing.join(", "),
+            pkg = ctx.pkg
+        )));
+    }
     Ok(installed)
 }
 
