@@ -272,6 +272,11 @@ pub struct Roll {
     /// Takes the site out of maintenance mode.
     #[serde(default = "default_maintenance_off")]
     pub maintenance_off: String,
+    /// Run once, on one web node, at the end of a code-only roll or rollback: new code with the
+    /// old caches (strings, templates, JS, theme) serves stale pages. `upgrade_command` purges
+    /// them itself on the database path. `""` skips it.
+    #[serde(default = "default_purge_command")]
+    pub purge_command: String,
     /// Where the journal and state of rolls are kept (relative to the config file).
     #[serde(default = "default_state_dir")]
     pub state_dir: PathBuf,
@@ -288,6 +293,7 @@ impl Default for Roll {
             upgrade_command: default_upgrade_command(),
             maintenance_on: default_maintenance_on(),
             maintenance_off: default_maintenance_off(),
+            purge_command: default_purge_command(),
             state_dir: default_state_dir(),
         }
     }
@@ -313,6 +319,9 @@ fn default_upgrade_command() -> String {
 }
 fn default_maintenance_on() -> String {
     "php {install_dir}/admin/cli/maintenance.php --enable".into()
+}
+fn default_purge_command() -> String {
+    "php {install_dir}/admin/cli/purge_caches.php".into()
 }
 fn default_maintenance_off() -> String {
     "php {install_dir}/admin/cli/maintenance.php --disable".into()

@@ -418,6 +418,9 @@ fn report_roll(
     if !p.cron.is_empty() {
         writeln!(out, "  then cron: {}", p.cron.join(", "))?;
     }
+    if let Some(n) = &p.purge_on {
+        writeln!(out, "  then purge_command on {n} (Moodle's caches)")?;
+    }
     if !p.skipped.is_empty() {
         writeln!(out, "  already on {}: {}", p.target, p.skipped.join(", "))?;
     }

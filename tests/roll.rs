@@ -180,6 +180,9 @@ fn first_install_code_only_roll_under_load_rollback_and_database_upgrade() {
     run(c.cmd().arg("roll"));
     assert_on(&c, &["web1", "web2", "web3", "cron1"], &v1);
     assert_eq!(journal_actions(&c, "upgrade"), 1);
+    // upgrade.php purges Moodle's caches itself: purge_command is for the code-only path.
+    let purged = || fs::read_to_string(c.lab().join("moodledata/purged")).unwrap_or_default();
+    assert_eq!(purged(), "");
     assert_eq!(
         fs::read_to_string(c.lab().join("moodledata/dbversion"))
             .unwrap()
@@ -219,6 +222,9 @@ fn first_install_code_only_roll_under_load_rollback_and_database_upgrade() {
         1,
         "a code-only roll ran the upgrade"
     );
+    // Caches purged once, for the whole cluster, with every node on the new code.
+    assert_eq!(purged().lines().count(), 1, "{}", purged());
+    assert_eq!(journal_actions(&c, "purge caches"), 1);
     assert!(
         c.lb_servers().iter().all(|(_, st)| st.starts_with("UP")),
         "{:?}",
@@ -236,6 +242,7 @@ fn first_install_code_only_roll_under_load_rollback_and_database_upgrade() {
     // 4. rollback: back to v1 with the same care (same code hashes: allowed).
     run(c.cmd().arg("rollback"));
     assert_eq!(c.installed("web2"), v1);
+    assert_eq!(purged().lines().count(), 2, "{}", purged());
 
     // 5. A release that changes $version and db/: the database path, upgrade once more.
     let cfg = fs::read_to_string(c.config_path())
@@ -268,6 +275,11 @@ fn first_install_code_only_roll_under_load_rollback_and_database_upgrade() {
         "2022112810"
     );
     assert_on(&c, &["web1", "web2", "web3", "cron1"], &v3);
+    assert_eq!(
+        purged().lines().count(),
+        2,
+        "the database path ran purge_command"
+    );
     // During maintenance the site answers 503 (Moodle's maintenance page), never a connection error.
     assert!(
         failures.iter().all(|f| f.ends_with(": 503")),
@@ -728,10 +740,27 @@ fn an_agent_check_is_warned_about_and_the_roll_still_finishes() {
         text.contains("lb1: web1 has an agent-check, which can cancel a drain"),
         "{text}"
     );
-    run(c.cmd().args(["roll", "--batch", "1"]));
+    assert!(
+        text.contains("then purge_command on web1 (Moodle's caches)"),
+        "{text}"
+    );
+    // A purge_command that fails after every node is on the target: a warning, not a failure
+    // (the new code serves; its caches are stale until the purge is run by hand).
+    let moodledata = c.lab().join("moodledata");
+    fs::write(moodledata.join("purge-fails"), "").unwrap();
+    let out = run(c.cmd().args(["roll", "--batch", "1"]));
     stop.store(true, Ordering::SeqCst);
     thread.join().unwrap();
     assert_on(&c, &["web1", "web2", "web3", "cron1"], &v2);
+    assert_all_up(&c);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("web1: purge_command failed: Cache store redis is not ready")
+            && err.contains("caches are stale until `php /srv/"),
+        "{err}"
+    );
+    assert_eq!(journal_actions_result(&c, "purge caches", "failed"), 1);
+    assert!(!moodledata.join("purged").exists());
 }
 
 /// A database upgrade whose `upgrade_command` fails leaves the site in maintenance. Once the

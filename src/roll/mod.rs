@@ -113,6 +113,9 @@ pub struct Plan {
     pub cron: Vec<String>,
     pub skipped: Vec<String>,
     pub installed: BTreeMap<String, Option<String>>,
+    /// The web node that runs `purge_command` once every node is on the target (code-only path).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub purge_on: Option<String>,
 }
 
 impl Plan {
@@ -785,8 +788,12 @@ fn make_plan(
             .iter()
             .map(|(k, v)| (k.clone(), v.version.clone()))
             .collect(),
+        purge_on: None,
     };
-    Ok(plan)
+    let purge_on = (!database && !to_do.is_empty() && !cfg.roll.purge_command.trim().is_empty())
+        .then(|| web_nodes(cfg).first().map(|n| n.name.clone()))
+        .flatten();
+    Ok(Plan { purge_on, ..plan })
 }
 
 /// Servers out of rotation that this tool did not put there (by the last roll's state) stop
@@ -965,7 +972,35 @@ fn run_plan(
                 .map_err(|(n, m)| ctx.fail(Some(&n), m))?;
             upgraded.push(c.clone());
         }
+        if let Some(node) = &plan.purge_on {
+            purge_caches(ctx, node);
+        }
         Ok((upgraded, None))
+    }
+}
+
+/// `purge_command` once, on `node`, with every node on the target. A failure is a warning: the
+/// code is in place and serving; only its caches are stale until the purge is run by hand.
+fn purge_caches(ctx: &mut Ctx, node: &str) {
+    let t = Instant::now();
+    let cmd = substitute(&ctx.cfg.roll.purge_command, ctx.cfg);
+    ctx.reporter
+        .step(&format!("purging Moodle's caches on {node}"));
+    let r = ctx.ssh.run_long(ctx.conn(node), &cmd);
+    ctx.reporter.step_done();
+    let failure = match r {
+        Ok(o) if o.success() => None,
+        Ok(o) => Some(format!("{} ({})", o.tail(), o.status())),
+        Err(e) => Some(e.to_string()),
+    };
+    match failure {
+        None => ctx.log(Some(node), None, "purge caches", "ok", t, &cmd),
+        Some(why) => {
+            ctx.log(Some(node), None, "purge caches", "failed", t, &why);
+            ctx.warn(format!(
+                "{node}: purge_command failed: {why}; every node runs the new code, but its caches are stale until `{cmd}` runs"
+            ));
+        }
     }
 }
 
