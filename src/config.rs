@@ -256,6 +256,11 @@ pub struct Roll {
     /// GET on each node's http base; 200 means healthy.
     #[serde(default = "default_health_path")]
     pub health_path: String,
+    /// The Host header of the health check; none by default, as HAProxy's `option httpchk`
+    /// (Moodle redirects a Host that is not its wwwroot's). Set it to the site's host name when
+    /// the node's web server picks the site by name.
+    #[serde(default)]
+    pub health_host: Option<String>,
     /// How long a node may take to become healthy after install.
     #[serde(default = "default_health_timeout", with = "duration_str")]
     pub health_timeout: Duration,
@@ -288,6 +293,7 @@ impl Default for Roll {
             batch: default_batch(),
             drain_timeout: default_drain_timeout(),
             health_path: default_health_path(),
+            health_host: None,
             health_timeout: default_health_timeout(),
             apt_lock_timeout: default_apt_lock_timeout(),
             upgrade_command: default_upgrade_command(),
@@ -765,6 +771,17 @@ impl Config {
                 "must be at least 1".into(),
             ));
         }
+        if let Some(h) = &self.roll.health_host {
+            if h.is_empty() || h.contains(|c: char| c.is_whitespace() || c.is_control() || c == '/')
+            {
+                return Err(err(
+                    vec![k("roll"), k("health_host")],
+                    format!(
+                        "{h:?} is not a host name; write the site's, e.g. \"moodle.example.edu\""
+                    ),
+                ));
+            }
+        }
         if let Some(apt) = &self.apt {
             if apt.keep == 0 {
                 return Err(err(vec![k("apt"), k("keep")], "must be at least 1".into()));
@@ -1024,6 +1041,11 @@ install_dir = "/srv/moodle/html"
         let e = parse("[[nodes]]\nname = \"web1\"\nssh = \"web1\"\n").unwrap_err();
         assert!(
             e.starts_with("moodle-release.toml:7: [[nodes]] #1: web node `web1` needs `http`"),
+            "{e}"
+        );
+        let e = parse("[roll]\nhealth_host = \"https://moodle.example.edu/\"\n").unwrap_err();
+        assert!(
+            e.starts_with("moodle-release.toml:8: [roll] health_host: \"https://moodle.example.edu/\" is not a host name"),
             "{e}"
         );
         let e = parse("[[nodes]]\nname = \"web1\"\nssh = \"web1\"\nhttp = \"https://web1\"\n")

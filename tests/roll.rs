@@ -489,6 +489,54 @@ fn ctrl_c_stops_between_batches_and_a_failing_health_check_keeps_the_node_out() 
     for _ in 0..10 {
         assert_eq!(http_get(&format!("{}/", c.env["LAB_LB2"])), Ok(200));
     }
+
+    // A re-run while web3 is still broken stops (exit 1) and leaves it out, saying why.
+    let (_, err) = exits(c.cmd().args(["roll", "--resume", "--batch", "1"]), 1);
+    assert!(
+        err.contains("web3 is on 4.1.9+3-1 but not healthy (")
+            && err.contains("answered 503); it stays out of rotation"),
+        "{err}"
+    );
+    assert_eq!(
+        c.lb_servers().iter().find(|(n, _)| n == "web3").unwrap().1,
+        "MAINT"
+    );
+    // Fixed, it is put back.
+    assert!(c
+        .ssh(
+            "web3",
+            "sed -i 's#/nonexistent#/srv/moodledata#' /etc/moodle-sample/config.php"
+        )
+        .status
+        .success());
+    // The node's PHP (opcache) sees the fixed file within 2 s (revalidate_freq).
+    std::thread::sleep(Duration::from_secs(3));
+    let out = run(c.cmd().args(["roll", "--resume", "--batch", "1"]));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("web3: on 4.1.9+3-1 and healthy, left out of rotation by an earlier run: putting it back"), "{err}");
+
+    // The lab's Moodle redirects (303) a Host that is not its wwwroot's, as Moodle does: the
+    // health check sends none by default (as HAProxy's does), and a wrong `health_host` is
+    // named in the error; the right one works.
+    assert_all_up(&c);
+    let cfg = fs::read_to_string(c.config_path()).unwrap();
+    let with_host = |h: &str| {
+        cfg.replace(
+            "health_timeout = \"3s\"",
+            &format!("health_timeout = \"3s\"\nhealth_host = \"{h}\""),
+        )
+    };
+    fs::write(c.config_path(), with_host("web1.internal")).unwrap();
+    let v4 = c.release(4, &[]);
+    let (_, err) = exits(c.cmd().args(["roll", "--batch", "1"]), 1);
+    assert!(
+        err.contains("answered 303, a redirect") && err.contains("health_host"),
+        "{err}"
+    );
+    fs::write(c.config_path(), with_host("moodle.lab")).unwrap();
+    run(c.cmd().args(["roll", "--resume", "--batch", "1"]));
+    assert_on(&c, &["web1", "web2", "web3", "cron1"], &v4);
+    assert_all_up(&c);
 }
 
 /// Requests that do not end (an upload whose body never comes: HAProxy has handed it to a

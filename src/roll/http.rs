@@ -6,7 +6,12 @@ use std::net::{TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
 /// GETs `url` (`http://host[:port]/path`) and returns the status code.
-pub fn get_status(url: &str, timeout: Duration) -> Result<u16, String> {
+///
+/// Without `host_header`, the request has no Host header, as HAProxy's `option httpchk` sends it:
+/// Moodle redirects (303) a request whose Host is not its wwwroot's, and a node's own name
+/// never is; a request with no Host it lets through. With `host_header` (`[roll] health_host`, for
+/// a web server that picks the site by name), that Host is sent.
+pub fn get_status(url: &str, host_header: Option<&str>, timeout: Duration) -> Result<u16, String> {
     let rest = url
         .strip_prefix("http://")
         .ok_or_else(|| format!("{url}: only http:// health URLs are supported"))?;
@@ -24,9 +29,12 @@ pub fn get_status(url: &str, timeout: Duration) -> Result<u16, String> {
     s.set_read_timeout(Some(timeout)).ok();
     s.set_write_timeout(Some(timeout)).ok();
     // One write: some servers (PHP's built-in one) mishandle a request that arrives in pieces.
-    // Host is the URL's authority as written, port included (an IPv6 address cut at its first
-    // `:` made it `[` before).
-    let request = format!("GET {path} HTTP/1.0\r\nHost: {hostport}\r\nUser-Agent: moodle-release\r\nConnection: close\r\n\r\n");
+    let host_line = host_header
+        .map(|h| format!("Host: {h}\r\n"))
+        .unwrap_or_default();
+    let request = format!(
+        "GET {path} HTTP/1.0\r\n{host_line}User-Agent: moodle-release\r\nConnection: close\r\n\r\n"
+    );
     s.write_all(request.as_bytes()).map_err(|e| e.to_string())?;
     let mut head = Vec::new();
     let mut buf = [0u8; 256];
@@ -102,11 +110,33 @@ mod tests {
             String::from_utf8_lossy(&req[..n]).into_owned()
         });
         let url = format!("http://127.0.0.1:{port}/admin/tool/heartbeat/index.php");
-        assert_eq!(get_status(&url, Duration::from_secs(5)), Ok(503));
+        assert_eq!(get_status(&url, None, Duration::from_secs(5)), Ok(503));
+        let request = server.join().unwrap();
+        assert_eq!(
+            request,
+            "GET /admin/tool/heartbeat/index.php HTTP/1.0\r\nUser-Agent: moodle-release\r\nConnection: close\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn a_health_host_is_sent_as_the_host_header() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let mut req = [0u8; 1024];
+            let n = s.read(&mut req).unwrap();
+            s.write_all(b"HTTP/1.1 200 OK\r\n\r\n").unwrap();
+            String::from_utf8_lossy(&req[..n]).into_owned()
+        });
+        let url = format!("http://127.0.0.1:{port}/");
+        assert_eq!(
+            get_status(&url, Some("moodle.example.edu"), Duration::from_secs(5)),
+            Ok(200)
+        );
         let request = server.join().unwrap();
         assert!(
-            request.starts_with("GET /admin/tool/heartbeat/index.php HTTP/1.0\r\n")
-                && request.contains(&format!("\r\nHost: 127.0.0.1:{port}\r\n")),
+            request.starts_with("GET / HTTP/1.0\r\nHost: moodle.example.edu\r\n"),
             "{request}"
         );
     }

@@ -744,11 +744,16 @@ fn make_plan(
             "{why}: the database was upgraded for the newer code, and Moodle cannot downgrade a database. Restore the database from before the upgrade and use --force, or roll forward to a fixed version"
         )));
     }
-    let webs: Vec<String> = web_nodes(cfg)
+    let mut webs: Vec<String> = web_nodes(cfg)
         .iter()
         .filter(|n| to_do.iter().any(|t| t.name == n.name))
         .map(|n| n.name.clone())
         .collect();
+    // Nodes an earlier run left out of rotation go first: a batch of others while they are
+    // still out would put more than `batch` servers out at once.
+    if let Some(p) = previous_state.filter(|s| s.unfinished()) {
+        webs.sort_by_key(|n| !p.out_of_rotation.contains(n));
+    }
     // In rotation, a batch as large as the pool would leave no server: refused before anything,
     // even --plan (the database path takes the site to maintenance anyway).
     let pool = web_nodes(cfg).len();
@@ -924,12 +929,26 @@ fn run_plan(
         let Some(n) = ctx.cfg.nodes.iter().find(|n| n.name == node) else {
             continue;
         };
-        if installed[&node].version.as_deref() == Some(plan.target.as_str())
-            && healthy(ctx.cfg, n) != Some(false)
-        {
-            ctx.reporter.step(&format!("{node}: on {} and healthy, left out of rotation by an earlier run: putting it back", plan.target));
-            ctx.set_all(&node, &server_name(n), AdminState::Ready)?;
-            ctx.reporter.step_done();
+        if installed[&node].version.as_deref() != Some(plan.target.as_str()) {
+            continue;
+        }
+        match health_now(ctx.cfg, n) {
+            Ok(()) => {
+                ctx.reporter.step(&format!("{node}: on {} and healthy, left out of rotation by an earlier run: putting it back", plan.target));
+                ctx.set_all(&node, &server_name(n), AdminState::Ready)?;
+                ctx.reporter.step_done();
+            }
+            // Going on would put more than `batch` servers out of rotation, and ending "done"
+            // would leave a node out that no later run knows as its own.
+            Err(why) => {
+                return Err(ctx.fail(
+                    Some(&node),
+                    format!(
+                        "{node} is on {} but not healthy ({why}); it stays out of rotation, where an earlier run left it: fix it and run again",
+                        plan.target
+                    ),
+                ))
+            }
         }
     }
 
@@ -1065,9 +1084,25 @@ fn health_url(cfg: &Config, n: &Node) -> Option<String> {
         .map(|h| format!("{}{}", h.trim_end_matches('/'), cfg.roll.health_path))
 }
 
+/// Whether the node's health URL answers 200 now, else what it answered; Ok for a node
+/// without one (cron).
+fn health_now(cfg: &Config, n: &Node) -> Result<(), String> {
+    let Some(u) = health_url(cfg, n) else {
+        return Ok(());
+    };
+    match http::get_status(&u, cfg.roll.health_host.as_deref(), Duration::from_secs(3)) {
+        Ok(200) => Ok(()),
+        Ok(code) => Err(format!("{u} answered {code}")),
+        Err(e) => Err(format!("{u}: {e}")),
+    }
+}
+
 /// Whether the node's health URL answers 200 now; `None` for a node without one (cron).
 fn healthy(cfg: &Config, n: &Node) -> Option<bool> {
-    health_url(cfg, n).map(|u| http::get_status(&u, Duration::from_secs(3)).ok() == Some(200))
+    health_url(cfg, n).map(|u| {
+        http::get_status(&u, cfg.roll.health_host.as_deref(), Duration::from_secs(3)).ok()
+            == Some(200)
+    })
 }
 
 /// Waits until the node answers 200 on its health URL and every LB's check passes.
@@ -1081,8 +1116,18 @@ fn wait_healthy(ctx: &mut Ctx, n: &Node) -> Result<(), String> {
             last = e.to_string();
         }
         let own = match &url {
-            Some(u) => match http::get_status(u, Duration::from_secs(3)) {
+            Some(u) => match http::get_status(
+                u,
+                ctx.cfg.roll.health_host.as_deref(),
+                Duration::from_secs(3),
+            ) {
                 Ok(200) => true,
+                Ok(code @ 301..=308) => {
+                    last = format!(
+                        "{u} answered {code}, a redirect (Moodle redirects a request whose Host is not its wwwroot's: check [roll] health_host)"
+                    );
+                    false
+                }
                 Ok(code) => {
                     last = format!("{u} answered {code}");
                     false
@@ -1674,4 +1719,67 @@ pub fn status(cfg: &Config) -> Result<Status, RollError> {
         roll,
         roll_error,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nodes_an_earlier_run_left_out_are_planned_first() {
+        let mut text = String::from(
+            "[site]\npackage = \"moodle-site\"\nmaintainer = \"M <m@example.edu>\"\ndescription = \"d\"\ninstall_dir = \"/srv/moodle\"\n[deploy]\nrepo = \".\"\nbranch = \"deploy\"\n",
+        );
+        for n in ["web1", "web2", "web3", "web4"] {
+            text.push_str(&format!(
+                "[[nodes]]\nname = \"{n}\"\nssh = \"{n}\"\nhttp = \"http://{n}\"\n"
+            ));
+        }
+        let cfg = Config::parse(&text, std::path::Path::new("moodle-release.toml")).unwrap();
+        let listed = crate::apt::Listed {
+            package: "moodle-site".into(),
+            version: "2".into(),
+            filename: String::new(),
+            size: 0,
+            sha256: String::new(),
+            moodle_release: None,
+            versions_hash: Some("v".into()),
+            db_hash: Some("d".into()),
+        };
+        let on = |v: &str| Installed {
+            version: Some(v.into()),
+            versions_hash: Some("v".into()),
+            db_hash: Some("d".into()),
+            apt_source: None,
+        };
+        let installed: BTreeMap<String, Installed> = [
+            ("web1", on("2")),
+            ("web2", on("1")),
+            ("web3", on("1")),
+            ("web4", on("1")),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let opts = RollOptions::default();
+        let plan = |state: Option<&RollState>| {
+            make_plan(&cfg, &opts, 1, "2", &listed, &installed, state)
+                .unwrap()
+                .batches
+        };
+        let names = |b: Vec<Vec<String>>| b.concat();
+        assert_eq!(names(plan(None)), ["web2", "web3", "web4"]);
+        let stopped = RollState {
+            status: "failed".into(),
+            out_of_rotation: vec!["web4".into()],
+            ..RollState::default()
+        };
+        assert_eq!(names(plan(Some(&stopped))), ["web4", "web2", "web3"]);
+        // A finished roll's list is not its own any more.
+        let done = RollState {
+            status: "done".into(),
+            ..stopped
+        };
+        assert_eq!(names(plan(Some(&done))), ["web2", "web3", "web4"]);
+    }
 }
