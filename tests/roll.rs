@@ -672,6 +672,32 @@ fn a_batch_that_would_empty_the_pool_or_a_damaged_state_is_refused() {
     fs::write(&state, good).unwrap();
     run(c.cmd().args(["roll", "--plan"]));
 
+    // A config.php copied from a plain install, which requires lib/setup.php from its own
+    // folder: refused before anything, naming the node and the line to delete (a commented-out
+    // one is fine).
+    let cfg_php = "/etc/moodle-sample/config.php";
+    assert!(c
+        .ssh(
+            "web1",
+            &format!("echo \"// require_once(__DIR__ . '/lib/setup.php');\" >> {cfg_php}")
+        )
+        .status
+        .success());
+    assert!(c
+        .ssh("web3", &format!("cp {cfg_php} /tmp/config.php && echo \"require_once(__DIR__ . '/lib/setup.php');\" >> {cfg_php}"))
+        .status
+        .success());
+    let (_, err) = exits(c.cmd().args(["roll", "--plan"]), 1);
+    assert!(
+        err.contains(&format!(
+            "before changing anything: web3: {cfg_php} requires lib/setup.php from its own folder"
+        )),
+        "{err}"
+    );
+    assert!(c
+        .ssh("web3", &format!("cp /tmp/config.php {cfg_php}"))
+        .status
+        .success());
     // A node without the package's apt source: refused before anything, naming the node (apt
     // would refresh nothing and fail once the node is drained).
     let list = "/etc/apt/sources.list.d/moodle-sample.list";

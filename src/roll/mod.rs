@@ -99,6 +99,9 @@ pub struct Installed {
     /// `/etc/apt/sources.list.d/<package>.list`, else `.sources` (deb822).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub apt_source: Option<String>,
+    /// The node's config.php requires lib/setup.php relative to its own folder.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub config_php_relative_setup: bool,
 }
 
 /// The plan, as `--plan` prints it.
@@ -325,7 +328,7 @@ impl Ctx<'_> {
         let mut out = BTreeMap::new();
         for (n, r) in names
             .iter()
-            .zip(query_installed(&self.ssh, &self.pkg, &conns))
+            .zip(query_installed(&self.ssh, self.cfg, &conns))
         {
             out.insert(n.clone(), r?);
         }
@@ -366,8 +369,11 @@ impl Ctx<'_> {
 
 /// What each of `conns` has installed of `pkg`, asked of all at once; results in the same
 /// order. Used by roll and by status.
-fn query_installed(ssh: &Ssh, pkg: &str, conns: &[&Conn]) -> Vec<Result<Installed, SshError>> {
-    let script = installed_query(pkg);
+fn query_installed(ssh: &Ssh, cfg: &Config, conns: &[&Conn]) -> Vec<Result<Installed, SshError>> {
+    let script = installed_query(
+        &cfg.site.package.to_string(),
+        cfg.site.config_php_target().as_deref(),
+    );
     let jobs = conns.iter().map(|c| (*c, script.clone())).collect();
     conns
         .iter()
@@ -389,10 +395,21 @@ fn query_installed(ssh: &Ssh, pkg: &str, conns: &[&Conn]) -> Vec<Result<Installe
 }
 
 /// The query whose answer [`parse_installed`] reads.
-fn installed_query(pkg: &str) -> String {
+fn installed_query(pkg: &str, config_php: Option<&str>) -> String {
+    // A config.php copied from a plain install ends with require_once(__DIR__ .
+    // '/lib/setup.php'): from the node's config folder that names a file that does not exist,
+    // and every page of the site fails (the packaged stub requires setup.php itself).
+    let relative_setup = config_php
+        .map(|c| {
+            format!(
+                "; if grep -Eq \"^[[:space:]]*(require|include)(_once)?[[:space:](]*(__DIR__|dirname[(]__FILE__[)])[[:space:]]*[.][[:space:]]*['\\\"]/lib/setup[.]php\" {} 2>/dev/null; then echo relative-setup; fi",
+                quote(c)
+            )
+        })
+        .unwrap_or_default();
     format!(
         "dpkg-query -W -f='${{Status}}|${{Version}}|${{X-Moodle-Versions-Hash}}|${{X-Moodle-Db-Hash}}\\n' {q} 2>/dev/null || true; \
-         for f in {list} {sources}; do if [ -e \"$f\" ]; then echo \"source $f\"; fi; done",
+         for f in {list} {sources}; do if [ -e \"$f\" ]; then echo \"source $f\"; fi; done{relative_setup}; true",
         q = quote(pkg),
         list = quote(&format!("/etc/apt/sources.list.d/{pkg}.list")),
         sources = quote(&format!("/etc/apt/sources.list.d/{pkg}.sources")),
@@ -406,11 +423,13 @@ fn parse_installed(stdout: &str) -> Installed {
         .lines()
         .find_map(|l| l.strip_prefix("source "))
         .map(str::to_string);
+    let config_php_relative_setup = stdout.lines().any(|l| l == "relative-setup");
     let line = stdout.lines().find(|l| l.contains('|')).unwrap_or("");
     let parts: Vec<&str> = line.split('|').collect();
     if parts.len() < 4 || !parts[0].ends_with("ok installed") {
         return Installed {
             apt_source,
+            config_php_relative_setup,
             ..Installed::default()
         };
     }
@@ -426,6 +445,7 @@ fn parse_installed(stdout: &str) -> Installed {
         versions_hash: opt(parts[2]),
         db_hash: opt(parts[3]),
         apt_source,
+        config_php_relative_setup,
     }
 }
 
@@ -612,6 +632,18 @@ fn preflight(ctx: &mut Ctx) -> Result<BTreeMap<String, Installed>, RollError> {
             "{}: no apt source for {pkg}: write /etc/apt/sources.list.d/{pkg}.list (or {pkg}.sources), the only source roll refreshes (README: \"Serve [apt] repo\")",
             missing.join(", "),
             pkg = ctx.pkg
+        )));
+    }
+    let relative: Vec<&str> = names
+        .iter()
+        .filter(|n| installed[*n].config_php_relative_setup)
+        .map(String::as_str)
+        .collect();
+    if let (false, Some(c)) = (relative.is_empty(), cfg.site.config_php_target()) {
+        return Err(RollError::Preflight(format!(
+            "{}: {c} requires lib/setup.php from its own folder (__DIR__), where it is not: every page would fail. Delete that line: the package's {}/config.php requires {c}, then lib/setup.php",
+            relative.join(", "),
+            cfg.site.install_dir
         )));
     }
     Ok(installed)
@@ -1654,7 +1686,7 @@ pub fn status(cfg: &Config) -> Result<Status, RollError> {
     let mut answers: BTreeMap<String, Result<Installed, String>> = up
         .iter()
         .map(|c| c.node.clone())
-        .zip(query_installed(&ssh, &cfg.site.package.to_string(), &up))
+        .zip(query_installed(&ssh, cfg, &up))
         .map(|(n, r)| (n, r.map_err(|e| e.to_string())))
         .collect();
     for e in conns.iter().filter_map(|c| c.as_ref().err()) {
@@ -1751,6 +1783,7 @@ mod tests {
             versions_hash: Some("v".into()),
             db_hash: Some("d".into()),
             apt_source: None,
+            config_php_relative_setup: false,
         };
         let installed: BTreeMap<String, Installed> = [
             ("web1", on("2")),
