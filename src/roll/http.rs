@@ -97,18 +97,23 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_status_is_read_from_a_real_socket() {
+    /// A server on a real socket that answers one request with `answer`; joins to the request.
+    fn serve_once(answer: &'static [u8]) -> (u16, std::thread::JoinHandle<String>) {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
         let server = std::thread::spawn(move || {
             let (mut s, _) = l.accept().unwrap();
             let mut req = [0u8; 1024];
             let n = s.read(&mut req).unwrap();
-            s.write_all(b"HTTP/1.0 503 Service Unavailable\r\n\r\n")
-                .unwrap();
+            s.write_all(answer).unwrap();
             String::from_utf8_lossy(&req[..n]).into_owned()
         });
+        (port, server)
+    }
+
+    #[test]
+    fn a_status_is_read_from_a_real_socket() {
+        let (port, server) = serve_once(b"HTTP/1.0 503 Service Unavailable\r\n\r\n");
         let url = format!("http://127.0.0.1:{port}/admin/tool/heartbeat/index.php");
         assert_eq!(get_status(&url, None, Duration::from_secs(5)), Ok(503));
         let request = server.join().unwrap();
@@ -120,15 +125,7 @@ mod tests {
 
     #[test]
     fn a_health_host_is_sent_as_the_host_header() {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = l.local_addr().unwrap().port();
-        let server = std::thread::spawn(move || {
-            let (mut s, _) = l.accept().unwrap();
-            let mut req = [0u8; 1024];
-            let n = s.read(&mut req).unwrap();
-            s.write_all(b"HTTP/1.1 200 OK\r\n\r\n").unwrap();
-            String::from_utf8_lossy(&req[..n]).into_owned()
-        });
+        let (port, server) = serve_once(b"HTTP/1.1 200 OK\r\n\r\n");
         let url = format!("http://127.0.0.1:{port}/");
         assert_eq!(
             get_status(&url, Some("moodle.example.edu"), Duration::from_secs(5)),
