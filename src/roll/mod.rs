@@ -335,30 +335,25 @@ impl Ctx<'_> {
         Ok(out)
     }
 
-    /// Refreshes the site's own apt source only. `apt-get update` does not wait for the lists
-    /// lock (apt 2.6: `DPkg::Lock::Timeout` covers dpkg's lock only), so it is tried again while
-    /// that lock is what it failed on, up to `[roll] apt_lock_timeout`.
-    fn apt_update(&self) -> String {
-        format!(
-            "src=sources.list.d/{pkg}.list; [ -e /etc/apt/$src ] || src=sources.list.d/{pkg}.sources; \
-             end=$(( $(date +%s) + {wait} )); while :; do \
-             out=$(LC_ALL=C apt-get update -qq -o Dir::Etc::sourcelist=$src -o Dir::Etc::sourceparts=- -o APT::Get::List-Cleanup=0 2>&1) && break; \
-             case $out in *'Could not get lock'*) if [ $(date +%s) -lt $end ]; then sleep 2; continue; fi;; esac; \
-             printf '%s\\n' \"$out\" | grep -v '^W: Unable to read /etc/apt/-/' >&2; exit 100; done",
-            pkg = self.pkg,
-            wait = self.cfg.roll.apt_lock_timeout.as_secs(),
-        )
-    }
-
-    /// Installs (or only downloads) `version`, waiting up to `[roll] apt_lock_timeout` for
-    /// dpkg's lock when another apt holds it.
+    /// Refreshes the site's own apt source only, then installs (or only downloads) `version`.
+    ///
+    /// Another apt on the node (unattended-upgrades) may hold one of apt's locks. dpkg's lock is
+    /// waited for by apt itself (`DPkg::Lock::Timeout`), but the lists and archives locks are not
+    /// (apt 2.6, measured): each command is tried again while a lock is what it failed on, all
+    /// of it up to `[roll] apt_lock_timeout`.
     fn apt_install(&self, version: &str, download_only: bool) -> String {
         format!(
-            "{} && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --allow-downgrades{} -o DPkg::Lock::Timeout={} -o Dpkg::Options::=--force-confold {}",
-            self.apt_update(),
-            if download_only { " --download-only" } else { "" },
-            self.cfg.roll.apt_lock_timeout.as_secs(),
-            quote(&format!("{}={version}", self.pkg))
+            "export DEBIAN_FRONTEND=noninteractive LC_ALL=C; end=$(( $(date +%s) + {wait} )); \
+             apt_retry() {{ while :; do out=$(\"$@\" 2>&1) && return 0; \
+             case $out in *'Could not get lock'*) if [ $(date +%s) -lt $end ]; then sleep 2; continue; fi;; esac; \
+             printf '%s\\n' \"$out\" | grep -v '^W: Unable to read /etc/apt/-/' >&2; return 100; done; }}; \
+             src=sources.list.d/{pkg}.list; [ -e /etc/apt/$src ] || src=sources.list.d/{pkg}.sources; \
+             apt_retry apt-get update -qq -o Dir::Etc::sourcelist=$src -o Dir::Etc::sourceparts=- -o APT::Get::List-Cleanup=0 && \
+             apt_retry apt-get install -y -qq --allow-downgrades{only} -o DPkg::Lock::Timeout={wait} -o Dpkg::Options::=--force-confold {what}",
+            pkg = self.pkg,
+            wait = self.cfg.roll.apt_lock_timeout.as_secs(),
+            only = if download_only { " --download-only" } else { "" },
+            what = quote(&format!("{}={version}", self.pkg)),
         )
     }
 
