@@ -190,6 +190,21 @@ fn first_install_code_only_roll_under_load_rollback_and_database_upgrade() {
         "2022112809"
     );
 
+    // web1 runs php-fpm (the node's own policy-rc.d, which a container has, taken away):
+    // the package's postinst reloads it, so that its opcode cache drops the old code.
+    let fpm = c.ssh(
+        "web1",
+        "rm -f /usr/sbin/policy-rc.d && for s in /etc/init.d/php*-fpm; do $s start >/dev/null; done && pgrep -c php-fpm",
+    );
+    assert!(fpm.status.success(), "{fpm:?}");
+    let reloads = || {
+        let log = c.ssh("web1", "cat /var/log/php*-fpm.log");
+        String::from_utf8_lossy(&log.stdout)
+            .matches("Reloading in progress")
+            .count()
+    };
+    assert_eq!(reloads(), 0);
+
     // 2. Same code, new build: code-only, batch 1, under load through both LBs.
     let v2 = c.release(2, &[]);
     let urls = vec![
@@ -221,6 +236,11 @@ fn first_install_code_only_roll_under_load_rollback_and_database_upgrade() {
         journal_actions(&c, "upgrade"),
         1,
         "a code-only roll ran the upgrade"
+    );
+    assert_eq!(
+        reloads(),
+        1,
+        "web1's php-fpm was not reloaded by the install"
     );
     // Caches purged once, for the whole cluster, with every node on the new code.
     assert_eq!(purged().lines().count(), 1, "{}", purged());
