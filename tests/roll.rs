@@ -204,6 +204,22 @@ fn first_install_code_only_roll_under_load_rollback_and_database_upgrade() {
             .count()
     };
     assert_eq!(reloads(), 0);
+    // web2 serves PHP through Apache's mod_php: reloaded (gracefully) the same way.
+    let apache = c.ssh(
+        "web2",
+        &format!(
+            "rm -f /usr/sbin/policy-rc.d && mkdir -p /run/lock && sed -i 's/^Listen 80$/Listen 127.0.0.1:{}/' /etc/apache2/ports.conf && /etc/init.d/apache2 start >/dev/null && pgrep -c apache2",
+            free_port()
+        ),
+    );
+    assert!(apache.status.success(), "{apache:?}");
+    let graceful = || {
+        let log = c.ssh("web2", "cat /var/log/apache2/error.log");
+        String::from_utf8_lossy(&log.stdout)
+            .matches("Graceful restart requested")
+            .count()
+    };
+    assert_eq!(graceful(), 0);
 
     // 2. Same code, new build: code-only, batch 1, under load through both LBs.
     let v2 = c.release(2, &[]);
@@ -241,6 +257,11 @@ fn first_install_code_only_roll_under_load_rollback_and_database_upgrade() {
         reloads(),
         1,
         "web1's php-fpm was not reloaded by the install"
+    );
+    assert_eq!(
+        graceful(),
+        1,
+        "web2's Apache was not reloaded by the install"
     );
     // Caches purged once, for the whole cluster, with every node on the new code.
     assert_eq!(purged().lines().count(), 1, "{}", purged());
