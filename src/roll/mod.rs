@@ -1126,10 +1126,7 @@ fn health_now(cfg: &Config, n: &Node) -> Result<(), String> {
 
 /// Whether the node's health URL answers 200 now; `None` for a node without one (cron).
 fn healthy(cfg: &Config, n: &Node) -> Option<bool> {
-    health_url(cfg, n).map(|u| {
-        http::get_status(&u, cfg.roll.health_host.as_deref(), Duration::from_secs(3)).ok()
-            == Some(200)
-    })
+    health_url(cfg, n).map(|_| health_now(cfg, n).is_ok())
 }
 
 /// Waits until the node answers 200 on its health URL and every LB's check passes.
