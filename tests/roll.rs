@@ -197,12 +197,12 @@ fn first_install_code_only_roll_under_load_rollback_and_database_upgrade() {
         "rm -f /usr/sbin/policy-rc.d && for s in /etc/init.d/php*-fpm; do $s start >/dev/null; done && pgrep -c php-fpm",
     );
     assert!(fpm.status.success(), "{fpm:?}");
-    let reloads = || {
-        let log = c.ssh("web1", "cat /var/log/php*-fpm.log");
-        String::from_utf8_lossy(&log.stdout)
-            .matches("Reloading in progress")
-            .count()
+    // How many times `line` is in the log `path` on `node`.
+    let in_log = |node: &str, path: &str, line: &str| {
+        let log = c.ssh(node, &format!("cat {path}"));
+        String::from_utf8_lossy(&log.stdout).matches(line).count()
     };
+    let reloads = || in_log("web1", "/var/log/php*-fpm.log", "Reloading in progress");
     // Counted from here: a log the node's overlay shows from the host may have lines already.
     let reloads_before = reloads();
     // web2 serves PHP through Apache's mod_php: reloaded (gracefully) the same way.
@@ -215,10 +215,11 @@ fn first_install_code_only_roll_under_load_rollback_and_database_upgrade() {
     );
     assert!(apache.status.success(), "{apache:?}");
     let graceful = || {
-        let log = c.ssh("web2", "cat /var/log/apache2/error.log");
-        String::from_utf8_lossy(&log.stdout)
-            .matches("Graceful restart requested")
-            .count()
+        in_log(
+            "web2",
+            "/var/log/apache2/error.log",
+            "Graceful restart requested",
+        )
     };
     let graceful_before = graceful();
 
