@@ -342,15 +342,17 @@ impl Ctx<'_> {
     /// (apt 2.6, measured): each command is tried again while a lock is what it failed on, all
     /// of it up to `[roll] apt_lock_timeout`.
     fn apt_install(&self, version: &str, download_only: bool) -> String {
+        let [list, sources] = apt_sources(&self.pkg);
         format!(
             "export DEBIAN_FRONTEND=noninteractive LC_ALL=C; end=$(( $(date +%s) + {wait} )); \
              apt_retry() {{ while :; do out=$(\"$@\" 2>&1) && return 0; \
              case $out in *'Could not get lock'*) if [ $(date +%s) -lt $end ]; then sleep 2; continue; fi;; esac; \
              printf '%s\\n' \"$out\" | grep -v '^W: Unable to read /etc/apt/-/' >&2; return 100; done; }}; \
-             src=sources.list.d/{pkg}.list; [ -e /etc/apt/$src ] || src=sources.list.d/{pkg}.sources; \
+             src={list}; [ -e /etc/apt/$src ] || src={sources}; \
              apt_retry apt-get update -qq -o Dir::Etc::sourcelist=$src -o Dir::Etc::sourceparts=- -o APT::Get::List-Cleanup=0 && \
              apt_retry apt-get install -y -qq --allow-downgrades{only} -o DPkg::Lock::Timeout={wait} -o Dpkg::Options::=--force-confold {what}",
-            pkg = self.pkg,
+            list = quote(&list),
+            sources = quote(&sources),
             wait = self.cfg.roll.apt_lock_timeout.as_secs(),
             only = if download_only { " --download-only" } else { "" },
             what = quote(&format!("{}={version}", self.pkg)),
@@ -406,9 +408,18 @@ fn installed_query(pkg: &str, config_php: Option<&str>) -> String {
         "dpkg-query -W -f='${{Status}}|${{Version}}|${{X-Moodle-Versions-Hash}}|${{X-Moodle-Db-Hash}}\\n' {q} 2>/dev/null || true; \
          for f in {list} {sources}; do if [ -e \"$f\" ]; then echo \"source $f\"; fi; done{relative_setup}; true",
         q = quote(pkg),
-        list = quote(&format!("/etc/apt/sources.list.d/{pkg}.list")),
-        sources = quote(&format!("/etc/apt/sources.list.d/{pkg}.sources")),
+        list = quote(&format!("/etc/apt/{}", apt_sources(pkg)[0])),
+        sources = quote(&format!("/etc/apt/{}", apt_sources(pkg)[1])),
     )
+}
+
+/// The package's own apt source on a node, the only one roll refreshes: `<package>.list`, else
+/// the deb822 `<package>.sources`. Relative to /etc/apt, as `Dir::Etc::sourcelist` takes it.
+fn apt_sources(pkg: &str) -> [String; 2] {
+    [
+        format!("sources.list.d/{pkg}.list"),
+        format!("sources.list.d/{pkg}.sources"),
+    ]
 }
 
 /// `Status|Version|X-Moodle-Versions-Hash|X-Moodle-Db-Hash` from dpkg-query, then a `source
@@ -616,12 +627,15 @@ fn preflight(ctx: &mut Ctx) -> Result<BTreeMap<String, Installed>, RollError> {
     let names: Vec<String> = cfg.nodes.iter().map(|n| n.name.clone()).collect();
     let installed = ctx.installed_on(&names)?;
     ctx.reporter.step_done();
+    let nodes_where = |bad: fn(&Installed) -> bool| -> Vec<&str> {
+        names
+            .iter()
+            .filter(|n| bad(&installed[*n]))
+            .map(String::as_str)
+            .collect()
+    };
     // Without it, apt would refresh nothing and fail later, on a node already drained.
-    let missing: Vec<&str> = names
-        .iter()
-        .filter(|n| installed[*n].apt_source.is_none())
-        .map(String::as_str)
-        .collect();
+    let missing = nodes_where(|i| i.apt_source.is_none());
     if !missing.is_empty() {
         return Err(RollError::Preflight(format!(
             "{}: no apt source for {pkg}: write /etc/apt/sources.list.d/{pkg}.list (or {pkg}.sources), the only source roll refreshes (README: \"Serve [apt] repo\")",
@@ -629,11 +643,7 @@ fn preflight(ctx: &mut Ctx) -> Result<BTreeMap<String, Installed>, RollError> {
             pkg = ctx.pkg
         )));
     }
-    let relative: Vec<&str> = names
-        .iter()
-        .filter(|n| installed[*n].config_php_relative_setup)
-        .map(String::as_str)
-        .collect();
+    let relative = nodes_where(|i| i.config_php_relative_setup);
     if let (false, Some(c)) = (relative.is_empty(), cfg.site.config_php_target()) {
         return Err(RollError::Preflight(format!(
             "{}: {c} requires lib/setup.php from its own folder (__DIR__), where it is not: every page would fail. Delete that line: the package's {}/config.php requires {c}, then lib/setup.php",
@@ -820,12 +830,12 @@ fn make_plan(
             .iter()
             .map(|(k, v)| (k.clone(), v.version.clone()))
             .collect(),
-        purge_on: None,
+        purge_on: web_nodes(cfg)
+            .first()
+            .filter(|_| !database && !to_do.is_empty() && !cfg.roll.purge_command.trim().is_empty())
+            .map(|n| n.name.clone()),
     };
-    let purge_on = (!database && !to_do.is_empty() && !cfg.roll.purge_command.trim().is_empty())
-        .then(|| web_nodes(cfg).first().map(|n| n.name.clone()))
-        .flatten();
-    Ok(Plan { purge_on, ..plan })
+    Ok(plan)
 }
 
 /// Servers out of rotation that this tool did not put there (by the last roll's state) stop
@@ -1119,6 +1129,9 @@ fn health_now(cfg: &Config, n: &Node) -> Result<(), String> {
     };
     match http::get_status(&u, cfg.roll.health_host.as_deref(), Duration::from_secs(3)) {
         Ok(200) => Ok(()),
+        Ok(code @ 301..=308) => Err(format!(
+            "{u} answered {code}, a redirect (Moodle redirects a request whose Host is not its wwwroot's: check [roll] health_host)"
+        )),
         Ok(code) => Err(format!("{u} answered {code}")),
         Err(e) => Err(format!("{u}: {e}")),
     }
@@ -1139,29 +1152,12 @@ fn wait_healthy(ctx: &mut Ctx, n: &Node) -> Result<(), String> {
         if let Err(e) = ctx.reapply_after_reload() {
             last = e.to_string();
         }
-        let own = match &url {
-            Some(u) => match http::get_status(
-                u,
-                ctx.cfg.roll.health_host.as_deref(),
-                Duration::from_secs(3),
-            ) {
-                Ok(200) => true,
-                Ok(code @ 301..=308) => {
-                    last = format!(
-                        "{u} answered {code}, a redirect (Moodle redirects a request whose Host is not its wwwroot's: check [roll] health_host)"
-                    );
-                    false
-                }
-                Ok(code) => {
-                    last = format!("{u} answered {code}");
-                    false
-                }
-                Err(e) => {
-                    last = format!("{u}: {e}");
-                    false
-                }
-            },
-            None => true,
+        let own = match health_now(ctx.cfg, n) {
+            Ok(()) => true,
+            Err(why) => {
+                last = why;
+                false
+            }
         };
         let mut lbs_ok = own;
         if own {
