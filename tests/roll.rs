@@ -192,11 +192,10 @@ fn first_install_code_only_roll_under_load_rollback_and_database_upgrade() {
 
     // web1 runs php-fpm (the node's own policy-rc.d, which a container has, taken away):
     // the package's postinst reloads it, so that its opcode cache drops the old code.
-    let fpm = c.ssh(
+    c.ssh_ok(
         "web1",
         "rm -f /usr/sbin/policy-rc.d && for s in /etc/init.d/php*-fpm; do $s start >/dev/null; done && pgrep -c php-fpm",
     );
-    assert!(fpm.status.success(), "{fpm:?}");
     // How many times `line` is in the log `path` on `node`.
     let in_log = |node: &str, path: &str, line: &str| {
         let log = c.ssh(node, &format!("cat {path}"));
@@ -206,14 +205,13 @@ fn first_install_code_only_roll_under_load_rollback_and_database_upgrade() {
     // Counted from here: a log the node's overlay shows from the host may have lines already.
     let reloads_before = reloads();
     // web2 serves PHP through Apache's mod_php: reloaded (gracefully) the same way.
-    let apache = c.ssh(
+    c.ssh_ok(
         "web2",
         &format!(
             "rm -f /usr/sbin/policy-rc.d && mkdir -p /run/lock && sed -i 's/^Listen 80$/Listen 127.0.0.1:{}/' /etc/apache2/ports.conf && /etc/init.d/apache2 start >/dev/null && pgrep -c apache2",
             free_port()
         ),
     );
-    assert!(apache.status.success(), "{apache:?}");
     let graceful = || {
         in_log(
             "web2",
@@ -366,10 +364,7 @@ fn failures_stop_the_roll_safely_and_resume_finishes_it() {
     assert_eq!(st["roll"]["failed_node"], "web2");
 
     // A plain re-run refuses? No: the servers out of rotation are this tool's own, so --resume goes on.
-    assert!(c
-        .ssh("web2", "mv /usr/bin/dpkg.off /usr/bin/dpkg")
-        .status
-        .success());
+    c.ssh_ok("web2", "mv /usr/bin/dpkg.off /usr/bin/dpkg");
     run(c.cmd().args(["roll", "--resume", "--batch", "1"]));
     assert_on(&c, &["web1", "web2", "web3", "cron1"], &v2);
     assert_all_up(&c);
@@ -392,18 +387,17 @@ fn failures_stop_the_roll_safely_and_resume_finishes_it() {
     drop(s);
 
     // A second roll while one holds the cluster lock: refused (exit 3) and says who holds it.
-    assert!(c.ssh("web1", "mkdir -p /var/lib/moodle-release/roll.lock && echo 'ops@elsewhere pid 42' > /var/lib/moodle-release/roll.lock/owner").status.success());
+    c.ssh_ok("web1", "mkdir -p /var/lib/moodle-release/roll.lock && echo 'ops@elsewhere pid 42' > /var/lib/moodle-release/roll.lock/owner");
     let (_, err) = exits(c.cmd().arg("roll"), 3);
     assert!(err.contains("ops@elsewhere"), "{err}");
     assert_eq!(c.installed("web1"), v2);
     // Another apt on web1 (unattended-upgrades at 7 a.m.) holds the lists lock for 3 s, dpkg's
     // for 6 s and the archives' for 8 s: the install waits for them instead of failing the node.
-    let hold = c.ssh(
+    c.ssh_ok(
         "web1",
         "(python3 -c \"import fcntl,time\na=open('/var/lib/apt/lists/lock','w'); fcntl.lockf(a,fcntl.LOCK_EX)\nd=open('/var/lib/dpkg/lock-frontend','w'); fcntl.lockf(d,fcntl.LOCK_EX)\nc=open('/var/cache/apt/archives/lock','w'); fcntl.lockf(c,fcntl.LOCK_EX)\nprint('held',flush=True)\ntime.sleep(3); a.close(); time.sleep(3); d.close(); time.sleep(2); print('released',flush=True)\" >/tmp/apt-hold.out 2>&1 &) ; \
          for i in $(seq 50); do grep -q held /tmp/apt-hold.out && exit 0; sleep 0.1; done; cat /tmp/apt-hold.out; exit 1",
     );
-    assert!(hold.status.success(), "{hold:?}");
     let out = run(c.cmd().args(["--json", "roll", "--break-lock"]));
     assert_eq!(c.installed("web1"), v3);
     let o: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -481,13 +475,10 @@ fn ctrl_c_stops_between_batches_and_a_failing_health_check_keeps_the_node_out() 
         .unwrap()
         .replace("health_timeout = \"30s\"", "health_timeout = \"3s\"");
     fs::write(c.config_path(), cfg).unwrap();
-    assert!(c
-        .ssh(
-            "web3",
-            "sed -i 's#/srv/moodledata#/nonexistent#' /etc/moodle-sample/config.php"
-        )
-        .status
-        .success());
+    c.ssh_ok(
+        "web3",
+        "sed -i 's#/srv/moodledata#/nonexistent#' /etc/moodle-sample/config.php",
+    );
     // While the tool waits for web3, lb1 is reloaded (runtime states lost): it notices and sets
     // web3's state again.
     let child = roll_until(&c, &["roll", "--batch", "1"], "the install on web3", |l| {
@@ -545,13 +536,10 @@ fn ctrl_c_stops_between_batches_and_a_failing_health_check_keeps_the_node_out() 
         "MAINT"
     );
     // Fixed, it is put back.
-    assert!(c
-        .ssh(
-            "web3",
-            "sed -i 's#/nonexistent#/srv/moodledata#' /etc/moodle-sample/config.php"
-        )
-        .status
-        .success());
+    c.ssh_ok(
+        "web3",
+        "sed -i 's#/nonexistent#/srv/moodledata#' /etc/moodle-sample/config.php",
+    );
     // The node's PHP (opcache) sees the fixed file within 2 s (revalidate_freq).
     std::thread::sleep(Duration::from_secs(3));
     let out = run(c.cmd().args(["roll", "--resume", "--batch", "1"]));
@@ -660,10 +648,7 @@ fn sessions_that_outlast_the_drain_timeout_stop_the_roll_or_force_drain_goes_on(
 #[test]
 fn auto_rollback_puts_the_upgraded_nodes_back() {
     let (c, v1, _v2) = installed_cluster();
-    assert!(c
-        .ssh("web2", "mv /usr/bin/dpkg /usr/bin/dpkg.off")
-        .status
-        .success());
+    c.ssh_ok("web2", "mv /usr/bin/dpkg /usr/bin/dpkg.off");
     let (_, err) = exits(c.cmd().args(["roll", "--batch", "1", "--auto-rollback"]), 1);
     assert!(
         err.contains("--auto-rollback: back on their previous version: web1"),
@@ -719,17 +704,11 @@ fn a_batch_that_would_empty_the_pool_or_a_damaged_state_is_refused() {
     // folder: refused before anything, naming the node and the line to delete (a commented-out
     // one is fine).
     let cfg_php = "/etc/moodle-sample/config.php";
-    assert!(c
-        .ssh(
-            "web1",
-            &format!("echo \"// require_once(__DIR__ . '/lib/setup.php');\" >> {cfg_php}")
-        )
-        .status
-        .success());
-    assert!(c
-        .ssh("web3", &format!("cp {cfg_php} /tmp/config.php && echo \"require_once(__DIR__ . '/lib/setup.php');\" >> {cfg_php}"))
-        .status
-        .success());
+    c.ssh_ok(
+        "web1",
+        &format!("echo \"// require_once(__DIR__ . '/lib/setup.php');\" >> {cfg_php}"),
+    );
+    c.ssh_ok("web3", &format!("cp {cfg_php} /tmp/config.php && echo \"require_once(__DIR__ . '/lib/setup.php');\" >> {cfg_php}"));
     let (_, err) = exits(c.cmd().args(["roll", "--plan"]), 1);
     assert!(
         err.contains(&format!(
@@ -737,17 +716,11 @@ fn a_batch_that_would_empty_the_pool_or_a_damaged_state_is_refused() {
         )),
         "{err}"
     );
-    assert!(c
-        .ssh("web3", &format!("cp /tmp/config.php {cfg_php}"))
-        .status
-        .success());
+    c.ssh_ok("web3", &format!("cp /tmp/config.php {cfg_php}"));
     // A node without the package's apt source: refused before anything, naming the node (apt
     // would refresh nothing and fail once the node is drained).
     let list = "/etc/apt/sources.list.d/moodle-sample.list";
-    assert!(c
-        .ssh("web2", &format!("mv {list} /tmp/moodle-sample.list"))
-        .status
-        .success());
+    c.ssh_ok("web2", &format!("mv {list} /tmp/moodle-sample.list"));
     let (_, err) = exits(c.cmd().args(["roll", "--plan"]), 1);
     assert!(
         err.contains("before changing anything: web2: no apt source for moodle-sample"),
@@ -758,8 +731,7 @@ fn a_batch_that_would_empty_the_pool_or_a_damaged_state_is_refused() {
         set -- ${line#*]}; \
         printf 'Types: deb\\nURIs: %s\\nSuites: %s\\nComponents: %s\\nSigned-By: %s\\n' $1 $2 $3 $key \
         > /etc/apt/sources.list.d/moodle-sample.sources && cat /etc/apt/sources.list.d/moodle-sample.sources";
-    let out = c.ssh("web2", deb822);
-    assert!(out.status.success(), "{out:?}");
+    c.ssh_ok("web2", deb822);
     let v3 = c.release(3, &[]);
     run(c.cmd().args(["roll", "--batch", "2"]));
     assert_on(&c, &["web1", "web2", "web3"], &v3);
@@ -791,7 +763,7 @@ fn a_deploy_user_with_passwordless_sudo_rolls_and_one_without_is_refused() {
     assert_on(&c, &["web1", "web2", "web3", "cron1"], &v2);
 
     // web3's sudo now wants a password: refused before anything, saying so.
-    assert!(c.ssh("web3", "rm /etc/sudoers.d/deploy").status.success());
+    c.ssh_ok("web3", "rm /etc/sudoers.d/deploy");
     let out = c
         .cmd()
         .args(["rollback", "--to", &v1, "--batch", "1"])

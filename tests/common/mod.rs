@@ -520,6 +520,13 @@ impl Cluster {
             .unwrap()
     }
 
+    /// [`Cluster::ssh`] that must succeed: panics with the command's output otherwise.
+    pub fn ssh_ok(&self, node: &str, script: &str) -> Output {
+        let out = self.ssh(node, script);
+        assert!(out.status.success(), "{node}: {script}: {out:?}");
+        out
+    }
+
     pub fn installed(&self, node: &str) -> String {
         String::from_utf8_lossy(
             &self
