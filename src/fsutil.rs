@@ -21,3 +21,22 @@ pub fn set_mode_0644(p: &Path) -> io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o644))
 }
+
+/// Turns `O_DIRECT` on or off for `file`; false when the file system refuses it.
+pub fn set_direct(file: &std::fs::File, on: bool) -> bool {
+    use std::os::fd::AsRawFd;
+    let fd = file.as_raw_fd();
+    // SAFETY: fcntl on a file descriptor this File owns, with integer arguments only.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        if flags < 0 {
+            return false;
+        }
+        let flags = if on {
+            flags | libc::O_DIRECT
+        } else {
+            flags & !libc::O_DIRECT
+        };
+        libc::fcntl(fd, libc::F_SETFL, flags) == 0
+    }
+}
