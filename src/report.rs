@@ -16,6 +16,8 @@ pub trait Reporter: Sync {
     fn step_done(&self);
     /// Something the user should know, that does not stop the work.
     fn warn(&self, message: &str);
+    /// What the current step is waiting for (another apt's lock), as it happens.
+    fn note(&self, message: &str);
 }
 
 /// Reports nothing.
@@ -26,6 +28,7 @@ impl Reporter for Silent {
     fn progress(&self, _: u64, _: u64) {}
     fn step_done(&self) {}
     fn warn(&self, _: &str) {}
+    fn note(&self, _: &str) {}
 }
 
 /// Keeps steps and warnings, for tests.
@@ -48,5 +51,11 @@ impl Reporter for Recorder {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(format!("warning: {message}"));
+    }
+    fn note(&self, message: &str) {
+        self.events
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(format!("note: {message}"));
     }
 }

@@ -362,6 +362,55 @@ impl Ssh {
         self.run_all_for(jobs, None)
     }
 
+    /// [`Self::run_all_long`] for commands that say what they wait for: each stderr line that
+    /// starts with [`NOTE`] is handed to `on_note` (job index, the rest of the line) on this
+    /// thread as soon as it comes, while the commands run. The lines stay in the output.
+    pub fn run_all_long_noting(
+        &self,
+        jobs: Vec<(&Conn, String)>,
+        mut on_note: impl FnMut(usize, &str),
+    ) -> Vec<Result<Output, SshError>> {
+        self.rt.block_on(async {
+            let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(usize, String)>();
+            let handles: Vec<_> = jobs
+                .into_iter()
+                .enumerate()
+                .map(|(i, (c, s))| {
+                    let tx = tx.clone();
+                    let (session, node, sudo) = (c.session.clone(), c.node.clone(), c.sudo);
+                    tokio::spawn(async move {
+                        let err = |message: String| SshError::Run {
+                            node: node.clone(),
+                            command: s.clone(),
+                            message,
+                        };
+                        run_noting(session, sudo, &s, |note| {
+                            let _ = tx.send((i, note));
+                        })
+                        .await
+                        .map_err(|e| err(describe(&e)))
+                    })
+                })
+                .collect();
+            drop(tx);
+            // Ends when every command has ended (each holds a sender until then).
+            while let Some((i, note)) = rx.recv().await {
+                on_note(i, &note);
+            }
+            let mut out = Vec::new();
+            for h in handles {
+                out.push(h.await.unwrap_or_else(|e| {
+                    Err(SshError::Run {
+                        node: "-".into(),
+                        command: "-".into(),
+                        message: e.to_string(),
+                    })
+                }));
+            }
+            out
+        })
+    }
+
     fn run_all_for(
         &self,
         jobs: Vec<(&Conn, String)>,
@@ -426,6 +475,52 @@ async fn run_on(
     }
     .map_err(|e| err(describe(&e)))?;
     Ok(out.into())
+}
+
+/// The start of a line a remote command prints on stderr to say what it waits for (see
+/// [`Ssh::run_all_long_noting`]).
+pub const NOTE: &str = "moodle-release-note: ";
+
+/// Runs `script`, reading its stderr line by line as it comes and calling `note` with the rest
+/// of each [`NOTE`] line.
+async fn run_noting(
+    session: Arc<Session>,
+    sudo: bool,
+    script: &str,
+    note: impl Fn(String),
+) -> Result<Output, openssh::Error> {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt};
+    let mut cmd = shell_command(session, sudo, script);
+    cmd.stdout(openssh::Stdio::piped())
+        .stderr(openssh::Stdio::piped());
+    let mut child = cmd.spawn().await?;
+    let stdout = child.stdout().take();
+    let stderr = child.stderr().take();
+    // stdout is drained beside stderr, or a full pipe would stall the command.
+    let stdout = tokio::spawn(async move {
+        let mut v = Vec::new();
+        if let Some(mut o) = stdout {
+            let _ = o.read_to_end(&mut v).await;
+        }
+        v
+    });
+    let mut err = Vec::new();
+    if let Some(e) = stderr {
+        let mut lines = tokio::io::BufReader::new(e);
+        let mut line = Vec::new();
+        while lines.read_until(b'\n', &mut line).await.unwrap_or(0) > 0 {
+            if let Some(rest) = line.strip_prefix(NOTE.as_bytes()) {
+                note(String::from_utf8_lossy(rest).trim_end().to_string());
+            }
+            err.append(&mut line);
+        }
+    }
+    let status = child.wait().await?;
+    Ok(Output {
+        code: status.code(),
+        stdout: stdout.await.unwrap_or_default(),
+        stderr: String::from_utf8_lossy(&err).into_owned(),
+    })
 }
 
 /// A session to `dest`: the remembered master when it still answers, else a new connection

@@ -92,4 +92,12 @@ impl Reporter for Terminal {
             None => eprintln!("warning: {message}"),
         }
     }
+
+    fn note(&self, message: &str) {
+        let s = self.state();
+        match &s.bar {
+            Some(bar) => bar.suspend(|| eprintln!("  {message}")),
+            None => eprintln!("  {message}"),
+        }
+    }
 }

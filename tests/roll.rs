@@ -408,6 +408,25 @@ fn failures_stop_the_roll_safely_and_resume_finishes_it() {
         .find(|v| v["action"] == "install" && v["node"] == "web1")
         .and_then(|v| v["duration_ms"].as_u64());
     assert!(waited >= Some(5000), "web1's install took {waited:?} ms");
+    // It said so while it waited, on screen and in the journal, naming each lock and who held it.
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("web1: waiting up to") && err.contains("It is held by process"),
+        "{err}"
+    );
+    let notes: Vec<String> = journal
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v["action"] == "apt lock" && v["node"] == "web1" && v["result"] == "waiting")
+        .map(|v| v["detail"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert!(
+        notes.iter().any(|n| n.contains("/var/lib/apt/lists/lock"))
+            && notes
+                .iter()
+                .any(|n| n.contains("/var/lib/dpkg/lock") || n.contains("archives/lock")),
+        "{notes:?}"
+    );
     let held = c.ssh("web1", "cat /tmp/apt-hold.out");
     assert_eq!(String::from_utf8_lossy(&held.stdout), "held\nreleased\n");
 

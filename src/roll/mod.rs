@@ -26,7 +26,7 @@ use crate::config::{Config, Node, Role};
 use crate::haproxy::{AdminState, HaError, Lb};
 use crate::journal::{now_ms, Entry, Journal, RollState};
 use crate::report::Reporter;
-use crate::ssh::{quote, Conn, Ssh, SshError};
+use crate::ssh::{quote, Conn, Output, Ssh, SshError};
 
 /// What `roll` or `rollback` was asked to do.
 #[derive(Debug, Clone, Default)]
@@ -217,17 +217,24 @@ impl Ctx<'_> {
         started: Instant,
         detail: &str,
     ) {
-        if let Some(j) = &mut self.journal {
-            j.log(Entry {
-                time_ms: now_ms(),
-                node: node.map(String::from),
-                lb: lb.map(String::from),
-                action: action.to_string(),
-                result: result.to_string(),
-                duration_ms: started.elapsed().as_millis(),
-                detail: detail.to_string(),
-            });
-        }
+        log_to(&mut self.journal, node, lb, action, result, started, detail);
+    }
+
+    /// Runs an apt script (see [`Ctx::apt_install`]) on `nodes` at once. A node that waits for
+    /// another apt's lock says so on screen and in the journal as it happens, rather than
+    /// after up to `apt_lock_timeout` of silence.
+    fn run_apt(&mut self, nodes: &[String], script: &str) -> Vec<Result<Output, SshError>> {
+        let t = Instant::now();
+        let jobs = nodes
+            .iter()
+            .map(|n| (&self.conns[n], script.to_string()))
+            .collect();
+        let (reporter, journal) = (self.reporter, &mut self.journal);
+        self.ssh.run_all_long_noting(jobs, |i, note| {
+            let n = &nodes[i];
+            reporter.note(&format!("{n}: {note}"));
+            log_to(journal, Some(n), None, "apt lock", "waiting", t, note);
+        })
     }
 
     /// Says `msg` at once (a roll that fails later must not lose it) and keeps it for `--json`.
@@ -337,20 +344,25 @@ impl Ctx<'_> {
 
     /// Refreshes the site's own apt source only, then installs (or only downloads) `version`.
     ///
-    /// Another apt on the node (unattended-upgrades) may hold one of apt's locks. dpkg's lock is
-    /// waited for by apt itself (`DPkg::Lock::Timeout`), but the lists and archives locks are not
-    /// (apt 2.6, measured): each command is tried again while a lock is what it failed on, all
-    /// of it up to `[roll] apt_lock_timeout`.
+    /// Another apt on the node (unattended-upgrades) may hold one of apt's locks. apt 2.6 can
+    /// wait for dpkg's lock itself (`DPkg::Lock::Timeout`), but not for the lists' and the
+    /// archives' (measured), and it waits without a word. So each command is tried again
+    /// every 2 s while a lock is what it failed on, up to `[roll] apt_lock_timeout` in all, and
+    /// the first failure of each wait is a [`crate::ssh::NOTE`] line naming the lock and
+    /// who holds it (`run_apt` shows it at once).
     fn apt_install(&self, version: &str, download_only: bool) -> String {
         let [list, sources] = apt_sources(&self.pkg);
         format!(
             "export DEBIAN_FRONTEND=noninteractive LC_ALL=C; end=$(( $(date +%s) + {wait} )); \
-             apt_retry() {{ while :; do out=$(\"$@\" 2>&1) && return 0; \
-             case $out in *'Could not get lock'*) if [ $(date +%s) -lt $end ]; then sleep 2; continue; fi;; esac; \
+             apt_retry() {{ said=; while :; do out=$(\"$@\" 2>&1) && return 0; \
+             case $out in *'Could not get lock'*) if [ $(date +%s) -lt $end ]; then \
+             [ -n \"$said\" ] || printf '{note}waiting up to %ss for another apt: %s\\n' $(( end - $(date +%s) )) \"$(printf '%s\\n' \"$out\" | grep -m1 'Could not get lock' | sed 's/^E: //')\" >&2; \
+             said=1; sleep 2; continue; fi;; esac; \
              printf '%s\\n' \"$out\" | grep -v '^W: Unable to read /etc/apt/-/' >&2; return 100; done; }}; \
              src={list}; [ -e /etc/apt/$src ] || src={sources}; \
              apt_retry apt-get update -qq -o Dir::Etc::sourcelist=$src -o Dir::Etc::sourceparts=- -o APT::Get::List-Cleanup=0 && \
-             apt_retry apt-get install -y -qq --allow-downgrades{only} -o DPkg::Lock::Timeout={wait} -o Dpkg::Options::=--force-confold {what}",
+             apt_retry apt-get install -y -qq --allow-downgrades{only} -o Dpkg::Options::=--force-confold {what}",
+            note = crate::ssh::NOTE,
             list = quote(&list),
             sources = quote(&sources),
             wait = self.cfg.roll.apt_lock_timeout.as_secs(),
@@ -361,6 +373,29 @@ impl Ctx<'_> {
 
     fn interrupted(&self) -> bool {
         self.stop.load(Ordering::SeqCst)
+    }
+}
+
+/// One journal line, if there is a journal.
+fn log_to(
+    journal: &mut Option<Journal>,
+    node: Option<&str>,
+    lb: Option<&str>,
+    action: &str,
+    result: &str,
+    started: Instant,
+    detail: &str,
+) {
+    if let Some(j) = journal {
+        j.log(Entry {
+            time_ms: now_ms(),
+            node: node.map(String::from),
+            lb: lb.map(String::from),
+            action: action.to_string(),
+            result: result.to_string(),
+            duration_ms: started.elapsed().as_millis(),
+            detail: detail.to_string(),
+        });
     }
 }
 
@@ -1067,11 +1102,7 @@ fn install_nodes(ctx: &mut Ctx, nodes: &[String], target: &str) -> Result<(), (S
     ctx.reporter
         .step(&format!("installing {target} on {}", nodes.join(", ")));
     let script = ctx.apt_install(target, false);
-    let jobs: Vec<(&Conn, String)> = nodes
-        .iter()
-        .map(|n| (&ctx.conns[n], script.clone()))
-        .collect();
-    let results = ctx.ssh.run_all_long(jobs);
+    let results = ctx.run_apt(nodes, &script);
     let mut failure = None;
     for (n, r) in nodes.iter().zip(results) {
         match r {
@@ -1403,11 +1434,7 @@ fn database_path(ctx: &mut Ctx, plan: &Plan) -> Result<f64, RollError> {
             all.join(", ")
         ));
         let script = ctx.apt_install(&plan.target, true);
-        let jobs: Vec<(&Conn, String)> = all
-            .iter()
-            .map(|n| (&ctx.conns[n], script.clone()))
-            .collect();
-        for (n, r) in all.clone().iter().zip(ctx.ssh.run_all_long(jobs)) {
+        for (n, r) in all.clone().iter().zip(ctx.run_apt(&all, &script)) {
             let failure = match r {
                 Ok(o) if o.success() => {
                     ctx.log(Some(n), None, "download", "ok", t, &plan.target);
