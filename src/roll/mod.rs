@@ -217,7 +217,17 @@ impl Ctx<'_> {
         started: Instant,
         detail: &str,
     ) {
-        log_to(&mut self.journal, node, lb, action, result, started, detail);
+        if let Some(j) = &mut self.journal {
+            j.log(Entry {
+                time_ms: now_ms(),
+                node: node.map(String::from),
+                lb: lb.map(String::from),
+                action: action.to_string(),
+                result: result.to_string(),
+                duration_ms: started.elapsed().as_millis(),
+                detail: detail.to_string(),
+            });
+        }
     }
 
     /// Runs an apt script (see [`Ctx::apt_install`]) on `nodes` at once. A node that waits for
@@ -231,9 +241,18 @@ impl Ctx<'_> {
             .collect();
         let (reporter, journal) = (self.reporter, &mut self.journal);
         self.ssh.run_all_long_noting(jobs, |i, note| {
-            let n = &nodes[i];
-            reporter.note(&format!("{n}: {note}"));
-            log_to(journal, Some(n), None, "apt lock", "waiting", t, note);
+            reporter.note(&format!("{}: {note}", nodes[i]));
+            if let Some(j) = journal.as_mut() {
+                j.log(Entry {
+                    time_ms: now_ms(),
+                    node: Some(nodes[i].clone()),
+                    lb: None,
+                    action: "apt lock".into(),
+                    result: "waiting".into(),
+                    duration_ms: t.elapsed().as_millis(),
+                    detail: note.into(),
+                });
+            }
         })
     }
 
@@ -373,29 +392,6 @@ impl Ctx<'_> {
 
     fn interrupted(&self) -> bool {
         self.stop.load(Ordering::SeqCst)
-    }
-}
-
-/// One journal line, if there is a journal.
-fn log_to(
-    journal: &mut Option<Journal>,
-    node: Option<&str>,
-    lb: Option<&str>,
-    action: &str,
-    result: &str,
-    started: Instant,
-    detail: &str,
-) {
-    if let Some(j) = journal {
-        j.log(Entry {
-            time_ms: now_ms(),
-            node: node.map(String::from),
-            lb: lb.map(String::from),
-            action: action.to_string(),
-            result: result.to_string(),
-            duration_ms: started.elapsed().as_millis(),
-            detail: detail.to_string(),
-        });
     }
 }
 
