@@ -398,28 +398,65 @@ impl Ctx<'_> {
 /// What each of `conns` has installed of `pkg`, asked of all at once; results in the same
 /// order. Used by roll and by status.
 fn query_installed(ssh: &Ssh, cfg: &Config, conns: &[&Conn]) -> Vec<Result<Installed, SshError>> {
-    let script = installed_query(
-        &cfg.site.package.to_string(),
-        cfg.site.config_php_target().as_deref(),
-    );
+    let script = installed_script(cfg);
     let jobs = conns.iter().map(|c| (*c, script.clone())).collect();
     conns
         .iter()
         .zip(ssh.run_all(jobs))
-        .map(|(c, r)| {
-            let o = r?;
-            // The query itself never fails (`|| true`): a failure is the shell's or sudo's, and
-            // must not read as "nothing installed".
-            if !o.success() {
-                return Err(SshError::Run {
-                    node: c.node.clone(),
-                    command: "dpkg-query".into(),
-                    message: o.tail(),
-                });
-            }
-            Ok(parse_installed(&o.text()))
+        .map(|(c, r)| installed_answer(&c.node, r))
+        .collect()
+}
+
+/// Connects to `nodes` and asks each what it has installed in the same round trip (see
+/// [`Ssh::connect_all_then`]); results in the same order. Used by roll and by status.
+fn connect_and_query(
+    ssh: &Ssh,
+    cfg: &Config,
+    nodes: &[(String, String)],
+) -> Vec<Result<(Conn, Answer), SshError>> {
+    let script = installed_script(cfg);
+    ssh.connect_all_then(nodes, Some(&script))
+        .into_iter()
+        .map(|r| {
+            r.map(|(c, out)| {
+                let answer = match out {
+                    Some(out) => installed_answer(&c.node, out),
+                    None => Err(SshError::Run {
+                        node: c.node.clone(),
+                        command: "dpkg-query".into(),
+                        message: "no answer".into(),
+                    }),
+                };
+                (c, answer)
+            })
         })
         .collect()
+}
+
+/// What a node answered to [`installed_script`].
+type Answer = Result<Installed, SshError>;
+
+/// The query of what a node has installed of this site's package.
+fn installed_script(cfg: &Config) -> String {
+    installed_query(
+        &cfg.site.package.to_string(),
+        cfg.site.config_php_target().as_deref(),
+    )
+}
+
+/// A node's answer to [`installed_script`].
+fn installed_answer(node: &str, r: Result<Output, SshError>) -> Result<Installed, SshError> {
+    let o = r?;
+    // The query itself never fails (`|| true`): a failure is the shell's or sudo's, and must
+    // not read as "nothing installed".
+    if !o.success() {
+        return Err(SshError::Run {
+            node: node.to_string(),
+            command: "dpkg-query".into(),
+            message: o.tail(),
+        });
+    }
+    Ok(parse_installed(&o.text()))
 }
 
 /// The query whose answer [`parse_installed`] reads.
@@ -651,12 +688,13 @@ fn preflight(ctx: &mut Ctx) -> Result<BTreeMap<String, Installed>, RollError> {
         .iter()
         .map(|n| (n.name.clone(), n.ssh.clone()))
         .collect();
-    for c in ctx.ssh.connect_all(&dests) {
-        let c = c.map_err(|e| RollError::Preflight(e.to_string()))?;
+    let mut installed = BTreeMap::new();
+    for r in connect_and_query(&ctx.ssh, cfg, &dests) {
+        let (c, answer) = r.map_err(|e| RollError::Preflight(e.to_string()))?;
+        installed.insert(c.node.clone(), answer?);
         ctx.conns.insert(c.node.clone(), c);
     }
     let names: Vec<String> = cfg.nodes.iter().map(|n| n.name.clone()).collect();
-    let installed = ctx.installed_on(&names)?;
     ctx.reporter.step_done();
     let nodes_where = |bad: fn(&Installed) -> bool| -> Vec<&str> {
         names
@@ -1692,18 +1730,13 @@ pub fn status(cfg: &Config) -> Result<Status, RollError> {
         .iter()
         .map(|n| (n.name.clone(), n.ssh.clone()))
         .collect();
-    let conns = ssh.connect_all(&dests);
-    let up: Vec<&Conn> = conns.iter().flatten().collect();
-    let mut answers: BTreeMap<String, Result<Installed, String>> = up
-        .iter()
-        .map(|c| c.node.clone())
-        .zip(query_installed(&ssh, cfg, &up))
-        .map(|(n, r)| (n, r.map_err(|e| e.to_string())))
-        .collect();
-    for e in conns.iter().filter_map(|c| c.as_ref().err()) {
-        if let SshError::Connect { node, .. } = e {
-            answers.insert(node.clone(), Err(e.to_string()));
-        }
+    let mut answers: BTreeMap<String, Result<Installed, String>> = BTreeMap::new();
+    for (r, (node, _)) in connect_and_query(&ssh, cfg, &dests).into_iter().zip(&dests) {
+        let answer = match r {
+            Ok((_, answer)) => answer.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        answers.insert(node.clone(), answer);
     }
     // Every node's health at once: a node that does not answer costs its timeout once.
     let health: Vec<Option<bool>> = std::thread::scope(|s| {
