@@ -189,7 +189,7 @@ impl Ssh {
     /// [`Self::connect_all`], and `query` (a shell script, under `sudo -n` when the login user
     /// is not root) in the same round trip as the login check: one session per node instead
     /// of two, which is a tenth of a second on a 20-node plan. Its output comes back with each
-    /// connection.
+    /// connection (empty without a query).
     pub fn connect_all_then(
         &self,
         nodes: &[(String, String)],
@@ -298,18 +298,16 @@ impl Ssh {
                 // Unknown (the command failed to run): assume not root, as before.
                 c.sudo = uid != "0";
             }
-            if query.is_some() {
-                // The query's own answer: what follows the first line.
-                outputs[i] = Some(r.map(|mut o| {
-                    let rest = o
-                        .stdout
-                        .iter()
-                        .position(|&b| b == b'\n')
-                        .map_or(o.stdout.len(), |p| p + 1);
-                    o.stdout.drain(..rest);
-                    o
-                }));
-            }
+            // The query's own answer: what follows the first line.
+            outputs[i] = Some(r.map(|mut o| {
+                let rest = o
+                    .stdout
+                    .iter()
+                    .position(|&b| b == b'\n')
+                    .map_or(o.stdout.len(), |p| p + 1);
+                o.stdout.drain(..rest);
+                o
+            }));
             if let Some(why) = refused {
                 let (node, dest) = &nodes[i];
                 conns[i] = Err(SshError::Connect {
@@ -319,10 +317,22 @@ impl Ssh {
                 });
             }
         }
+        // Every connection that is up was asked (`up`), so each has its answer.
         conns
             .into_iter()
             .zip(outputs)
-            .map(|(c, o)| c.map(|c| (c, o)))
+            .map(|(c, o)| {
+                c.map(|c| {
+                    let o = o.unwrap_or_else(|| {
+                        Err(SshError::Run {
+                            node: c.node.clone(),
+                            command: "id -u".into(),
+                            message: "no answer".into(),
+                        })
+                    });
+                    (c, o)
+                })
+            })
             .collect()
     }
 
@@ -396,25 +406,31 @@ impl Ssh {
             conn.sudo,
             script.to_string(),
             timeout,
+            |_| {},
         ))
     }
 
     /// Runs the same query on several nodes at once; results in the same order.
     pub fn run_all(&self, jobs: Vec<(&Conn, String)>) -> Vec<Result<Output, SshError>> {
-        self.run_all_for(jobs, Some(QUERY_TIMEOUT))
+        self.run_all_for(jobs, Some(QUERY_TIMEOUT), |_, _| {})
     }
 
-    /// [`Self::run_all`] for long commands (installs, downloads): no timeout.
-    pub fn run_all_long(&self, jobs: Vec<(&Conn, String)>) -> Vec<Result<Output, SshError>> {
-        self.run_all_for(jobs, None)
-    }
-
-    /// [`Self::run_all_long`] for commands that say what they wait for: each stderr line that
-    /// starts with [`NOTE`] is handed to `on_note` (job index, the rest of the line) on this
-    /// thread as soon as it comes, while the commands run. The lines stay in the output.
+    /// Runs long commands (installs, downloads; no timeout) on several nodes at once, for
+    /// commands that say what they wait for: each stderr line that starts with [`NOTE`] is
+    /// handed to `on_note` (job index, the rest of the line) on this thread as soon as it
+    /// comes, while the commands run. The lines stay in the output. Results in the same order.
     pub fn run_all_long_noting(
         &self,
         jobs: Vec<(&Conn, String)>,
+        on_note: impl FnMut(usize, &str),
+    ) -> Vec<Result<Output, SshError>> {
+        self.run_all_for(jobs, None, on_note)
+    }
+
+    fn run_all_for(
+        &self,
+        jobs: Vec<(&Conn, String)>,
+        timeout: Option<Duration>,
         mut on_note: impl FnMut(usize, &str),
     ) -> Vec<Result<Output, SshError>> {
         self.rt.block_on(async {
@@ -424,19 +440,16 @@ impl Ssh {
                 .enumerate()
                 .map(|(i, (c, s))| {
                     let tx = tx.clone();
-                    let (session, node, sudo) = (c.session.clone(), c.node.clone(), c.sudo);
-                    tokio::spawn(async move {
-                        let err = |message: String| SshError::Run {
-                            node: node.clone(),
-                            command: s.clone(),
-                            message,
-                        };
-                        run_noting(session, sudo, &s, |note| {
+                    tokio::spawn(run_on(
+                        c.session.clone(),
+                        c.node.clone(),
+                        c.sudo,
+                        s,
+                        timeout,
+                        move |note| {
                             let _ = tx.send((i, note));
-                        })
-                        .await
-                        .map_err(|e| err(describe(&e)))
-                    })
+                        },
+                    ))
                 })
                 .collect();
             drop(tx);
@@ -444,38 +457,6 @@ impl Ssh {
             while let Some((i, note)) = rx.recv().await {
                 on_note(i, &note);
             }
-            let mut out = Vec::new();
-            for h in handles {
-                out.push(h.await.unwrap_or_else(|e| {
-                    Err(SshError::Run {
-                        node: "-".into(),
-                        command: "-".into(),
-                        message: e.to_string(),
-                    })
-                }));
-            }
-            out
-        })
-    }
-
-    fn run_all_for(
-        &self,
-        jobs: Vec<(&Conn, String)>,
-        timeout: Option<Duration>,
-    ) -> Vec<Result<Output, SshError>> {
-        self.rt.block_on(async {
-            let handles: Vec<_> = jobs
-                .into_iter()
-                .map(|(c, s)| {
-                    tokio::spawn(run_on(
-                        c.session.clone(),
-                        c.node.clone(),
-                        c.sudo,
-                        s,
-                        timeout,
-                    ))
-                })
-                .collect();
             let mut out = Vec::new();
             for h in handles {
                 out.push(match h.await {
@@ -493,8 +474,8 @@ impl Ssh {
 }
 
 /// A connection, with the answer to the query asked in its first round trip (see
-/// [`Ssh::connect_all_then`]; `None` without a query).
-pub type Connected = (Conn, Option<Result<Output, SshError>>);
+/// [`Ssh::connect_all_then`]).
+pub type Connected = (Conn, Result<Output, SshError>);
 
 /// The exit status of the login check when the user is not root and `sudo -n` fails.
 const REFUSED: i32 = 97;
@@ -502,21 +483,24 @@ const REFUSED: i32 = 97;
 /// How long a query (`id`, `dpkg-query`, a lock) may take before the node counts as hung.
 pub const QUERY_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Runs `script` on a node, within `timeout` if there is one. Its stderr is read line by line
+/// as it comes, and `note` gets the rest of each [`NOTE`] line.
 async fn run_on(
     session: Arc<Session>,
     node: String,
     sudo: bool,
     script: String,
     timeout: Option<Duration>,
+    note: impl Fn(String),
 ) -> Result<Output, SshError> {
     let err = |message: String| SshError::Run {
         node: node.clone(),
         command: script.clone(),
         message,
     };
-    let mut cmd = shell_command(session.clone(), sudo, &script);
+    let run = streamed(session, sudo, &script, note);
     let out = match timeout {
-        Some(t) => match tokio::time::timeout(t, cmd.output()).await {
+        Some(t) => match tokio::time::timeout(t, run).await {
             Ok(r) => r,
             Err(_) => {
                 return Err(err(format!(
@@ -525,10 +509,9 @@ async fn run_on(
                 )))
             }
         },
-        None => cmd.output().await,
-    }
-    .map_err(|e| err(describe(&e)))?;
-    Ok(out.into())
+        None => run.await,
+    };
+    out.map_err(|e| err(describe(&e)))
 }
 
 /// The start of a line a remote command prints on stderr to say what it waits for (see
@@ -537,7 +520,7 @@ pub const NOTE: &str = "moodle-release-note: ";
 
 /// Runs `script`, reading its stderr line by line as it comes and calling `note` with the rest
 /// of each [`NOTE`] line.
-async fn run_noting(
+async fn streamed(
     session: Arc<Session>,
     sudo: bool,
     script: &str,

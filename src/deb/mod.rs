@@ -55,10 +55,9 @@ pub fn assemble(
         data_len,
         tail,
     };
-    let sha256 = match copy_direct(out, &parts) {
-        Ok(Some(sha256)) => sha256,
-        Ok(None) => copy_buffered(out, &parts)?,
-        Err(e) => return Err(e),
+    let sha256 = match copy_direct(out, &parts)? {
+        Some(sha256) => sha256,
+        None => copy_buffered(out, &parts)?,
     };
     // On disk before it gets its final name.
     out.sync_all()?;
@@ -77,33 +76,52 @@ impl Parts<'_> {
     fn len(&self) -> u64 {
         self.head.len() as u64 + self.data_len + self.tail.len() as u64
     }
+
+    /// Reads the package's bytes from `pos` into `buf` (from one part at most): how many, 0
+    /// only at the end. An error if data.tar ends early.
+    fn read_at(&self, pos: u64, buf: &mut [u8]) -> io::Result<usize> {
+        use std::os::unix::fs::FileExt;
+        let (head, data_end) = (
+            self.head.len() as u64,
+            self.head.len() as u64 + self.data_len,
+        );
+        let from = |src: &[u8], buf: &mut [u8]| {
+            let n = src.len().min(buf.len());
+            buf[..n].copy_from_slice(&src[..n]);
+            n
+        };
+        if pos < head {
+            Ok(from(&self.head[pos as usize..], buf))
+        } else if pos < data_end {
+            let want = ((data_end - pos) as usize).min(buf.len());
+            match self.data.read_at(&mut buf[..want], pos - head)? {
+                0 if want > 0 => Err(shrank()),
+                n => Ok(n),
+            }
+        } else {
+            let at = ((pos - data_end) as usize).min(self.tail.len());
+            Ok(from(&self.tail[at..], buf))
+        }
+    }
 }
 
 /// The kernel copies, while another thread hashes from the page cache: neither waits for the
 /// other.
 fn copy_buffered(out: &mut std::fs::File, p: &Parts) -> io::Result<String> {
     use sha2::{Digest, Sha256};
-    use std::os::unix::fs::FileExt;
     let (data_len, head, tail) = (p.data_len, p.head, p.tail);
-    let hashed = p.data.try_clone()?;
     let mut data = p.data.try_clone()?;
     data.seek(SeekFrom::Start(0))?;
     std::thread::scope(|s| -> io::Result<String> {
         let hasher = s.spawn(move || -> io::Result<String> {
             let mut h = Sha256::new();
-            h.update(head);
             let mut buf = vec![0u8; 1 << 20];
-            let mut at = 0u64;
-            while at < data_len {
-                let want = buf.len().min((data_len - at) as usize);
-                let n = hashed.read_at(&mut buf[..want], at)?;
-                if n == 0 {
-                    return Err(shrank());
-                }
+            let mut pos = 0u64;
+            while pos < p.len() {
+                let n = p.read_at(pos, &mut buf)?;
                 h.update(&buf[..n]);
-                at += n as u64;
+                pos += n as u64;
             }
-            h.update(tail);
             Ok(hex::encode(h.finalize()))
         });
         out.write_all(head)?;
@@ -140,25 +158,7 @@ fn copy_direct(out: &mut std::fs::File, p: &Parts) -> io::Result<Option<String>>
     let (mut at, mut filled) = (0u64, 0usize);
     let mut pos = 0u64;
     while pos < total {
-        // Fill the buffer from head, data, tail.
-        let n = if pos < p.head.len() as u64 {
-            let src = &p.head[pos as usize..];
-            let n = src.len().min(buf.len() - filled);
-            buf[filled..filled + n].copy_from_slice(&src[..n]);
-            n
-        } else if pos < p.head.len() as u64 + p.data_len {
-            let off = pos - p.head.len() as u64;
-            let want = ((p.data_len - off) as usize).min(buf.len() - filled);
-            let n = p.data.read_at(&mut buf[filled..filled + want], off)?;
-            if n == 0 {
-                return Err(shrank());
-            }
-            n
-        } else {
-            let src = &p.tail[(pos - p.head.len() as u64 - p.data_len) as usize..];
-            buf[filled..filled + src.len()].copy_from_slice(src);
-            src.len()
-        };
+        let n = p.read_at(pos, &mut buf[filled..])?;
         filled += n;
         pos += n as u64;
         if filled < buf.len() && pos < total {
@@ -193,7 +193,6 @@ fn copy_direct(out: &mut std::fs::File, p: &Parts) -> io::Result<Option<String>>
     }
     crate::fsutil::set_direct(out, false);
     out.set_len(total)?;
-    out.seek(SeekFrom::Start(total))?;
     Ok(Some(hex::encode(h.finalize())))
 }
 

@@ -419,14 +419,7 @@ fn connect_and_query(
         .into_iter()
         .map(|r| {
             r.map(|(c, out)| {
-                let answer = match out {
-                    Some(out) => installed_answer(&c.node, out),
-                    None => Err(SshError::Run {
-                        node: c.node.clone(),
-                        command: "dpkg-query".into(),
-                        message: "no answer".into(),
-                    }),
-                };
+                let answer = installed_answer(&c.node, out);
                 (c, answer)
             })
         })
