@@ -6,7 +6,7 @@ mod common;
 
 use common::*;
 use std::fs;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -177,7 +177,37 @@ fn first_install_code_only_roll_under_load_rollback_and_database_upgrade() {
         "{text}"
     );
     assert_eq!(c.installed("web1"), "", "--plan installed something");
-    run(c.cmd().arg("roll"));
+    // Run with a stdin that stays open, as a terminal's does: no node command may read it
+    // (upgrade.php reads its stdin to the end, and would wait for ever).
+    let log = c.lab().join("roll1.err");
+    let mut roll = c
+        .cmd()
+        .arg("roll")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let _terminal = roll.stdin.take();
+    let t0 = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = roll.try_wait().unwrap() {
+            break s;
+        }
+        if t0.elapsed() > Duration::from_secs(120) {
+            let _ = roll.kill();
+            panic!(
+                "the roll hung for 2 minutes (did a node command read the terminal?):\n{}",
+                fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(
+        status.success(),
+        "{}",
+        fs::read_to_string(&log).unwrap_or_default()
+    );
     assert_on(&c, &["web1", "web2", "web3", "cron1"], &v1);
     assert_eq!(journal_actions(&c, "upgrade"), 1);
     // upgrade.php purges Moodle's caches itself: purge_command is for the code-only path.
@@ -932,14 +962,16 @@ fn a_failed_database_upgrade_is_finished_by_resume_and_a_forced_rollback_needs_t
         .lines()
         .find(|l| l.starts_with("maintenance_on = "))
         .unwrap();
+    // A typo in the command: the shell's own "not found" is what the engineer reads.
     fs::write(
         c.config_path(),
-        cfg.replace(on, "maintenance_on = \"false\""),
+        cfg.replace(on, &on.replacen("php ", "phpp ", 1)),
     )
     .unwrap();
     let (_, err) = exits(c.cmd().args(["roll", "--resume"]), 1);
     assert!(
         err.contains("maintenance_on failed")
+            && err.contains("phpp: not found")
             && err.contains("still in maintenance mode from the earlier roll"),
         "{err}"
     );
