@@ -556,6 +556,55 @@ fn unreachable_sources_name_the_source() {
     assert!(!lab.site.dir().join("moodle-release.lock").exists());
 }
 
+/// Many plugins are fetched several at a time: each lands at its own path with its own content
+/// (no mix-up between fetches that end in another order), and when some cannot be fetched the
+/// first of them in the config is named, with nothing written.
+#[test]
+fn many_plugins_fetched_at_once_each_at_its_path() {
+    let lab = Lab::new();
+    let n = 3 * moodle_release::merge::fetch::JOBS + 1;
+    for i in 0..n {
+        lab.plugin(&format!("local_p{i}"), "2024010100", &[]);
+    }
+    let entries = |broken: &[usize]| {
+        (0..n)
+            .map(|i| {
+                let c = format!("local_p{i}");
+                let url = if broken.contains(&i) {
+                    format!("plugins/{c}-missing")
+                } else {
+                    format!("plugins/{c}")
+                };
+                format!("\n[[plugins]]\ncomponent = \"{c}\"\nurl = \"{url}\"\nref = \"main\"\n")
+            })
+            .collect::<String>()
+    };
+    lab.config_with("", &entries(&[5, 17]));
+    let (code, err) = lab.merge_fails(&[]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("fetching local_p5 (")
+            && err.contains("local_p5-missing' does not appear to be a git repository"),
+        "{err}"
+    );
+    assert!(!lab.site.dir().join("moodle-release.lock").exists());
+    assert!(Command::new("git")
+        .arg("-C")
+        .arg(lab.site.repo())
+        .args(["rev-parse", "--verify", "-q", "deploy"])
+        .output()
+        .unwrap()
+        .stdout
+        .is_empty());
+
+    lab.config_with("", &entries(&[]));
+    lab.merge(&[]);
+    for i in 0..n {
+        let lib = lab.show(&format!("deploy:local/p{i}/lib.php"));
+        assert_eq!(lib, format!("<?php\n// local_p{i} 2024010100\n"));
+    }
+}
+
 /// A plugin fetched over ssh from a real sshd on loopback, with the host key checked: an unknown
 /// key is refused, never accepted.
 #[test]

@@ -33,13 +33,6 @@ pub struct Request<'a> {
     pub pinned: Option<Oid>,
 }
 
-/// Where the fetch ended.
-pub struct Fetched {
-    pub commit: Oid,
-    /// `false` when the pinned commit was there already.
-    pub fetched: bool,
-}
-
 /// Turns a config URL into what git understands: local paths are made absolute against the
 /// config file's folder; URLs (`scheme://`, `user@host:path`) are kept as written.
 pub fn normalize_url(url: &str, base_dir: &Path) -> String {
@@ -67,74 +60,134 @@ fn shellexpand_home(p: &str) -> String {
     }
 }
 
-/// Fetches `req` unless its pin is already present; returns the commit it resolved to.
-pub fn fetch(
+/// How many sources are fetched at once. A fetch mostly waits (TLS or SSH handshakes, ref
+/// advertisement, the server packing): a site with a hundred plugins on GitHub fetches them
+/// in a tenth of the time of one after another.
+pub const JOBS: usize = 8;
+
+/// Fetches every request whose pin is not already present, [`JOBS`] at a time; results in the
+/// same order: the commit each source is at. `on_fetched` is called (from the fetching threads) each time a fetch ends, with
+/// the number ended so far and the number of fetches in all.
+pub fn fetch_all(
     repo: &Repository,
-    req: &Request,
+    reqs: &[Request],
     backend: FetchBackend,
     ssh: &Ssh,
-) -> Result<Fetched, FetchError> {
-    let err = |detail: String| FetchError {
+    on_fetched: &(dyn Fn(usize, usize) + Sync),
+) -> Vec<Result<Oid, FetchError>> {
+    let err = |req: &Request, detail: String| FetchError {
         source_name: req.name.to_string(),
         url: req.url.to_string(),
         reference: req.reference.to_string(),
         detail,
     };
-    if let Some(pin) = req.pinned {
-        if repo.find_commit(pin).is_ok() {
-            repo.reference(&req.local_ref, pin, true, "moodle-release: pinned")
-                .map_err(|e| err(e.message().to_string()))?;
-            return Ok(Fetched {
-                commit: pin,
-                fetched: false,
+    // 1. Pinned commits already here: no network at all.
+    let mut out: Vec<Option<Result<Oid, FetchError>>> = reqs
+        .iter()
+        .map(|req| {
+            let pin = req.pinned.filter(|&p| repo.find_commit(p).is_ok())?;
+            Some(
+                repo.reference(&req.local_ref, pin, true, "moodle-release: pinned")
+                    .map(|_| pin)
+                    .map_err(|e| err(req, e.message().to_string())),
+            )
+        })
+        .collect();
+    // 2. The others, each into a temporary ref of its own, several at once: git writes objects
+    // and refs safely side by side (each under its own name).
+    let todo: Vec<usize> = (0..reqs.len()).filter(|&i| out[i].is_none()).collect();
+    let git_dir = repo.path().to_path_buf();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let ended = std::sync::atomic::AtomicUsize::new(0);
+    let transfers: Vec<std::sync::Mutex<Option<Result<(), String>>>> =
+        todo.iter().map(|_| std::sync::Mutex::new(None)).collect();
+    std::thread::scope(|scope| {
+        for _ in 0..JOBS.min(todo.len()) {
+            scope.spawn(|| loop {
+                let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(&i) = todo.get(k) else { break };
+                let req = &reqs[i];
+                let refspec = format!("+{}:{}", wanted(req), tmp_ref(req));
+                let r = match backend {
+                    FetchBackend::Git => fetch_cli(&git_dir, req.url, &refspec, ssh),
+                    FetchBackend::Libgit2 => Repository::open(&git_dir)
+                        .map_err(|e| e.message().to_string())
+                        .and_then(|r| fetch_libgit2(&r, req.url, &refspec)),
+                };
+                *transfers[k].lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
+                let n = ended.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                on_fetched(n, todo.len());
             });
         }
+    });
+    // 3. Where each fetch ended, checked against its pin, under its own ref.
+    for (k, &i) in todo.iter().enumerate() {
+        let req = &reqs[i];
+        let transfer = transfers[k]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .unwrap_or_else(|| Err("the fetch did not run".into()));
+        out[i] = Some(
+            transfer
+                .and_then(|()| settle(repo, req))
+                .map_err(|detail| err(req, detail)),
+        );
     }
-    // The pin's commit is what we want when there is one (the ref may have moved since).
-    let wanted = match req.pinned {
+    out.into_iter()
+        .map(|r| {
+            r.unwrap_or_else(|| {
+                Err(FetchError {
+                    source_name: "-".into(),
+                    url: "-".into(),
+                    reference: "-".into(),
+                    detail: "not fetched".into(),
+                })
+            })
+        })
+        .collect()
+}
+
+/// What is fetched: the pin's commit when there is one (the ref may have moved since).
+fn wanted(req: &Request) -> String {
+    match req.pinned {
         Some(pin) => pin.to_string(),
         None => req.reference.to_string(),
-    };
-    let tmp_ref = format!("{}-fetching", req.local_ref);
-    let refspec = format!("+{wanted}:{tmp_ref}");
-    match backend {
-        FetchBackend::Git => fetch_cli(repo, req.url, &refspec, ssh).map_err(err)?,
-        FetchBackend::Libgit2 => fetch_libgit2(repo, req.url, &refspec).map_err(err)?,
     }
+}
+
+fn tmp_ref(req: &Request) -> String {
+    format!("{}-fetching", req.local_ref)
+}
+
+/// After a fetch: the commit it brought, checked against the pin and kept under the source's
+/// ref; the temporary ref is removed.
+fn settle(repo: &Repository, req: &Request) -> Result<Oid, String> {
+    let tmp = tmp_ref(req);
     let commit = (|| -> Result<Oid, git2::Error> {
-        let r = repo.find_reference(&tmp_ref)?;
+        let r = repo.find_reference(&tmp)?;
         let c = r.peel_to_commit()?;
         Ok(c.id())
     })()
-    .map_err(|e| {
-        err(format!(
-            "`{}` is not a commit: {}",
-            req.reference,
-            e.message()
-        ))
-    })?;
+    .map_err(|e| format!("`{}` is not a commit: {}", req.reference, e.message()))?;
     if let Some(pin) = req.pinned {
         if pin != commit {
-            return Err(err(format!(
+            return Err(format!(
                 "the lock pins {pin}, which the source no longer has"
-            )));
+            ));
         }
     }
     repo.reference(&req.local_ref, commit, true, "moodle-release: fetched")
-        .map_err(|e| err(e.message().to_string()))?;
-    if let Ok(mut r) = repo.find_reference(&tmp_ref) {
+        .map_err(|e| e.message().to_string())?;
+    if let Ok(mut r) = repo.find_reference(&tmp) {
         let _ = r.delete();
     }
-    Ok(Fetched {
-        commit,
-        fetched: true,
-    })
+    Ok(commit)
 }
 
 /// The git CLI: honours `~/.ssh/config` (or `[ssh] config`), checks host keys against
 /// `[ssh] known_hosts`, never prompts.
-fn fetch_cli(repo: &Repository, url: &str, refspec: &str, ssh: &Ssh) -> Result<(), String> {
-    let git_dir = repo.path();
+fn fetch_cli(git_dir: &Path, url: &str, refspec: &str, ssh: &Ssh) -> Result<(), String> {
     let mut cmd = Command::new("git");
     cmd.arg("--git-dir")
         .arg(git_dir)

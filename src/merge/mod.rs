@@ -213,7 +213,6 @@ pub fn merge(
 
     // Fetch.
     let base = &cfg.base_dir;
-    let mut fetched_any = false;
     let up_url = fetch::normalize_url(&upstream.url, base);
     let up_pin = keep_pin(
         "upstream",
@@ -221,34 +220,68 @@ pub fn merge(
         &upstream.reference,
         old_lock.as_ref().and_then(|l| l.upstream.as_ref()),
     )?;
-    let verb = |pin: Option<Oid>| {
-        if pin.is_some_and(|p| repo.find_commit(p).is_ok()) {
-            "using the locked"
-        } else {
-            "fetching"
-        }
-    };
-    reporter.step(&format!(
-        "{} upstream ({} {})",
-        verb(up_pin),
-        upstream.url,
-        upstream.reference
-    ));
-    let up = fetch::fetch(
+    let mut pins = vec![up_pin];
+    let mut plugin_urls = Vec::new();
+    for p in &cfg.plugins {
+        let name = p.component.0.as_str();
+        pins.push(keep_pin(
+            name,
+            &p.url,
+            &p.reference,
+            old_lock
+                .as_ref()
+                .and_then(|l| l.plugin(name))
+                .map(|pp| &pp.pin),
+        )?);
+        plugin_urls.push(fetch::normalize_url(&p.url, base));
+    }
+    let mut requests = vec![Request {
+        name: "upstream",
+        url: &up_url,
+        reference: &upstream.reference,
+        local_ref: "refs/moodle-release/upstream".into(),
+        pinned: up_pin,
+    }];
+    for ((p, url), pin) in cfg.plugins.iter().zip(&plugin_urls).zip(&pins[1..]) {
+        let name = p.component.0.as_str();
+        requests.push(Request {
+            name,
+            url,
+            reference: &p.reference,
+            local_ref: format!("refs/moodle-release/plugins/{name}"),
+            pinned: *pin,
+        });
+    }
+    let here = pins
+        .iter()
+        .filter(|p| p.is_some_and(|p| repo.find_commit(p).is_ok()))
+        .count();
+    reporter.step(&if here == requests.len() {
+        format!("using the locked commits of {here} sources")
+    } else {
+        format!(
+            "fetching {} of {} sources ({} at a time)",
+            requests.len() - here,
+            requests.len(),
+            fetch::JOBS
+        )
+    });
+    let mut results = fetch::fetch_all(
         &repo,
-        &Request {
-            name: "upstream",
-            url: &up_url,
-            reference: &upstream.reference,
-            local_ref: "refs/moodle-release/upstream".into(),
-            pinned: up_pin,
-        },
+        &requests,
         cfg.deploy.fetch,
         &cfg.ssh,
-    )?;
-    fetched_any |= up.fetched;
+        &|done, total| reporter.progress(done as u64, total as u64),
+    )
+    .into_iter();
     reporter.step_done();
-    let up_commit = repo.find_commit(up.commit)?;
+    // The first failure in the config's order (upstream first) is the one reported.
+    let up = results.next().ok_or(MergeError::NoUpstream)??;
+    let mut fetched = Vec::new();
+    for r in results {
+        fetched.push(r?);
+    }
+    let up_commit = repo.find_commit(up)?;
     let up_tree = up_commit.tree()?;
     let prefix = if up_tree.get_path(Path::new("public/version.php")).is_ok() {
         "public/"
@@ -266,43 +299,19 @@ pub fn merge(
     let core_release = core.text("release").map(String::from);
     let core_branch = core.text("branch").unwrap_or("").to_string();
 
-    let mut sources = Vec::new();
-    for p in &cfg.plugins {
-        let name = p.component.0.as_str();
-        let pin = keep_pin(
-            name,
-            &p.url,
-            &p.reference,
-            old_lock
-                .as_ref()
-                .and_then(|l| l.plugin(name))
-                .map(|pp| &pp.pin),
-        )?;
-        reporter.step(&format!("{} {name} ({} {})", verb(pin), p.url, p.reference));
-        let f = fetch::fetch(
-            &repo,
-            &Request {
-                name,
-                url: &fetch::normalize_url(&p.url, base),
-                reference: &p.reference,
-                local_ref: format!("refs/moodle-release/plugins/{name}"),
-                pinned: pin,
-            },
-            cfg.deploy.fetch,
-            &cfg.ssh,
-        )?;
-        reporter.step_done();
-        fetched_any |= f.fetched;
-        sources.push(Source {
-            component: name.to_string(),
+    let mut sources: Vec<Source> = cfg
+        .plugins
+        .iter()
+        .zip(&fetched)
+        .map(|(p, f)| Source {
+            component: p.component.0.clone(),
             url: p.url.clone(),
             reference: p.reference.clone(),
             path: String::new(),
             replace: p.replace,
-            commit: f.commit,
-        });
-    }
-    let _ = fetched_any;
+            commit: *f,
+        })
+        .collect();
 
     // Paths: from the config, else from the plugin types upstream declares (and parents'
     // subplugin types).
@@ -462,7 +471,7 @@ pub fn merge(
                 continue;
             }
             None => repo
-                .merge_base(tip.id(), up.commit)
+                .merge_base(tip.id(), up)
                 .map_err(|_| MergeError::Unrelated(name.clone()))?,
         };
         let ancestor = repo.find_commit(base)?.tree()?;
@@ -496,7 +505,7 @@ pub fn merge(
         upstream: Some(Pin {
             url: upstream.url.clone(),
             reference: upstream.reference.clone(),
-            commit: up.commit.to_string(),
+            commit: up.to_string(),
             version: core_version.clone(),
             release: core_release.clone(),
         }),
@@ -534,7 +543,7 @@ pub fn merge(
             .as_ref()
             .and_then(|v| v.text("version").map(String::from)),
         to: Some(core_version.clone()),
-        commit: Some(up.commit.to_string()),
+        commit: Some(up.to_string()),
     };
     let mut plugins = Vec::new();
     for s in &sources {
@@ -592,7 +601,7 @@ pub fn merge(
         let mut parents: Vec<Oid> = Vec::new();
         for id in previous
             .into_iter()
-            .chain(std::iter::once(up.commit))
+            .chain(std::iter::once(up))
             .chain(sources.iter().map(|s| s.commit))
             .chain(
                 result
