@@ -157,6 +157,19 @@ branch = "deploy"
             .to_string()
     }
 
+    /// Neither the deployment branch nor the lock exists.
+    fn assert_wrote_nothing(&self) {
+        assert!(
+            !self.site.dir().join("moodle-release.lock").exists(),
+            "the lock was written"
+        );
+        let out = git(&self.site.repo())
+            .args(["rev-parse", "--verify", "-q", "deploy"])
+            .output()
+            .unwrap();
+        assert!(out.stdout.is_empty(), "the deployment branch was written");
+    }
+
     fn lock(&self) -> String {
         fs::read_to_string(self.site.dir().join("moodle-release.lock")).unwrap()
     }
@@ -545,15 +558,7 @@ fn unreachable_sources_name_the_source() {
         err.contains("upstream") && err.contains("MOODLE_999_STABLE"),
         "{err}"
     );
-    assert!(Command::new("git")
-        .arg("-C")
-        .arg(lab.site.repo())
-        .args(["rev-parse", "--verify", "-q", "deploy"])
-        .output()
-        .unwrap()
-        .stdout
-        .is_empty());
-    assert!(!lab.site.dir().join("moodle-release.lock").exists());
+    lab.assert_wrote_nothing();
 }
 
 /// Many plugins are fetched several at a time: each lands at its own path with its own content
@@ -587,15 +592,7 @@ fn many_plugins_fetched_at_once_each_at_its_path() {
             && err.contains("local_p5-missing' does not appear to be a git repository"),
         "{err}"
     );
-    assert!(!lab.site.dir().join("moodle-release.lock").exists());
-    assert!(Command::new("git")
-        .arg("-C")
-        .arg(lab.site.repo())
-        .args(["rev-parse", "--verify", "-q", "deploy"])
-        .output()
-        .unwrap()
-        .stdout
-        .is_empty());
+    lab.assert_wrote_nothing();
 
     lab.config_with("", &entries(&[]));
     lab.merge(&[]);
@@ -705,15 +702,7 @@ fn dry_run_writes_nothing() {
     let v = lab.merge(&["--dry-run"]);
     assert_eq!(v["changed"], true);
     assert_eq!(v["dry_run"], true);
-    assert!(
-        !lab.site.dir().join("moodle-release.lock").exists(),
-        "--dry-run wrote the lock"
-    );
-    let out = git(&lab.site.repo())
-        .args(["rev-parse", "--verify", "-q", "deploy"])
-        .output()
-        .unwrap();
-    assert!(out.stdout.is_empty(), "--dry-run wrote the branch");
+    lab.assert_wrote_nothing();
     lab.merge(&[]);
     let deploy = lab.rev("deploy");
     let lock = lab.lock();
