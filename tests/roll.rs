@@ -6,6 +6,7 @@ mod common;
 
 use common::*;
 use std::fs;
+use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -64,11 +65,14 @@ fn roll_until(
         .flatten()
         .map(|e| e.path())
         .collect();
+    // In a process group of its own, as a terminal runs a command: [`interrupt`] signals the
+    // group, as Ctrl-C does, so that whatever the tool spawned gets the signal too.
     let mut child = c
         .cmd()
         .args(args)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
+        .process_group(0)
         .spawn()
         .unwrap();
     let started = std::time::Instant::now();
@@ -99,9 +103,10 @@ fn exits(cmd: &mut Command, code: i32) -> (std::process::Output, String) {
     (out, err)
 }
 
-/// Sends SIGINT to a roll started by [`roll_until`] and waits for it: its exit status and stderr.
+/// Ctrl-C for a roll started by [`roll_until`]: SIGINT to its whole process group, as a
+/// terminal sends it. Waits for it: its exit status and stderr.
 fn interrupt(mut child: std::process::Child) -> (std::process::ExitStatus, String) {
-    run(Command::new("kill").args(["-INT", &child.id().to_string()]));
+    run(Command::new("kill").args(["-INT", "--", &format!("-{}", child.id())]));
     let status = child.wait().unwrap();
     let mut err = String::new();
     std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
@@ -498,9 +503,10 @@ fn failures_stop_the_roll_safely_and_resume_finishes_it() {
 fn ctrl_c_stops_between_batches_and_a_failing_health_check_keeps_the_node_out() {
     let (c, v1, v2) = installed_cluster();
 
-    // SIGINT while the first batch runs: it finishes, the next does not start, exit 130.
-    let child = roll_until(&c, &["roll", "--batch", "1"], "an install on web1", |l| {
-        l.contains("\"action\":\"install\",\"result\":\"ok\"")
+    // Ctrl-C once web1 is drained, as its install starts: the batch finishes (the install in
+    // flight is not cut), the next does not start, exit 130.
+    let child = roll_until(&c, &["roll", "--batch", "1"], "web1 drained", |l| {
+        l.contains("\"action\":\"drained web1\",\"result\":\"ok\"")
     });
     let (status, err) = interrupt(child);
     assert_eq!(status.code(), Some(130), "{err}");
