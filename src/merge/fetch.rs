@@ -65,9 +65,9 @@ fn shellexpand_home(p: &str) -> String {
 /// in a tenth of the time of one after another.
 pub const JOBS: usize = 8;
 
-/// Fetches every request whose pin is not already present, [`JOBS`] at a time; results in the
-/// same order: the commit each source is at. `on_fetched` is called (from the fetching threads) each time a fetch ends, with
-/// the number ended so far and the number of fetches in all.
+/// Fetches every request whose pin is not already present, [`JOBS`] at a time. Returns, in
+/// the requests' order, the commit each source is at. `on_fetched` is called (from the fetching
+/// threads) each time a fetch ends, with the number ended so far and the number of fetches.
 pub fn fetch_all(
     repo: &Repository,
     reqs: &[Request],
@@ -82,7 +82,7 @@ pub fn fetch_all(
         detail,
     };
     // 1. Pinned commits already here: no network at all.
-    let mut out: Vec<Option<Result<Oid, FetchError>>> = reqs
+    let here: Vec<Option<Result<Oid, FetchError>>> = reqs
         .iter()
         .map(|req| {
             let pin = req.pinned.filter(|&p| repo.find_commit(p).is_ok())?;
@@ -95,7 +95,12 @@ pub fn fetch_all(
         .collect();
     // 2. The others, each into a temporary ref of its own, several at once: git writes objects
     // and refs safely side by side (each under its own name).
-    let todo: Vec<usize> = (0..reqs.len()).filter(|&i| out[i].is_none()).collect();
+    let todo: Vec<&Request> = reqs
+        .iter()
+        .zip(&here)
+        .filter(|(_, h)| h.is_none())
+        .map(|(r, _)| r)
+        .collect();
     let git_dir = repo.path().to_path_buf();
     let next = std::sync::atomic::AtomicUsize::new(0);
     let ended = std::sync::atomic::AtomicUsize::new(0);
@@ -105,8 +110,7 @@ pub fn fetch_all(
         for _ in 0..JOBS.min(todo.len()) {
             scope.spawn(|| loop {
                 let k = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let Some(&i) = todo.get(k) else { break };
-                let req = &reqs[i];
+                let Some(req) = todo.get(k) else { break };
                 let refspec = format!("+{}:{}", wanted(req), tmp_ref(req));
                 let r = match backend {
                     FetchBackend::Git => fetch_cli(&git_dir, req.url, &refspec, ssh),
@@ -120,29 +124,21 @@ pub fn fetch_all(
             });
         }
     });
-    // 3. Where each fetch ended, checked against its pin, under its own ref.
-    for (k, &i) in todo.iter().enumerate() {
-        let req = &reqs[i];
-        let transfer = transfers[k]
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take()
-            .unwrap_or_else(|| Err("the fetch did not run".into()));
-        out[i] = Some(
-            transfer
-                .and_then(|()| settle(repo, req))
-                .map_err(|detail| err(req, detail)),
-        );
-    }
-    out.into_iter()
-        .map(|r| {
-            r.unwrap_or_else(|| {
-                Err(FetchError {
-                    source_name: "-".into(),
-                    url: "-".into(),
-                    reference: "-".into(),
-                    detail: "not fetched".into(),
-                })
+    // 3. In the requests' order: where each fetch ended, checked against its pin, under its
+    // own ref. The k-th request not already here is the k-th transfer.
+    let mut transfers = transfers
+        .into_iter()
+        .map(|t| t.into_inner().unwrap_or_else(|e| e.into_inner()));
+    reqs.iter()
+        .zip(here)
+        .map(|(req, h)| {
+            h.unwrap_or_else(|| {
+                transfers
+                    .next()
+                    .flatten()
+                    .unwrap_or_else(|| Err("the fetch did not run".into()))
+                    .and_then(|()| settle(repo, req))
+                    .map_err(|detail| err(req, detail))
             })
         })
         .collect()

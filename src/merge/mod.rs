@@ -263,7 +263,7 @@ pub fn merge(
             "fetching {} of {} sources ({} at a time)",
             requests.len() - here,
             requests.len(),
-            fetch::JOBS
+            fetch::JOBS.min(requests.len() - here)
         )
     });
     let mut results = fetch::fetch_all(
