@@ -239,7 +239,7 @@ impl Ssh {
             .into_iter()
             .map(|r| r.map(|x| x.map(|(s, _)| s)))
             .collect();
-        let mut conns: Vec<Result<Conn, SshError>> = nodes
+        let conns: Vec<Result<Conn, SshError>> = nodes
             .iter()
             .zip(sessions)
             .map(|((node, dest), r)| {
@@ -262,7 +262,6 @@ impl Ssh {
         // One round trip per node: who logs in, and, when it is not root, whether passwordless
         // sudo works. Finding out now gives one clear error instead of every command failing
         // (a failed query would read as "nothing installed").
-        let up: Vec<usize> = (0..conns.len()).filter(|&i| conns[i].is_ok()).collect();
         let mut script =
             format!(r#"u=$(id -u); echo "$u"; [ "$u" = 0 ] || sudo -n true || exit {REFUSED}"#);
         if let Some(q) = query {
@@ -272,68 +271,49 @@ impl Ssh {
                 quote(q)
             ));
         }
-        let jobs: Vec<(&Conn, String)> = up
+        let jobs = conns
             .iter()
-            .filter_map(|&i| conns[i].as_ref().ok())
+            .flatten()
             .map(|c| (c, script.clone()))
             .collect();
-        let answers = self.run_all(jobs);
-        let mut outputs: Vec<Option<Result<Output, SshError>>> =
-            (0..conns.len()).map(|_| None).collect();
-        for (i, r) in up.into_iter().zip(answers) {
-            // Root answers "0"; anyone else goes on only when `sudo -n` works.
-            let refused = match &r {
-                Ok(o) if o.code == Some(REFUSED) => Some(o.tail()),
-                _ => None,
-            };
-            let uid = match &r {
-                Ok(o) => o
-                    .text()
-                    .lines()
-                    .next()
-                    .unwrap_or_default()
-                    .trim()
-                    .to_string(),
-                Err(_) => String::new(),
-            };
-            if let Ok(c) = conns[i].as_mut() {
-                // Unknown (the command failed to run): assume not root, as before.
-                c.sudo = uid != "0";
-            }
-            // The query's own answer: what follows the first line.
-            outputs[i] = Some(r.map(|mut o| {
-                let rest = o
-                    .stdout
-                    .iter()
-                    .position(|&b| b == b'\n')
-                    .map_or(o.stdout.len(), |p| p + 1);
-                o.stdout.drain(..rest);
-                o
-            }));
-            if let Some(why) = refused {
-                let (node, dest) = &nodes[i];
-                conns[i] = Err(SshError::Connect {
-                    node: node.clone(),
-                    dest: dest.clone(),
-                    message: format!("the login user is not root and `sudo -n` fails ({why}): give it passwordless sudo, or log in as root"),
-                });
-            }
-        }
-        // Every connection that is up was asked (`up`), so each has its answer.
+        // One answer per connection that is up, in order.
+        let mut answers = self.run_all(jobs).into_iter();
         conns
             .into_iter()
-            .zip(outputs)
-            .map(|(c, o)| {
-                c.map(|c| {
-                    let o = o.unwrap_or_else(|| {
-                        Err(SshError::Run {
-                            node: c.node.clone(),
-                            command: "id -u".into(),
-                            message: "no answer".into(),
-                        })
-                    });
-                    (c, o)
-                })
+            .zip(nodes)
+            .map(|(c, (node, dest))| {
+                let mut c = c?;
+                let r = answers.next().unwrap_or_else(|| {
+                    Err(SshError::Run {
+                        node: node.clone(),
+                        command: "id -u".into(),
+                        message: "no answer".into(),
+                    })
+                });
+                // The first line is the login's uid; unknown (the command failed to run) counts
+                // as not root.
+                let first_line = |o: &Output| o.stdout.iter().position(|&b| b == b'\n');
+                c.sudo = match &r {
+                    Ok(o) => o.stdout[..first_line(o).unwrap_or(o.stdout.len())] != *b"0",
+                    Err(_) => true,
+                };
+                match r {
+                    // Not root, and `sudo -n` fails.
+                    Ok(o) if o.code == Some(REFUSED) => Err(SshError::Connect {
+                        node: node.clone(),
+                        dest: dest.clone(),
+                        message: format!("the login user is not root and `sudo -n` fails ({}): give it passwordless sudo, or log in as root", o.tail()),
+                    }),
+                    // The query's own answer: what follows the first line.
+                    r => Ok((
+                        c,
+                        r.map(|mut o| {
+                            let rest = first_line(&o).map_or(o.stdout.len(), |p| p + 1);
+                            o.stdout.drain(..rest);
+                            o
+                        }),
+                    )),
+                }
             })
             .collect()
     }

@@ -38,6 +38,14 @@ impl Terminal {
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    /// A line on stderr, above the progress bar when there is one.
+    fn line(&self, text: &str) {
+        match &self.state().bar {
+            Some(bar) => bar.suspend(|| eprintln!("{text}")),
+            None => eprintln!("{text}"),
+        }
+    }
 }
 
 impl Reporter for Terminal {
@@ -86,18 +94,10 @@ impl Reporter for Terminal {
     }
 
     fn warn(&self, message: &str) {
-        let s = self.state();
-        match &s.bar {
-            Some(bar) => bar.suspend(|| eprintln!("warning: {message}")),
-            None => eprintln!("warning: {message}"),
-        }
+        self.line(&format!("warning: {message}"));
     }
 
     fn note(&self, message: &str) {
-        let s = self.state();
-        match &s.bar {
-            Some(bar) => bar.suspend(|| eprintln!("  {message}")),
-            None => eprintln!("  {message}"),
-        }
+        self.line(&format!("  {message}"));
     }
 }

@@ -10,6 +10,7 @@ use std::process::Command;
 use git2::{Oid, Repository};
 
 use crate::config::{FetchBackend, Ssh};
+use crate::report::Reporter;
 
 /// A fetch failed: which source, which URL and ref, and what git said.
 #[derive(Debug, thiserror::Error)]
@@ -25,7 +26,8 @@ pub struct FetchError {
 pub struct Request<'a> {
     /// `upstream`, `mod_customcert`...: for messages.
     pub name: &'a str,
-    pub url: &'a str,
+    /// As git takes it (see [`normalize_url`]).
+    pub url: String,
     pub reference: &'a str,
     /// The ref this source is kept under, `refs/moodle-release/...`.
     pub local_ref: String,
@@ -65,19 +67,19 @@ fn shellexpand_home(p: &str) -> String {
 /// in a tenth of the time of one after another.
 pub const JOBS: usize = 8;
 
-/// Fetches every request whose pin is not already present, [`JOBS`] at a time. Returns, in
-/// the requests' order, the commit each source is at. `on_fetched` is called (from the fetching
-/// threads) each time a fetch ends, with the number ended so far and the number of fetches.
+/// Fetches every request whose pin is not already present, [`JOBS`] at a time, as one step
+/// of `reporter` with its progress. Returns, in the requests' order, the commit each source is
+/// at.
 pub fn fetch_all(
     repo: &Repository,
     reqs: &[Request],
     backend: FetchBackend,
     ssh: &Ssh,
-    on_fetched: &(dyn Fn(usize, usize) + Sync),
+    reporter: &dyn Reporter,
 ) -> Vec<Result<Oid, FetchError>> {
     let err = |req: &Request, detail: String| FetchError {
         source_name: req.name.to_string(),
-        url: req.url.to_string(),
+        url: req.url.clone(),
         reference: req.reference.to_string(),
         detail,
     };
@@ -101,6 +103,16 @@ pub fn fetch_all(
         .filter(|(_, h)| h.is_none())
         .map(|(r, _)| r)
         .collect();
+    reporter.step(&if todo.is_empty() {
+        format!("using the locked commits of {} sources", reqs.len())
+    } else {
+        format!(
+            "fetching {} of {} sources ({} at a time)",
+            todo.len(),
+            reqs.len(),
+            JOBS.min(todo.len())
+        )
+    });
     let git_dir = repo.path().to_path_buf();
     let next = std::sync::atomic::AtomicUsize::new(0);
     let ended = std::sync::atomic::AtomicUsize::new(0);
@@ -113,17 +125,18 @@ pub fn fetch_all(
                 let Some(req) = todo.get(k) else { break };
                 let refspec = format!("+{}:{}", wanted(req), tmp_ref(req));
                 let r = match backend {
-                    FetchBackend::Git => fetch_cli(&git_dir, req.url, &refspec, ssh),
+                    FetchBackend::Git => fetch_cli(&git_dir, &req.url, &refspec, ssh),
                     FetchBackend::Libgit2 => Repository::open(&git_dir)
                         .map_err(|e| e.message().to_string())
-                        .and_then(|r| fetch_libgit2(&r, req.url, &refspec)),
+                        .and_then(|r| fetch_libgit2(&r, &req.url, &refspec)),
                 };
                 *transfers[k].lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
                 let n = ended.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-                on_fetched(n, todo.len());
+                reporter.progress(n as u64, todo.len() as u64);
             });
         }
     });
+    reporter.step_done();
     // 3. In the requests' order: where each fetch ended, checked against its pin, under its
     // own ref. The k-th request not already here is the k-th transfer.
     let mut transfers = transfers

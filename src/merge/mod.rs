@@ -213,74 +213,41 @@ pub fn merge(
 
     // Fetch.
     let base = &cfg.base_dir;
-    let up_url = fetch::normalize_url(&upstream.url, base);
-    let up_pin = keep_pin(
-        "upstream",
-        &upstream.url,
-        &upstream.reference,
-        old_lock.as_ref().and_then(|l| l.upstream.as_ref()),
-    )?;
-    let mut pins = vec![up_pin];
-    let mut plugin_urls = Vec::new();
-    for p in &cfg.plugins {
-        let name = p.component.0.as_str();
-        pins.push(keep_pin(
-            name,
-            &p.url,
-            &p.reference,
-            old_lock
-                .as_ref()
-                .and_then(|l| l.plugin(name))
-                .map(|pp| &pp.pin),
-        )?);
-        plugin_urls.push(fetch::normalize_url(&p.url, base));
-    }
     let mut requests = vec![Request {
         name: "upstream",
-        url: &up_url,
+        url: fetch::normalize_url(&upstream.url, base),
         reference: &upstream.reference,
         local_ref: "refs/moodle-release/upstream".into(),
-        pinned: up_pin,
+        pinned: keep_pin(
+            "upstream",
+            &upstream.url,
+            &upstream.reference,
+            old_lock.as_ref().and_then(|l| l.upstream.as_ref()),
+        )?,
     }];
-    for ((p, url), pin) in cfg.plugins.iter().zip(&plugin_urls).zip(&pins[1..]) {
+    for p in &cfg.plugins {
         let name = p.component.0.as_str();
         requests.push(Request {
             name,
-            url,
+            url: fetch::normalize_url(&p.url, base),
             reference: &p.reference,
             local_ref: format!("refs/moodle-release/plugins/{name}"),
-            pinned: *pin,
+            pinned: keep_pin(
+                name,
+                &p.url,
+                &p.reference,
+                old_lock
+                    .as_ref()
+                    .and_then(|l| l.plugin(name))
+                    .map(|pp| &pp.pin),
+            )?,
         });
     }
-    let here = pins
-        .iter()
-        .filter(|p| p.is_some_and(|p| repo.find_commit(p).is_ok()))
-        .count();
-    reporter.step(&if here == requests.len() {
-        format!("using the locked commits of {here} sources")
-    } else {
-        format!(
-            "fetching {} of {} sources ({} at a time)",
-            requests.len() - here,
-            requests.len(),
-            fetch::JOBS.min(requests.len() - here)
-        )
-    });
-    let mut results = fetch::fetch_all(
-        &repo,
-        &requests,
-        cfg.deploy.fetch,
-        &cfg.ssh,
-        &|done, total| reporter.progress(done as u64, total as u64),
-    )
-    .into_iter();
-    reporter.step_done();
+    let mut results =
+        fetch::fetch_all(&repo, &requests, cfg.deploy.fetch, &cfg.ssh, reporter).into_iter();
     // The first failure in the config's order (upstream first) is the one reported.
     let up = results.next().ok_or(MergeError::NoUpstream)??;
-    let mut fetched = Vec::new();
-    for r in results {
-        fetched.push(r?);
-    }
+    let fetched: Vec<Oid> = results.collect::<Result<_, _>>()?;
     let up_commit = repo.find_commit(up)?;
     let up_tree = up_commit.tree()?;
     let prefix = if up_tree.get_path(Path::new("public/version.php")).is_ok() {
