@@ -480,7 +480,12 @@ async fn run_on(
         command: script.clone(),
         message,
     };
-    let run = streamed(session, sudo, &script, note);
+    // A command with no time limit changes the node: it must not die with its connection.
+    let wrapped = match timeout {
+        Some(_) => None,
+        None => Some(detached(&script)),
+    };
+    let run = streamed(session, sudo, wrapped.as_deref().unwrap_or(&script), note);
     let out = match timeout {
         Some(t) => match tokio::time::timeout(t, run).await {
             Ok(r) => r,
@@ -587,6 +592,25 @@ fn shell_command(
         "( {script}\n) ; rc=$?; if [ $rc -eq 127 ]; then echo '(exit status 127, reported as 125)' >&2; exit 125; fi; exit $rc"
     ));
     c
+}
+
+/// `script` wrapped to run to its end on the node even when its connection does not: the tool
+/// killed (a CI job cancelled, `kill -9`), an engineer's network gone mid-roll. Unwrapped, the
+/// next line apt or dpkg writes to the dead channel gets SIGPIPE, and the node is left with a
+/// half-done install ("dpkg was interrupted") or a half-done database upgrade.
+///
+/// sshd sends no SIGHUP to a session without a terminal, so the command only has to keep off the
+/// channel: its stdout goes to a file on the node, printed once it ends, and its stderr through
+/// `tee -p`, which passes each line on as it comes (the [`NOTE`] lines) and, once the channel is
+/// gone, goes on writing to a file alone instead of dying. The exit status comes from a file.
+/// A re-run finds a command that outlived its connection through apt's and dpkg's locks, which
+/// installs wait for.
+fn detached(script: &str) -> String {
+    format!(
+        "f=$(mktemp /tmp/moodle-release.XXXXXX) || exit 125\n\
+         {{ ( {script}\n) ; echo $? >\"$f.rc\"; }} </dev/null 2>&1 >\"$f\" | tee -p -a \"$f.err\" >&2\n\
+         cat \"$f\"; rc=$(cat \"$f.rc\" 2>/dev/null || echo 125); rm -f \"$f\" \"$f.rc\" \"$f.err\"; exit $rc"
+    )
 }
 
 /// `user@host:port` as ssh takes it (`ssh://user@host:port`).

@@ -1045,6 +1045,106 @@ fn ctrl_c_during_the_database_path_finishes_it() {
     assert_eq!(http_get(&format!("{}/", c.env["LAB_LB1"])), Ok(200));
 }
 
+/// Polls `done` every 200 ms for up to 60 s: whether it came true.
+fn eventually(mut done: impl FnMut() -> bool) -> bool {
+    for _ in 0..300 {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    false
+}
+
+/// `kill -9` to the process group of a roll started by [`roll_until`] (a CI job cancelled, a
+/// laptop's network gone: the tool is gone with no chance to clean up).
+fn kill_hard(mut child: std::process::Child) {
+    run(Command::new("kill").args(["-KILL", "--", &format!("-{}", child.id())]));
+    let _ = child.wait();
+}
+
+/// A roll killed outright while a command runs on a node: the command still runs to its end,
+/// no half-done database upgrade, no half-configured package; a re-run (after --break-lock, the
+/// dead roll's lock being left) finishes the roll.
+#[test]
+fn a_killed_roll_does_not_cut_the_command_in_flight() {
+    require_root("scripts/lab uses mount namespaces");
+    let c = Cluster::up(2);
+    let moodledata = c.lab().join("moodledata");
+    // The upgrade command is a site's wrapper that says what it does as it goes, as Moodle's
+    // upgrade does: a command that writes to a dead connection gets SIGPIPE.
+    let cfg = fs::read_to_string(c.config_path()).unwrap().replace(
+        "upgrade_command = \"php",
+        "upgrade_command = \"touch /srv/moodledata/upgrade-started; for i in $(seq 15); do echo pre-upgrade step $i; sleep 0.2; done; php",
+    );
+    fs::write(c.config_path(), cfg).unwrap();
+    let v1 = c.release(1, &[]);
+    let child = roll_until(&c, &["roll"], "the upgrade", |l| {
+        l.contains("\"action\":\"maintenance on\"")
+    });
+    assert!(
+        eventually(|| moodledata.join("upgrade-started").exists()),
+        "the upgrade never started"
+    );
+    kill_hard(child);
+    // Nothing speaks to the nodes any more: the upgrade goes on alone.
+    assert!(
+        eventually(|| fs::read_to_string(moodledata.join("dbversion")).is_ok()),
+        "the upgrade was cut when the roll was killed"
+    );
+    // The dead roll's lock is left: a re-run is refused and says how to go on; with
+    // --break-lock it finishes the database path (the site is still in maintenance).
+    let (_, err) = exits(c.cmd().arg("roll"), 3);
+    assert!(
+        err.contains("no longer runs on this machine: the roll was killed")
+            && err.contains("--break-lock"),
+        "{err}"
+    );
+    run(c.cmd().args(["roll", "--break-lock"]));
+    assert_on(&c, &["web1", "web2", "cron1"], &v1);
+    assert_eq!(http_get(&format!("{}/", c.env["LAB_LB1"])), Ok(200));
+
+    // Killed during an install (web1's dpkg runs take 3 s, printing all the while).
+    c.ssh_ok(
+        "web1",
+        "echo 'DPkg::Pre-Invoke { \"touch /tmp/dpkg-slow; for i in $(seq 15); do echo slow dpkg $i; sleep 0.2; done\"; };' >/etc/apt/apt.conf.d/99slow",
+    );
+    let v2 = c.release(2, &[]);
+    let child = roll_until(&c, &["roll", "--batch", "1"], "web1 drained", |l| {
+        l.contains("\"action\":\"drained web1\",\"result\":\"ok\"")
+    });
+    assert!(
+        eventually(|| c.ssh("web1", "test -e /tmp/dpkg-slow").status.success()),
+        "web1's install never got to dpkg"
+    );
+    kill_hard(child);
+    let want = format!("install ok installed {v2}");
+    let mut status = String::new();
+    let finished = eventually(|| {
+        let out = c.ssh(
+            "web1",
+            "dpkg-query -W -f='${Status} ${Version}' moodle-sample; pgrep -x apt-get >/dev/null && echo ' (apt-get runs)'",
+        );
+        status = String::from_utf8_lossy(&out.stdout).into_owned();
+        status == want
+    });
+    assert!(finished, "web1's install did not finish: {status}");
+    let audit = c.ssh_ok("web1", "dpkg --audit");
+    assert!(audit.stdout.is_empty(), "{audit:?}");
+    assert_eq!(c.installed("web2"), v1);
+    // web1, on the target, healthy and left drained, is put back first.
+    let out = run(c
+        .cmd()
+        .args(["roll", "--resume", "--batch", "1", "--break-lock"]));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("web1: on ") && err.contains("putting it back"),
+        "{err}"
+    );
+    assert_on(&c, &["web1", "web2", "cron1"], &v2);
+    assert_all_up(&c);
+}
+
 /// An LB whose Runtime API listens on IPv6 (`tcp:[::1]:PORT`): status reads its servers. A real
 /// HAProxy, in a network namespace of the test's own (only its loopback), with no node
 /// reachable: status still reports each LB's view.

@@ -938,13 +938,32 @@ fn refuse_foreign_out_of_rotation(
 
 const LOCK_DIR: &str = "/var/lib/moodle-release/roll.lock";
 
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}
+
+/// Whether the lock's owner line (`user@host pid N since ...`) names a process of this
+/// machine that no longer runs: a roll killed outright (`kill -9`, a cancelled CI job).
+fn owner_is_dead(owner: &str) -> bool {
+    let mut words = owner.split_whitespace();
+    let (Some(who), Some("pid"), Some(pid)) = (words.next(), words.next(), words.next()) else {
+        return false;
+    };
+    let here = hostname();
+    !here.is_empty()
+        && who.rsplit_once('@').map(|(_, h)| h) == Some(here.as_str())
+        && pid.parse::<u32>().is_ok()
+        && !std::path::Path::new("/proc").join(pid).exists()
+}
+
 fn take_lock(ctx: &Ctx, node: &str, target: &str, break_lock: bool) -> Result<(), RollError> {
     let who = format!(
         "{}@{} pid {} since {} (target {target})",
         std::env::var("USER").unwrap_or_else(|_| "?".into()),
-        std::fs::read_to_string("/etc/hostname")
-            .unwrap_or_default()
-            .trim(),
+        hostname(),
         std::process::id(),
         crate::build::rfc2822((now_ms() / 1000) as i64)
     );
@@ -961,10 +980,15 @@ fn take_lock(ctx: &Ctx, node: &str, target: &str, break_lock: bool) -> Result<()
     let out = ctx.ssh.run(ctx.conn(node), &script)?;
     match out.code {
         Some(0) => Ok(()),
-        Some(3) => Err(RollError::Locked(format!(
-            "on {node}: {}",
-            out.text().trim()
-        ))),
+        Some(3) => {
+            let owner = out.text().trim().to_string();
+            let dead = if owner_is_dead(&owner) {
+                "; that process no longer runs on this machine: the roll was killed. `moodle-release status` shows where it stopped"
+            } else {
+                ""
+            };
+            Err(RollError::Locked(format!("on {node}: {owner}{dead}")))
+        }
         _ => Err(RollError::Preflight(format!(
             "{node}: cannot take the cluster lock: {}",
             out.tail()
@@ -1793,6 +1817,26 @@ pub fn status(cfg: &Config) -> Result<Status, RollError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lock_is_known_dead_only_when_its_process_was_on_this_machine_and_is_gone() {
+        let here = hostname();
+        assert!(!here.is_empty(), "no /etc/hostname");
+        let me = std::process::id();
+        // Beyond any pid_max (at most 2^22).
+        let gone = 4_000_000_000u32;
+        assert!(owner_is_dead(&format!(
+            "root@{here} pid {gone} since Mon, 23 Nov 2026 (target 1)"
+        )));
+        assert!(!owner_is_dead(&format!(
+            "root@{here} pid {me} since Mon, 23 Nov 2026 (target 1)"
+        )));
+        assert!(!owner_is_dead(&format!(
+            "root@elsewhere-{here} pid {gone} since x"
+        )));
+        assert!(!owner_is_dead(&format!("root@{here} pid x{gone} since x")));
+        assert!(!owner_is_dead(""));
+    }
 
     #[test]
     fn nodes_an_earlier_run_left_out_are_planned_first() {
