@@ -267,6 +267,19 @@ pub fn run(cli: Cli, reporter: &dyn Reporter, out: &mut dyn Write) -> Result<(),
                 if let Some(e) = &st.roll_error {
                     writeln!(out, "last roll: unknown: {e}")?;
                 }
+                if let Some(l) = &st.lock {
+                    writeln!(
+                        out,
+                        "cluster lock on {}: {}{}",
+                        l.node,
+                        l.owner,
+                        if l.dead {
+                            "; that process no longer runs on this machine: the roll was killed (re-run with --resume --break-lock)"
+                        } else {
+                            ""
+                        }
+                    )?;
+                }
             }
             Ok(())
         }

@@ -1092,8 +1092,17 @@ fn a_killed_roll_does_not_cut_the_command_in_flight() {
         eventually(|| fs::read_to_string(moodledata.join("dbversion")).is_ok()),
         "the upgrade was cut when the roll was killed"
     );
-    // The dead roll's lock is left: a re-run is refused and says how to go on; with
+    // The dead roll's lock is left: status says so, a re-run is refused and says how to go on;
+    // with
     // --break-lock it finishes the database path (the site is still in maintenance).
+    let text = stdout(c.cmd().arg("status"));
+    assert!(
+        text.contains("cluster lock on web1: ") && text.contains("the roll was killed"),
+        "{text}"
+    );
+    let st: serde_json::Value =
+        serde_json::from_str(&stdout(c.cmd().args(["--json", "status"]))).unwrap();
+    assert_eq!(st["lock"]["dead"], true, "{st}");
     let (_, err) = exits(c.cmd().arg("roll"), 3);
     assert!(
         err.contains("no longer runs on this machine: the roll was killed")
@@ -1103,6 +1112,9 @@ fn a_killed_roll_does_not_cut_the_command_in_flight() {
     run(c.cmd().args(["roll", "--break-lock"]));
     assert_on(&c, &["web1", "web2", "cron1"], &v1);
     assert_eq!(http_get(&format!("{}/", c.env["LAB_LB1"])), Ok(200));
+    let st: serde_json::Value =
+        serde_json::from_str(&stdout(c.cmd().args(["--json", "status"]))).unwrap();
+    assert_eq!(st["lock"], serde_json::Value::Null, "{st}");
 
     // Killed during an install (web1's dpkg runs take 3 s, printing all the while).
     c.ssh_ok(

@@ -102,6 +102,10 @@ pub struct Installed {
     /// The node's config.php requires lib/setup.php relative to its own folder.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub config_php_relative_setup: bool,
+    /// The owner line of the cluster lock, when this node holds it (the first node does while
+    /// a roll runs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lock: Option<String>,
 }
 
 /// The plan, as `--plan` prints it.
@@ -467,7 +471,8 @@ fn installed_query(pkg: &str, config_php: Option<&str>) -> String {
         .unwrap_or_default();
     format!(
         "dpkg-query -W -f='${{Status}}|${{Version}}|${{X-Moodle-Versions-Hash}}|${{X-Moodle-Db-Hash}}\\n' {q} 2>/dev/null || true; \
-         for f in {list} {sources}; do if [ -e \"$f\" ]; then echo \"source $f\"; fi; done{relative_setup}; true",
+         for f in {list} {sources}; do if [ -e \"$f\" ]; then echo \"source $f\"; fi; done{relative_setup}; \
+         if [ -d {LOCK_DIR} ]; then echo \"lock $(cat {LOCK_DIR}/owner 2>/dev/null)\"; fi; true",
         q = quote(pkg),
         list = quote(&format!("/etc/apt/{}", apt_sources(pkg)[0])),
         sources = quote(&format!("/etc/apt/{}", apt_sources(pkg)[1])),
@@ -491,12 +496,17 @@ fn parse_installed(stdout: &str) -> Installed {
         .find_map(|l| l.strip_prefix("source "))
         .map(str::to_string);
     let config_php_relative_setup = stdout.lines().any(|l| l == "relative-setup");
+    let lock = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("lock "))
+        .map(|o| o.trim().to_string());
     let line = stdout.lines().find(|l| l.contains('|')).unwrap_or("");
     let parts: Vec<&str> = line.split('|').collect();
     if parts.len() < 4 || !parts[0].ends_with("ok installed") {
         return Installed {
             apt_source,
             config_php_relative_setup,
+            lock,
             ..Installed::default()
         };
     }
@@ -513,6 +523,7 @@ fn parse_installed(stdout: &str) -> Installed {
         db_hash: opt(parts[3]),
         apt_source,
         config_php_relative_setup,
+        lock,
     }
 }
 
@@ -1712,6 +1723,17 @@ pub struct Status {
     /// Why the last roll's state could not be read.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub roll_error: Option<String>,
+    /// The cluster lock, when a roll holds it (or a dead one left it).
+    pub lock: Option<LockStatus>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LockStatus {
+    pub node: String,
+    /// `user@host pid N since TIME (target V)`.
+    pub owner: String,
+    /// Its process was on this machine and no longer runs: the roll was killed.
+    pub dead: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -1748,6 +1770,7 @@ pub fn status(cfg: &Config) -> Result<Status, RollError> {
         .map(|n| (n.name.clone(), n.ssh.clone()))
         .collect();
     let mut answers: BTreeMap<String, Result<Installed, String>> = BTreeMap::new();
+    let mut lock = None;
     for (r, (node, _)) in connect_and_query(&ssh, cfg, &dests).into_iter().zip(&dests) {
         let answer = match r {
             Ok((_, answer)) => answer.map_err(|e| e.to_string()),
@@ -1778,7 +1801,16 @@ pub fn status(cfg: &Config) -> Result<Status, RollError> {
             error: None,
         };
         match answers.remove(&n.name) {
-            Some(Ok(i)) => st.version = i.version,
+            Some(Ok(i)) => {
+                if let Some(owner) = i.lock {
+                    lock = Some(LockStatus {
+                        node: n.name.clone(),
+                        dead: owner_is_dead(&owner),
+                        owner,
+                    });
+                }
+                st.version = i.version
+            }
             Some(Err(e)) => st.error = Some(e),
             None => st.error = Some("no answer".into()),
         }
@@ -1811,6 +1843,7 @@ pub fn status(cfg: &Config) -> Result<Status, RollError> {
         nodes,
         roll,
         roll_error,
+        lock,
     })
 }
 
