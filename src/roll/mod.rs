@@ -1852,6 +1852,26 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_installed_query_answer_is_read_whole() {
+        let i = parse_installed(
+            "install ok installed|4.1.9+2-1|vh|dh\nsource /etc/apt/sources.list.d/m.list\nlock root@ci pid 42 since Mon (target 4.1.9+3-1)\n",
+        );
+        assert_eq!(i.version.as_deref(), Some("4.1.9+2-1"));
+        assert_eq!(i.db_hash.as_deref(), Some("dh"));
+        assert_eq!(
+            i.apt_source.as_deref(),
+            Some("/etc/apt/sources.list.d/m.list")
+        );
+        assert_eq!(
+            i.lock.as_deref(),
+            Some("root@ci pid 42 since Mon (target 4.1.9+3-1)")
+        );
+        // Removed (config files left): nothing installed, and no lock.
+        let i = parse_installed("deinstall ok config-files|4.1.9+2-1|vh|dh\n");
+        assert_eq!((i.version, i.lock), (None, None));
+    }
+
+    #[test]
     fn a_lock_is_known_dead_only_when_its_process_was_on_this_machine_and_is_gone() {
         let here = hostname();
         assert!(!here.is_empty(), "no /etc/hostname");
@@ -1896,8 +1916,7 @@ mod tests {
             version: Some(v.into()),
             versions_hash: Some("v".into()),
             db_hash: Some("d".into()),
-            apt_source: None,
-            config_php_relative_setup: false,
+            ..Installed::default()
         };
         let installed: BTreeMap<String, Installed> = [
             ("web1", on("2")),
