@@ -600,6 +600,27 @@ fn many_plugins_fetched_at_once_each_at_its_path() {
         let lib = lab.show(&format!("deploy:local/p{i}/lib.php"));
         assert_eq!(lib, format!("<?php\n// local_p{i} 2024010100\n"));
     }
+
+    // The same with libgit2 into a new repository: its fetches at once (into one repository,
+    // each locking its `shallow` file) come to the same tree.
+    run(Command::new("git")
+        .args(["init", "-q", "-b", "main"])
+        .arg(lab.site.dir().join("repo2")));
+    lab.config_with("fetch = \"libgit2\"", &entries(&[]));
+    let text = fs::read_to_string(lab.site.config_path()).unwrap();
+    fs::write(
+        lab.site.config_path(),
+        text.replace("repo = \"repo\"", "repo = \"repo2\""),
+    )
+    .unwrap();
+    lab.merge(&[]);
+    assert_eq!(
+        lab.rev("deploy^{tree}"),
+        String::from_utf8_lossy(
+            &run(git(&lab.site.dir().join("repo2")).args(["rev-parse", "deploy^{tree}"])).stdout
+        )
+        .trim()
+    );
 }
 
 /// A plugin fetched over ssh from a real sshd on loopback, with the host key checked: an unknown

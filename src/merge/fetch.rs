@@ -230,9 +230,28 @@ fn fetch_cli(git_dir: &Path, url: &str, refspec: &str, ssh: &Ssh) -> Result<(), 
     }
 }
 
-/// libgit2: in process. Credentials come from ssh-agent, then the usual key files, a bounded
-/// number of times (libgit2 calls the callback again after every refusal).
+/// libgit2: in process, tried again while another fetch holds `shallow.lock`.
+///
+/// libgit2 (1.9) rewrites `.git/shallow` after every pack it downloads, shallow repository or
+/// not, under a lock it does not wait for: two fetches into one repository at once (see
+/// [`JOBS`]) can fail on it. That happens once the pack is in, so the next try finds every
+/// object here and downloads nothing.
 fn fetch_libgit2(repo: &Repository, url: &str, refspec: &str) -> Result<(), String> {
+    let mut tries = 0;
+    loop {
+        match fetch_libgit2_once(repo, url, refspec) {
+            Err(e) if e.contains("shallow.lock") && tries < 50 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(10 * tries));
+            }
+            r => return r,
+        }
+    }
+}
+
+/// One libgit2 fetch. Credentials come from ssh-agent, then the usual key files, a bounded
+/// number of times (libgit2 calls the callback again after every refusal).
+fn fetch_libgit2_once(repo: &Repository, url: &str, refspec: &str) -> Result<(), String> {
     let mut attempts = 0;
     let mut cb = git2::RemoteCallbacks::new();
     cb.credentials(move |_url, user, allowed| {
