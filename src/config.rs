@@ -241,6 +241,29 @@ pub struct Ssh {
     /// Host keys are always checked against this file.
     #[serde(default)]
     pub known_hosts: Option<String>,
+    /// How long a master connection stays up unused after a run, so that the next `roll`,
+    /// `--plan` or `status` connects at once (as `ControlPersist`); "0s": masters end with
+    /// each run. Default: 300s, and 0s in a CI job (see [`Ssh::persist`]).
+    #[serde(
+        default,
+        with = "duration_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub persist: Option<Duration>,
+}
+
+impl Ssh {
+    /// [`Ssh::persist`] as set, else 300 s, except in a CI job (`CI` set, as GitLab and most CI
+    /// systems set it): there masters end with the run. A job's masters would outlive the job
+    /// and its key file, and on a shared runner any later job of the same user could run
+    /// commands on the nodes through their sockets.
+    pub fn persist(&self) -> Duration {
+        self.persist
+            .unwrap_or_else(|| match std::env::var("CI").as_deref() {
+                Ok("") | Ok("false") | Ok("0") | Err(_) => Duration::from_secs(300),
+                Ok(_) => Duration::ZERO,
+            })
+    }
 }
 
 /// `[roll]`
@@ -648,6 +671,20 @@ mod duration_str {
     }
 }
 
+/// [`duration_str`] for a key that may be left out.
+mod duration_opt {
+    use super::*;
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        duration_str::deserialize(d).map(Some)
+    }
+    pub fn serialize<S: serde::Serializer>(v: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(v) => duration_str::serialize(v, s),
+            None => s.serialize_none(),
+        }
+    }
+}
+
 impl Config {
     /// Reads and checks the config file at `path`.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
@@ -1006,6 +1043,19 @@ install_dir = "/srv/moodle/html"
         assert_eq!(
             e,
             "moodle-release.toml:9: [roll] drain_timeout: \"2 minutes\" is not a duration; write e.g. \"120s\""
+        );
+    }
+
+    #[test]
+    fn ssh_persist_when_set_holds_in_ci_too() {
+        let c = parse("[ssh]\npersist = \"0s\"\n").unwrap();
+        assert_eq!(c.ssh.persist(), Duration::ZERO);
+        let c = parse("[ssh]\npersist = \"10m\"\n").unwrap();
+        assert_eq!(c.ssh.persist(), Duration::from_secs(600));
+        let e = parse("[ssh]\npersist = 300\n").unwrap_err();
+        assert!(
+            e.starts_with("moodle-release.toml:8: [ssh] persist: 300 is not a duration"),
+            "{e}"
         );
     }
 

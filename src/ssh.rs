@@ -102,13 +102,6 @@ pub struct Ssh {
     identity: String,
 }
 
-/// How long a master connection stays up unused, so that the next `roll --plan` or `status`
-/// connects in milliseconds (as `ControlPersist` in an ssh_config does).
-pub const PERSIST: std::num::NonZeroUsize = match std::num::NonZeroUsize::new(300) {
-    Some(n) => n,
-    None => panic!(),
-};
-
 fn expand(p: &str) -> PathBuf {
     match (p.strip_prefix("~/"), std::env::var("HOME")) {
         (Some(rest), Ok(home)) => PathBuf::from(home).join(rest),
@@ -118,17 +111,20 @@ fn expand(p: &str) -> PathBuf {
 
 impl Ssh {
     /// The SSH layer; with `masters` (a file in the state folder), master connections persist
-    /// for [`PERSIST`] seconds and are reused by the next run.
+    /// for `[ssh] persist` (see [`crate::config::Ssh::persist`]) and are reused by the next run.
     pub fn with_masters(
         cfg: &crate::config::Ssh,
         masters: Option<PathBuf>,
     ) -> Result<Ssh, SshError> {
         let mut ssh = Ssh::new(cfg)?;
-        if masters.is_some() {
+        let persist = usize::try_from(cfg.persist().as_secs())
+            .ok()
+            .and_then(std::num::NonZeroUsize::new);
+        if let (Some(secs), Some(_)) = (persist, &masters) {
             ssh.builder
-                .control_persist(openssh::ControlPersist::IdleFor(PERSIST));
+                .control_persist(openssh::ControlPersist::IdleFor(secs));
+            ssh.masters = masters;
         }
-        ssh.masters = masters;
         Ok(ssh)
     }
 

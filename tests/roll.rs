@@ -1157,6 +1157,60 @@ fn a_killed_roll_does_not_cut_the_command_in_flight() {
     assert_all_up(&c);
 }
 
+/// The ssh master processes (`ssh ... -M ...`) of this lab's nodes that are running.
+fn masters(c: &Cluster) -> Vec<u32> {
+    let config = c.lab().join("ssh_config").display().to_string();
+    fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let args = fs::read(e.path().join("cmdline")).ok()?;
+            let args: Vec<&[u8]> = args.split(|b| *b == 0).collect();
+            let is_master = args.first().is_some_and(|a| a.ends_with(b"ssh"))
+                && args.contains(&&b"-M"[..])
+                && args.contains(&config.as_bytes());
+            is_master.then_some(pid)
+        })
+        .collect()
+}
+
+/// Masters outlive a run for `[ssh] persist` (300 s by default), so that the next one connects
+/// at once; in a CI job (`CI` set) they end with the run, and `persist = "0s"` ends them always.
+#[test]
+fn ssh_masters_persist_except_in_ci_or_when_told_not_to() {
+    require_root("scripts/lab uses mount namespaces");
+    let c = Cluster::up(1);
+    let end_masters = || {
+        for pid in masters(&c) {
+            let _ = Command::new("kill").arg(pid.to_string()).status();
+        }
+        assert!(
+            eventually(|| masters(&c).is_empty()),
+            "masters still up: {:?}",
+            masters(&c)
+        );
+    };
+    run(c.cmd().arg("status").env_remove("CI"));
+    assert_eq!(masters(&c).len(), 2, "one master per node, web1 and cron1");
+    end_masters();
+    run(c.cmd().arg("status").env("CI", "true"));
+    assert_eq!(masters(&c), Vec::<u32>::new(), "a CI job left masters");
+    let cfg = fs::read_to_string(c.config_path()).unwrap();
+    assert!(cfg.contains("\n[ssh]\n"), "{cfg}");
+    fs::write(
+        c.config_path(),
+        cfg.replace("\n[ssh]\n", "\n[ssh]\npersist = \"0s\"\n"),
+    )
+    .unwrap();
+    run(c.cmd().arg("status").env_remove("CI"));
+    assert_eq!(
+        masters(&c),
+        Vec::<u32>::new(),
+        "persist = \"0s\" left masters"
+    );
+}
+
 /// An LB whose Runtime API listens on IPv6 (`tcp:[::1]:PORT`): status reads its servers. A real
 /// HAProxy, in a network namespace of the test's own (only its loopback), with no node
 /// reachable: status still reports each LB's view.
