@@ -1103,6 +1103,12 @@ fn a_killed_roll_does_not_cut_the_command_in_flight() {
     let st: serde_json::Value =
         serde_json::from_str(&stdout(c.cmd().args(["--json", "status"]))).unwrap();
     assert_eq!(st["lock"]["dead"], true, "{st}");
+    let (_, err) = exits(c.cmd().args(["roll", "--plan"]), 0);
+    assert!(
+        err.contains("another roll holds the cluster lock on web1")
+            && err.contains("this roll would be refused"),
+        "{err}"
+    );
     let (_, err) = exits(c.cmd().arg("roll"), 3);
     assert!(
         err.contains("no longer runs on this machine: the roll was killed")

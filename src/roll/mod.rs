@@ -603,6 +603,18 @@ pub fn roll(
     }
 
     if opts.plan {
+        // The query read the lock too: say now what taking it would say.
+        let lock_node = &cfg.nodes[0].name;
+        if let Some(owner) = installed.get(lock_node).and_then(|i| i.lock.as_ref()) {
+            let note = if owner_is_dead(owner) {
+                "; that process no longer runs on this machine: the roll was killed, --break-lock goes on"
+            } else {
+                ""
+            };
+            ctx.warn(format!(
+                "another roll holds the cluster lock on {lock_node} ({owner}{note}): this roll would be refused"
+            ));
+        }
         return Ok(Outcome {
             plan,
             planned_only: true,
