@@ -579,6 +579,15 @@ fn ctrl_c_stops_between_batches_and_a_failing_health_check_keeps_the_node_out() 
         assert_eq!(http_get(&format!("{}/", c.env["LAB_LB2"])), Ok(200));
     }
 
+    // From another machine (a CI job's fresh checkout: no state folder), status shows the
+    // stopped roll and a re-run knows web3 is its own, from the copy on the lock node.
+    fs::remove_file(c.lab().join("state/state.json")).unwrap();
+    let st: serde_json::Value =
+        serde_json::from_str(&stdout(c.cmd().args(["--json", "status"]))).unwrap();
+    assert_eq!(st["roll"]["status"], "failed", "{st}");
+    assert_eq!(st["roll"]["failed_node"], "web3", "{st}");
+    assert_eq!(st["roll"]["target"], v3.as_str(), "{st}");
+
     // A re-run while web3 is still broken stops (exit 1) and leaves it out, saying why.
     let (_, err) = exits(c.cmd().args(["roll", "--resume", "--batch", "1"]), 1);
     assert!(

@@ -106,6 +106,9 @@ pub struct Installed {
     /// a roll runs).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lock: Option<String>,
+    /// The roll state kept on this node ([`REMOTE_STATE`]), as JSON.
+    #[serde(skip)]
+    pub state: Option<String>,
 }
 
 /// The plan, as `--plan` prints it.
@@ -160,6 +163,8 @@ struct Ctx<'a> {
     /// Each LB's process as first seen: a change means HAProxy was reloaded and dropped the
     /// runtime states this tool set.
     processes: BTreeMap<String, crate::haproxy::Process>,
+    /// A copy of the state could not be written on the lock node (said once).
+    remote_state_failed: std::cell::Cell<bool>,
 }
 
 impl Ctx<'_> {
@@ -265,8 +270,27 @@ impl Ctx<'_> {
         warn(self.reporter, &mut self.warnings, msg);
     }
 
+    /// Writes the state in the state folder and a copy on the lock node ([`REMOTE_STATE`]),
+    /// where a run from another machine finds it.
     fn save_state(&self) {
         let _ = self.state.write(&self.state_dir);
+        let Some(conn) = self.conns.get(&self.cfg.nodes[0].name) else {
+            return;
+        };
+        let json = serde_json::to_string(&self.state).unwrap_or_default();
+        let dir = REMOTE_STATE.rsplit_once('/').map_or("/", |(d, _)| d);
+        let script = format!(
+            "mkdir -p {dir} && printf '%s\\n' {} >{REMOTE_STATE}.new && mv {REMOTE_STATE}.new {REMOTE_STATE}",
+            quote(&json)
+        );
+        let ok = matches!(self.ssh.run(conn, &script), Ok(o) if o.success());
+        if !ok && !self.remote_state_failed.replace(true) {
+            self.reporter.warn(&format!(
+                "{}: cannot keep a copy of the roll's state in {REMOTE_STATE}: a run from another machine will not know what this one did (the copy in {} is kept)",
+                conn.node,
+                self.state_dir.display()
+            ));
+        }
     }
 
     fn journal_path(&self) -> PathBuf {
@@ -472,7 +496,8 @@ fn installed_query(pkg: &str, config_php: Option<&str>) -> String {
     format!(
         "dpkg-query -W -f='${{Status}}|${{Version}}|${{X-Moodle-Versions-Hash}}|${{X-Moodle-Db-Hash}}\\n' {q} 2>/dev/null || true; \
          for f in {list} {sources}; do if [ -e \"$f\" ]; then echo \"source $f\"; fi; done{relative_setup}; \
-         if [ -d {LOCK_DIR} ]; then echo \"lock $(cat {LOCK_DIR}/owner 2>/dev/null)\"; fi; true",
+         if [ -d {LOCK_DIR} ]; then echo \"lock $(cat {LOCK_DIR}/owner 2>/dev/null)\"; fi; \
+         if [ -f {REMOTE_STATE} ]; then printf 'state '; tr -d '\\n' <{REMOTE_STATE}; echo; fi; true",
         q = quote(pkg),
         list = quote(&format!("/etc/apt/{}", apt_sources(pkg)[0])),
         sources = quote(&format!("/etc/apt/{}", apt_sources(pkg)[1])),
@@ -500,6 +525,10 @@ fn parse_installed(stdout: &str) -> Installed {
         .lines()
         .find_map(|l| l.strip_prefix("lock "))
         .map(|o| o.trim().to_string());
+    let state = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("state "))
+        .map(str::to_string);
     let line = stdout.lines().find(|l| l.contains('|')).unwrap_or("");
     let parts: Vec<&str> = line.split('|').collect();
     if parts.len() < 4 || !parts[0].ends_with("ok installed") {
@@ -507,6 +536,7 @@ fn parse_installed(stdout: &str) -> Installed {
             apt_source,
             config_php_relative_setup,
             lock,
+            state,
             ..Installed::default()
         };
     }
@@ -524,6 +554,7 @@ fn parse_installed(stdout: &str) -> Installed {
         apt_source,
         config_php_relative_setup,
         lock,
+        state,
     }
 }
 
@@ -583,10 +614,16 @@ pub fn roll(
         warnings: Vec::new(),
         pkg: cfg.site.package.to_string(),
         processes: BTreeMap::new(),
+        remote_state_failed: Default::default(),
     };
 
     // Nothing changes until every part answers.
     let installed = preflight(&mut ctx)?;
+    // A roll from another machine (another CI job, a colleague) left its state on the lock node.
+    let previous_state = newer(
+        previous_state,
+        remote_state(cfg, &installed).map_err(RollError::Preflight)?,
+    );
     let (target, listed) = choose_target(&ctx, &repo, opts, &installed, previous_state.as_ref())?;
     let plan = make_plan(
         cfg,
@@ -960,6 +997,39 @@ fn refuse_foreign_out_of_rotation(
 }
 
 const LOCK_DIR: &str = "/var/lib/moodle-release/roll.lock";
+
+/// The copy of the last roll's state on the lock node (the first node), beside the lock: a CI
+/// job starts from a fresh checkout with no state folder, and an engineer's laptop does not
+/// see a CI job's. With it, a run from anywhere knows which servers an earlier roll took out of
+/// rotation and whether its database upgrade is left to finish, and `status` shows it.
+const REMOTE_STATE: &str = "/var/lib/moodle-release/state.json";
+
+/// The state the lock node keeps, from its answer to the installed query.
+fn remote_state(
+    cfg: &Config,
+    installed: &BTreeMap<String, Installed>,
+) -> Result<Option<RollState>, String> {
+    let node = &cfg.nodes[0].name;
+    let Some(text) = installed.get(node).and_then(|i| i.state.as_deref()) else {
+        return Ok(None);
+    };
+    serde_json::from_str(text).map(Some).map_err(|e| {
+        format!(
+            "{node}:{REMOTE_STATE}: damaged ({e}); it records the last roll (servers it took out, an upgrade left to finish): check it by hand, or remove it to start afresh"
+        )
+    })
+}
+
+/// The later of two rolls' states (by id, the roll's start in ms); `here` on a tie, as this
+/// machine's copy is never behind the lock node's for a roll it ran.
+fn newer(here: Option<RollState>, there: Option<RollState>) -> Option<RollState> {
+    let id = |s: &RollState| s.id.parse::<u128>().unwrap_or(0);
+    match (here, there) {
+        (Some(h), Some(t)) if id(&t) > id(&h) => Some(t),
+        (Some(h), _) => Some(h),
+        (None, t) => t,
+    }
+}
 
 fn hostname() -> String {
     std::fs::read_to_string("/etc/hostname")
@@ -1783,6 +1853,7 @@ pub fn status(cfg: &Config) -> Result<Status, RollError> {
         .collect();
     let mut answers: BTreeMap<String, Result<Installed, String>> = BTreeMap::new();
     let mut lock = None;
+    let mut remote = BTreeMap::new();
     for (r, (node, _)) in connect_and_query(&ssh, cfg, &dests).into_iter().zip(&dests) {
         let answer = match r {
             Ok((_, answer)) => answer.map_err(|e| e.to_string()),
@@ -1814,6 +1885,9 @@ pub fn status(cfg: &Config) -> Result<Status, RollError> {
         };
         match answers.remove(&n.name) {
             Some(Ok(i)) => {
+                if n.name == cfg.nodes[0].name {
+                    remote.insert(n.name.clone(), i.clone());
+                }
                 if let Some(owner) = i.lock {
                     lock = Some(LockStatus {
                         node: n.name.clone(),
@@ -1846,9 +1920,11 @@ pub fn status(cfg: &Config) -> Result<Status, RollError> {
         }
         nodes.push(st);
     }
-    let (roll, roll_error) = match RollState::read(&cfg.base_dir.join(&cfg.roll.state_dir)) {
-        Ok(r) => (r, None),
-        Err(e) => (None, Some(e)),
+    let here = RollState::read(&cfg.base_dir.join(&cfg.roll.state_dir));
+    let (roll, roll_error) = match (here, remote_state(cfg, &remote)) {
+        (Ok(h), Ok(t)) => (newer(h, t), None),
+        (Err(e), _) => (None, Some(e)),
+        (_, Err(e)) => (None, Some(e)),
     };
     Ok(Status {
         newest,
@@ -1881,6 +1957,35 @@ mod tests {
         // Removed (config files left): nothing installed, and no lock.
         let i = parse_installed("deinstall ok config-files|4.1.9+2-1|vh|dh\n");
         assert_eq!((i.version, i.lock), (None, None));
+    }
+
+    #[test]
+    fn the_later_roll_state_wins_and_this_machines_on_a_tie() {
+        let st = |id: &str, status: &str| {
+            Some(RollState {
+                id: id.into(),
+                status: status.into(),
+                ..RollState::default()
+            })
+        };
+        let status = |s: Option<RollState>| s.map(|s| s.status);
+        let (here, there) = (st("1795421359151", "done"), st("1795421400000", "failed"));
+        assert_eq!(
+            status(newer(here.clone(), there.clone())).as_deref(),
+            Some("failed")
+        );
+        assert_eq!(
+            status(newer(there.clone(), here.clone())).as_deref(),
+            Some("failed")
+        );
+        assert_eq!(
+            status(newer(None, there.clone())).as_deref(),
+            Some("failed")
+        );
+        assert_eq!(status(newer(here.clone(), None)).as_deref(), Some("done"));
+        let lagging = st("1795421359151", "running");
+        assert_eq!(status(newer(here, lagging)).as_deref(), Some("done"));
+        assert!(newer(None, None).is_none());
     }
 
     #[test]
