@@ -273,11 +273,7 @@ pub fn run(cli: Cli, reporter: &dyn Reporter, out: &mut dyn Write) -> Result<(),
                         "cluster lock on {}: {}{}",
                         l.node,
                         l.owner,
-                        if l.dead {
-                            "; that process no longer runs on this machine: the roll was killed (re-run with --resume --break-lock)"
-                        } else {
-                            ""
-                        }
+                        roll::killed_note(&l.owner)
                     )?;
                 }
             }

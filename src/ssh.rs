@@ -591,9 +591,11 @@ fn shell_command(
 }
 
 /// `script` wrapped to run to its end on the node even when its connection does not: the tool
-/// killed (a CI job cancelled, `kill -9`), an engineer's network gone mid-roll. Unwrapped, the
-/// next line apt or dpkg writes to the dead channel gets SIGPIPE, and the node is left with a
-/// half-done install ("dpkg was interrupted") or a half-done database upgrade.
+/// killed (a CI job cancelled, `kill -9`), an engineer's network gone mid-roll. Unwrapped, a
+/// command that writes to the dead channel gets SIGPIPE and stops half-way: a site's upgrade
+/// wrapper that echoes between its steps, say, leaves a half-done database upgrade. (The
+/// install was safe by chance, as `apt_install` captures apt's output, and so is PHP, which
+/// ignores SIGPIPE; with the wrapper no command depends on such luck.)
 ///
 /// sshd sends no SIGHUP to a session without a terminal, so the command only has to keep off the
 /// channel: its stdout goes to a file on the node, printed once it ends, and its stderr through

@@ -620,9 +620,11 @@ pub fn roll(
     // Nothing changes until every part answers.
     let installed = preflight(&mut ctx)?;
     // A roll from another machine (another CI job, a colleague) left its state on the lock node.
+    let lock_node = &cfg.nodes[0].name;
+    let remote = installed.get(lock_node).and_then(|i| i.state.as_deref());
     let previous_state = newer(
         previous_state,
-        remote_state(cfg, &installed).map_err(RollError::Preflight)?,
+        remote_state(lock_node, remote).map_err(RollError::Preflight)?,
     );
     let (target, listed) = choose_target(&ctx, &repo, opts, &installed, previous_state.as_ref())?;
     let plan = make_plan(
@@ -641,15 +643,10 @@ pub fn roll(
 
     if opts.plan {
         // The query read the lock too: say now what taking it would say.
-        let lock_node = &cfg.nodes[0].name;
         if let Some(owner) = installed.get(lock_node).and_then(|i| i.lock.as_ref()) {
-            let note = if owner_is_dead(owner) {
-                "; that process no longer runs on this machine: the roll was killed, --break-lock goes on"
-            } else {
-                ""
-            };
             ctx.warn(format!(
-                "another roll holds the cluster lock on {lock_node} ({owner}{note}): this roll would be refused"
+                "another roll holds the cluster lock on {lock_node} ({owner}{}): this roll would be refused",
+                killed_note(owner)
             ));
         }
         return Ok(Outcome {
@@ -665,10 +662,9 @@ pub fn roll(
     }
 
     // --- The cluster lock, on the first node.
-    let lock_node = cfg.nodes[0].name.clone();
-    take_lock(&ctx, &lock_node, &target, opts.break_lock)?;
+    take_lock(&ctx, lock_node, &target, opts.break_lock)?;
     let result = run_plan(&mut ctx, &plan, &installed, previous_state, opts);
-    release_lock(&ctx, &lock_node);
+    release_lock(&ctx, lock_node);
     let (upgraded, maintenance_secs) = result?;
     ctx.state.status = "done".into();
     ctx.save_state();
@@ -1004,13 +1000,9 @@ const LOCK_DIR: &str = "/var/lib/moodle-release/roll.lock";
 /// rotation and whether its database upgrade is left to finish, and `status` shows it.
 const REMOTE_STATE: &str = "/var/lib/moodle-release/state.json";
 
-/// The state the lock node keeps, from its answer to the installed query.
-fn remote_state(
-    cfg: &Config,
-    installed: &BTreeMap<String, Installed>,
-) -> Result<Option<RollState>, String> {
-    let node = &cfg.nodes[0].name;
-    let Some(text) = installed.get(node).and_then(|i| i.state.as_deref()) else {
+/// The state the lock node keeps, from its answer to the installed query ([`Installed::state`]).
+fn remote_state(node: &str, text: Option<&str>) -> Result<Option<RollState>, String> {
+    let Some(text) = text else {
         return Ok(None);
     };
     serde_json::from_str(text).map(Some).map_err(|e| {
@@ -1052,6 +1044,15 @@ fn owner_is_dead(owner: &str) -> bool {
         && !std::path::Path::new("/proc").join(pid).exists()
 }
 
+/// What a lock held by `owner` says of it when its roll is known dead ([`owner_is_dead`]).
+pub fn killed_note(owner: &str) -> &'static str {
+    if owner_is_dead(owner) {
+        "; that process no longer runs on this machine: the roll was killed, and --break-lock goes on from where it stopped"
+    } else {
+        ""
+    }
+}
+
 fn take_lock(ctx: &Ctx, node: &str, target: &str, break_lock: bool) -> Result<(), RollError> {
     let who = format!(
         "{}@{} pid {} since {} (target {target})",
@@ -1075,12 +1076,10 @@ fn take_lock(ctx: &Ctx, node: &str, target: &str, break_lock: bool) -> Result<()
         Some(0) => Ok(()),
         Some(3) => {
             let owner = out.text().trim().to_string();
-            let dead = if owner_is_dead(&owner) {
-                "; that process no longer runs on this machine: the roll was killed. `moodle-release status` shows where it stopped"
-            } else {
-                ""
-            };
-            Err(RollError::Locked(format!("on {node}: {owner}{dead}")))
+            Err(RollError::Locked(format!(
+                "on {node}: {owner}{}",
+                killed_note(&owner)
+            )))
         }
         _ => Err(RollError::Preflight(format!(
             "{node}: cannot take the cluster lock: {}",
@@ -1853,7 +1852,7 @@ pub fn status(cfg: &Config) -> Result<Status, RollError> {
         .collect();
     let mut answers: BTreeMap<String, Result<Installed, String>> = BTreeMap::new();
     let mut lock = None;
-    let mut remote = BTreeMap::new();
+    let mut remote = None;
     for (r, (node, _)) in connect_and_query(&ssh, cfg, &dests).into_iter().zip(&dests) {
         let answer = match r {
             Ok((_, answer)) => answer.map_err(|e| e.to_string()),
@@ -1886,7 +1885,7 @@ pub fn status(cfg: &Config) -> Result<Status, RollError> {
         match answers.remove(&n.name) {
             Some(Ok(i)) => {
                 if n.name == cfg.nodes[0].name {
-                    remote.insert(n.name.clone(), i.clone());
+                    remote = i.state;
                 }
                 if let Some(owner) = i.lock {
                     lock = Some(LockStatus {
@@ -1921,7 +1920,8 @@ pub fn status(cfg: &Config) -> Result<Status, RollError> {
         nodes.push(st);
     }
     let here = RollState::read(&cfg.base_dir.join(&cfg.roll.state_dir));
-    let (roll, roll_error) = match (here, remote_state(cfg, &remote)) {
+    let there = remote_state(&cfg.nodes[0].name, remote.as_deref());
+    let (roll, roll_error) = match (here, there) {
         (Ok(h), Ok(t)) => (newer(h, t), None),
         (Err(e), _) => (None, Some(e)),
         (_, Err(e)) => (None, Some(e)),
