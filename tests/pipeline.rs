@@ -100,8 +100,15 @@ fn the_site_pipeline_merges_builds_tests_publishes_and_deploys() {
         "the job log shows the secret key"
     );
 
-    // The manual deploy job rolls the lab to that version.
+    // The manual deploy job rolls the lab to that version. A deploy job cancelled on another
+    // runner left its lock: the job is run with MR_ROLL_ARGS=--break-lock, as an engineer sets
+    // it for a manual job.
+    c.ssh_ok(
+        "web1",
+        "mkdir -p /var/lib/moodle-release/roll.lock && echo 'gitlab-runner@runner-7 pid 4242 since Mon, 23 Nov 2026 06:58:01 +0000 (target 0)' >/var/lib/moodle-release/roll.lock/owner",
+    );
     let out = gcl_cmd()
+        .args(["--variable", "MR_ROLL_ARGS=--break-lock"])
         .args(["--manual", "deploy", "deploy"])
         .output()
         .unwrap();
@@ -109,6 +116,11 @@ fn the_site_pipeline_merges_builds_tests_publishes_and_deploys() {
         String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success() && log.contains("PASS  deploy"),
+        "{log}"
+    );
+    assert!(
+        log.contains("--break-lock would remove it")
+            && log.contains("--break-lock: removing the cluster lock on web1"),
         "{log}"
     );
     for n in ["web1", "web2", "cron1"] {

@@ -645,8 +645,13 @@ pub fn roll(
         // The query read the lock too: say now what taking it would say.
         if let Some(owner) = installed.get(lock_node).and_then(|i| i.lock.as_ref()) {
             ctx.warn(format!(
-                "another roll holds the cluster lock on {lock_node} ({owner}{}): this roll would be refused",
-                killed_note(owner)
+                "another roll holds the cluster lock on {lock_node} ({owner}{}): {}",
+                killed_note(owner),
+                if opts.break_lock {
+                    "--break-lock would remove it"
+                } else {
+                    "this roll would be refused"
+                }
             ));
         }
         return Ok(Outcome {
