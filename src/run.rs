@@ -268,13 +268,7 @@ pub fn run(cli: Cli, reporter: &dyn Reporter, out: &mut dyn Write) -> Result<(),
                     writeln!(out, "last roll: unknown: {e}")?;
                 }
                 if let Some(l) = &st.lock {
-                    writeln!(
-                        out,
-                        "cluster lock on {}: {}{}",
-                        l.node,
-                        l.owner,
-                        roll::killed_note(&l.owner)
-                    )?;
+                    writeln!(out, "cluster lock on {}: {}", l.node, l.lock)?;
                 }
             }
             Ok(())

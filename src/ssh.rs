@@ -388,6 +388,22 @@ impl Ssh {
         ))
     }
 
+    /// Runs `script` on `conn`'s node every `period` in the background (on this layer's runtime,
+    /// whatever the caller is doing) until the returned [`Heartbeat`] is dropped. Failures are
+    /// ignored: a beat that does not get through is the next one's job.
+    pub fn every(&self, conn: &Conn, period: Duration, script: &str) -> Heartbeat {
+        let session = conn.session.clone();
+        let sudo = conn.sudo;
+        let script = script.to_string();
+        Heartbeat(self.rt.spawn(async move {
+            loop {
+                tokio::time::sleep(period).await;
+                let run = streamed(session.clone(), sudo, &script, |_| {});
+                let _ = tokio::time::timeout(QUERY_TIMEOUT, run).await;
+            }
+        }))
+    }
+
     /// Runs the same query on several nodes at once; results in the same order.
     pub fn run_all(&self, jobs: Vec<(&Conn, String)>) -> Vec<Result<Output, SshError>> {
         self.run_all_for(jobs, Some(QUERY_TIMEOUT), |_, _| {})
@@ -448,6 +464,15 @@ impl Ssh {
             }
             out
         })
+    }
+}
+
+/// A command repeated in the background by [`Ssh::every`]; it stops when this is dropped.
+pub struct Heartbeat(tokio::task::JoinHandle<()>);
+
+impl Drop for Heartbeat {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

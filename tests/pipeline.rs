@@ -101,11 +101,12 @@ fn the_site_pipeline_merges_builds_tests_publishes_and_deploys() {
     );
 
     // The manual deploy job rolls the lab to that version. A deploy job cancelled on another
-    // runner left its lock: the job is run with MR_ROLL_ARGS=--break-lock, as an engineer sets
-    // it for a manual job.
+    // runner 10 minutes ago left its lock (not refreshed since): the plan says it is most likely
+    // dead, and the job is run with MR_ROLL_ARGS=--break-lock, as an engineer sets it for a
+    // manual job.
     c.ssh_ok(
         "web1",
-        "mkdir -p /var/lib/moodle-release/roll.lock && echo 'gitlab-runner@runner-7 pid 4242 since Mon, 23 Nov 2026 06:58:01 +0000 (target 0)' >/var/lib/moodle-release/roll.lock/owner",
+        "mkdir -p /var/lib/moodle-release/roll.lock && cd /var/lib/moodle-release/roll.lock && echo 'gitlab-runner@runner-7 pid 4242 since Mon, 23 Nov 2026 06:58:01 +0000 (target 0)' >owner && touch -d '10 minutes ago' alive",
     );
     let out = gcl_cmd()
         .args(["--variable", "MR_ROLL_ARGS=--break-lock"])
@@ -119,7 +120,8 @@ fn the_site_pipeline_merges_builds_tests_publishes_and_deploys() {
         "{log}"
     );
     assert!(
-        log.contains("--break-lock would remove it")
+        log.contains("it has shown no sign of life for 10m")
+            && log.contains("--break-lock would remove it")
             && log.contains("--break-lock: removing the cluster lock on web1"),
         "{log}"
     );

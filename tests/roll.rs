@@ -1074,17 +1074,19 @@ fn kill_hard(mut child: std::process::Child) {
 
 /// A roll killed outright while a command runs on a node: the command still runs to its end,
 /// no half-done database upgrade, no half-configured package; a re-run (after --break-lock, the
-/// dead roll's lock being left) finishes the roll.
+/// dead roll's lock being left) finishes the roll. While the roll runs, its lock is refreshed,
+/// also during a long command.
 #[test]
 fn a_killed_roll_does_not_cut_the_command_in_flight() {
     require_root("scripts/lab uses mount namespaces");
     let c = Cluster::up(2);
     let moodledata = c.lab().join("moodledata");
     // The upgrade command is a site's wrapper that says what it does as it goes, as Moodle's
-    // upgrade does: a command that writes to a dead connection gets SIGPIPE.
+    // upgrade does: a command that writes to a dead connection gets SIGPIPE. It takes 36 s,
+    // longer than the lock's heartbeat.
     let cfg = fs::read_to_string(c.config_path()).unwrap().replace(
         "upgrade_command = \"php",
-        "upgrade_command = \"touch /srv/moodledata/upgrade-started; for i in $(seq 15); do echo pre-upgrade step $i; sleep 0.2; done; php",
+        "upgrade_command = \"touch /srv/moodledata/upgrade-started; for i in $(seq 180); do echo pre-upgrade step $i; sleep 0.2; done; php",
     );
     fs::write(c.config_path(), cfg).unwrap();
     let v1 = c.release(1, &[]);
@@ -1095,6 +1097,19 @@ fn a_killed_roll_does_not_cut_the_command_in_flight() {
         eventually(|| moodledata.join("upgrade-started").exists()),
         "the upgrade never started"
     );
+    // The lock's `alive` was touched again well after the lock was taken, while the upgrade ran.
+    let refreshed = || {
+        let out = c.ssh(
+            "web1",
+            "cd /var/lib/moodle-release/roll.lock && echo $(( $(stat -c %Y alive) - $(stat -c %Y owner) ))",
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse::<i64>()
+            .unwrap_or(0)
+            >= 20
+    };
+    assert!(eventually(refreshed), "the lock was not refreshed");
     kill_hard(child);
     // Nothing speaks to the nodes any more: the upgrade goes on alone.
     assert!(

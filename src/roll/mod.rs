@@ -12,6 +12,7 @@
 //! maintenance on, installs on every node, runs `upgrade_command` once, turns maintenance off.
 
 mod http;
+mod lock;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -27,6 +28,7 @@ use crate::haproxy::{AdminState, HaError, Lb};
 use crate::journal::{now_ms, Entry, Journal, RollState};
 use crate::report::Reporter;
 use crate::ssh::{quote, Conn, Output, Ssh, SshError};
+use lock::{newer, remote_state, Lock, REMOTE_STATE};
 
 /// What `roll` or `rollback` was asked to do.
 #[derive(Debug, Clone, Default)]
@@ -102,10 +104,9 @@ pub struct Installed {
     /// The node's config.php requires lib/setup.php relative to its own folder.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub config_php_relative_setup: bool,
-    /// The owner line of the cluster lock, when this node holds it (the first node does while
-    /// a roll runs).
+    /// The cluster lock, when this node holds it (the first node does while a roll runs).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub lock: Option<String>,
+    pub lock: Option<Lock>,
     /// The roll state kept on this node ([`REMOTE_STATE`]), as JSON.
     #[serde(skip)]
     pub state: Option<String>,
@@ -277,12 +278,7 @@ impl Ctx<'_> {
         let Some(conn) = self.conns.get(&self.cfg.nodes[0].name) else {
             return;
         };
-        let json = serde_json::to_string(&self.state).unwrap_or_default();
-        let dir = REMOTE_STATE.rsplit_once('/').map_or("/", |(d, _)| d);
-        let script = format!(
-            "mkdir -p {dir} && printf '%s\\n' {} >{REMOTE_STATE}.new && mv {REMOTE_STATE}.new {REMOTE_STATE}",
-            quote(&json)
-        );
+        let script = lock::write_state(&self.state);
         let ok = matches!(self.ssh.run(conn, &script), Ok(o) if o.success());
         if !ok && !self.remote_state_failed.replace(true) {
             self.reporter.warn(&format!(
@@ -496,8 +492,8 @@ fn installed_query(pkg: &str, config_php: Option<&str>) -> String {
     format!(
         "dpkg-query -W -f='${{Status}}|${{Version}}|${{X-Moodle-Versions-Hash}}|${{X-Moodle-Db-Hash}}\\n' {q} 2>/dev/null || true; \
          for f in {list} {sources}; do if [ -e \"$f\" ]; then echo \"source $f\"; fi; done{relative_setup}; \
-         if [ -d {LOCK_DIR} ]; then echo \"lock $(cat {LOCK_DIR}/owner 2>/dev/null)\"; fi; \
-         if [ -f {REMOTE_STATE} ]; then printf 'state '; tr -d '\\n' <{REMOTE_STATE}; echo; fi; true",
+         {lock}; true",
+        lock = lock::query(),
         q = quote(pkg),
         list = quote(&format!("/etc/apt/{}", apt_sources(pkg)[0])),
         sources = quote(&format!("/etc/apt/{}", apt_sources(pkg)[1])),
@@ -521,14 +517,8 @@ fn parse_installed(stdout: &str) -> Installed {
         .find_map(|l| l.strip_prefix("source "))
         .map(str::to_string);
     let config_php_relative_setup = stdout.lines().any(|l| l == "relative-setup");
-    let lock = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("lock "))
-        .map(|o| o.trim().to_string());
-    let state = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("state "))
-        .map(str::to_string);
+    let lock = Lock::parse(stdout);
+    let state = lock::state_text(stdout).map(str::to_string);
     let line = stdout.lines().find(|l| l.contains('|')).unwrap_or("");
     let parts: Vec<&str> = line.split('|').collect();
     if parts.len() < 4 || !parts[0].ends_with("ok installed") {
@@ -643,10 +633,9 @@ pub fn roll(
 
     if opts.plan {
         // The query read the lock too: say now what taking it would say.
-        if let Some(owner) = installed.get(lock_node).and_then(|i| i.lock.as_ref()) {
+        if let Some(held) = installed.get(lock_node).and_then(|i| i.lock.as_ref()) {
             ctx.warn(format!(
-                "another roll holds the cluster lock on {lock_node} ({owner}{}): {}",
-                killed_note(owner),
+                "another roll holds the cluster lock on {lock_node} ({held}): {}",
                 if opts.break_lock {
                     "--break-lock would remove it"
                 } else {
@@ -667,9 +656,25 @@ pub fn roll(
     }
 
     // --- The cluster lock, on the first node.
-    take_lock(&ctx, lock_node, &target, opts.break_lock)?;
+    if opts.break_lock {
+        ctx.reporter.warn(&format!(
+            "--break-lock: removing the cluster lock on {lock_node}"
+        ));
+    }
+    let held = match lock::take(&ctx.ssh, ctx.conn(lock_node), &target, opts.break_lock) {
+        Ok(h) => h,
+        Err(lock::TakeError::Held(l)) => {
+            return Err(RollError::Locked(format!("on {lock_node}: {l}")))
+        }
+        Err(lock::TakeError::Ssh(e)) => return Err(e.into()),
+        Err(lock::TakeError::Failed(e)) => {
+            return Err(RollError::Preflight(format!(
+                "{lock_node}: cannot take the cluster lock: {e}"
+            )))
+        }
+    };
     let result = run_plan(&mut ctx, &plan, &installed, previous_state, opts);
-    release_lock(&ctx, lock_node);
+    held.release(&ctx.ssh, ctx.conn(lock_node));
     let (upgraded, maintenance_secs) = result?;
     ctx.state.status = "done".into();
     ctx.save_state();
@@ -995,106 +1000,6 @@ fn refuse_foreign_out_of_rotation(
         }
     }
     Ok(())
-}
-
-const LOCK_DIR: &str = "/var/lib/moodle-release/roll.lock";
-
-/// The copy of the last roll's state on the lock node (the first node), beside the lock: a CI
-/// job starts from a fresh checkout with no state folder, and an engineer's laptop does not
-/// see a CI job's. With it, a run from anywhere knows which servers an earlier roll took out of
-/// rotation and whether its database upgrade is left to finish, and `status` shows it.
-const REMOTE_STATE: &str = "/var/lib/moodle-release/state.json";
-
-/// The state the lock node keeps, from its answer to the installed query ([`Installed::state`]).
-fn remote_state(node: &str, text: Option<&str>) -> Result<Option<RollState>, String> {
-    let Some(text) = text else {
-        return Ok(None);
-    };
-    serde_json::from_str(text).map(Some).map_err(|e| {
-        format!(
-            "{node}:{REMOTE_STATE}: damaged ({e}); it records the last roll (servers it took out, an upgrade left to finish): check it by hand, or remove it to start afresh"
-        )
-    })
-}
-
-/// The later of two rolls' states (by id, the roll's start in ms); `here` on a tie, as this
-/// machine's copy is never behind the lock node's for a roll it ran.
-fn newer(here: Option<RollState>, there: Option<RollState>) -> Option<RollState> {
-    let id = |s: &RollState| s.id.parse::<u128>().unwrap_or(0);
-    match (here, there) {
-        (Some(h), Some(t)) if id(&t) > id(&h) => Some(t),
-        (Some(h), _) => Some(h),
-        (None, t) => t,
-    }
-}
-
-fn hostname() -> String {
-    std::fs::read_to_string("/etc/hostname")
-        .unwrap_or_default()
-        .trim()
-        .to_string()
-}
-
-/// Whether the lock's owner line (`user@host pid N since ...`) names a process of this
-/// machine that no longer runs: a roll killed outright (`kill -9`, a cancelled CI job).
-fn owner_is_dead(owner: &str) -> bool {
-    let mut words = owner.split_whitespace();
-    let (Some(who), Some("pid"), Some(pid)) = (words.next(), words.next(), words.next()) else {
-        return false;
-    };
-    let here = hostname();
-    !here.is_empty()
-        && who.rsplit_once('@').map(|(_, h)| h) == Some(here.as_str())
-        && pid.parse::<u32>().is_ok()
-        && !std::path::Path::new("/proc").join(pid).exists()
-}
-
-/// What a lock held by `owner` says of it when its roll is known dead ([`owner_is_dead`]).
-pub fn killed_note(owner: &str) -> &'static str {
-    if owner_is_dead(owner) {
-        "; that process no longer runs on this machine: the roll was killed, and --break-lock goes on from where it stopped"
-    } else {
-        ""
-    }
-}
-
-fn take_lock(ctx: &Ctx, node: &str, target: &str, break_lock: bool) -> Result<(), RollError> {
-    let who = format!(
-        "{}@{} pid {} since {} (target {target})",
-        std::env::var("USER").unwrap_or_else(|_| "?".into()),
-        hostname(),
-        std::process::id(),
-        crate::build::rfc2822((now_ms() / 1000) as i64)
-    );
-    if break_lock {
-        ctx.reporter.warn(&format!(
-            "--break-lock: removing the cluster lock on {node}"
-        ));
-        ctx.ssh.run(ctx.conn(node), &format!("rm -rf {LOCK_DIR}"))?;
-    }
-    let script = format!(
-        "mkdir -p /var/lib/moodle-release && if mkdir {LOCK_DIR} 2>/dev/null; then echo {} > {LOCK_DIR}/owner; else cat {LOCK_DIR}/owner 2>/dev/null; exit 3; fi",
-        quote(&who)
-    );
-    let out = ctx.ssh.run(ctx.conn(node), &script)?;
-    match out.code {
-        Some(0) => Ok(()),
-        Some(3) => {
-            let owner = out.text().trim().to_string();
-            Err(RollError::Locked(format!(
-                "on {node}: {owner}{}",
-                killed_note(&owner)
-            )))
-        }
-        _ => Err(RollError::Preflight(format!(
-            "{node}: cannot take the cluster lock: {}",
-            out.tail()
-        ))),
-    }
-}
-
-fn release_lock(ctx: &Ctx, node: &str) {
-    let _ = ctx.ssh.run(ctx.conn(node), &format!("rm -rf {LOCK_DIR}"));
 }
 
 fn run_plan(
@@ -1816,9 +1721,9 @@ pub struct Status {
 #[derive(Debug, Clone, Serialize)]
 pub struct LockStatus {
     pub node: String,
-    /// `user@host pid N since TIME (target V)`.
-    pub owner: String,
-    /// Its process was on this machine and no longer runs: the roll was killed.
+    #[serde(flatten)]
+    pub lock: Lock,
+    /// Its roll is known dead (see [`Lock::dead`]).
     pub dead: bool,
 }
 
@@ -1892,11 +1797,11 @@ pub fn status(cfg: &Config) -> Result<Status, RollError> {
                 if n.name == cfg.nodes[0].name {
                     remote = i.state;
                 }
-                if let Some(owner) = i.lock {
+                if let Some(l) = i.lock {
                     lock = Some(LockStatus {
                         node: n.name.clone(),
-                        dead: owner_is_dead(&owner),
-                        owner,
+                        dead: l.dead(),
+                        lock: l,
                     });
                 }
                 st.version = i.version
@@ -1947,7 +1852,7 @@ mod tests {
     #[test]
     fn the_installed_query_answer_is_read_whole() {
         let i = parse_installed(
-            "install ok installed|4.1.9+2-1|vh|dh\nsource /etc/apt/sources.list.d/m.list\nlock root@ci pid 42 since Mon (target 4.1.9+3-1)\n",
+            "install ok installed|4.1.9+2-1|vh|dh\nsource /etc/apt/sources.list.d/m.list\nlock root@ci pid 42 since Mon (target 4.1.9+3-1)\nlock-idle 3\nstate {\"id\":\"1\"}\n",
         );
         assert_eq!(i.version.as_deref(), Some("4.1.9+2-1"));
         assert_eq!(i.db_hash.as_deref(), Some("dh"));
@@ -1956,61 +1861,16 @@ mod tests {
             Some("/etc/apt/sources.list.d/m.list")
         );
         assert_eq!(
-            i.lock.as_deref(),
-            Some("root@ci pid 42 since Mon (target 4.1.9+3-1)")
+            i.lock,
+            Some(Lock {
+                owner: "root@ci pid 42 since Mon (target 4.1.9+3-1)".into(),
+                idle_secs: Some(3)
+            })
         );
+        assert_eq!(i.state.as_deref(), Some("{\"id\":\"1\"}"));
         // Removed (config files left): nothing installed, and no lock.
         let i = parse_installed("deinstall ok config-files|4.1.9+2-1|vh|dh\n");
         assert_eq!((i.version, i.lock), (None, None));
-    }
-
-    #[test]
-    fn the_later_roll_state_wins_and_this_machines_on_a_tie() {
-        let st = |id: &str, status: &str| {
-            Some(RollState {
-                id: id.into(),
-                status: status.into(),
-                ..RollState::default()
-            })
-        };
-        let status = |s: Option<RollState>| s.map(|s| s.status);
-        let (here, there) = (st("1795421359151", "done"), st("1795421400000", "failed"));
-        assert_eq!(
-            status(newer(here.clone(), there.clone())).as_deref(),
-            Some("failed")
-        );
-        assert_eq!(
-            status(newer(there.clone(), here.clone())).as_deref(),
-            Some("failed")
-        );
-        assert_eq!(
-            status(newer(None, there.clone())).as_deref(),
-            Some("failed")
-        );
-        assert_eq!(status(newer(here.clone(), None)).as_deref(), Some("done"));
-        let lagging = st("1795421359151", "running");
-        assert_eq!(status(newer(here, lagging)).as_deref(), Some("done"));
-        assert!(newer(None, None).is_none());
-    }
-
-    #[test]
-    fn a_lock_is_known_dead_only_when_its_process_was_on_this_machine_and_is_gone() {
-        let here = hostname();
-        assert!(!here.is_empty(), "no /etc/hostname");
-        let me = std::process::id();
-        // Beyond any pid_max (at most 2^22).
-        let gone = 4_000_000_000u32;
-        assert!(owner_is_dead(&format!(
-            "root@{here} pid {gone} since Mon, 23 Nov 2026 (target 1)"
-        )));
-        assert!(!owner_is_dead(&format!(
-            "root@{here} pid {me} since Mon, 23 Nov 2026 (target 1)"
-        )));
-        assert!(!owner_is_dead(&format!(
-            "root@elsewhere-{here} pid {gone} since x"
-        )));
-        assert!(!owner_is_dead(&format!("root@{here} pid x{gone} since x")));
-        assert!(!owner_is_dead(""));
     }
 
     #[test]
