@@ -122,7 +122,9 @@ fn the_site_pipeline_merges_builds_tests_publishes_and_deploys() {
     assert!(
         log.contains("it has shown no sign of life for 10m")
             && log.contains("--break-lock would remove it")
-            && log.contains("--break-lock: removing the cluster lock on web1"),
+            && log.contains(
+                "--break-lock: removing the cluster lock on web1, held by gitlab-runner@runner-7 pid 4242"
+            ),
         "{log}"
     );
     for n in ["web1", "web2", "cron1"] {

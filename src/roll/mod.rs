@@ -657,8 +657,13 @@ pub fn roll(
 
     // --- The cluster lock, on the first node.
     if opts.break_lock {
-        ctx.reporter.warn(&format!(
-            "--break-lock: removing the cluster lock on {lock_node}"
+        // Said with whose lock it was, for the record (`--json` keeps warnings).
+        let held = match installed.get(lock_node).and_then(|i| i.lock.as_ref()) {
+            Some(l) => format!(", held by {}", l.owner),
+            None => ", which no roll held".into(),
+        };
+        ctx.warn(format!(
+            "--break-lock: removing the cluster lock on {lock_node}{held}"
         ));
     }
     let held = match lock::take(&ctx.ssh, ctx.conn(lock_node), &target, opts.break_lock) {
