@@ -146,6 +146,30 @@ pub fn newer(here: Option<RollState>, there: Option<RollState>) -> Option<RollSt
     }
 }
 
+/// Who runs the roll, for the lock's owner line: `$USER` (`$LOGNAME`), else the name of the
+/// process's uid in /etc/passwd (cron, systemd units and some CI runners set neither).
+fn user(env: impl Fn(&str) -> Option<String>) -> String {
+    if let Some(u) = ["USER", "LOGNAME"]
+        .iter()
+        .find_map(|v| env(v).filter(|u| !u.is_empty()))
+    {
+        return u;
+    }
+    use std::os::unix::fs::MetadataExt;
+    let Ok(uid) = std::fs::metadata("/proc/self").map(|m| m.uid()) else {
+        return "?".into();
+    };
+    std::fs::read_to_string("/etc/passwd")
+        .ok()
+        .and_then(|p| {
+            p.lines().find_map(|l| {
+                let f: Vec<&str> = l.split(':').collect();
+                (f.len() > 2 && f[2] == uid.to_string()).then(|| f[0].to_string())
+            })
+        })
+        .unwrap_or_else(|| format!("uid {uid}"))
+}
+
 fn hostname() -> String {
     std::fs::read_to_string("/etc/hostname")
         .unwrap_or_default()
@@ -180,7 +204,7 @@ impl From<SshError> for TakeError {
 pub fn take(ssh: &Ssh, conn: &Conn, target: &str, break_lock: bool) -> Result<Held, TakeError> {
     let who = format!(
         "{}@{} pid {} since {} (target {target})",
-        std::env::var("USER").unwrap_or_else(|_| "?".into()),
+        user(|v| std::env::var(v).ok()),
         hostname(),
         std::process::id(),
         crate::build::rfc2822((now_ms() / 1000) as i64)
@@ -227,6 +251,19 @@ impl Held {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_owner_is_named_without_user_in_the_environment() {
+        let whoami = std::process::Command::new("id")
+            .arg("-un")
+            .output()
+            .unwrap();
+        assert_eq!(
+            user(|_| None),
+            String::from_utf8_lossy(&whoami.stdout).trim()
+        );
+        assert_eq!(user(|v| (v == "LOGNAME").then(|| "ops".into())), "ops");
+    }
 
     #[test]
     fn a_lock_is_read_from_its_lines() {
