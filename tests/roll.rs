@@ -1185,6 +1185,29 @@ fn a_killed_roll_does_not_cut_the_command_in_flight() {
     );
     assert_on(&c, &["web1", "web2", "cron1"], &v2);
     assert_all_up(&c);
+
+    // A live lock on web2, taken by a roll whose config lists web2 first (from a laptop): this
+    // roll is refused, --plan says why, --break-lock removes it.
+    c.ssh_ok(
+        "web2",
+        "mkdir -p /var/lib/moodle-release/roll.lock && cd /var/lib/moodle-release/roll.lock && echo 'ops@laptop pid 77 since Mon, 23 Nov 2026 07:00:00 +0000 (target 9)' >owner && touch alive",
+    );
+    let (_, err) = exits(c.cmd().arg("roll"), 3);
+    assert!(
+        err.contains("on web2: ops@laptop pid 77") && err.contains("lists web2 first"),
+        "{err}"
+    );
+    let (_, err) = exits(c.cmd().args(["roll", "--plan"]), 0);
+    assert!(err.contains("a cluster lock is held on web2"), "{err}");
+    let (_, err) = exits(c.cmd().args(["roll", "--break-lock"]), 0);
+    assert!(
+        err.contains("--break-lock: removing the cluster lock on web2"),
+        "{err}"
+    );
+    assert!(!c
+        .ssh("web2", "test -e /var/lib/moodle-release/roll.lock")
+        .status
+        .success());
 }
 
 /// The ssh master processes (`ssh ... -M ...`) of this lab's nodes that are running.

@@ -135,6 +135,11 @@ pub fn write_state(state: &RollState) -> String {
     )
 }
 
+/// The shell line that removes the lock, whoever holds it.
+pub fn remove() -> String {
+    format!("rm -rf {LOCK_DIR}")
+}
+
 /// The later of two rolls' states (by id, the roll's start in ms); `here` on a tie, as this
 /// machine's copy is never behind the lock node's for a roll it ran.
 pub fn newer(here: Option<RollState>, there: Option<RollState>) -> Option<RollState> {
@@ -210,7 +215,7 @@ pub fn take(ssh: &Ssh, conn: &Conn, target: &str, break_lock: bool) -> Result<He
         crate::build::rfc2822((now_ms() / 1000) as i64)
     );
     if break_lock {
-        ssh.run(conn, &format!("rm -rf {LOCK_DIR}"))?;
+        ssh.run(conn, &remove())?;
     }
     let script = format!(
         "mkdir -p {DIR} && if mkdir {LOCK_DIR} 2>/dev/null; then echo {who} > {LOCK_DIR}/owner && touch {LOCK_DIR}/alive; \
@@ -244,7 +249,7 @@ impl Held {
     /// Stops the heartbeat and removes the lock.
     pub fn release(self, ssh: &Ssh, conn: &Conn) {
         drop(self);
-        let _ = ssh.run(conn, &format!("rm -rf {LOCK_DIR}"));
+        let _ = ssh.run(conn, &remove());
     }
 }
 

@@ -616,6 +616,7 @@ pub fn roll(
         previous_state,
         remote_state(lock_node, remote).map_err(RollError::Preflight)?,
     );
+    refuse_locks_elsewhere(&mut ctx, opts, &installed)?;
     let (target, listed) = choose_target(&ctx, &repo, opts, &installed, previous_state.as_ref())?;
     let plan = make_plan(
         cfg,
@@ -969,6 +970,35 @@ fn make_plan(
             .map(|n| n.name.clone()),
     };
     Ok(plan)
+}
+
+/// A cluster lock on a node other than this config's first: a roll whose config lists the
+/// nodes in another order holds it, against the same cluster. A live one refuses this roll
+/// (exit 3; `--plan` says it); one known dead is a warning; `--break-lock` removes it.
+fn refuse_locks_elsewhere(
+    ctx: &mut Ctx,
+    opts: &RollOptions,
+    installed: &BTreeMap<String, Installed>,
+) -> Result<(), RollError> {
+    let first = &ctx.cfg.nodes[0].name;
+    for (node, l) in installed
+        .iter()
+        .filter(|(n, _)| *n != first)
+        .filter_map(|(n, i)| Some((n, i.lock.as_ref()?)))
+    {
+        let what = format!(
+            "on {node}: {l}; a roll whose config lists {node} first took it, against this cluster"
+        );
+        if opts.break_lock && !opts.plan {
+            ctx.warn(format!("--break-lock: removing the cluster lock {what}"));
+            ctx.ssh.run(ctx.conn(node), &lock::remove())?;
+        } else if l.dead() || opts.plan {
+            ctx.warn(format!("a cluster lock is held {what}"));
+        } else {
+            return Err(RollError::Locked(what));
+        }
+    }
+    Ok(())
 }
 
 /// Servers out of rotation that this tool did not put there (by the last roll's state) stop
