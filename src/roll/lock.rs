@@ -104,9 +104,18 @@ impl std::fmt::Display for Lock {
 /// for the query every node answers before a roll and for `status`.
 pub fn query() -> String {
     format!(
-        "if [ -d {LOCK_DIR} ]; then echo \"lock $(cat {LOCK_DIR}/owner 2>/dev/null)\"; \
-         echo \"lock-idle $(( $(date +%s) - $(stat -c %Y {LOCK_DIR}/alive 2>/dev/null || stat -c %Y {LOCK_DIR}) ))\"; fi; \
-         if [ -f {REMOTE_STATE} ]; then printf 'state '; tr -d '\\n' <{REMOTE_STATE}; echo; fi"
+        "if [ -d {LOCK_DIR} ]; then {}; fi; \
+         if [ -f {REMOTE_STATE} ]; then printf 'state '; tr -d '\\n' <{REMOTE_STATE}; echo; fi",
+        print_lock()
+    )
+}
+
+/// The shell lines that print a lock that exists, as [`Lock::parse`] reads them; its idle time
+/// from `alive`, else from the lock itself (a lock older than the heartbeat).
+fn print_lock() -> String {
+    format!(
+        "echo \"lock $(cat {LOCK_DIR}/owner 2>/dev/null)\"; \
+         echo \"lock-idle $(( $(date +%s) - $(stat -c %Y {LOCK_DIR}/alive 2>/dev/null || stat -c %Y {LOCK_DIR}) ))\""
     )
 }
 
@@ -219,9 +228,9 @@ pub fn take(ssh: &Ssh, conn: &Conn, target: &str, break_lock: bool) -> Result<He
     }
     let script = format!(
         "mkdir -p {DIR} && if mkdir {LOCK_DIR} 2>/dev/null; then echo {who} > {LOCK_DIR}/owner && touch {LOCK_DIR}/alive; \
-         else echo \"lock $(cat {LOCK_DIR}/owner 2>/dev/null)\"; \
-         echo \"lock-idle $(( $(date +%s) - $(stat -c %Y {LOCK_DIR}/alive 2>/dev/null || stat -c %Y {LOCK_DIR}) ))\"; exit 3; fi",
-        who = quote(&who)
+         else {print}; exit 3; fi",
+        who = quote(&who),
+        print = print_lock()
     );
     let out = ssh.run(conn, &script)?;
     match out.code {
