@@ -40,3 +40,11 @@ pub fn set_direct(file: &std::fs::File, on: bool) -> bool {
         libc::fcntl(fd, libc::F_SETFL, flags) == 0
     }
 }
+
+/// This machine's name (`/etc/hostname`), for the owner lines of locks; empty if unknown.
+pub fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .unwrap_or_default()
+        .trim()
+        .to_string()
+}

@@ -73,9 +73,7 @@ impl Remote {
         let who = quote(&format!(
             "pid {} on {}",
             std::process::id(),
-            fs::read_to_string("/etc/hostname")
-                .unwrap_or_default()
-                .trim()
+            crate::fsutil::hostname()
         ));
         let script = format!(
             "if [ -d {p} ] && [ -n \"$(ls -A {p})\" ] && [ ! -d {p}/.moodle-release ]; then exit 4; fi; mkdir -p {p}/.moodle-release && for i in $(seq 1 450); do if mkdir {p}/.moodle-release/remote.lock 2>/dev/null; then echo {who} > {p}/.moodle-release/remote.lock/owner; exit 0; fi; sleep 0.1; done; cat {p}/.moodle-release/remote.lock/owner; exit 3"

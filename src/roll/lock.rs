@@ -67,7 +67,7 @@ impl Lock {
         let (Some(who), Some("pid"), Some(pid)) = (words.next(), words.next(), words.next()) else {
             return false;
         };
-        let here = hostname();
+        let here = crate::fsutil::hostname();
         !here.is_empty()
             && who.rsplit_once('@').map(|(_, h)| h) == Some(here.as_str())
             && pid.parse::<u32>().is_ok()
@@ -184,13 +184,6 @@ fn user(env: impl Fn(&str) -> Option<String>) -> String {
         .unwrap_or_else(|| format!("uid {uid}"))
 }
 
-fn hostname() -> String {
-    std::fs::read_to_string("/etc/hostname")
-        .unwrap_or_default()
-        .trim()
-        .to_string()
-}
-
 /// The lock, held: refreshed every [`HEARTBEAT`] until dropped. Dropping it does not remove
 /// it (see [`Held::release`]): a roll that stops on an error still releases it, one killed
 /// outright cannot, and its lock then goes stale.
@@ -219,7 +212,7 @@ pub fn take(ssh: &Ssh, conn: &Conn, target: &str, break_lock: bool) -> Result<He
     let who = format!(
         "{}@{} pid {} since {} (target {target})",
         user(|v| std::env::var(v).ok()),
-        hostname(),
+        crate::fsutil::hostname(),
         std::process::id(),
         crate::build::rfc2822((now_ms() / 1000) as i64)
     );
@@ -291,7 +284,7 @@ mod tests {
 
     #[test]
     fn a_lock_is_dead_when_stale_or_its_process_here_is_gone() {
-        let here = hostname();
+        let here = crate::fsutil::hostname();
         assert!(!here.is_empty(), "no /etc/hostname");
         let me = std::process::id();
         // Beyond any pid_max (at most 2^22).

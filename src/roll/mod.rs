@@ -275,7 +275,7 @@ impl Ctx<'_> {
     /// where a run from another machine finds it.
     fn save_state(&self) {
         let _ = self.state.write(&self.state_dir);
-        let Some(conn) = self.conns.get(&self.cfg.nodes[0].name) else {
+        let Some(conn) = self.conns.get(lock_node(self.cfg)) else {
             return;
         };
         let script = lock::write_state(&self.state);
@@ -610,13 +610,12 @@ pub fn roll(
     // Nothing changes until every part answers.
     let installed = preflight(&mut ctx)?;
     // A roll from another machine (another CI job, a colleague) left its state on the lock node.
-    let lock_node = &cfg.nodes[0].name;
+    let lock_node = lock_node(cfg);
     let remote = installed.get(lock_node).and_then(|i| i.state.as_deref());
     let previous_state = newer(
         previous_state,
         remote_state(lock_node, remote).map_err(RollError::Preflight)?,
     );
-    refuse_locks_elsewhere(&mut ctx, opts, &installed)?;
     let (target, listed) = choose_target(&ctx, &repo, opts, &installed, previous_state.as_ref())?;
     let plan = make_plan(
         cfg,
@@ -632,18 +631,9 @@ pub fn roll(
         ctx.warn("--auto-rollback does not apply to the database path: the upgraded database cannot go back to older code; a failure stops the roll for --resume".into());
     }
 
+    check_locks(&mut ctx, opts, &installed)?;
+
     if opts.plan {
-        // The query read the lock too: say now what taking it would say.
-        if let Some(held) = installed.get(lock_node).and_then(|i| i.lock.as_ref()) {
-            ctx.warn(format!(
-                "another roll holds the cluster lock on {lock_node} ({held}): {}",
-                if opts.break_lock {
-                    "--break-lock would remove it"
-                } else {
-                    "this roll would be refused"
-                }
-            ));
-        }
         return Ok(Outcome {
             plan,
             planned_only: true,
@@ -657,16 +647,6 @@ pub fn roll(
     }
 
     // --- The cluster lock, on the first node.
-    if opts.break_lock {
-        // Said with whose lock it was, for the record (`--json` keeps warnings).
-        let held = match installed.get(lock_node).and_then(|i| i.lock.as_ref()) {
-            Some(l) => format!(", held by {}", l.owner),
-            None => ", which no roll held".into(),
-        };
-        ctx.warn(format!(
-            "--break-lock: removing the cluster lock on {lock_node}{held}"
-        ));
-    }
     let held = match lock::take(&ctx.ssh, ctx.conn(lock_node), &target, opts.break_lock) {
         Ok(h) => h,
         Err(lock::TakeError::Held(l)) => {
@@ -972,15 +952,43 @@ fn make_plan(
     Ok(plan)
 }
 
-/// A cluster lock on a node other than this config's first: a roll whose config lists the
-/// nodes in another order holds it, against the same cluster. A live one refuses this roll
-/// (exit 3; `--plan` says it); one known dead is a warning; `--break-lock` removes it.
-fn refuse_locks_elsewhere(
+/// The node that holds the cluster lock and the copy of the state: the config's first.
+fn lock_node(cfg: &Config) -> &str {
+    &cfg.nodes[0].name
+}
+
+/// The cluster locks the preflight query found, said before anything changes.
+///
+/// On the lock node: `--plan` says what taking it would do, `--break-lock` whose lock it
+/// removes (for the record: `--json` keeps warnings); else [`lock::take`] refuses. On any
+/// other node, a roll whose config lists the nodes in another order holds it, against the same
+/// cluster: a live one refuses this roll (exit 3), one known dead is a warning, `--break-lock`
+/// removes it.
+fn check_locks(
     ctx: &mut Ctx,
     opts: &RollOptions,
     installed: &BTreeMap<String, Installed>,
 ) -> Result<(), RollError> {
-    let first = &ctx.cfg.nodes[0].name;
+    let first = lock_node(ctx.cfg);
+    let held_here = installed.get(first).and_then(|i| i.lock.as_ref());
+    match (held_here, opts.plan, opts.break_lock) {
+        (Some(l), true, b) => ctx.warn(format!(
+            "another roll holds the cluster lock on {first} ({l}): {}",
+            if b {
+                "--break-lock would remove it"
+            } else {
+                "this roll would be refused"
+            }
+        )),
+        (held, false, true) => ctx.warn(format!(
+            "--break-lock: removing the cluster lock on {first}{}",
+            held.map_or(", which no roll held".into(), |l| format!(
+                ", held by {}",
+                l.owner
+            ))
+        )),
+        _ => {}
+    }
     for (node, l) in installed
         .iter()
         .filter(|(n, _)| *n != first)
@@ -1829,7 +1837,7 @@ pub fn status(cfg: &Config) -> Result<Status, RollError> {
         };
         match answers.remove(&n.name) {
             Some(Ok(i)) => {
-                if n.name == cfg.nodes[0].name {
+                if n.name == lock_node(cfg) {
                     remote = i.state;
                 }
                 if let Some(l) = i.lock {
@@ -1865,7 +1873,7 @@ pub fn status(cfg: &Config) -> Result<Status, RollError> {
         nodes.push(st);
     }
     let here = RollState::read(&cfg.base_dir.join(&cfg.roll.state_dir));
-    let there = remote_state(&cfg.nodes[0].name, remote.as_deref());
+    let there = remote_state(lock_node(cfg), remote.as_deref());
     let (roll, roll_error) = match (here, there) {
         (Ok(h), Ok(t)) => (newer(h, t), None),
         (Err(e), _) => (None, Some(e)),
