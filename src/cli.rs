@@ -95,6 +95,10 @@ pub struct Rolling {
     /// Remove a cluster lock left by a roll that died (with a warning).
     #[arg(long)]
     pub break_lock: bool,
+    /// Finish the roll (or rollback) that stopped (a failed node, an interruption) to its own
+    /// target, read from its state; refused when there is none, or with another version.
+    #[arg(long)]
+    pub resume: bool,
 }
 
 /// `roll`
@@ -103,9 +107,6 @@ pub struct RollArgs {
     /// The version to install; default: the newest in the apt repository.
     #[arg(long, value_name = "V")]
     pub version: Option<String>,
-    /// Continue a roll that stopped (a failed node, an interruption).
-    #[arg(long)]
-    pub resume: bool,
     /// On a failure, put the nodes this roll upgraded back on their previous version.
     #[arg(long)]
     pub auto_rollback: bool,

@@ -63,6 +63,12 @@ impl RollState {
         self.unfinished() && self.upgrade_pending
     }
 
+    /// The command that finishes this roll when it stopped: `moodle-release roll --resume` (or
+    /// `rollback --resume`), which goes on to the same target.
+    pub fn resume_command(&self) -> String {
+        format!("moodle-release {} --resume", self.kind)
+    }
+
     pub fn path(state_dir: &Path) -> PathBuf {
         state_dir.join("state.json")
     }

@@ -142,7 +142,6 @@ pub fn run(cli: Cli, reporter: &dyn Reporter, out: &mut dyn Write) -> Result<(),
             let cfg = Config::load(&cli.config)?;
             let opts = roll::RollOptions {
                 version: a.version,
-                resume: a.resume,
                 auto_rollback: a.auto_rollback,
                 ..roll_options(a.common, false)
             };
@@ -260,7 +259,8 @@ pub fn run(cli: Cli, reporter: &dyn Reporter, out: &mut dyn Write) -> Result<(),
                     if r.upgrade_left() {
                         writeln!(
                             out,
-                            "database upgrade pending: the site is in maintenance mode; `moodle-release roll --resume` runs the upgrade and ends it"
+                            "database upgrade pending: the site is in maintenance mode; `{}` runs the upgrade and ends it",
+                            r.resume_command()
                         )?;
                     }
                 }
@@ -408,6 +408,7 @@ fn report_roll(
         "{} to {}: {} path ({})",
         p.kind, p.target, p.path, p.why
     )?;
+    writeln!(out, "  target {}: {}", p.target, p.target_why)?;
     for (node, v) in &p.installed {
         writeln!(
             out,
@@ -474,6 +475,7 @@ fn roll_options(c: crate::cli::Rolling, rollback: bool) -> roll::RollOptions {
         force: c.force,
         force_drain: c.force_drain,
         break_lock: c.break_lock,
+        resume: c.resume,
         rollback,
         ..Default::default()
     }

@@ -634,6 +634,78 @@ fn ctrl_c_stops_between_batches_and_a_failing_health_check_keeps_the_node_out() 
     assert_all_up(&c);
 }
 
+/// `--resume` finishes the stopped roll to its own target, never the repository's newest: with
+/// four versions published, a roll to v2 stopped by apt on web3 is resumed to v2; another
+/// version, the other command or nothing to resume are refused (exit 2). The same for a
+/// rollback.
+#[test]
+fn resume_finishes_the_stopped_roll_to_its_own_target() {
+    let (c, v1, v2) = installed_cluster();
+    let all = ["web1", "web2", "web3", "cron1"];
+    let v3 = c.release(3, &[]);
+    let v4 = c.release(4, &[]);
+
+    // Nothing stopped: --resume says so and starts nothing.
+    let (_, err) = exits(c.cmd().args(["roll", "--resume"]), 2);
+    assert!(
+        err.contains("no stopped roll to resume") && err.contains("is done"),
+        "{err}"
+    );
+    assert_on(&c, &all, &v1);
+
+    // A roll to v2 stops on web3's apt: web3 out of rotation.
+    c.ssh_ok("web3", "mv /usr/bin/dpkg /usr/bin/dpkg.off");
+    let (_, err) = exits(c.cmd().args(["roll", "--batch", "2", "--version", &v2]), 1);
+    assert!(
+        err.contains("web3") && err.contains("roll --resume"),
+        "{err}"
+    );
+    assert_on(&c, &["web1", "web2"], &v2);
+    assert_on(&c, &["web3", "cron1"], &v1);
+    c.ssh_ok("web3", "mv /usr/bin/dpkg.off /usr/bin/dpkg");
+
+    // Another version, or the other command: refused before anything, naming both.
+    let (_, err) = exits(c.cmd().args(["roll", "--resume", "--version", &v4]), 2);
+    assert!(err.contains(&v2) && err.contains(&v4), "{err}");
+    let (_, err) = exits(c.cmd().args(["rollback", "--resume"]), 2);
+    assert!(err.contains("`moodle-release roll --resume`"), "{err}");
+    assert_eq!(c.installed("web3"), v1);
+
+    // The plan says the target and why, in text and JSON.
+    let plan = stdout(c.cmd().args(["roll", "--plan", "--resume", "--batch", "2"]));
+    assert!(
+        plan.contains(&format!("roll to {v2}:"))
+            && plan.contains(&format!("--resume: the roll to {v2} that failed on web3")),
+        "{plan}"
+    );
+    let p: serde_json::Value = serde_json::from_str(&stdout(
+        c.cmd().args(["--json", "roll", "--plan", "--resume"]),
+    ))
+    .unwrap();
+    assert_eq!(p["plan"]["target"], v2.as_str(), "{p}");
+
+    // From a fresh checkout (no local state): the lock node's copy gives the target.
+    fs::remove_file(c.lab().join("state/state.json")).unwrap();
+    run(c.cmd().args(["roll", "--resume", "--batch", "2"]));
+    assert_on(&c, &all, &v2);
+    assert_all_up(&c);
+    let (_, err) = exits(c.cmd().args(["roll", "--resume"]), 2);
+    assert!(err.contains(&format!("(to {v2}) is done")), "{err}");
+
+    // A rollback to v1 stops on web1's apt; resumed, it goes back to v1, not to v3 or v4.
+    c.ssh_ok("web1", "mv /usr/bin/dpkg /usr/bin/dpkg.off");
+    let (_, err) = exits(c.cmd().args(["rollback", "--batch", "1"]), 1);
+    assert!(err.contains("rollback --resume"), "{err}");
+    c.ssh_ok("web1", "mv /usr/bin/dpkg.off /usr/bin/dpkg");
+    let (_, err) = exits(c.cmd().args(["roll", "--resume"]), 2);
+    assert!(err.contains("`moodle-release rollback --resume`"), "{err}");
+    let (_, err) = exits(c.cmd().args(["rollback", "--resume", "--to", &v3]), 2);
+    assert!(err.contains(&v1) && err.contains(&v3), "{err}");
+    run(c.cmd().args(["rollback", "--resume", "--batch", "1"]));
+    assert_on(&c, &all, &v1);
+    assert_all_up(&c);
+}
+
 /// Requests that do not end (an upload whose body never comes: HAProxy has handed it to a
 /// server, so the server's `scur` stays 1) on every web server of LB 2.
 fn hold_sessions(c: &Cluster) -> Vec<std::net::TcpStream> {

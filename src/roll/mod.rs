@@ -58,6 +58,12 @@ pub enum RollError {
     Locked(String),
     #[error("refused: {0}")]
     Refused(String),
+    /// `--resume` with no stopped roll (or rollback) to continue.
+    #[error("--resume: {0}")]
+    NothingToResume(String),
+    /// `--resume` asked for another version, or the other command, than the stopped roll's.
+    #[error("--resume: {0}")]
+    ResumeMismatch(String),
     #[error("the roll stopped: {message}\n  journal: {journal}")]
     Failed { message: String, journal: PathBuf },
     #[error("interrupted: {message}\n  journal: {journal}")]
@@ -83,7 +89,9 @@ impl RollError {
 
     pub fn exit_code(&self) -> i32 {
         match self {
-            RollError::Config(_) => 2,
+            RollError::Config(_) | RollError::NothingToResume(_) | RollError::ResumeMismatch(_) => {
+                2
+            }
             RollError::Locked(_) | RollError::Refused(_) => 3,
             RollError::Interrupted { .. } => 130,
             _ => 1,
@@ -117,6 +125,8 @@ pub struct Installed {
 pub struct Plan {
     pub kind: String,
     pub target: String,
+    /// Why `target` is the target: `--version`, the newest, the stopped roll `--resume` finishes.
+    pub target_why: String,
     /// `code-only` or `database`.
     pub path: String,
     pub why: String,
@@ -616,8 +626,9 @@ pub fn roll(
         previous_state,
         remote_state(lock_node, remote).map_err(RollError::Preflight)?,
     );
-    let (target, listed) = choose_target(&ctx, &repo, opts, &installed, previous_state.as_ref())?;
-    let plan = make_plan(
+    let (target, listed, target_why) =
+        choose_target(&ctx, &repo, opts, &installed, previous_state.as_ref())?;
+    let mut plan = make_plan(
         cfg,
         opts,
         batch,
@@ -626,6 +637,7 @@ pub fn roll(
         &installed,
         previous_state.as_ref(),
     )?;
+    plan.target_why = target_why;
     refuse_foreign_out_of_rotation(&ctx, opts, previous_state.as_ref())?;
     if plan.database() && opts.auto_rollback {
         ctx.warn("--auto-rollback does not apply to the database path: the upgraded database cannot go back to older code; a failure stops the roll for --resume".into());
@@ -768,31 +780,98 @@ fn preflight(ctx: &mut Ctx) -> Result<BTreeMap<String, Installed>, RollError> {
     Ok(installed)
 }
 
-/// The version to roll to, and its entry in the repository: `--version`, else the newest (roll)
-/// or the one before the current (rollback: from the last roll's state, else the repository).
+/// The stopped roll that `--resume` continues: the newer of the local and the lock node's
+/// state, unfinished, of the same command, and going to the version asked for (if any).
+/// Anything else is refused before the cluster is touched: resuming must never pick a target
+/// nobody chose for this deploy (the repository's newest, say).
+fn resumed<'a>(
+    opts: &RollOptions,
+    previous: Option<&'a RollState>,
+) -> Result<&'a RollState, RollError> {
+    let kind = if opts.rollback { "rollback" } else { "roll" };
+    let Some(s) = previous.filter(|s| s.unfinished()) else {
+        return Err(RollError::NothingToResume(match previous {
+            Some(s) => format!(
+                "no stopped roll to resume: the last {} (to {}) is done; run `moodle-release {kind}` without --resume",
+                s.kind, s.target
+            ),
+            None => format!(
+                "no stopped roll to resume: no roll left its state here or on the lock node; run `moodle-release {kind}` without --resume"
+            ),
+        }));
+    };
+    if s.kind != kind {
+        return Err(RollError::ResumeMismatch(format!(
+            "the stopped run is a {} to {}, not a {kind}: `moodle-release {} --resume` finishes it",
+            s.kind, s.target, s.kind
+        )));
+    }
+    let flag = if opts.rollback { "--to" } else { "--version" };
+    if let Some(v) = opts.version.as_ref().filter(|v| **v != s.target) {
+        return Err(RollError::ResumeMismatch(format!(
+            "the stopped {kind} was going to {t}, and {flag} asks for {v}: drop {flag} to finish it on {t}, or drop --resume to start a {kind} to {v}",
+            t = s.target
+        )));
+    }
+    Ok(s)
+}
+
+/// The version to roll to, its entry in the repository, and why it is the target: the stopped
+/// roll's with `--resume`, else `--version`, else the newest (roll) or the one before the
+/// current (rollback: from the last roll's state, else the repository).
 fn choose_target(
     ctx: &Ctx,
     repo: &crate::apt::Repo,
     opts: &RollOptions,
     installed: &BTreeMap<String, Installed>,
     previous_state: Option<&RollState>,
-) -> Result<(String, crate::apt::Listed), RollError> {
+) -> Result<(String, crate::apt::Listed, String), RollError> {
     let list = repo.list()?;
     let current_max = installed
         .values()
         .filter_map(|i| i.version.as_deref())
         .filter_map(|v| v.parse::<debversion::Version>().ok())
         .max();
-    let target = match (&opts.version, opts.rollback) {
-        (Some(v), _) => v.clone(),
-        (None, false) => list.first().map(|l| l.version.clone()).ok_or_else(|| {
-            RollError::Preflight(format!(
-                "the apt repository {} holds no version of {}",
-                repo.root.display(),
-                ctx.pkg
-            ))
-        })?,
-        (None, true) => {
+    let resumed = opts
+        .resume
+        .then(|| resumed(opts, previous_state))
+        .transpose()?;
+    let (target, why) = match (resumed, &opts.version, opts.rollback) {
+        (Some(s), _, _) => (
+            s.target.clone(),
+            format!(
+                "--resume: the {} to {} that {}{}{}",
+                s.kind,
+                s.target,
+                match s.status.as_str() {
+                    "running" => "was killed",
+                    other => other,
+                },
+                s.failed_node
+                    .as_ref()
+                    .map(|n| format!(" on {n}"))
+                    .unwrap_or_default(),
+                s.reason
+                    .as_ref()
+                    .map(|r| format!(": {r}"))
+                    .unwrap_or_default()
+            ),
+        ),
+        (None, Some(v), rollback) => (
+            v.clone(),
+            if rollback { "--to" } else { "--version" }.to_string(),
+        ),
+        (None, None, false) => (
+            list.first().map(|l| l.version.clone()).ok_or_else(|| {
+                RollError::Preflight(format!(
+                    "the apt repository {} holds no version of {}",
+                    repo.root.display(),
+                    ctx.pkg
+                ))
+            })?,
+            "the newest in the repository".to_string(),
+        ),
+        (None, None, true) => {
             let current = current_max.as_ref().map(|c| c.to_string());
             // The version every node ran before the last roll (from its journal state), when that
             // is one version, differs from now, and is still in the repository...
@@ -803,7 +882,8 @@ fn choose_target(
                 (only.len() == 1).then(|| only[0].clone())
             });
             let from_journal = before_last
-                .filter(|v| Some(v) != current.as_ref() && list.iter().any(|l| &l.version == v));
+                .filter(|v| Some(v) != current.as_ref() && list.iter().any(|l| &l.version == v))
+                .map(|v| (v, "what every node ran before the last roll".to_string()));
             // ... else the newest version of the repository below what the nodes run.
             let below = list
                 .iter()
@@ -813,7 +893,15 @@ fn choose_target(
                         _ => false,
                     },
                 )
-                .map(|l| l.version.clone());
+                .map(|l| {
+                    (
+                        l.version.clone(),
+                        format!(
+                            "the newest in the repository below {}",
+                            current.clone().unwrap_or_default()
+                        ),
+                    )
+                });
             from_journal.or(below).ok_or_else(|| {
                 RollError::Preflight("no earlier version in the repository to roll back to".into())
             })?
@@ -821,12 +909,12 @@ fn choose_target(
     };
     let listed = list.iter().find(|l| l.version == target).ok_or_else(|| {
         RollError::Preflight(format!(
-            "version {target} of {} is not in the apt repository {}",
+            "version {target} of {} is not in the apt repository {} ({why})",
             ctx.pkg,
             repo.root.display()
         ))
     })?;
-    Ok((target, listed.clone()))
+    Ok((target, listed.clone(), why))
 }
 
 /// The plan: the nodes not on `target`, the path (database or code-only, and why), the batches.
@@ -921,6 +1009,7 @@ fn make_plan(
     let plan = Plan {
         kind: if opts.rollback { "rollback" } else { "roll" }.into(),
         target: target.to_string(),
+        target_why: String::new(),
         path: if database { "database" } else { "code-only" }.into(),
         why: if database {
             why.clone()
@@ -1449,7 +1538,8 @@ fn code_only_batch(
         }
     }
     let (node, why) = failed[0].clone();
-    Err(ctx.fail(Some(&node), format!("{why}; {node} stays out of rotation (maint); fix it and run `moodle-release roll --resume`, or `moodle-release rollback`")))
+    let resume = ctx.state.resume_command();
+    Err(ctx.fail(Some(&node), format!("{why}; {node} stays out of rotation (maint); fix it and run `{resume}`, or `moodle-release rollback`")))
 }
 
 /// `--auto-rollback`: the nodes this roll already upgraded go back to the version they ran, by the
@@ -1608,7 +1698,8 @@ fn database_path(ctx: &mut Ctx, plan: &Plan) -> Result<f64, RollError> {
                     let _ = ctx.set_all(&w.name, &server_name(w), state);
                 }
             }
-            return Err(ctx.fail(Some(&n), format!("{m}; the site is left in maintenance mode (the database is not upgraded yet): fix {n} and run `moodle-release roll --resume`")));
+            let resume = ctx.state.resume_command();
+            return Err(ctx.fail(Some(&n), format!("{m}; the site is left in maintenance mode (the database is not upgraded yet): fix {n} and run `{resume}`")));
         }
         if drain {
             for w in &web {
@@ -1624,10 +1715,11 @@ fn database_path(ctx: &mut Ctx, plan: &Plan) -> Result<f64, RollError> {
     let out = ctx.ssh.run_long(ctx.conn(&first_web), &up)?;
     ctx.reporter.step_done();
     if !out.success() {
+        let resume = ctx.state.resume_command();
         return Err(ctx.fail(
             Some(&first_web),
             format!(
-                "upgrade_command failed ({}): {}; the site is left in maintenance mode: fix the cause and run `moodle-release roll --resume` (it runs the upgrade again and ends maintenance)",
+                "upgrade_command failed ({}): {}; the site is left in maintenance mode: fix the cause and run `{resume}` (it runs the upgrade again and ends maintenance)",
                 out.status(),
                 out.tail()
             ),
@@ -1972,5 +2064,54 @@ mod tests {
             ..stopped
         };
         assert_eq!(names(plan(Some(&done))), ["web2", "web3", "web4"]);
+    }
+
+    #[test]
+    fn resume_takes_the_stopped_rolls_target_or_refuses() {
+        let stopped = RollState {
+            kind: "roll".into(),
+            target: "2".into(),
+            status: "failed".into(),
+            ..RollState::default()
+        };
+        let opts = |version: Option<&str>, rollback: bool| RollOptions {
+            version: version.map(Into::into),
+            rollback,
+            resume: true,
+            ..RollOptions::default()
+        };
+        let target =
+            |o: RollOptions, s: Option<&RollState>| resumed(&o, s).map(|s| s.target.clone());
+        assert_eq!(target(opts(None, false), Some(&stopped)).unwrap(), "2");
+        assert_eq!(target(opts(Some("2"), false), Some(&stopped)).unwrap(), "2");
+        // Another version: refused, naming both.
+        let e = target(opts(Some("4"), false), Some(&stopped)).unwrap_err();
+        assert_eq!(e.exit_code(), 2);
+        assert!(
+            e.to_string()
+                .contains("going to 2, and --version asks for 4"),
+            "{e}"
+        );
+        // The other command: refused, naming the one that finishes it.
+        let e = target(opts(None, true), Some(&stopped)).unwrap_err();
+        assert!(
+            e.to_string().contains("`moodle-release roll --resume`"),
+            "{e}"
+        );
+        // Nothing stopped: refused, not a new roll.
+        let e = target(opts(None, false), None).unwrap_err();
+        assert!(matches!(e, RollError::NothingToResume(_)), "{e}");
+        let done = RollState {
+            status: "done".into(),
+            ..stopped.clone()
+        };
+        let e = target(opts(None, false), Some(&done)).unwrap_err();
+        assert!(e.to_string().contains("(to 2) is done"), "{e}");
+        // A killed roll (its state still says running) is resumed too.
+        let killed = RollState {
+            status: "running".into(),
+            ..stopped
+        };
+        assert_eq!(target(opts(None, false), Some(&killed)).unwrap(), "2");
     }
 }
