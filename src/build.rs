@@ -5,7 +5,7 @@
 //! control.tar, and the ar container, into temporary files in the output folder that are
 //! renamed to the final name only when complete, so no partial `.deb` ever has the real name.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -197,7 +197,7 @@ pub fn build(
         &version,
         commit.as_ref().map(|c| c.id.to_string()),
         epoch,
-        opts.compression,
+        lintian_overrides(cfg, &tree, &reader, opts.compression),
     )?;
 
     let out_err = |source| BuildError::OutDir {
@@ -399,7 +399,7 @@ fn plan_entries(
     version: &str,
     commit: Option<String>,
     epoch: i64,
-    compression: Compression,
+    lintian_overrides: String,
 ) -> Result<Vec<DataEntry>, BuildError> {
     let site = &cfg.site;
     let pkg = site.package.0.as_str();
@@ -464,7 +464,7 @@ fn plan_entries(
     generated.push((format!("{doc}/changelog.Debian.gz").into_bytes(), gz));
     generated.push((
         format!("usr/share/lintian/overrides/{pkg}").into_bytes(),
-        lintian_overrides(cfg, tree, compression).into_bytes(),
+        lintian_overrides.into_bytes(),
     ));
     let meta = serde_json::json!({
         "package": pkg,
@@ -618,7 +618,12 @@ fn changelog(
 /// with its reason. The tree-based ones are pointed at the files that draw them and written only
 /// when such files are there, so that a real problem elsewhere still fails a `lintian --fail-on
 /// error` job. Checked with Debian 12's lintian 2.116.
-fn lintian_overrides(cfg: &Config, tree: &[Entry], compression: Compression) -> String {
+fn lintian_overrides(
+    cfg: &Config,
+    tree: &[Entry],
+    reader: &Reader,
+    compression: Compression,
+) -> String {
     let pkg = &cfg.site.package;
     let dir = &cfg.site.install_dir.0;
     let mut s = String::new();
@@ -672,6 +677,7 @@ fn lintian_overrides(cfg: &Config, tree: &[Entry], compression: Compression) -> 
     }
     let rel = cfg.site.install_dir.relative();
     let mut mimetex_dirs = BTreeSet::new();
+    let mut mimetex = Vec::new();
     for e in tree.iter().filter(|e| e.kind != Kind::Dir) {
         let path = String::from_utf8_lossy(&e.path);
         let (parent, name) = path.rsplit_once('/').unwrap_or(("", &path));
@@ -685,17 +691,41 @@ fn lintian_overrides(cfg: &Config, tree: &[Entry], compression: Compression) -> 
             && (parent == "filter/tex" || parent.ends_with("/filter/tex"))
         {
             mimetex_dirs.insert(parent.to_string());
+            mimetex.push(e);
         }
     }
+    const MIMETEX: &str =
+        "Moodle's TeX filter ships mimetex built for each OS and runs the one that matches the node's.";
     for parent in mimetex_dirs {
         for tag in [
             "arch-independent-package-contains-binary-or-object",
             "statically-linked-binary",
             "unstripped-binary-or-object",
+            "shared-library-lacks-prerequisites",
         ] {
+            add(MIMETEX, &format!("{tag} [{rel}/{parent}/mimetex.*]"));
+        }
+        add(
+            MIMETEX,
+            &format!("undeclared-elf-prerequisites * [{rel}/{parent}/mimetex.*]"),
+        );
+    }
+    // lintian names one file per libc and counts the others ("needed by A and 2 others"), so
+    // the override spells out exactly the mimetex binaries: one more binary that needs the same
+    // libc anywhere in the package changes the count, and the error shows again.
+    if !cfg.site.depends.is_empty() {
+        let needs = libc_needs(mimetex.iter().filter_map(|e| {
+            let path = format!("{rel}/{}", String::from_utf8_lossy(&e.path));
+            reader.read(e).ok().map(|bytes| (path, bytes))
+        }));
+        for files in needs.values() {
+            let others = match files.len() {
+                1 => String::new(),
+                n => format!(" and {} others", n - 1),
+            };
             add(
-                "Moodle's TeX filter ships mimetex built for each OS and runs the one that matches the node's.",
-                &format!("{tag} [{rel}/{parent}/mimetex.*]"),
+                &format!("{MIMETEX} Each runs only on its own OS, with that OS's libc; no Debian libc package is needed."),
+                &format!("missing-dependency-on-libc needed by {}{others}", files[0]),
             );
         }
     }
@@ -703,6 +733,34 @@ fn lintian_overrides(cfg: &Config, tree: &[Entry], compression: Compression) -> 
         add(reason, tag);
     }
     s
+}
+
+/// The libc packages that dynamically linked ELF binaries need, by the rule of lintian's
+/// `missing-dependency-on-libc` (`NEEDED libc.so.6` means `libc6`): package -> files, sorted.
+/// Files that are not ELF (Mach-O, PE) or need no libc are left out.
+fn libc_needs(files: impl Iterator<Item = (String, Vec<u8>)>) -> BTreeMap<String, Vec<String>> {
+    let mut needs: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (path, bytes) in files {
+        let Ok(elf) = goblin::elf::Elf::parse(&bytes) else {
+            continue;
+        };
+        for lib in &elf.libraries {
+            if let Some(v) = lib
+                .strip_prefix("libc.so.")
+                .filter(|v| v.starts_with(|c: char| c.is_ascii_digit()))
+            {
+                needs
+                    .entry(format!("libc{v}"))
+                    .or_default()
+                    .push(path.clone());
+            }
+        }
+    }
+    for files in needs.values_mut() {
+        files.sort();
+        files.dedup();
+    }
+    needs
 }
 
 /// `Mon, 22 Apr 2024 10:00:00 +0000`.
@@ -748,6 +806,30 @@ fn wrap(text: &str, width: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn libc_needs_groups_elf_binaries_by_libc_package() {
+        let elf = std::fs::read("/usr/bin/true").unwrap();
+        let needs = libc_needs(
+            [
+                ("b/mimetex.linux".to_string(), elf.clone()),
+                ("a/mimetex.freebsd".to_string(), elf),
+                ("a/mimetex.exe".to_string(), b"MZ\x90\x00".to_vec()),
+                ("a/mimetex.darwin".to_string(), b"\xcf\xfa\xed\xfe".to_vec()),
+            ]
+            .into_iter(),
+        );
+        assert_eq!(
+            needs.into_iter().collect::<Vec<_>>(),
+            [(
+                "libc6".to_string(),
+                vec![
+                    "a/mimetex.freebsd".to_string(),
+                    "b/mimetex.linux".to_string()
+                ]
+            )]
+        );
+    }
 
     #[test]
     fn symlinks_must_stay_inside() {

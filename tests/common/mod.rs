@@ -108,6 +108,23 @@ pub fn moodle_tree(dir: &Path, version: &str, release: &str) {
     std::os::unix::fs::symlink("../../../pix/moodlelogo.png", &link).unwrap();
 }
 
+/// The TeX filter's binaries as core Moodle 4.1 ships them in `filter/tex`: `mimetex.linux`, a
+/// dynamically linked ELF (a copy of the system's `true`), and `mimetex.freebsd`, the same
+/// marked as a FreeBSD binary (ELF OS/ABI 9). lintian draws `missing-dependency-on-libc` and the
+/// binary tags on them, as on the real ones.
+pub fn tex_filter_binaries(dir: &Path) {
+    let tex = dir.join("filter/tex");
+    fs::create_dir_all(&tex).unwrap();
+    let mut elf = fs::read("/usr/bin/true").unwrap();
+    assert_eq!(&elf[..4], b"\x7fELF");
+    fs::write(tex.join("mimetex.linux"), &elf).unwrap();
+    elf[7] = 9;
+    fs::write(tex.join("mimetex.freebsd"), &elf).unwrap();
+    for f in ["mimetex.linux", "mimetex.freebsd"] {
+        fs::set_permissions(tex.join(f), fs::Permissions::from_mode(0o755)).unwrap();
+    }
+}
+
 /// A site: a temporary folder with a git repository (`repo/`) on branch `deploy` and a config
 /// file (`moodle-release.toml`) pointing at it.
 pub struct Site {
