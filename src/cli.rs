@@ -79,8 +79,8 @@ pub enum Command {
 /// What `roll` and `rollback` share.
 #[derive(Debug, Args)]
 pub struct Rolling {
-    /// Web nodes upgraded (and out of rotation) at once; default `[roll] batch`.
-    #[arg(long, value_name = "N")]
+    /// Web nodes upgraded (and out of rotation) at once, at least 1; default `[roll] batch`.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
     pub batch: Option<u32>,
     /// Print the plan and stop: nothing is changed.
     #[arg(long, alias = "dry-run")]

@@ -801,6 +801,15 @@ impl Config {
                     format!("`{}` is listed twice", p.component),
                 ));
             }
+            if let Some(why) = p.path.as_deref().and_then(bad_plugin_path) {
+                return Err(err(
+                    vec![k("plugins"), I(i), k("path")],
+                    format!(
+                        "`{}` {why}: give a folder inside the Moodle tree, e.g. \"mod/customcert\" (or leave `path` out: it follows from `component`)",
+                        p.path.as_deref().unwrap_or_default()
+                    ),
+                ));
+            }
         }
         if self.roll.batch == 0 {
             return Err(err(
@@ -872,6 +881,23 @@ impl Config {
     /// `[deploy] repo`, resolved against the config file's folder.
     pub fn deploy_repo(&self) -> PathBuf {
         self.base_dir.join(&self.deploy.repo)
+    }
+}
+
+/// Why a plugin `path` cannot be grafted into dirroot, if it cannot: it is the folder the
+/// plugin's tree replaces, so one that is absolute or climbs out with `..` would write outside
+/// the site (and into every node's filesystem once packaged).
+fn bad_plugin_path(path: &str) -> Option<&'static str> {
+    if path.starts_with('/') {
+        Some("is absolute")
+    } else if path.split('/').any(|c| c == "..") {
+        Some("leaves the Moodle tree")
+    } else if path.split('/').any(|c| c.is_empty() || c == ".") {
+        Some("has an empty or `.` part")
+    } else if path.contains(['\\', '\n', '\r']) {
+        Some("has a backslash or a line break")
+    } else {
+        None
     }
 }
 

@@ -28,6 +28,50 @@ fn config_errors_name_file_line_and_key() {
     assert!(!err.contains("panicked"));
 }
 
+/// A plugin path that is absolute or climbs out of dirroot would be grafted outside the site:
+/// a config error with file, line and key, before anything is fetched.
+#[test]
+fn plugin_paths_outside_dirroot_are_config_errors() {
+    let site = Site::new();
+    for (path, why) in [
+        ("../../etc", "leaves the Moodle tree"),
+        ("mod/../../etc", "leaves the Moodle tree"),
+        ("/etc/cron.d", "is absolute"),
+        ("mod//x", "empty or `.` part"),
+    ] {
+        site.config(&format!(
+            "\n[[plugins]]\ncomponent = \"mod_x\"\nurl = \"https://git.example.edu/x.git\"\nref = \"main\"\npath = \"{path}\"\n"
+        ));
+        let (code, err) = stderr_of(&site, &["config", "check"]);
+        assert_eq!(code, Some(2), "{path}: {err}");
+        assert!(
+            err.contains("moodle-release.toml:15: [[plugins]] #1 path: "),
+            "{path}: {err}"
+        );
+        assert!(err.contains(why) && err.contains(path), "{path}: {err}");
+    }
+    site.config("\n[[plugins]]\ncomponent = \"mod_x\"\nurl = \"https://git.example.edu/x.git\"\nref = \"main\"\npath = \"mod/x\"\n");
+    assert_eq!(stderr_of(&site, &["config", "check"]).0, Some(0));
+}
+
+/// `--batch 0` would take no node at a time: refused by the command line (exit 2), as
+/// `batch = 0` is by the config.
+#[test]
+fn batch_zero_is_refused() {
+    let site = Site::new();
+    for args in [
+        &["roll", "--batch", "0"][..],
+        &["rollback", "--batch", "0", "--plan"],
+    ] {
+        let (code, err) = stderr_of(&site, args);
+        assert_eq!(code, Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains("--batch") && err.contains("0"),
+            "{args:?}: {err}"
+        );
+    }
+}
+
 #[test]
 fn unknown_keys_suggest_the_nearest() {
     let site = Site::new();

@@ -594,7 +594,11 @@ pub fn roll(
                 .into(),
         ));
     }
-    let batch = opts.batch.unwrap_or(cfg.roll.batch).max(1) as usize;
+    // clap's range and the config's check refuse 0 to the user; a library caller gets told too.
+    let batch = opts.batch.unwrap_or(cfg.roll.batch) as usize;
+    if batch == 0 {
+        return Err(RollError::Config("--batch must be at least 1".into()));
+    }
     let state_dir = cfg.base_dir.join(&cfg.roll.state_dir);
     let previous_state = RollState::read(&state_dir).map_err(RollError::Preflight)?;
     let stop = Arc::new(AtomicBool::new(false));
