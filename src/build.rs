@@ -17,10 +17,10 @@ use crate::deb::control::{self, Control};
 use crate::deb::data::{self, Content, DataEntry};
 use crate::deb::md5cache::Md5Cache;
 use crate::deb::{self, Compression};
-use crate::moodle::release::yyyymmdd;
 use crate::moodle::{MoodleError, SiteInfo};
 use crate::report::Reporter;
 use crate::source::{self, Entry, Filter, Kind, Reader, Source, SourceError};
+use crate::time::{rfc2822, yyyymmdd};
 
 /// Longest path dpkg can carry (PATH_MAX less the terminating NUL).
 const MAX_PATH: usize = 4095;
@@ -763,26 +763,6 @@ fn libc_needs(files: impl Iterator<Item = (String, Vec<u8>)>) -> BTreeMap<String
     needs
 }
 
-/// `Mon, 22 Apr 2024 10:00:00 +0000`.
-pub(crate) fn rfc2822(epoch: i64) -> String {
-    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
-    let d = yyyymmdd(epoch);
-    let secs = epoch.rem_euclid(86_400);
-    format!(
-        "{}, {:02} {} {} {:02}:{:02}:{:02} +0000",
-        DAYS[epoch.div_euclid(86_400).rem_euclid(7) as usize],
-        d % 100,
-        MONTHS[((d / 100) % 100 - 1) as usize],
-        d / 10_000,
-        secs / 3600,
-        secs % 3600 / 60,
-        secs % 60
-    )
-}
-
 /// Wraps text at word boundaries to lines of at most `width` characters (Debian policy wants the
 /// extended description under 80 columns); a word longer than `width` gets a line of its own.
 fn wrap(text: &str, width: usize) -> String {
@@ -842,11 +822,5 @@ mod tests {
         assert!(symlink_stays_inside(b"link", b"/srv/moodle/html/lib", d));
         assert!(!symlink_stays_inside(b"link", b"/srv/moodle/html2/lib", d));
         assert!(symlink_stays_inside(b"a/link", b"./x/../y", d));
-    }
-
-    #[test]
-    fn dates() {
-        assert_eq!(rfc2822(0), "Thu, 01 Jan 1970 00:00:00 +0000");
-        assert_eq!(rfc2822(1_713_780_000), "Mon, 22 Apr 2024 10:00:00 +0000");
     }
 }

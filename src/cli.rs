@@ -162,13 +162,6 @@ pub struct MergeArgs {
     pub notes: Option<std::path::PathBuf>,
 }
 
-/// Arguments of commands not available yet (accepted so that `--help` lists them).
-#[derive(Debug, Args)]
-pub struct Rest {
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
-    pub args: Vec<String>,
-}
-
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
     /// Validate the config file and print the resolved values (defaults filled in).

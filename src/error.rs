@@ -26,8 +26,6 @@ pub enum Error {
     Apt(#[from] AptError),
     #[error(transparent)]
     Roll(#[from] RollError),
-    #[error("`moodle-release {0}` is not available yet in this version")]
-    NotYet(&'static str),
     #[error("{0}")]
     Usage(String),
     #[error("writing the result failed: {0}")]
@@ -38,7 +36,7 @@ impl Error {
     /// The process exit code for this error.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Error::Config(_) | Error::NotYet(_) | Error::Usage(_) => 2,
+            Error::Config(_) | Error::Usage(_) => 2,
             Error::Build(_) | Error::Output(_) => 1,
             Error::Merge(e) => e.exit_code(),
             Error::Apt(e) => e.exit_code(),
@@ -49,9 +47,6 @@ impl Error {
     /// What to do next, where there is something useful to say.
     pub fn hint(&self) -> Option<&'static str> {
         match self {
-            Error::NotYet(_) => Some(
-                "this release of moodle-release implements `merge`, `build`, `publish`, `repo list` and `config check`",
-            ),
             Error::Config(ConfigError::Read { .. }) => {
                 Some("give the config file with --config PATH (default: ./moodle-release.toml)")
             }

@@ -615,7 +615,7 @@ fn now_secs() -> u64 {
 }
 
 fn rfc2822_now() -> String {
-    crate::build::rfc2822(now_secs() as i64).replace("+0000", "UTC")
+    crate::time::rfc2822(now_secs() as i64).replace("+0000", "UTC")
 }
 
 /// [`crate::fsutil::write_atomic`], with the path in the error. Durability is [`sync_fs`]'s

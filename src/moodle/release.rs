@@ -163,22 +163,6 @@ impl fmt::Display for Release {
     }
 }
 
-/// A UTC day (YYYYMMDD) from a Unix time, for weeklies without a date.
-pub fn yyyymmdd(epoch: i64) -> u32 {
-    let days = epoch.div_euclid(86_400);
-    // Civil-from-days (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y * 10_000 + m * 100 + d) as u32
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -217,12 +201,5 @@ mod tests {
         ] {
             assert!(Release::parse(s).is_err(), "{s}");
         }
-    }
-
-    #[test]
-    fn day_from_epoch() {
-        assert_eq!(yyyymmdd(0), 19700101);
-        assert_eq!(yyyymmdd(1_713_744_000), 20240422);
-        assert_eq!(yyyymmdd(951_782_400), 20000229);
     }
 }

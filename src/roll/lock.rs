@@ -214,7 +214,7 @@ pub fn take(ssh: &Ssh, conn: &Conn, target: &str, break_lock: bool) -> Result<He
         user(|v| std::env::var(v).ok()),
         crate::fsutil::hostname(),
         std::process::id(),
-        crate::build::rfc2822((now_ms() / 1000) as i64)
+        crate::time::rfc2822((now_ms() / 1000) as i64)
     );
     if break_lock {
         ssh.run(conn, &remove())?;
