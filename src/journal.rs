@@ -27,16 +27,55 @@ pub struct Entry {
     pub detail: String,
 }
 
+/// `roll` or `rollback`: the command a state belongs to, and the one that resumes it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RollKind {
+    #[default]
+    Roll,
+    Rollback,
+}
+
+impl std::fmt::Display for RollKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RollKind::Roll => "roll",
+            RollKind::Rollback => "rollback",
+        })
+    }
+}
+
+/// Where a roll is: written at each change, so a killed roll's state still says `running`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RollStatus {
+    #[default]
+    Running,
+    Done,
+    Failed,
+    Interrupted,
+}
+
+impl std::fmt::Display for RollStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RollStatus::Running => "running",
+            RollStatus::Done => "done",
+            RollStatus::Failed => "failed",
+            RollStatus::Interrupted => "interrupted",
+        })
+    }
+}
+
 /// What a roll left behind, for `--resume` and `status`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct RollState {
     pub id: String,
-    pub kind: String,
+    pub kind: RollKind,
     pub target: String,
     /// Version each node ran before the roll.
     pub previous: std::collections::BTreeMap<String, String>,
-    /// `running`, `done`, `failed`, `interrupted`.
-    pub status: String,
+    pub status: RollStatus,
     pub journal: PathBuf,
     /// Nodes this roll drained or put in maint (so a re-run knows they are its own).
     #[serde(default)]
@@ -55,7 +94,7 @@ pub struct RollState {
 impl RollState {
     /// Still running, or stopped (failed, interrupted): what it recorded still matters.
     pub fn unfinished(&self) -> bool {
-        self.status != "done"
+        self.status != RollStatus::Done
     }
 
     /// An unfinished database path left the site in maintenance with its upgrade to run.

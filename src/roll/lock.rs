@@ -258,6 +258,7 @@ impl Held {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::journal::RollStatus;
 
     #[test]
     fn the_owner_is_named_without_user_in_the_environment() {
@@ -312,15 +313,18 @@ mod tests {
 
     #[test]
     fn the_later_roll_state_wins_and_this_machines_on_a_tie() {
-        let st = |id: &str, status: &str| {
+        let st = |id: &str, status: RollStatus| {
             Some(RollState {
                 id: id.into(),
-                status: status.into(),
+                status,
                 ..RollState::default()
             })
         };
-        let status = |s: Option<RollState>| s.map(|s| s.status);
-        let (here, there) = (st("1795421359151", "done"), st("1795421400000", "failed"));
+        let status = |s: Option<RollState>| s.map(|s| s.status.to_string());
+        let (here, there) = (
+            st("1795421359151", RollStatus::Done),
+            st("1795421400000", RollStatus::Failed),
+        );
         assert_eq!(
             status(newer(here.clone(), there.clone())).as_deref(),
             Some("failed")
@@ -334,7 +338,7 @@ mod tests {
             Some("failed")
         );
         assert_eq!(status(newer(here.clone(), None)).as_deref(), Some("done"));
-        let lagging = st("1795421359151", "running");
+        let lagging = st("1795421359151", RollStatus::Running);
         assert_eq!(status(newer(here, lagging)).as_deref(), Some("done"));
         assert!(newer(None, None).is_none());
     }

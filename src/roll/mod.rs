@@ -25,7 +25,7 @@ use serde::Serialize;
 use crate::apt::AptError;
 use crate::config::{Config, Node, Role};
 use crate::haproxy::{AdminState, HaError, Lb};
-use crate::journal::{now_ms, Entry, Journal, RollState};
+use crate::journal::{now_ms, Entry, Journal, RollKind, RollState, RollStatus};
 use crate::report::Reporter;
 use crate::ssh::{quote, Conn, Output, Ssh, SshError};
 use lock::{newer, remote_state, Lock, REMOTE_STATE};
@@ -43,6 +43,16 @@ pub struct RollOptions {
     pub break_lock: bool,
     /// `rollback` rather than `roll`.
     pub rollback: bool,
+}
+
+impl RollOptions {
+    pub fn kind(&self) -> RollKind {
+        if self.rollback {
+            RollKind::Rollback
+        } else {
+            RollKind::Roll
+        }
+    }
 }
 
 /// Why a roll did not complete.
@@ -123,13 +133,14 @@ pub struct Installed {
 /// The plan, as `--plan` prints it.
 #[derive(Debug, Clone, Serialize)]
 pub struct Plan {
-    pub kind: String,
+    pub kind: RollKind,
     pub target: String,
     /// Why `target` is the target: `--version`, the newest, the stopped roll `--resume` finishes.
     pub target_why: String,
-    /// `code-only` or `database`.
-    pub path: String,
+    pub path: RollPath,
     pub why: String,
+    /// Web nodes out of rotation at once (`--batch`, else `[roll] batch`), at least 1.
+    pub batch: usize,
     pub batches: Vec<Vec<String>>,
     pub cron: Vec<String>,
     pub skipped: Vec<String>,
@@ -139,10 +150,31 @@ pub struct Plan {
     pub purge_on: Option<String>,
 }
 
+/// How the nodes get the target: in rotation a batch at a time, or behind maintenance mode with
+/// `upgrade_command` once (a first install goes that way too: there is no database yet that
+/// the code matches).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RollPath {
+    CodeOnly,
+    Database,
+    FirstInstall,
+}
+
+impl std::fmt::Display for RollPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            RollPath::CodeOnly => "code-only",
+            RollPath::Database => "database",
+            RollPath::FirstInstall => "first-install database",
+        })
+    }
+}
+
 impl Plan {
     /// The database path (maintenance mode and `upgrade_command`), rather than code-only.
     pub fn database(&self) -> bool {
-        self.path == "database"
+        self.path != RollPath::CodeOnly
     }
 }
 
@@ -312,7 +344,7 @@ impl Ctx<'_> {
 
     /// Stops the roll on Ctrl-C or SIGTERM, between steps: the state says so, for `--resume`.
     fn interrupt(&mut self, message: String) -> RollError {
-        self.state.status = "interrupted".into();
+        self.state.status = RollStatus::Interrupted;
         self.save_state();
         self.log(None, None, "interrupt", "info", Instant::now(), &message);
         RollError::Interrupted {
@@ -332,7 +364,7 @@ impl Ctx<'_> {
     }
 
     fn fail(&mut self, node: Option<&str>, message: String) -> RollError {
-        self.state.status = "failed".into();
+        self.state.status = RollStatus::Failed;
         self.state.failed_node = node.map(String::from);
         self.state.reason = Some(message.clone());
         self.save_state();
@@ -678,7 +710,7 @@ pub fn roll(
     let result = run_plan(&mut ctx, &plan, &installed, previous_state, opts);
     held.release(&ctx.ssh, ctx.conn(lock_node));
     let (upgraded, maintenance_secs) = result?;
-    ctx.state.status = "done".into();
+    ctx.state.status = RollStatus::Done;
     ctx.save_state();
     Ok(Outcome {
         plan,
@@ -792,7 +824,7 @@ fn resumed<'a>(
     opts: &RollOptions,
     previous: Option<&'a RollState>,
 ) -> Result<&'a RollState, RollError> {
-    let kind = if opts.rollback { "rollback" } else { "roll" };
+    let kind = opts.kind();
     let Some(s) = previous.filter(|s| s.unfinished()) else {
         return Err(RollError::NothingToResume(match previous {
             Some(s) => format!(
@@ -847,9 +879,9 @@ fn choose_target(
                 "--resume: the {} to {} that {}{}{}",
                 s.kind,
                 s.target,
-                match s.status.as_str() {
-                    "running" => "was killed",
-                    other => other,
+                match s.status {
+                    RollStatus::Running => "was killed".to_string(),
+                    other => other.to_string(),
                 },
                 s.failed_node
                     .as_ref()
@@ -940,9 +972,11 @@ fn make_plan(
         .filter(|n| installed[&n.name].version.as_deref() != Some(target))
         .collect();
     let mut why = String::new();
+    let mut first_install = false;
     for n in &to_do {
         let i = &installed[&n.name];
         if i.version.is_none() {
+            first_install = true;
             why = format!(
                 "{} has no version of {} installed",
                 n.name, cfg.site.package
@@ -1011,15 +1045,20 @@ fn make_plan(
         }));
     }
     let plan = Plan {
-        kind: if opts.rollback { "rollback" } else { "roll" }.into(),
+        kind: opts.kind(),
         target: target.to_string(),
         target_why: String::new(),
-        path: if database { "database" } else { "code-only" }.into(),
+        path: match (database, first_install) {
+            (false, _) => RollPath::CodeOnly,
+            (true, true) => RollPath::FirstInstall,
+            (true, false) => RollPath::Database,
+        },
         why: if database {
             why.clone()
         } else {
             "no $version and no db/ file differs: nodes are upgraded in rotation".into()
         },
+        batch,
         batches: webs.chunks(batch).map(|c| c.to_vec()).collect(),
         cron: cfg
             .nodes
@@ -1154,13 +1193,13 @@ fn run_plan(
     })?);
     ctx.state = RollState {
         id,
-        kind: plan.kind.clone(),
+        kind: plan.kind,
         target: plan.target.clone(),
         previous: installed
             .iter()
             .filter_map(|(k, v)| v.version.clone().map(|v| (k.clone(), v)))
             .collect(),
-        status: "running".into(),
+        status: RollStatus::Running,
         journal: ctx.journal_path(),
         out_of_rotation: previous_state
             .as_ref()
@@ -1565,7 +1604,6 @@ fn auto_rollback(
         Instant::now(),
         &format!("after: {cause}"),
     );
-    let batch = plan.batches.first().map(|b| b.len()).unwrap_or(1).max(1);
     let mut by_version: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for n in upgraded {
         if let Some(v) = ctx.state.previous.get(n) {
@@ -1582,7 +1620,7 @@ fn auto_rollback(
             target: version.clone(),
             ..plan.clone()
         };
-        for chunk in nodes.chunks(batch) {
+        for chunk in nodes.chunks(plan.batch) {
             if let Err(e) = code_only_batch(ctx, &rb, chunk, &back_opts) {
                 return RollError::Failed {
                     message: format!("{cause}; --auto-rollback then failed too: {e}"),
@@ -1592,7 +1630,7 @@ fn auto_rollback(
             back.extend(chunk.iter().map(|n| format!("{n} ({version})")));
         }
     }
-    ctx.state.status = "failed".into();
+    ctx.state.status = RollStatus::Failed;
     ctx.save_state();
     RollError::Failed {
         message: format!(
@@ -1677,9 +1715,8 @@ fn database_path(ctx: &mut Ctx, plan: &Plan) -> Result<f64, RollError> {
     ctx.save_state();
     // 3. Install everywhere, batch after batch. Web nodes leave rotation while their files are
     // swapped (the others serve the maintenance page meanwhile), unless that would leave none.
-    let batch = plan.batches.first().map(|b| b.len()).unwrap_or(1).max(1);
     let web_count = web_nodes(ctx.cfg).len();
-    for chunk in all.chunks(batch) {
+    for chunk in all.chunks(plan.batch) {
         let web: Vec<Node> = ctx
             .cfg
             .nodes
@@ -2057,14 +2094,14 @@ mod tests {
         let names = |b: Vec<Vec<String>>| b.concat();
         assert_eq!(names(plan(None)), ["web2", "web3", "web4"]);
         let stopped = RollState {
-            status: "failed".into(),
+            status: RollStatus::Failed,
             out_of_rotation: vec!["web4".into()],
             ..RollState::default()
         };
         assert_eq!(names(plan(Some(&stopped))), ["web4", "web2", "web3"]);
         // A finished roll's list is not its own any more.
         let done = RollState {
-            status: "done".into(),
+            status: RollStatus::Done,
             ..stopped
         };
         assert_eq!(names(plan(Some(&done))), ["web2", "web3", "web4"]);
@@ -2073,9 +2110,9 @@ mod tests {
     #[test]
     fn resume_takes_the_stopped_rolls_target_or_refuses() {
         let stopped = RollState {
-            kind: "roll".into(),
+            kind: RollKind::Roll,
             target: "2".into(),
-            status: "failed".into(),
+            status: RollStatus::Failed,
             ..RollState::default()
         };
         let opts = |version: Option<&str>, rollback: bool| RollOptions {
@@ -2106,14 +2143,14 @@ mod tests {
         let e = target(opts(None, false), None).unwrap_err();
         assert!(matches!(e, RollError::NothingToResume(_)), "{e}");
         let done = RollState {
-            status: "done".into(),
+            status: RollStatus::Done,
             ..stopped.clone()
         };
         let e = target(opts(None, false), Some(&done)).unwrap_err();
         assert!(e.to_string().contains("(to 2) is done"), "{e}");
         // A killed roll (its state still says running) is resumed too.
         let killed = RollState {
-            status: "running".into(),
+            status: RollStatus::Running,
             ..stopped
         };
         assert_eq!(target(opts(None, false), Some(&killed)).unwrap(), "2");
