@@ -21,6 +21,7 @@ pub mod roll;
 pub mod run;
 pub mod source;
 pub mod ssh;
+pub mod status;
 pub mod time;
 pub mod ui;
 

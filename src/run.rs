@@ -209,7 +209,7 @@ pub fn run(cli: Cli, reporter: &dyn Reporter, out: &mut dyn Write) -> Result<(),
         }
         Command::Status => {
             let cfg = Config::load(&cli.config)?;
-            let st = roll::status(&cfg)?;
+            let st = crate::status::status(&cfg)?;
             if cli.json {
                 serde_json::to_writer_pretty(&mut *out, &st).map_err(std::io::Error::from)?;
                 writeln!(out)?;

@@ -1,0 +1,571 @@
+//! The executor: its context (connections, LBs, journal, state) and the steps every path shares:
+//! installs, drains, putting nodes back, the purge.
+
+use super::*;
+
+pub(super) struct Ctx<'a> {
+    pub(super) cfg: &'a Config,
+    pub(super) reporter: &'a dyn Reporter,
+    pub(super) ssh: Ssh,
+    pub(super) lbs: Vec<Lb>,
+    pub(super) conns: BTreeMap<String, Conn>,
+    pub(super) journal: Option<Journal>,
+    pub(super) state_dir: PathBuf,
+    pub(super) state: RollState,
+    pub(super) stop: Arc<AtomicBool>,
+    pub(super) warnings: Vec<String>,
+    pub(super) pkg: String,
+    /// Each LB's process as first seen: a change means HAProxy was reloaded and dropped the
+    /// runtime states this tool set.
+    pub(super) processes: BTreeMap<String, crate::haproxy::Process>,
+    /// A copy of the state could not be written on the lock node (said once).
+    pub(super) remote_state_failed: std::cell::Cell<bool>,
+}
+
+impl Ctx<'_> {
+    /// Notices a reloaded LB and sets again the states this roll had set on it (drain for the
+    /// nodes being upgraded, maint for a failed one).
+    pub(super) fn reapply_after_reload(&mut self) -> Result<(), RollError> {
+        for lb in self.lbs.clone() {
+            let now = lb.process()?;
+            let Some(before) = self.processes.get(&lb.name).cloned() else {
+                self.processes.insert(lb.name.clone(), now);
+                continue;
+            };
+            if before.pid == now.pid && now.uptime_sec >= before.uptime_sec {
+                continue;
+            }
+            self.processes.insert(lb.name.clone(), now);
+            let msg = format!(
+                "{} was reloaded during the roll (its runtime server states were lost): setting them again",
+                lb.name
+            );
+            warn(self.reporter, &mut self.warnings, msg.clone());
+            self.log(
+                None,
+                Some(&lb.name),
+                "reload detected",
+                "warning",
+                Instant::now(),
+                &msg,
+            );
+            for node in self.state.out_of_rotation.clone() {
+                let Some(n) = self.cfg.nodes.iter().find(|n| n.name == node) else {
+                    continue;
+                };
+                let state = if self.state.failed_node.as_deref() == Some(node.as_str()) {
+                    AdminState::Maint
+                } else {
+                    AdminState::Drain
+                };
+                lb.set_state(&server_name(n), state)?;
+                self.log(
+                    Some(&node),
+                    Some(&lb.name),
+                    &format!("state {} (again)", state.as_str()),
+                    "ok",
+                    Instant::now(),
+                    "",
+                );
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn log(
+        &mut self,
+        node: Option<&str>,
+        lb: Option<&str>,
+        action: &str,
+        result: &str,
+        started: Instant,
+        detail: &str,
+    ) {
+        if let Some(j) = &mut self.journal {
+            j.log(Entry {
+                time_ms: now_ms(),
+                node: node.map(String::from),
+                lb: lb.map(String::from),
+                action: action.to_string(),
+                result: result.to_string(),
+                duration_ms: started.elapsed().as_millis(),
+                detail: detail.to_string(),
+            });
+        }
+    }
+
+    /// Runs an apt script (see [`Ctx::apt_install`]) on `nodes` at once. A node that waits for
+    /// another apt's lock says so on screen and in the journal as it happens, rather than
+    /// after up to `apt_lock_timeout` of silence.
+    pub(super) fn run_apt(
+        &mut self,
+        nodes: &[String],
+        script: &str,
+    ) -> Vec<Result<Output, SshError>> {
+        let t = Instant::now();
+        let jobs = nodes
+            .iter()
+            .map(|n| (&self.conns[n], script.to_string()))
+            .collect();
+        let (reporter, journal) = (self.reporter, &mut self.journal);
+        self.ssh.run_all_long_noting(jobs, |i, note| {
+            reporter.note(&format!("{}: {note}", nodes[i]));
+            if let Some(j) = journal.as_mut() {
+                j.log(Entry {
+                    time_ms: now_ms(),
+                    node: Some(nodes[i].clone()),
+                    lb: None,
+                    action: "apt lock".into(),
+                    result: "waiting".into(),
+                    duration_ms: t.elapsed().as_millis(),
+                    detail: note.into(),
+                });
+            }
+        })
+    }
+
+    /// Says `msg` at once (a roll that fails later must not lose it) and keeps it for `--json`.
+    pub(super) fn warn(&mut self, msg: String) {
+        warn(self.reporter, &mut self.warnings, msg);
+    }
+
+    /// Writes the state in the state folder and a copy on the lock node ([`REMOTE_STATE`]),
+    /// where a run from another machine finds it.
+    pub(super) fn save_state(&self) {
+        let _ = self.state.write(&self.state_dir);
+        let Some(conn) = self.conns.get(lock_node(self.cfg)) else {
+            return;
+        };
+        let script = lock::write_state(&self.state);
+        let ok = matches!(self.ssh.run(conn, &script), Ok(o) if o.success());
+        if !ok && !self.remote_state_failed.replace(true) {
+            self.reporter.warn(&format!(
+                "{}: cannot keep a copy of the roll's state in {REMOTE_STATE}: a run from another machine will not know what this one did (the copy in {} is kept)",
+                conn.node,
+                self.state_dir.display()
+            ));
+        }
+    }
+
+    pub(super) fn journal_path(&self) -> PathBuf {
+        self.journal
+            .as_ref()
+            .map(|j| j.path.clone())
+            .unwrap_or_default()
+    }
+
+    pub(super) fn conn(&self, node: &str) -> &Conn {
+        &self.conns[node]
+    }
+
+    /// Stops the roll on Ctrl-C or SIGTERM, between steps: the state says so, for `--resume`.
+    pub(super) fn interrupt(&mut self, message: String) -> RollError {
+        self.state.status = RollStatus::Interrupted;
+        self.save_state();
+        self.log(None, None, "interrupt", "info", Instant::now(), &message);
+        RollError::Interrupted {
+            message,
+            journal: self.journal_path(),
+        }
+    }
+
+    /// What a stop before this run's maintenance window leaves behind: nothing, unless an
+    /// earlier roll stopped with the site in maintenance and its upgrade left to run.
+    pub(super) fn untouched(&self) -> &'static str {
+        if self.state.upgrade_pending {
+            "this run changed nothing, but the site is still in maintenance mode from the earlier roll: run again to finish its database upgrade"
+        } else {
+            "nothing was changed"
+        }
+    }
+
+    pub(super) fn fail(&mut self, node: Option<&str>, message: String) -> RollError {
+        self.state.status = RollStatus::Failed;
+        self.state.failed_node = node.map(String::from);
+        self.state.reason = Some(message.clone());
+        self.save_state();
+        self.log(node, None, "stop", "failed", Instant::now(), &message);
+        RollError::Failed {
+            message,
+            journal: self.journal_path(),
+        }
+    }
+
+    /// Sets `state` for `server` on every LB.
+    pub(super) fn set_all(
+        &mut self,
+        node: &str,
+        server: &str,
+        state: AdminState,
+    ) -> Result<(), RollError> {
+        for lb in self.lbs.clone() {
+            let t = Instant::now();
+            match lb.set_state(server, state) {
+                Ok(()) => self.log(
+                    Some(node),
+                    Some(&lb.name),
+                    &format!("state {}", state.as_str()),
+                    "ok",
+                    t,
+                    "",
+                ),
+                Err(e) => {
+                    self.log(
+                        Some(node),
+                        Some(&lb.name),
+                        &format!("state {}", state.as_str()),
+                        "failed",
+                        t,
+                        &e.to_string(),
+                    );
+                    return Err(e.into());
+                }
+            }
+        }
+        match state {
+            AdminState::Ready => self.state.out_of_rotation.retain(|n| n != node),
+            _ => {
+                if !self.state.out_of_rotation.iter().any(|n| n == node) {
+                    self.state.out_of_rotation.push(node.to_string());
+                }
+            }
+        }
+        self.save_state();
+        Ok(())
+    }
+
+    /// What `names` run, asked of all of them at once (`dpkg-query` with the fields `build`
+    /// records).
+    pub(super) fn installed_on(
+        &self,
+        names: &[String],
+    ) -> Result<BTreeMap<String, Installed>, RollError> {
+        let conns: Vec<&Conn> = names.iter().map(|n| self.conn(n)).collect();
+        let mut out = BTreeMap::new();
+        for (n, r) in names
+            .iter()
+            .zip(query_installed(&self.ssh, self.cfg, &conns))
+        {
+            out.insert(n.clone(), r?);
+        }
+        Ok(out)
+    }
+
+    /// Refreshes the site's own apt source only, then installs (or only downloads) `version`.
+    ///
+    /// Another apt on the node (unattended-upgrades) may hold one of apt's locks. apt 2.6 can
+    /// wait for dpkg's lock itself (`DPkg::Lock::Timeout`), but not for the lists' and the
+    /// archives' (measured), and it waits without a word. So each command is tried again
+    /// every 2 s while a lock is what it failed on, up to `[roll] apt_lock_timeout` in all, and
+    /// the first failure of each wait is a [`crate::ssh::NOTE`] line naming the lock and
+    /// who holds it (`run_apt` shows it at once).
+    pub(super) fn apt_install(&self, version: &str, download_only: bool) -> String {
+        let [list, sources] = apt_sources(&self.pkg);
+        format!(
+            "export DEBIAN_FRONTEND=noninteractive LC_ALL=C; end=$(( $(date +%s) + {wait} )); \
+             apt_retry() {{ said=; while :; do out=$(\"$@\" 2>&1) && return 0; \
+             case $out in *'Could not get lock'*) if [ $(date +%s) -lt $end ]; then \
+             [ -n \"$said\" ] || printf '{note}waiting up to %ss for another apt: %s\\n' $(( end - $(date +%s) )) \"$(printf '%s\\n' \"$out\" | grep -m1 'Could not get lock' | sed 's/^E: //')\" >&2; \
+             said=1; sleep 2; continue; fi;; esac; \
+             printf '%s\\n' \"$out\" | grep -v '^W: Unable to read /etc/apt/-/' >&2; return 100; done; }}; \
+             src={list}; [ -e /etc/apt/$src ] || src={sources}; \
+             apt_retry apt-get update -qq -o Dir::Etc::sourcelist=$src -o Dir::Etc::sourceparts=- -o APT::Get::List-Cleanup=0 && \
+             apt_retry apt-get install -y -qq --allow-downgrades{only} -o Dpkg::Options::=--force-confold {what}",
+            note = crate::ssh::NOTE,
+            list = quote(&list),
+            sources = quote(&sources),
+            wait = self.cfg.roll.apt_lock_timeout.as_secs(),
+            only = if download_only { " --download-only" } else { "" },
+            what = quote(&format!("{}={version}", self.pkg)),
+        )
+    }
+
+    pub(super) fn interrupted(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+}
+
+pub(super) fn run_plan(
+    ctx: &mut Ctx,
+    plan: &Plan,
+    installed: &BTreeMap<String, Installed>,
+    previous_state: Option<RollState>,
+    opts: &RollOptions,
+) -> Result<(Vec<String>, Option<f64>), RollError> {
+    let id = format!("{}", now_ms());
+    ctx.journal = Some(Journal::create(&ctx.state_dir, &id).map_err(|e| {
+        RollError::Config(format!(
+            "cannot write the journal in {}: {e}",
+            ctx.state_dir.display()
+        ))
+    })?);
+    ctx.state = RollState {
+        id,
+        kind: plan.kind,
+        target: plan.target.clone(),
+        previous: installed
+            .iter()
+            .filter_map(|(k, v)| v.version.clone().map(|v| (k.clone(), v)))
+            .collect(),
+        status: RollStatus::Running,
+        journal: ctx.journal_path(),
+        out_of_rotation: previous_state
+            .as_ref()
+            .map(|s| s.out_of_rotation.clone())
+            .unwrap_or_default(),
+        failed_node: None,
+        reason: None,
+        upgrade_pending: previous_state.as_ref().is_some_and(|s| s.upgrade_left()),
+    };
+    if opts.resume {
+        if let Some(p) = &previous_state {
+            ctx.state.previous = p.previous.clone();
+        }
+    }
+    ctx.save_state();
+    ctx.log(
+        None,
+        None,
+        &format!("{} to {} ({})", plan.kind, plan.target, plan.path),
+        "info",
+        Instant::now(),
+        &plan.why,
+    );
+
+    // Nodes an earlier run left out of rotation: back in when they are on the target and healthy.
+    for node in ctx.state.out_of_rotation.clone() {
+        let Some(n) = ctx.cfg.nodes.iter().find(|n| n.name == node) else {
+            continue;
+        };
+        if installed[&node].version.as_deref() != Some(plan.target.as_str()) {
+            continue;
+        }
+        match health_now(ctx.cfg, n) {
+            Ok(()) => {
+                ctx.reporter.step(&format!("{node}: on {} and healthy, left out of rotation by an earlier run: putting it back", plan.target));
+                ctx.set_all(&node, &server_name(n), AdminState::Ready)?;
+                ctx.reporter.step_done();
+            }
+            // Going on would put more than `batch` servers out of rotation, and ending "done"
+            // would leave a node out that no later run knows as its own.
+            Err(why) => {
+                return Err(ctx.fail(
+                    Some(&node),
+                    format!(
+                        "{node} is on {} but not healthy ({why}); it stays out of rotation, where an earlier run left it: fix it and run again",
+                        plan.target
+                    ),
+                ))
+            }
+        }
+    }
+
+    if plan.database() {
+        let secs = database_path(ctx, plan)?;
+        if ctx.interrupted() {
+            // Stopping halfway would leave the site in maintenance, or on code its database
+            // does not match: the database path, once begun, runs to its end.
+            ctx.warn("interrupted (Ctrl-C or SIGTERM) during the database path: it was finished rather than leave the site in maintenance mode".into());
+        }
+        Ok((
+            plan.batches
+                .iter()
+                .flatten()
+                .chain(plan.cron.iter())
+                .cloned()
+                .collect(),
+            Some(secs),
+        ))
+    } else {
+        let mut upgraded = Vec::new();
+        for b in &plan.batches {
+            if ctx.interrupted() {
+                let msg = format!(
+                    "stopped before batch {}; every node is in rotation; run again with --resume",
+                    b.join(", ")
+                );
+                return Err(ctx.interrupt(msg));
+            }
+            if let Err(e) = code_only_batch(ctx, plan, b, opts) {
+                if opts.auto_rollback && !upgraded.is_empty() {
+                    return Err(auto_rollback(ctx, plan, &upgraded, opts, e));
+                }
+                return Err(e);
+            }
+            upgraded.extend(b.iter().cloned());
+        }
+        for c in &plan.cron {
+            install_nodes(ctx, std::slice::from_ref(c), &plan.target)
+                .map_err(|(n, m)| ctx.fail(Some(&n), m))?;
+            upgraded.push(c.clone());
+        }
+        if let Some(node) = &plan.purge_on {
+            purge_caches(ctx, node);
+        }
+        Ok((upgraded, None))
+    }
+}
+
+/// `purge_command` once, on `node`, with every node on the target. A failure is a warning: the
+/// code is in place and serving; only its caches are stale until the purge is run by hand.
+pub(super) fn purge_caches(ctx: &mut Ctx, node: &str) {
+    let t = Instant::now();
+    let cmd = substitute(&ctx.cfg.roll.purge_command, ctx.cfg);
+    ctx.reporter
+        .step(&format!("purging Moodle's caches on {node}"));
+    let r = ctx.ssh.run_long(ctx.conn(node), &cmd);
+    ctx.reporter.step_done();
+    let failure = match r {
+        Ok(o) if o.success() => None,
+        Ok(o) => Some(format!("{} ({})", o.tail(), o.status())),
+        Err(e) => Some(e.to_string()),
+    };
+    match failure {
+        None => ctx.log(Some(node), None, "purge caches", "ok", t, &cmd),
+        Some(why) => {
+            ctx.log(Some(node), None, "purge caches", "failed", t, &why);
+            ctx.warn(format!(
+                "{node}: purge_command failed: {why}; every node runs the new code, but its caches are stale until `{cmd}` runs"
+            ));
+        }
+    }
+}
+
+/// Installs the target on `nodes` in parallel and checks the installed version. On failure:
+/// the first failed node and why.
+pub(super) fn install_nodes(
+    ctx: &mut Ctx,
+    nodes: &[String],
+    target: &str,
+) -> Result<(), (String, String)> {
+    let t = Instant::now();
+    ctx.reporter
+        .step(&format!("installing {target} on {}", nodes.join(", ")));
+    let script = ctx.apt_install(target, false);
+    let results = ctx.run_apt(nodes, &script);
+    let mut failure = None;
+    for (n, r) in nodes.iter().zip(results) {
+        match r {
+            Ok(o) if o.success() => ctx.log(Some(n), None, "install", "ok", t, target),
+            Ok(o) => {
+                let m = format!(
+                    "{n}: apt-get install {}={target} failed ({}): {}",
+                    ctx.pkg,
+                    o.status(),
+                    o.tail()
+                );
+                ctx.log(Some(n), None, "install", "failed", t, &m);
+                failure.get_or_insert((n.clone(), m));
+            }
+            Err(e) => {
+                ctx.log(Some(n), None, "install", "failed", t, &e.to_string());
+                failure.get_or_insert((n.clone(), e.to_string()));
+            }
+        }
+    }
+    ctx.reporter.step_done();
+    if let Some(f) = failure {
+        return Err(f);
+    }
+    let t = Instant::now();
+    let now = ctx
+        .installed_on(nodes)
+        .map_err(|e| (nodes[0].clone(), e.to_string()))?;
+    for n in nodes {
+        let v = &now[n];
+        if v.version.as_deref() != Some(target) {
+            let m = format!(
+                "{n}: after install dpkg reports {:?}, not {target}",
+                v.version
+            );
+            ctx.log(Some(n), None, "verify version", "failed", t, &m);
+            return Err((n.clone(), m));
+        }
+        ctx.log(Some(n), None, "verify version", "ok", t, target);
+    }
+    Ok(())
+}
+
+/// Drains `nodes` on every LB and waits, at most `drain_timeout`, until none has a session in
+/// flight or queued (one read of each LB per poll, whatever the batch size). A server that left
+/// drain by itself (an agent-check, a reload) is drained again, with a warning. Returns when it
+/// started and, at the timeout, what was still busy (empty: drained, logged as such).
+pub(super) fn drain_and_wait(
+    ctx: &mut Ctx,
+    nodes: &[Node],
+) -> Result<(Instant, Vec<String>), RollError> {
+    for n in nodes {
+        ctx.set_all(&n.name, &server_name(n), AdminState::Drain)?;
+    }
+    let t = Instant::now();
+    let deadline = t + ctx.cfg.roll.drain_timeout;
+    loop {
+        let mut busy = Vec::new();
+        for lb in &ctx.lbs {
+            let servers = lb.servers()?;
+            for n in nodes {
+                let s = lb.find(&servers, &server_name(n))?;
+                if !s.drain && !s.maint {
+                    warn(ctx.reporter, &mut ctx.warnings, format!("{}: {} left drain by itself (an agent-check or a reload?); draining it again", lb.name, s.name));
+                    lb.set_state(&s.name, AdminState::Drain)?;
+                }
+                if s.scur + s.qcur > 0 {
+                    busy.push(format!(
+                        "{} on {} ({} sessions, {} queued)",
+                        n.name, lb.name, s.scur, s.qcur
+                    ));
+                }
+            }
+        }
+        if busy.is_empty() {
+            let names: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
+            ctx.log(
+                None,
+                None,
+                &format!("drained {}", names.join(", ")),
+                "ok",
+                t,
+                "",
+            );
+            return Ok((t, busy));
+        }
+        if Instant::now() > deadline {
+            return Ok((t, busy));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Database path: takes `nodes` out of rotation while their files are swapped. The site is in
+/// maintenance mode, so no session is worth waiting longer than `drain_timeout` for: then the
+/// nodes go to maint and the install goes on.
+pub(super) fn take_out_for_install(ctx: &mut Ctx, nodes: &[Node]) -> Result<(), RollError> {
+    let (t, busy) = drain_and_wait(ctx, nodes)?;
+    if !busy.is_empty() {
+        maint_after_timeout(ctx, nodes, t, "site in maintenance", &busy)?;
+    }
+    Ok(())
+}
+
+/// After `drain_timeout`: `nodes` go to maint (no traffic, not even cookie-bound), and the
+/// journal says why and what was still busy.
+pub(super) fn maint_after_timeout(
+    ctx: &mut Ctx,
+    nodes: &[Node],
+    since: Instant,
+    why: &str,
+    busy: &[String],
+) -> Result<(), RollError> {
+    for n in nodes {
+        ctx.set_all(&n.name, &server_name(n), AdminState::Maint)?;
+    }
+    ctx.log(
+        None,
+        None,
+        "drain timeout",
+        "warning",
+        since,
+        &format!("{why}: switched to maint: {}", busy.join("; ")),
+    );
+    Ok(())
+}

@@ -1,0 +1,180 @@
+//! Before anything changes: every LB answers and accepts state changes, every node answers over
+//! SSH, the cluster locks and the servers out of rotation are known.
+
+use super::*;
+
+/// Before anything changes: every LB answers, lists every web node's server and takes state
+/// changes; every node answers over SSH. Returns what each node has installed.
+pub(super) fn preflight(ctx: &mut Ctx) -> Result<BTreeMap<String, Installed>, RollError> {
+    let cfg = ctx.cfg;
+    ctx.reporter.step("checking the load balancers");
+    for lb in &ctx.lbs {
+        let servers = lb
+            .servers()
+            .map_err(|e| RollError::Preflight(e.to_string()))?;
+        for n in web_nodes(cfg) {
+            let s = server_name(n);
+            let x = lb
+                .find(&servers, &s)
+                .map_err(|e| RollError::Preflight(format!("{e}; node {} needs it", n.name)))?;
+            if x.agent {
+                warn(
+                    ctx.reporter,
+                    &mut ctx.warnings,
+                    format!(
+                        "{}: {s} has an agent-check, which can cancel a drain set by this tool",
+                        lb.name
+                    ),
+                );
+            }
+        }
+        // The Runtime API must accept state changes (level admin). Setting a server's weight to
+        // the weight it has proves it and changes nothing.
+        if let Some(x) = web_nodes(cfg)
+            .first()
+            .and_then(|n| servers.iter().find(|x| x.name == server_name(n)))
+        {
+            lb.send(&format!(
+                "set weight {}/{} {}",
+                lb.backend, x.name, x.weight
+            ))
+            .map_err(|e| {
+                RollError::Preflight(format!("{e} (the stats socket needs `level admin`)"))
+            })?;
+        }
+    }
+    ctx.reporter.step_done();
+    for lb in &ctx.lbs {
+        let p = lb
+            .process()
+            .map_err(|e| RollError::Preflight(e.to_string()))?;
+        ctx.processes.insert(lb.name.clone(), p);
+    }
+    ctx.reporter.step("connecting to the nodes");
+    let dests: Vec<(String, String)> = cfg
+        .nodes
+        .iter()
+        .map(|n| (n.name.clone(), n.ssh.clone()))
+        .collect();
+    let mut installed = BTreeMap::new();
+    for r in connect_and_query(&ctx.ssh, cfg, &dests) {
+        let (c, answer) = r.map_err(|e| RollError::Preflight(e.to_string()))?;
+        installed.insert(c.node.clone(), answer?);
+        ctx.conns.insert(c.node.clone(), c);
+    }
+    let names: Vec<String> = cfg.nodes.iter().map(|n| n.name.clone()).collect();
+    ctx.reporter.step_done();
+    let nodes_where = |bad: fn(&Installed) -> bool| -> Vec<&str> {
+        names
+            .iter()
+            .filter(|n| bad(&installed[*n]))
+            .map(String::as_str)
+            .collect()
+    };
+    // Without it, apt would refresh nothing and fail later, on a node already drained.
+    let missing = nodes_where(|i| i.apt_source.is_none());
+    if !missing.is_empty() {
+        return Err(RollError::Preflight(format!(
+            "{}: no apt source for {pkg}: write /etc/apt/sources.list.d/{pkg}.list (or {pkg}.sources), the only source roll refreshes (README: \"Serve [apt] repo\")",
+            missing.join(", "),
+            pkg = ctx.pkg
+        )));
+    }
+    let relative = nodes_where(|i| i.config_php_relative_setup);
+    if let (false, Some(c)) = (relative.is_empty(), cfg.site.config_php_target()) {
+        return Err(RollError::Preflight(format!(
+            "{}: {c} requires lib/setup.php from its own folder (__DIR__), where it is not: every page would fail. Delete that line: the package's {}/config.php requires {c}, then lib/setup.php",
+            relative.join(", "),
+            cfg.site.install_dir
+        )));
+    }
+    Ok(installed)
+}
+
+/// The cluster locks the preflight query found, said before anything changes.
+///
+/// On the lock node: `--plan` says what taking it would do, `--break-lock` whose lock it
+/// removes (for the record: `--json` keeps warnings); else [`lock::take`] refuses. On any
+/// other node, a roll whose config lists the nodes in another order holds it, against the same
+/// cluster: a live one refuses this roll (exit 3), one known dead is a warning, `--break-lock`
+/// removes it.
+pub(super) fn check_locks(
+    ctx: &mut Ctx,
+    opts: &RollOptions,
+    installed: &BTreeMap<String, Installed>,
+) -> Result<(), RollError> {
+    let first = lock_node(ctx.cfg);
+    let held_here = installed.get(first).and_then(|i| i.lock.as_ref());
+    match (held_here, opts.plan, opts.break_lock) {
+        (Some(l), true, b) => ctx.warn(format!(
+            "another roll holds the cluster lock on {first} ({l}): {}",
+            if b {
+                "--break-lock would remove it"
+            } else {
+                "this roll would be refused"
+            }
+        )),
+        (held, false, true) => ctx.warn(format!(
+            "--break-lock: removing the cluster lock on {first}{}",
+            held.map_or(", which no roll held".into(), |l| format!(
+                ", held by {}",
+                l.owner
+            ))
+        )),
+        _ => {}
+    }
+    for (node, l) in installed
+        .iter()
+        .filter(|(n, _)| *n != first)
+        .filter_map(|(n, i)| Some((n, i.lock.as_ref()?)))
+    {
+        let what = format!(
+            "on {node}: {l}; a roll whose config lists {node} first took it, against this cluster"
+        );
+        if opts.break_lock && !opts.plan {
+            ctx.warn(format!("--break-lock: removing the cluster lock {what}"));
+            ctx.ssh.run(ctx.conn(node), &lock::remove())?;
+        } else if l.dead() || opts.plan {
+            ctx.warn(format!("a cluster lock is held {what}"));
+        } else {
+            return Err(RollError::Locked(what));
+        }
+    }
+    Ok(())
+}
+
+/// Servers out of rotation that this tool did not put there (by the last roll's state) stop
+/// the roll, unless `--force`: someone took them out for a reason.
+pub(super) fn refuse_foreign_out_of_rotation(
+    ctx: &Ctx,
+    opts: &RollOptions,
+    previous_state: Option<&RollState>,
+) -> Result<(), RollError> {
+    let cfg = ctx.cfg;
+    let ours: Vec<String> = previous_state
+        .filter(|s| s.unfinished())
+        .map(|s| s.out_of_rotation.clone())
+        .unwrap_or_default();
+    for lb in &ctx.lbs {
+        for s in lb.servers()? {
+            let node = web_nodes(cfg)
+                .into_iter()
+                .find(|n| server_name(n) == s.name)
+                .map(|n| n.name.clone());
+            if (s.drain || s.maint) && !opts.force {
+                match &node {
+                    Some(n) if ours.contains(n) => {}
+                    _ => {
+                        return Err(RollError::Refused(format!(
+                            "{}: server {} is out of rotation ({}), and not by this tool; bring it back or use --force",
+                            lb.name,
+                            s.name,
+                            if s.maint { "maint" } else { "drain" }
+                        )))
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,191 @@
+//! What each node runs: one query per node over its SSH master (the package's version and the
+//! `X-Moodle-*` hashes `build` recorded, its apt source, the cluster lock and the roll state kept
+//! beside it), read in one round trip, for `roll` and `status` alike.
+
+use super::*;
+
+/// What a node runs.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Installed {
+    pub version: Option<String>,
+    pub versions_hash: Option<String>,
+    pub db_hash: Option<String>,
+    /// The node's apt source for the package, the only one `roll` refreshes:
+    /// `/etc/apt/sources.list.d/<package>.list`, else `.sources` (deb822).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub apt_source: Option<String>,
+    /// The node's config.php requires lib/setup.php relative to its own folder.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub config_php_relative_setup: bool,
+    /// The cluster lock, when this node holds it (the first node does while a roll runs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lock: Option<Lock>,
+    /// The roll state kept on this node ([`REMOTE_STATE`]), as JSON.
+    #[serde(skip)]
+    pub state: Option<String>,
+}
+
+/// What each of `conns` has installed of `pkg`, asked of all at once; results in the same
+/// order. Used by roll and by status.
+pub(super) fn query_installed(
+    ssh: &Ssh,
+    cfg: &Config,
+    conns: &[&Conn],
+) -> Vec<Result<Installed, SshError>> {
+    let script = installed_script(cfg);
+    let jobs = conns.iter().map(|c| (*c, script.clone())).collect();
+    conns
+        .iter()
+        .zip(ssh.run_all(jobs))
+        .map(|(c, r)| installed_answer(&c.node, r))
+        .collect()
+}
+
+/// Connects to `nodes` and asks each what it has installed in the same round trip (see
+/// [`Ssh::connect_all_then`]); results in the same order. Used by roll and by status.
+pub(crate) fn connect_and_query(
+    ssh: &Ssh,
+    cfg: &Config,
+    nodes: &[(String, String)],
+) -> Vec<Result<(Conn, Answer), SshError>> {
+    let script = installed_script(cfg);
+    ssh.connect_all_then(nodes, Some(&script))
+        .into_iter()
+        .map(|r| {
+            r.map(|(c, out)| {
+                let answer = installed_answer(&c.node, out);
+                (c, answer)
+            })
+        })
+        .collect()
+}
+
+/// What a node answered to [`installed_script`].
+type Answer = Result<Installed, SshError>;
+
+/// The query of what a node has installed of this site's package.
+pub(super) fn installed_script(cfg: &Config) -> String {
+    installed_query(
+        &cfg.site.package.to_string(),
+        cfg.site.config_php_target().as_deref(),
+    )
+}
+
+/// A node's answer to [`installed_script`].
+pub(super) fn installed_answer(
+    node: &str,
+    r: Result<Output, SshError>,
+) -> Result<Installed, SshError> {
+    let o = r?;
+    // The query itself never fails (`|| true`): a failure is the shell's or sudo's, and must
+    // not read as "nothing installed".
+    if !o.success() {
+        return Err(SshError::Run {
+            node: node.to_string(),
+            command: "dpkg-query".into(),
+            message: o.tail(),
+        });
+    }
+    Ok(parse_installed(&o.text()))
+}
+
+/// The query whose answer [`parse_installed`] reads.
+pub(super) fn installed_query(pkg: &str, config_php: Option<&str>) -> String {
+    // A config.php copied from a plain install ends with require_once(__DIR__ .
+    // '/lib/setup.php'): from the node's config folder that names a file that does not exist,
+    // and every page of the site fails (the packaged stub requires setup.php itself).
+    let relative_setup = config_php
+        .map(|c| {
+            format!(
+                "; if grep -Eq \"^[[:space:]]*(require|include)(_once)?[[:space:](]*(__DIR__|dirname[(]__FILE__[)])[[:space:]]*[.][[:space:]]*['\\\"]/lib/setup[.]php\" {} 2>/dev/null; then echo relative-setup; fi",
+                quote(c)
+            )
+        })
+        .unwrap_or_default();
+    format!(
+        "dpkg-query -W -f='${{Status}}|${{Version}}|${{X-Moodle-Versions-Hash}}|${{X-Moodle-Db-Hash}}\\n' {q} 2>/dev/null || true; \
+         for f in {list} {sources}; do if [ -e \"$f\" ]; then echo \"source $f\"; fi; done{relative_setup}; \
+         {lock}; true",
+        lock = lock::query(),
+        q = quote(pkg),
+        list = quote(&format!("/etc/apt/{}", apt_sources(pkg)[0])),
+        sources = quote(&format!("/etc/apt/{}", apt_sources(pkg)[1])),
+    )
+}
+
+/// The package's own apt source on a node, the only one roll refreshes: `<package>.list`, else
+/// the deb822 `<package>.sources`. Relative to /etc/apt, as `Dir::Etc::sourcelist` takes it.
+pub(super) fn apt_sources(pkg: &str) -> [String; 2] {
+    [
+        format!("sources.list.d/{pkg}.list"),
+        format!("sources.list.d/{pkg}.sources"),
+    ]
+}
+
+/// `Status|Version|X-Moodle-Versions-Hash|X-Moodle-Db-Hash` from dpkg-query, then a `source
+/// PATH` line for each apt source of the package the node has.
+pub(super) fn parse_installed(stdout: &str) -> Installed {
+    let apt_source = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("source "))
+        .map(str::to_string);
+    let config_php_relative_setup = stdout.lines().any(|l| l == "relative-setup");
+    let lock = Lock::parse(stdout);
+    let state = lock::state_text(stdout).map(str::to_string);
+    let line = stdout.lines().find(|l| l.contains('|')).unwrap_or("");
+    let parts: Vec<&str> = line.split('|').collect();
+    if parts.len() < 4 || !parts[0].ends_with("ok installed") {
+        return Installed {
+            apt_source,
+            config_php_relative_setup,
+            lock,
+            state,
+            ..Installed::default()
+        };
+    }
+    let opt = |s: &str| {
+        if s.is_empty() {
+            None
+        } else {
+            Some(s.to_string())
+        }
+    };
+    Installed {
+        version: opt(parts[1]),
+        versions_hash: opt(parts[2]),
+        db_hash: opt(parts[3]),
+        apt_source,
+        config_php_relative_setup,
+        lock,
+        state,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_installed_query_answer_is_read_whole() {
+        let i = parse_installed(
+            "install ok installed|4.1.9+2-1|vh|dh\nsource /etc/apt/sources.list.d/m.list\nlock root@ci pid 42 since Mon (target 4.1.9+3-1)\nlock-idle 3\nstate {\"id\":\"1\"}\n",
+        );
+        assert_eq!(i.version.as_deref(), Some("4.1.9+2-1"));
+        assert_eq!(i.db_hash.as_deref(), Some("dh"));
+        assert_eq!(
+            i.apt_source.as_deref(),
+            Some("/etc/apt/sources.list.d/m.list")
+        );
+        assert_eq!(
+            i.lock,
+            Some(Lock {
+                owner: "root@ci pid 42 since Mon (target 4.1.9+3-1)".into(),
+                idle_secs: Some(3)
+            })
+        );
+        assert_eq!(i.state.as_deref(), Some("{\"id\":\"1\"}"));
+        // Removed (config files left): nothing installed, and no lock.
+        let i = parse_installed("deinstall ok config-files|4.1.9+2-1|vh|dh\n");
+        assert_eq!((i.version, i.lock), (None, None));
+    }
+}

@@ -1,0 +1,155 @@
+//! `status`: what each node runs, how every LB sees it, the last roll and the cluster lock, read
+//! in one query per node; it changes nothing, so a read-only stats socket is enough.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::config::{Config, Role};
+use crate::haproxy::{HaError, Lb};
+use crate::journal::RollState;
+use crate::roll::health::healthy;
+use crate::roll::lock::{newer, remote_state, Lock};
+use crate::roll::probe::{connect_and_query, Installed};
+use crate::roll::{lock_node, server_name, RollError};
+use crate::ssh::Ssh;
+
+/// `status`: what each node runs, how each LB sees it, the repository's newest version.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    pub newest: Option<String>,
+    pub nodes: Vec<NodeStatus>,
+    pub roll: Option<RollState>,
+    /// Why the last roll's state could not be read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub roll_error: Option<String>,
+    /// The cluster lock, when a roll holds it (or a dead one left it).
+    pub lock: Option<LockStatus>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct LockStatus {
+    pub node: String,
+    #[serde(flatten)]
+    pub lock: Lock,
+    /// Its roll is known dead (see [`Lock::dead`]).
+    pub dead: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct NodeStatus {
+    pub name: String,
+    pub role: String,
+    pub version: Option<String>,
+    pub healthy: Option<bool>,
+    pub lbs: BTreeMap<String, String>,
+    pub error: Option<String>,
+}
+
+pub fn status(cfg: &Config) -> Result<Status, RollError> {
+    // The repository may be over ssh: `open` reads it either way.
+    let newest = crate::apt::open(cfg)
+        .ok()
+        .and_then(|(r, _mirror)| r.list().ok())
+        .and_then(|l| l.first().map(|x| x.version.clone()));
+    let ssh = Ssh::with_masters(
+        &cfg.ssh,
+        Some(
+            cfg.base_dir
+                .join(&cfg.roll.state_dir)
+                .join("ssh-masters.json"),
+        ),
+    )?;
+    let lbs: Vec<Lb> = cfg.lb.iter().map(Lb::from_config).collect();
+    let lb_servers: Vec<(String, Result<Vec<crate::haproxy::Server>, HaError>)> =
+        lbs.iter().map(|l| (l.name.clone(), l.servers())).collect();
+    // Every node at once: connections, then one query each.
+    let dests: Vec<(String, String)> = cfg
+        .nodes
+        .iter()
+        .map(|n| (n.name.clone(), n.ssh.clone()))
+        .collect();
+    let mut answers: BTreeMap<String, Result<Installed, String>> = BTreeMap::new();
+    let mut lock = None;
+    let mut remote = None;
+    for (r, (node, _)) in connect_and_query(&ssh, cfg, &dests).into_iter().zip(&dests) {
+        let answer = match r {
+            Ok((_, answer)) => answer.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        answers.insert(node.clone(), answer);
+    }
+    // Every node's health at once: a node that does not answer costs its timeout once.
+    let health: Vec<Option<bool>> = std::thread::scope(|s| {
+        let checks: Vec<_> = cfg
+            .nodes
+            .iter()
+            .map(|n| s.spawn(move || healthy(cfg, n)))
+            .collect();
+        checks
+            .into_iter()
+            .map(|c| c.join().unwrap_or(Some(false)))
+            .collect()
+    });
+    let mut nodes = Vec::new();
+    for (n, healthy) in cfg.nodes.iter().zip(health) {
+        let mut st = NodeStatus {
+            name: n.name.clone(),
+            role: if n.role == Role::Web { "web" } else { "cron" }.into(),
+            version: None,
+            healthy,
+            lbs: BTreeMap::new(),
+            error: None,
+        };
+        match answers.remove(&n.name) {
+            Some(Ok(i)) => {
+                if n.name == lock_node(cfg) {
+                    remote = i.state;
+                }
+                if let Some(l) = i.lock {
+                    lock = Some(LockStatus {
+                        node: n.name.clone(),
+                        dead: l.dead(),
+                        lock: l,
+                    });
+                }
+                st.version = i.version
+            }
+            Some(Err(e)) => st.error = Some(e),
+            None => st.error = Some("no answer".into()),
+        }
+        if n.role == Role::Web {
+            for (lb, servers) in &lb_servers {
+                let text = match servers {
+                    Ok(list) => match list.iter().find(|s| s.name == server_name(n)) {
+                        Some(s) => format!(
+                            "{}{}{} ({})",
+                            s.status,
+                            if s.drain { ", drain" } else { "" },
+                            if s.maint { ", maint" } else { "" },
+                            s.check_status
+                        ),
+                        None => "not in the backend".into(),
+                    },
+                    Err(e) => format!("unreachable: {e}"),
+                };
+                st.lbs.insert(lb.clone(), text);
+            }
+        }
+        nodes.push(st);
+    }
+    let here = RollState::read(&cfg.base_dir.join(&cfg.roll.state_dir));
+    let there = remote_state(lock_node(cfg), remote.as_deref());
+    let (roll, roll_error) = match (here, there) {
+        (Ok(h), Ok(t)) => (newer(h, t), None),
+        (Err(e), _) => (None, Some(e)),
+        (_, Err(e)) => (None, Some(e)),
+    };
+    Ok(Status {
+        newest,
+        nodes,
+        roll,
+        roll_error,
+        lock,
+    })
+}
