@@ -36,34 +36,7 @@ pub fn run(cli: Cli, reporter: &dyn Reporter, out: &mut dyn Write) -> Result<(),
                 serde_json::to_writer_pretty(&mut *out, &m).map_err(std::io::Error::from)?;
                 writeln!(out)?;
             } else {
-                let what = if m.dry_run { "would be" } else { "is" };
-                if m.changed {
-                    writeln!(
-                        out,
-                        "{} {what} now Moodle {}{}",
-                        m.branch,
-                        m.core_release.clone().unwrap_or_default(),
-                        if m.dry_run {
-                            String::new()
-                        } else {
-                            format!(" ({})", &m.commit[..12.min(m.commit.len())])
-                        }
-                    )?;
-                    for line in merge::summary_lines(&m) {
-                        writeln!(out, "  {line}")?;
-                    }
-                } else {
-                    writeln!(
-                        out,
-                        "{} is up to date: nothing changed ({})",
-                        m.branch,
-                        &m.commit[..12.min(m.commit.len())]
-                    )?;
-                }
-                if m.lock_changed {
-                    let verb = if m.dry_run { "would write" } else { "wrote" };
-                    writeln!(out, "{verb} {}", m.lock.display())?;
-                }
+                crate::render::merge(&m, out)?;
             }
             Ok(())
         }
@@ -78,36 +51,7 @@ pub fn run(cli: Cli, reporter: &dyn Reporter, out: &mut dyn Write) -> Result<(),
                 serde_json::to_writer_pretty(&mut *out, &p).map_err(std::io::Error::from)?;
                 writeln!(out)?;
             } else {
-                for v in &p.added {
-                    writeln!(out, "added {} {v}", cfg.site.package)?;
-                }
-                for v in &p.unchanged {
-                    writeln!(
-                        out,
-                        "{} {v} is already published with the same bytes: nothing to do",
-                        cfg.site.package
-                    )?;
-                }
-                for v in &p.removed {
-                    writeln!(
-                        out,
-                        "removed {} {v} (beyond keep = {keep})",
-                        cfg.site.package
-                    )?;
-                }
-                writeln!(
-                    out,
-                    "{}: {} version(s) of {} ({}), {}",
-                    p.repo.display(),
-                    p.versions.len(),
-                    cfg.site.package,
-                    p.versions.join(", "),
-                    if p.signed {
-                        "signed"
-                    } else {
-                        "NOT signed: set [apt] sign_key"
-                    }
-                )?;
+                crate::render::publish(&p, &cfg.site.package.0, keep, out)?;
             }
             Ok(())
         }
@@ -214,62 +158,7 @@ pub fn run(cli: Cli, reporter: &dyn Reporter, out: &mut dyn Write) -> Result<(),
                 serde_json::to_writer_pretty(&mut *out, &st).map_err(std::io::Error::from)?;
                 writeln!(out)?;
             } else {
-                writeln!(
-                    out,
-                    "newest in the repository: {}",
-                    st.newest.clone().unwrap_or_else(|| "-".into())
-                )?;
-                for n in &st.nodes {
-                    let lbs = n
-                        .lbs
-                        .iter()
-                        .map(|(k, v)| format!("{k}: {v}"))
-                        .collect::<Vec<_>>()
-                        .join(", ");
-                    writeln!(
-                        out,
-                        "{:<10} {:<5} {:<28} {:<10} {}{}",
-                        n.name,
-                        n.role,
-                        n.version.clone().unwrap_or_else(|| "(none)".into()),
-                        match n.healthy {
-                            Some(true) => "healthy",
-                            Some(false) => "UNHEALTHY",
-                            None => "-",
-                        },
-                        lbs,
-                        n.error
-                            .as_ref()
-                            .map(|e| format!(" ERROR: {e}"))
-                            .unwrap_or_default()
-                    )?;
-                }
-                if let Some(r) = &st.roll {
-                    writeln!(
-                        out,
-                        "last {}: to {} is {}{}",
-                        r.kind,
-                        r.target,
-                        r.status,
-                        r.reason
-                            .as_ref()
-                            .map(|x| format!(": {x}"))
-                            .unwrap_or_default()
-                    )?;
-                    if r.upgrade_left() {
-                        writeln!(
-                            out,
-                            "database upgrade pending: the site is in maintenance mode; `{}` runs the upgrade and ends it",
-                            r.resume_command()
-                        )?;
-                    }
-                }
-                if let Some(e) = &st.roll_error {
-                    writeln!(out, "last roll: unknown: {e}")?;
-                }
-                if let Some(l) = &st.lock {
-                    writeln!(out, "cluster lock on {}: {}", l.node, l.lock)?;
-                }
+                crate::render::status(&st, out)?;
             }
             Ok(())
         }
@@ -402,69 +291,7 @@ fn report_roll(
         writeln!(out)?;
         return Ok(());
     }
-    let p = &o.plan;
-    writeln!(
-        out,
-        "{} to {}: {} path ({})",
-        p.kind, p.target, p.path, p.why
-    )?;
-    writeln!(out, "  target {}: {}", p.target, p.target_why)?;
-    for (node, v) in &p.installed {
-        writeln!(
-            out,
-            "  {node:<10} {}",
-            v.clone().unwrap_or_else(|| "(not installed)".into())
-        )?;
-    }
-    for (i, b) in p.batches.iter().enumerate() {
-        writeln!(out, "  batch {}: {}", i + 1, b.join(", "))?;
-    }
-    if !p.cron.is_empty() {
-        writeln!(out, "  then cron: {}", p.cron.join(", "))?;
-    }
-    if let Some(n) = &p.purge_on {
-        writeln!(out, "  then purge_command on {n} (Moodle's caches)")?;
-    }
-    if !p.skipped.is_empty() {
-        writeln!(out, "  already on {}: {}", p.target, p.skipped.join(", "))?;
-    }
-    if o.planned_only {
-        writeln!(out, "(--plan: nothing was changed)")?;
-        return Ok(());
-    }
-    if let Some(first) = o.timeline.first() {
-        writeln!(out, "timeline:")?;
-        for e in &o.timeline {
-            let at = (e.time_ms.saturating_sub(first.time_ms)) as f64 / 1000.0;
-            writeln!(
-                out,
-                "  {at:>7.1}s  {:<8} {:<5} {:<26} {}{}",
-                e.node.clone().unwrap_or_default(),
-                e.lb.clone().unwrap_or_default(),
-                e.action,
-                e.result,
-                if e.detail.is_empty() || e.result == "ok" {
-                    String::new()
-                } else {
-                    format!(": {}", e.detail)
-                }
-            )?;
-        }
-    }
-    if let Some(m) = o.maintenance_secs {
-        writeln!(out, "the site was in maintenance mode for {m:.1}s")?;
-    }
-    writeln!(
-        out,
-        "done: {} node(s) on {} in {:.1}s{}",
-        o.upgraded.len(),
-        p.target,
-        o.seconds,
-        o.journal
-            .as_ref()
-            .map(|j| format!("; journal {}", j.display()))
-            .unwrap_or_default()
-    )?;
+    crate::render::roll(&o, out)?;
     Ok(())
 }
 

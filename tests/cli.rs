@@ -72,6 +72,16 @@ fn batch_zero_is_refused() {
     }
 }
 
+/// The help of the commands an engineer reads before a release, as printed.
+#[test]
+fn help_as_printed() {
+    let site = Site::new();
+    for cmd in ["roll", "rollback"] {
+        let out = run(site.cmd().args([cmd, "--help"]));
+        insta::assert_snapshot!(format!("{cmd}_help"), String::from_utf8_lossy(&out.stdout));
+    }
+}
+
 #[test]
 fn unknown_keys_suggest_the_nearest() {
     let site = Site::new();

@@ -271,6 +271,7 @@ fn first_install_code_only_roll_under_load_rollback_and_database_upgrade() {
     let (requests, failures) = load.stop();
     let o: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(o["plan"]["path"], "code-only", "{o}");
+    assert_journal_follows_plan(&o);
     assert!(requests > 50, "only {requests} requests during the roll");
     assert!(
         failures.is_empty(),
@@ -342,6 +343,7 @@ fn first_install_code_only_roll_under_load_rollback_and_database_upgrade() {
     );
     let o: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(o["plan"]["path"], "database", "{o}");
+    assert_journal_follows_plan(&o);
     assert!(o["maintenance_secs"].as_f64().unwrap() > 0.0);
     assert_eq!(journal_actions(&c, "upgrade"), 2);
     assert_eq!(
@@ -634,6 +636,24 @@ fn ctrl_c_stops_between_batches_and_a_failing_health_check_keeps_the_node_out() 
     assert_all_up(&c);
 }
 
+/// Every step the plan printed (`--json`'s `plan.steps`) is in the journal, in the plan's
+/// order, under the same action and node (once per LB for the steps done on every LB).
+fn assert_journal_follows_plan(o: &serde_json::Value) {
+    let steps = o["plan"]["steps"].as_array().unwrap();
+    assert!(!steps.is_empty(), "{o}");
+    let timeline = o["timeline"].as_array().unwrap();
+    let mut at = 0;
+    for s in steps {
+        let found = timeline[at..].iter().position(|e| {
+            e["action"] == s["action"] && e["node"] == s["node"] && e["result"] != "failed"
+        });
+        let Some(i) = found else {
+            panic!("planned {s} not in the journal after entry {at}: {timeline:#?}");
+        };
+        at += i + 1;
+    }
+}
+
 /// `--resume` finishes the stopped roll to its own target, never the repository's newest: with
 /// four versions published, a roll to v2 stopped by apt on web3 is resumed to v2; another
 /// version, the other command or nothing to resume are refused (exit 2). The same for a
@@ -686,7 +706,8 @@ fn resume_finishes_the_stopped_roll_to_its_own_target() {
 
     // From a fresh checkout (no local state): the lock node's copy gives the target.
     fs::remove_file(c.lab().join("state/state.json")).unwrap();
-    run(c.cmd().args(["roll", "--resume", "--batch", "2"]));
+    let out = run(c.cmd().args(["--json", "roll", "--resume", "--batch", "2"]));
+    assert_journal_follows_plan(&serde_json::from_slice(&out.stdout).unwrap());
     assert_on(&c, &all, &v2);
     assert_all_up(&c);
     let (_, err) = exits(c.cmd().args(["roll", "--resume"]), 2);
@@ -1071,6 +1092,7 @@ fn a_failed_database_upgrade_is_finished_by_resume_and_a_forced_rollback_needs_t
     let out = run(c.cmd().args(["--json", "roll", "--resume"]));
     let o: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(o["plan"]["path"], "database", "{o}");
+    assert_journal_follows_plan(&o);
     assert!(
         o["plan"]["why"]
             .as_str()

@@ -79,26 +79,15 @@ pub(super) fn code_only_batch(
         }
         // The LBs' last check result may predate the install: mark the (drained, idle) server
         // down, so that only checks of the new code can bring it back up.
+        let health_down = Step::HealthDown {
+            node: n.name.clone(),
+        };
         for lb in ctx.lbs.clone() {
             let t = Instant::now();
             let cmd = format!("set server {}/{} health down", lb.backend, server_name(n));
             match lb.send(&cmd) {
-                Ok(_) => ctx.log(
-                    Some(&n.name),
-                    Some(&lb.name),
-                    "health down until checked",
-                    "ok",
-                    t,
-                    "",
-                ),
-                Err(e) => ctx.log(
-                    Some(&n.name),
-                    Some(&lb.name),
-                    "health down until checked",
-                    "warning",
-                    t,
-                    &e.to_string(),
-                ),
+                Ok(_) => ctx.log_step(&health_down, Some(&lb.name), "ok", t, ""),
+                Err(e) => ctx.log_step(&health_down, Some(&lb.name), "warning", t, &e.to_string()),
             }
         }
         ctx.reporter

@@ -27,7 +27,13 @@ pub(super) fn database_path(ctx: &mut Ctx, plan: &Plan) -> Result<f64, RollError
         for (n, r) in all.clone().iter().zip(ctx.run_apt(&all, &script)) {
             let failure = match r {
                 Ok(o) if o.success() => {
-                    ctx.log(Some(n), None, "download", "ok", t, &plan.target);
+                    ctx.log_step(
+                        &Step::Download { node: n.clone() },
+                        None,
+                        "ok",
+                        t,
+                        &plan.target,
+                    );
                     continue;
                 }
                 Ok(o) => format!(
@@ -49,6 +55,9 @@ pub(super) fn database_path(ctx: &mut Ctx, plan: &Plan) -> Result<f64, RollError
         return Err(ctx.interrupt(format!("stopped before the maintenance step; {untouched}")));
     }
     // 2. Maintenance on.
+    let maintenance_on = Step::MaintenanceOn {
+        node: first_web.clone(),
+    };
     let on = substitute(&ctx.cfg.roll.maintenance_on, ctx.cfg);
     let t = Instant::now();
     let m_start = Instant::now();
@@ -61,17 +70,10 @@ pub(super) fn database_path(ctx: &mut Ctx, plan: &Plan) -> Result<f64, RollError
                 format!("maintenance_on failed: {}; {untouched}", out.tail()),
             ));
         }
-        ctx.log(Some(&first_web), None, "maintenance on", "ok", t, &on);
+        ctx.log_step(&maintenance_on, None, "ok", t, &on);
     } else {
         // A first install: no code on the node yet, so nothing to put in maintenance.
-        ctx.log(
-            Some(&first_web),
-            None,
-            "maintenance on",
-            "skipped",
-            t,
-            "no code installed yet",
-        );
+        ctx.log_step(&maintenance_on, None, "skipped", t, "no code installed yet");
     }
     ctx.state.upgrade_pending = true;
     ctx.save_state();
@@ -128,7 +130,10 @@ pub(super) fn database_path(ctx: &mut Ctx, plan: &Plan) -> Result<f64, RollError
             ),
         ));
     }
-    ctx.log(Some(&first_web), None, "upgrade", "ok", t, &up);
+    let upgrade = Step::Upgrade {
+        node: first_web.clone(),
+    };
+    ctx.log_step(&upgrade, None, "ok", t, &up);
     // 5. Maintenance off, then every web node healthy.
     let off = substitute(&ctx.cfg.roll.maintenance_off, ctx.cfg);
     let t = Instant::now();
@@ -142,10 +147,11 @@ pub(super) fn database_path(ctx: &mut Ctx, plan: &Plan) -> Result<f64, RollError
     ctx.state.upgrade_pending = false;
     ctx.save_state();
     let secs = m_start.elapsed().as_secs_f64();
-    ctx.log(
-        Some(&first_web),
+    ctx.log_step(
+        &Step::MaintenanceOff {
+            node: first_web.clone(),
+        },
         None,
-        "maintenance off",
         "ok",
         t,
         &format!("site in maintenance for {secs:.1}s"),

@@ -94,6 +94,19 @@ impl Ctx<'_> {
         }
     }
 
+    /// Journals a planned step under the action and node the plan gives it.
+    pub(super) fn log_step(
+        &mut self,
+        step: &Step,
+        lb: Option<&str>,
+        result: &str,
+        started: Instant,
+        detail: &str,
+    ) {
+        let action = step.action();
+        self.log(step.node(), lb, &action, result, started, detail);
+    }
+
     /// Runs an apt script (see [`Ctx::apt_install`]) on `nodes` at once. A node that waits for
     /// another apt's lock says so on screen and in the journal as it happens, rather than
     /// after up to `apt_lock_timeout` of silence.
@@ -409,6 +422,9 @@ pub(super) fn run_plan(
 /// `purge_command` once, on `node`, with every node on the target. A failure is a warning: the
 /// code is in place and serving; only its caches are stale until the purge is run by hand.
 pub(super) fn purge_caches(ctx: &mut Ctx, node: &str) {
+    let purge = Step::Purge {
+        node: node.to_string(),
+    };
     let t = Instant::now();
     let cmd = substitute(&ctx.cfg.roll.purge_command, ctx.cfg);
     ctx.reporter
@@ -421,9 +437,9 @@ pub(super) fn purge_caches(ctx: &mut Ctx, node: &str) {
         Err(e) => Some(e.to_string()),
     };
     match failure {
-        None => ctx.log(Some(node), None, "purge caches", "ok", t, &cmd),
+        None => ctx.log_step(&purge, None, "ok", t, &cmd),
         Some(why) => {
-            ctx.log(Some(node), None, "purge caches", "failed", t, &why);
+            ctx.log_step(&purge, None, "failed", t, &why);
             ctx.warn(format!(
                 "{node}: purge_command failed: {why}; every node runs the new code, but its caches are stale until `{cmd}` runs"
             ));
@@ -446,7 +462,9 @@ pub(super) fn install_nodes(
     let mut failure = None;
     for (n, r) in nodes.iter().zip(results) {
         match r {
-            Ok(o) if o.success() => ctx.log(Some(n), None, "install", "ok", t, target),
+            Ok(o) if o.success() => {
+                ctx.log_step(&Step::Install { node: n.clone() }, None, "ok", t, target)
+            }
             Ok(o) => {
                 let m = format!(
                     "{n}: apt-get install {}={target} failed ({}): {}",
@@ -454,11 +472,17 @@ pub(super) fn install_nodes(
                     o.status(),
                     o.tail()
                 );
-                ctx.log(Some(n), None, "install", "failed", t, &m);
+                ctx.log_step(&Step::Install { node: n.clone() }, None, "failed", t, &m);
                 failure.get_or_insert((n.clone(), m));
             }
             Err(e) => {
-                ctx.log(Some(n), None, "install", "failed", t, &e.to_string());
+                ctx.log_step(
+                    &Step::Install { node: n.clone() },
+                    None,
+                    "failed",
+                    t,
+                    &e.to_string(),
+                );
                 failure.get_or_insert((n.clone(), e.to_string()));
             }
         }
@@ -478,10 +502,10 @@ pub(super) fn install_nodes(
                 "{n}: after install dpkg reports {:?}, not {target}",
                 v.version
             );
-            ctx.log(Some(n), None, "verify version", "failed", t, &m);
+            ctx.log_step(&Step::Verify { node: n.clone() }, None, "failed", t, &m);
             return Err((n.clone(), m));
         }
-        ctx.log(Some(n), None, "verify version", "ok", t, target);
+        ctx.log_step(&Step::Verify { node: n.clone() }, None, "ok", t, target);
     }
     Ok(())
 }
@@ -518,15 +542,8 @@ pub(super) fn drain_and_wait(
             }
         }
         if busy.is_empty() {
-            let names: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
-            ctx.log(
-                None,
-                None,
-                &format!("drained {}", names.join(", ")),
-                "ok",
-                t,
-                "",
-            );
+            let nodes = nodes.iter().map(|n| n.name.clone()).collect();
+            ctx.log_step(&Step::WaitIdle { nodes }, None, "ok", t, "");
             return Ok((t, busy));
         }
         if Instant::now() > deadline {

@@ -32,6 +32,9 @@ pub(crate) fn healthy(cfg: &Config, n: &Node) -> Option<bool> {
 
 /// Waits until the node answers 200 on its health URL and every LB's check passes.
 pub(super) fn wait_healthy(ctx: &mut Ctx, n: &Node) -> Result<(), String> {
+    let step = Step::WaitHealthy {
+        node: n.name.clone(),
+    };
     let t = Instant::now();
     let deadline = t + ctx.cfg.roll.health_timeout;
     let url = health_url(ctx.cfg, n);
@@ -67,14 +70,7 @@ pub(super) fn wait_healthy(ctx: &mut Ctx, n: &Node) -> Result<(), String> {
             }
         }
         if lbs_ok {
-            ctx.log(
-                Some(&n.name),
-                None,
-                "health",
-                "ok",
-                t,
-                url.as_deref().unwrap_or(""),
-            );
+            ctx.log_step(&step, None, "ok", t, url.as_deref().unwrap_or(""));
             return Ok(());
         }
         if Instant::now() > deadline {
@@ -83,7 +79,7 @@ pub(super) fn wait_healthy(ctx: &mut Ctx, n: &Node) -> Result<(), String> {
                 n.name,
                 crate::config::format_duration(ctx.cfg.roll.health_timeout)
             );
-            ctx.log(Some(&n.name), None, "health", "failed", t, &m);
+            ctx.log_step(&step, None, "failed", t, &m);
             return Err(m);
         }
         std::thread::sleep(Duration::from_millis(100));

@@ -10,7 +10,6 @@
 //! When the target changes a core or plugin `$version` or any `db/` file (the hashes `build`
 //! records), mixed code is unsafe: the tool downloads the package everywhere first, turns
 //! maintenance on, installs on every node, runs `upgrade_command` once, turns maintenance off.
-
 //!
 //! The rooms, in the order a roll goes through them: [`probe`] (what each node runs),
 //! [`preflight`] (every part answers, locks, servers out of rotation), [`plan`] (target, path,
@@ -26,6 +25,7 @@ pub(crate) mod lock;
 mod plan;
 mod preflight;
 pub(crate) mod probe;
+mod step;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -51,6 +51,8 @@ pub use plan::{Plan, RollPath};
 use preflight::*;
 pub use probe::Installed;
 use probe::*;
+pub use step::Step;
+use step::*;
 
 /// What `roll` or `rollback` was asked to do.
 #[derive(Debug, Clone, Default)]

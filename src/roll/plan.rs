@@ -22,6 +22,22 @@ pub struct Plan {
     /// The web node that runs `purge_command` once every node is on the target (code-only path).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub purge_on: Option<String>,
+    /// Every step, in order (see [`steps`]); in JSON each with the journal `action` it logs.
+    #[serde(serialize_with = "steps_with_actions")]
+    pub steps: Vec<Step>,
+}
+
+fn steps_with_actions<S: serde::Serializer>(steps: &[Step], s: S) -> Result<S::Ok, S::Error> {
+    #[derive(Serialize)]
+    struct Shown<'a> {
+        #[serde(flatten)]
+        step: &'a Step,
+        action: String,
+    }
+    s.collect_seq(steps.iter().map(|step| Shown {
+        step,
+        action: step.action(),
+    }))
 }
 
 /// How the nodes get the target: in rotation a batch at a time, or behind maintenance mode with
@@ -208,11 +224,11 @@ pub(super) fn make_plan(
         .filter(|n| installed[&n.name].version.as_deref() != Some(target))
         .collect();
     let mut why = String::new();
-    let mut first_install = false;
+    // A node with nothing installed: no code of the site there yet to keep serving.
+    let first_install = to_do.iter().any(|n| installed[&n.name].version.is_none());
     for n in &to_do {
         let i = &installed[&n.name];
         if i.version.is_none() {
-            first_install = true;
             why = format!(
                 "{} has no version of {} installed",
                 n.name, cfg.site.package
@@ -280,7 +296,7 @@ pub(super) fn make_plan(
             )
         }));
     }
-    let plan = Plan {
+    let mut plan = Plan {
         kind: opts.kind(),
         target: target.to_string(),
         target_why: String::new(),
@@ -316,7 +332,24 @@ pub(super) fn make_plan(
             .first()
             .filter(|_| !database && !to_do.is_empty() && !cfg.roll.purge_command.trim().is_empty())
             .map(|n| n.name.clone()),
+        steps: Vec::new(),
     };
+    let webs: Vec<&str> = web_nodes(cfg).iter().map(|n| n.name.as_str()).collect();
+    let shape = Shape {
+        first: webs.first().copied().unwrap_or(cfg.nodes[0].name.as_str()),
+        webs,
+        // As `run_plan` finds them: left out by the last run, and already on the target.
+        put_back: previous_state
+            .map(|s| s.out_of_rotation.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|n| {
+                installed.get(n).and_then(|i| i.version.as_deref()) == Some(target)
+                    && cfg.nodes.iter().any(|c| &c.name == n)
+            })
+            .collect(),
+    };
+    plan.steps = steps(&plan, &shape);
     Ok(plan)
 }
 
@@ -429,5 +462,243 @@ mod tests {
             ..stopped
         };
         assert_eq!(target(opts(None, false), Some(&killed)).unwrap(), "2");
+    }
+
+    /// Four web nodes and a cron node, all on version 1 (hashes `v`, `d`); the target, 2,
+    /// has `db_hash` `target_db`.
+    fn cluster(target_db: &str) -> (Config, crate::apt::Listed, BTreeMap<String, Installed>) {
+        let mut text = String::from(
+            "[site]\npackage = \"moodle-site\"\nmaintainer = \"M <m@example.edu>\"\ndescription = \"d\"\ninstall_dir = \"/srv/moodle\"\n[deploy]\nrepo = \".\"\nbranch = \"deploy\"\n",
+        );
+        for n in ["web1", "web2", "web3", "web4"] {
+            text.push_str(&format!(
+                "[[nodes]]\nname = \"{n}\"\nssh = \"{n}\"\nhttp = \"http://{n}\"\n"
+            ));
+        }
+        text.push_str("[[nodes]]\nname = \"cron1\"\nssh = \"cron1\"\nrole = \"cron\"\n");
+        let cfg = Config::parse(&text, std::path::Path::new("moodle-release.toml")).unwrap();
+        let listed = crate::apt::Listed {
+            package: "moodle-site".into(),
+            version: "2".into(),
+            filename: String::new(),
+            size: 0,
+            sha256: String::new(),
+            moodle_release: None,
+            versions_hash: Some("v".into()),
+            db_hash: Some(target_db.into()),
+        };
+        let installed = cfg
+            .nodes
+            .iter()
+            .map(|n| {
+                let i = Installed {
+                    version: Some("1".into()),
+                    versions_hash: Some("v".into()),
+                    db_hash: Some("d".into()),
+                    ..Installed::default()
+                };
+                (n.name.clone(), i)
+            })
+            .collect();
+        (cfg, listed, installed)
+    }
+
+    /// The web servers out of rotation after each step, at most.
+    fn most_out(steps: &[Step]) -> usize {
+        let mut out = std::collections::BTreeSet::new();
+        let mut most = 0;
+        for s in steps {
+            match s {
+                Step::Drain { node } => {
+                    out.insert(node.clone());
+                }
+                Step::Ready { node } | Step::PutBack { node } => {
+                    out.remove(node);
+                }
+                _ => {}
+            }
+            most = most.max(out.len());
+        }
+        most
+    }
+
+    fn position(steps: &[Step], want: impl Fn(&Step) -> bool) -> Vec<usize> {
+        steps
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| want(s))
+            .map(|(i, _)| i)
+            .collect()
+    }
+
+    #[test]
+    fn a_code_only_plan_keeps_batch_limits_and_puts_cron_after_web() {
+        let (cfg, listed, installed) = cluster("d");
+        for batch in 1..=3 {
+            let plan = make_plan(
+                &cfg,
+                &RollOptions::default(),
+                batch,
+                "2",
+                &listed,
+                &installed,
+                None,
+            )
+            .unwrap();
+            assert_eq!(plan.path, RollPath::CodeOnly);
+            assert!(plan.batches.iter().all(|b| b.len() <= batch));
+            let s = &plan.steps;
+            // Never more than `batch` out, never the last one.
+            assert_eq!(most_out(s), batch, "{s:?}");
+            // Every web node: drain, wait idle, install, verify, health down, healthy, ready.
+            for n in ["web1", "web2", "web3", "web4"] {
+                let at = |want: &dyn Fn(&Step) -> bool| position(s, want);
+                let node = n.to_string();
+                let order = [
+                    at(&|x| *x == Step::Drain { node: node.clone() }),
+                    at(&|x| matches!(x, Step::WaitIdle { nodes } if nodes.contains(&node))),
+                    at(&|x| *x == Step::Install { node: node.clone() }),
+                    at(&|x| *x == Step::Verify { node: node.clone() }),
+                    at(&|x| *x == Step::HealthDown { node: node.clone() }),
+                    at(&|x| *x == Step::WaitHealthy { node: node.clone() }),
+                    at(&|x| *x == Step::Ready { node: node.clone() }),
+                ];
+                assert!(order.iter().all(|o| o.len() == 1), "{n}: {order:?}");
+                assert!(
+                    order.windows(2).all(|w| w[0][0] < w[1][0]),
+                    "{n}: {order:?}"
+                );
+            }
+            // Cron after every web node is back, the purge last.
+            let cron = position(s, |x| {
+                *x == Step::Install {
+                    node: "cron1".into(),
+                }
+            });
+            let last_ready = *position(s, |x| matches!(x, Step::Ready { .. }))
+                .last()
+                .unwrap();
+            assert!(cron[0] > last_ready, "{s:?}");
+            assert!(!s
+                .iter()
+                .any(|x| matches!(x, Step::Upgrade { .. } | Step::MaintenanceOn { .. })));
+        }
+        // A batch as large as the pool: refused, before anything (exit 3).
+        let e = make_plan(
+            &cfg,
+            &RollOptions::default(),
+            4,
+            "2",
+            &listed,
+            &installed,
+            None,
+        )
+        .unwrap_err();
+        assert_eq!(e.exit_code(), 3, "{e}");
+    }
+
+    #[test]
+    fn a_database_plan_downloads_then_upgrades_once_in_maintenance() {
+        let (cfg, listed, installed) = cluster("d2");
+        let plan = make_plan(
+            &cfg,
+            &RollOptions::default(),
+            2,
+            "2",
+            &listed,
+            &installed,
+            None,
+        )
+        .unwrap();
+        assert_eq!(plan.path, RollPath::Database);
+        let s = &plan.steps;
+        let one = |want: &dyn Fn(&Step) -> bool| {
+            let p = position(s, want);
+            assert_eq!(p.len(), 1, "{s:?}");
+            p[0]
+        };
+        let on = one(&|x| matches!(x, Step::MaintenanceOn { node } if node == "web1"));
+        let upgrade = one(&|x| matches!(x, Step::Upgrade { node } if node == "web1"));
+        let off = one(&|x| matches!(x, Step::MaintenanceOff { .. }));
+        let downloads = position(s, |x| matches!(x, Step::Download { .. }));
+        let installs = position(s, |x| {
+            matches!(x, Step::Install { .. } | Step::Verify { .. })
+        });
+        let healthy = position(s, |x| matches!(x, Step::WaitHealthy { .. }));
+        assert_eq!(downloads.len(), 5);
+        assert!(downloads.iter().all(|&d| d < on), "{s:?}");
+        assert_eq!(installs.len(), 10);
+        assert!(installs.iter().all(|&i| on < i && i < upgrade), "{s:?}");
+        assert!(upgrade < off && healthy.len() == 4 && healthy.iter().all(|&h| h > off));
+        assert!(most_out(s) <= 2, "{s:?}");
+        // A node with nothing installed: the first-install path, the same steps.
+        let mut fresh = installed.clone();
+        fresh.get_mut("web3").unwrap().version = None;
+        let plan = make_plan(&cfg, &RollOptions::default(), 2, "2", &listed, &fresh, None).unwrap();
+        assert_eq!(plan.path, RollPath::FirstInstall);
+        assert!(plan.database());
+    }
+
+    /// What `roll --plan` prints and what the planner refuses, as a reader sees them.
+    #[test]
+    fn plan_and_refusals_as_printed() {
+        let (cfg, listed, installed) = cluster("d");
+        let mut plan = make_plan(
+            &cfg,
+            &RollOptions::default(),
+            2,
+            "2",
+            &listed,
+            &installed,
+            None,
+        )
+        .unwrap();
+        plan.target_why = "the newest in the repository".into();
+        let outcome = Outcome {
+            plan,
+            planned_only: true,
+            upgraded: Vec::new(),
+            maintenance_secs: None,
+            journal: None,
+            timeline: Vec::new(),
+            warnings: Vec::new(),
+            seconds: 0.0,
+        };
+        let mut text = Vec::new();
+        crate::render::roll(&outcome, &mut text).unwrap();
+        insta::assert_snapshot!("code_only_plan", String::from_utf8(text).unwrap());
+
+        let stopped = RollState {
+            kind: RollKind::Roll,
+            target: "2".into(),
+            status: RollStatus::Failed,
+            ..RollState::default()
+        };
+        let resume = |version: Option<&str>, rollback: bool, s: Option<&RollState>| {
+            let o = RollOptions {
+                version: version.map(Into::into),
+                rollback,
+                resume: true,
+                ..RollOptions::default()
+            };
+            resumed(&o, s).unwrap_err().to_string()
+        };
+        let errors = [
+            resume(Some("4"), false, Some(&stopped)),
+            resume(None, true, Some(&stopped)),
+            resume(None, false, None),
+            make_plan(
+                &cfg,
+                &RollOptions::default(),
+                4,
+                "2",
+                &listed,
+                &installed,
+                None,
+            )
+            .unwrap_err()
+            .to_string(),
+        ];
+        insta::assert_snapshot!("refusals", errors.join("\n"));
     }
 }

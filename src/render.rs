@@ -1,0 +1,219 @@
+//! The text each command prints on stdout without `--json`: one function per command, so
+//! `run.rs` only dispatches and a change of wording happens in one place.
+
+use std::io::Write;
+
+use crate::apt;
+use crate::merge;
+use crate::roll;
+use crate::status::Status;
+
+/// `merge`: what the deployment branch is now, the changes, the lock written.
+pub fn merge(m: &merge::Merged, out: &mut dyn Write) -> std::io::Result<()> {
+    let what = if m.dry_run { "would be" } else { "is" };
+    if m.changed {
+        writeln!(
+            out,
+            "{} {what} now Moodle {}{}",
+            m.branch,
+            m.core_release.clone().unwrap_or_default(),
+            if m.dry_run {
+                String::new()
+            } else {
+                format!(" ({})", &m.commit[..12.min(m.commit.len())])
+            }
+        )?;
+        for line in merge::summary_lines(m) {
+            writeln!(out, "  {line}")?;
+        }
+    } else {
+        writeln!(
+            out,
+            "{} is up to date: nothing changed ({})",
+            m.branch,
+            &m.commit[..12.min(m.commit.len())]
+        )?;
+    }
+    if m.lock_changed {
+        let verb = if m.dry_run { "would write" } else { "wrote" };
+        writeln!(out, "{verb} {}", m.lock.display())?;
+    }
+    Ok(())
+}
+
+/// `publish`: what was added, kept and removed, and what the repository holds now.
+pub fn publish(
+    p: &apt::Published,
+    package: &str,
+    keep: u32,
+    out: &mut dyn Write,
+) -> std::io::Result<()> {
+    for v in &p.added {
+        writeln!(out, "added {} {v}", package)?;
+    }
+    for v in &p.unchanged {
+        writeln!(
+            out,
+            "{} {v} is already published with the same bytes: nothing to do",
+            package
+        )?;
+    }
+    for v in &p.removed {
+        writeln!(out, "removed {} {v} (beyond keep = {keep})", package)?;
+    }
+    writeln!(
+        out,
+        "{}: {} version(s) of {} ({}), {}",
+        p.repo.display(),
+        p.versions.len(),
+        package,
+        p.versions.join(", "),
+        if p.signed {
+            "signed"
+        } else {
+            "NOT signed: set [apt] sign_key"
+        }
+    )?;
+    Ok(())
+}
+
+/// `status`: a line per node (version, health, each LB's view), the last roll, the lock.
+pub fn status(st: &Status, out: &mut dyn Write) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "newest in the repository: {}",
+        st.newest.clone().unwrap_or_else(|| "-".into())
+    )?;
+    for n in &st.nodes {
+        let lbs = n
+            .lbs
+            .iter()
+            .map(|(k, v)| format!("{k}: {v}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        writeln!(
+            out,
+            "{:<10} {:<5} {:<28} {:<10} {}{}",
+            n.name,
+            n.role,
+            n.version.clone().unwrap_or_else(|| "(none)".into()),
+            match n.healthy {
+                Some(true) => "healthy",
+                Some(false) => "UNHEALTHY",
+                None => "-",
+            },
+            lbs,
+            n.error
+                .as_ref()
+                .map(|e| format!(" ERROR: {e}"))
+                .unwrap_or_default()
+        )?;
+    }
+    if let Some(r) = &st.roll {
+        writeln!(
+            out,
+            "last {}: to {} is {}{}",
+            r.kind,
+            r.target,
+            r.status,
+            r.reason
+                .as_ref()
+                .map(|x| format!(": {x}"))
+                .unwrap_or_default()
+        )?;
+        if r.upgrade_left() {
+            writeln!(
+                out,
+                "database upgrade pending: the site is in maintenance mode; `{}` runs the upgrade and ends it",
+                r.resume_command()
+            )?;
+        }
+    }
+    if let Some(e) = &st.roll_error {
+        writeln!(out, "last roll: unknown: {e}")?;
+    }
+    if let Some(l) = &st.lock {
+        writeln!(out, "cluster lock on {}: {}", l.node, l.lock)?;
+    }
+    Ok(())
+}
+
+/// `roll` and `rollback`: the plan (with every step, for `--plan`), the timeline, a summary.
+pub fn roll(o: &roll::Outcome, out: &mut dyn Write) -> std::io::Result<()> {
+    let p = &o.plan;
+    writeln!(
+        out,
+        "{} to {}: {} path ({})",
+        p.kind, p.target, p.path, p.why
+    )?;
+    writeln!(out, "  target {}: {}", p.target, p.target_why)?;
+    for (node, v) in &p.installed {
+        writeln!(
+            out,
+            "  {node:<10} {}",
+            v.clone().unwrap_or_else(|| "(not installed)".into())
+        )?;
+    }
+    for (i, b) in p.batches.iter().enumerate() {
+        writeln!(out, "  batch {}: {}", i + 1, b.join(", "))?;
+    }
+    if !p.cron.is_empty() {
+        writeln!(out, "  then cron: {}", p.cron.join(", "))?;
+    }
+    if let Some(n) = &p.purge_on {
+        writeln!(out, "  then purge_command on {n} (Moodle's caches)")?;
+    }
+    if !p.skipped.is_empty() {
+        writeln!(out, "  already on {}: {}", p.target, p.skipped.join(", "))?;
+    }
+    if o.planned_only && !p.steps.is_empty() {
+        writeln!(out, "steps:")?;
+        for (i, s) in p.steps.iter().enumerate() {
+            writeln!(
+                out,
+                "  {:>3}. {}{}",
+                i + 1,
+                s.describe(&p.target),
+                if s.on_every_lb() { " (every LB)" } else { "" }
+            )?;
+        }
+    }
+    if o.planned_only {
+        writeln!(out, "(--plan: nothing was changed)")?;
+        return Ok(());
+    }
+    if let Some(first) = o.timeline.first() {
+        writeln!(out, "timeline:")?;
+        for e in &o.timeline {
+            let at = (e.time_ms.saturating_sub(first.time_ms)) as f64 / 1000.0;
+            writeln!(
+                out,
+                "  {at:>7.1}s  {:<8} {:<5} {:<26} {}{}",
+                e.node.clone().unwrap_or_default(),
+                e.lb.clone().unwrap_or_default(),
+                e.action,
+                e.result,
+                if e.detail.is_empty() || e.result == "ok" {
+                    String::new()
+                } else {
+                    format!(": {}", e.detail)
+                }
+            )?;
+        }
+    }
+    if let Some(m) = o.maintenance_secs {
+        writeln!(out, "the site was in maintenance mode for {m:.1}s")?;
+    }
+    writeln!(
+        out,
+        "done: {} node(s) on {} in {:.1}s{}",
+        o.upgraded.len(),
+        p.target,
+        o.seconds,
+        o.journal
+            .as_ref()
+            .map(|j| format!("; journal {}", j.display()))
+            .unwrap_or_default()
+    )?;
+    Ok(())
+}
