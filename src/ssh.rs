@@ -176,7 +176,7 @@ impl Ssh {
 
     /// Connects to several nodes at once; results in the same order. New connections cost
     /// the client CPU, not round trips: OpenSSH 9.2's default key exchange (sntrup761x25519)
-    /// takes about 0.1 s of it per connection (README, "Speed").
+    /// takes about 0.1 s of it per connection (docs/benchmarks.md, "The first plan").
     pub fn connect_all(&self, nodes: &[(String, String)]) -> Vec<Result<Conn, SshError>> {
         self.connect_all_then(nodes, None)
             .into_iter()

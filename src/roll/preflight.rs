@@ -75,7 +75,7 @@ pub(super) fn preflight(ctx: &mut Ctx) -> Result<BTreeMap<String, Installed>, Ro
     let missing = nodes_where(|i| i.apt_source.is_none());
     if !missing.is_empty() {
         return Err(RollError::Preflight(format!(
-            "{}: no apt source for {pkg}: write /etc/apt/sources.list.d/{pkg}.list (or {pkg}.sources), the only source roll refreshes (README: \"Serve [apt] repo\")",
+            "{}: no apt source for {pkg}: write /etc/apt/sources.list.d/{pkg}.list (or {pkg}.sources), the only source roll refreshes (docs/getting-started.md: \"Serve [apt] repo\")",
             missing.join(", "),
             pkg = ctx.pkg
         )));
