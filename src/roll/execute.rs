@@ -1,5 +1,6 @@
-//! The executor: its context (connections, LBs, journal, state) and the steps every path shares:
-//! installs, drains, putting nodes back, the purge.
+//! The executor: its context (connections, LBs, journal, state) and [`walk`], which runs the
+//! plan's steps in order; the steps every path shares (drain, wait idle, install, verify, health
+//! down, ready, put back, purge) are here.
 
 use super::*;
 
@@ -345,77 +346,315 @@ pub(super) fn run_plan(
         &plan.why,
     );
 
-    // Nodes an earlier run left out of rotation: back in when they are on the target and healthy.
-    for node in ctx.state.out_of_rotation.clone() {
-        let Some(n) = ctx.cfg.nodes.iter().find(|n| n.name == node) else {
-            continue;
-        };
-        if installed[&node].version.as_deref() != Some(plan.target.as_str()) {
-            continue;
-        }
-        match health_now(ctx.cfg, n) {
-            Ok(()) => {
-                ctx.reporter.step(&format!("{node}: on {} and healthy, left out of rotation by an earlier run: putting it back", plan.target));
-                ctx.set_all(&node, &server_name(n), AdminState::Ready)?;
-                ctx.reporter.step_done();
+    match walk(ctx, plan, opts) {
+        Ok(w) => {
+            if plan.database() && ctx.interrupted() {
+                // Stopping halfway would leave the site in maintenance, or on code its database
+                // does not match: the database path, once begun, runs to its end.
+                ctx.warn("interrupted (Ctrl-C or SIGTERM) during the database path: it was finished rather than leave the site in maintenance mode".into());
             }
-            // Going on would put more than `batch` servers out of rotation, and ending "done"
-            // would leave a node out that no later run knows as its own.
-            Err(why) => {
-                return Err(ctx.fail(
-                    Some(&node),
-                    format!(
-                        "{node} is on {} but not healthy ({why}); it stays out of rotation, where an earlier run left it: fix it and run again",
-                        plan.target
-                    ),
-                ))
-            }
+            Ok((w.upgraded, w.maintenance_secs))
         }
+        Err(s) if s.in_batch && opts.auto_rollback && !s.upgraded.is_empty() => {
+            let s = *s;
+            Err(auto_rollback(ctx, plan, &s.upgraded, opts, s.error))
+        }
+        Err(s) => Err(s.error),
+    }
+}
+
+/// Why a walk stopped: the error, the nodes it had upgraded (for `--auto-rollback`), and
+/// whether it stopped inside a batch of web nodes.
+pub(super) struct Stopped {
+    pub error: RollError,
+    pub upgraded: Vec<String>,
+    pub in_batch: bool,
+}
+
+/// What a walk did.
+pub(super) struct Walked {
+    pub upgraded: Vec<String>,
+    pub maintenance_secs: Option<f64>,
+}
+
+/// Runs `plan.steps` in order: the executor does what the plan says, and nothing else.
+/// Consecutive steps of one kind run together (a batch's installs at once on every node, its
+/// versions checked in one query), as one step would.
+pub(super) fn walk(ctx: &mut Ctx, plan: &Plan, opts: &RollOptions) -> Result<Walked, Box<Stopped>> {
+    let mut run = Run::default();
+    let steps = &plan.steps;
+    let mut i = 0;
+    while i < steps.len() {
+        let kind = std::mem::discriminant(&steps[i]);
+        let end = steps[i..]
+            .iter()
+            .position(|s| std::mem::discriminant(s) != kind)
+            .map_or(steps.len(), |p| i + p);
+        if let Err(error) = run.step(ctx, plan, opts, &steps[i..end]) {
+            return Err(Box::new(Stopped {
+                error,
+                in_batch: !run.batch.is_empty(),
+                upgraded: run.upgraded,
+            }));
+        }
+        i = end;
+    }
+    Ok(Walked {
+        upgraded: run.upgraded,
+        maintenance_secs: run.maintenance_secs,
+    })
+}
+
+/// Where a walk is.
+#[derive(Default)]
+struct Run {
+    /// The web nodes drained by the last `Drain` and not yet back (`Ready`).
+    batch: Vec<Node>,
+    /// The batch's nodes that failed, and why (code-only: they stay out, the others go back).
+    failed: Vec<(String, String)>,
+    /// `--force-drain` switched the batch to maint: back to drain before its health checks.
+    forced: bool,
+    upgraded: Vec<String>,
+    maintenance_since: Option<Instant>,
+    maintenance_secs: Option<f64>,
+}
+
+impl Run {
+    /// One step, or a run of steps of one kind (`group`). Long on purpose: one arm per kind of
+    /// step, each a few lines calling the function that does it, so the whole executor reads
+    /// in one place.
+    fn step(
+        &mut self,
+        ctx: &mut Ctx,
+        plan: &Plan,
+        opts: &RollOptions,
+        group: &[Step],
+    ) -> Result<(), RollError> {
+        let names: Vec<String> = group
+            .iter()
+            .filter_map(|s| s.node().map(String::from))
+            .collect();
+        let target = plan.target.as_str();
+        match &group[0] {
+            Step::PutBack { .. } => {
+                for n in &names {
+                    put_back(ctx, plan, n)?;
+                }
+            }
+            Step::Drain { .. } => {
+                let nodes = config_nodes(ctx.cfg, &names);
+                if !plan.database() {
+                    if ctx.interrupted() {
+                        let msg = format!(
+                            "stopped before batch {}; every node is in rotation; run again with --resume",
+                            names.join(", ")
+                        );
+                        return Err(ctx.interrupt(msg));
+                    }
+                    self.batch = nodes.clone();
+                    self.failed.clear();
+                    self.forced = false;
+                    guard(ctx, &nodes, opts)?;
+                    ctx.reporter.step(&format!(
+                        "draining {} and waiting for their sessions to end",
+                        names.join(", ")
+                    ));
+                } else {
+                    self.batch = nodes.clone();
+                }
+                for n in &nodes {
+                    ctx.set_all(&n.name, &server_name(n), AdminState::Drain)?;
+                }
+            }
+            Step::WaitIdle { .. } => {
+                let batch = self.batch.clone();
+                let (t, busy) = wait_idle(ctx, &batch)?;
+                if !busy.is_empty() {
+                    if plan.database() {
+                        // The site is in maintenance: no session is worth waiting longer for.
+                        maint_after_timeout(ctx, &batch, t, "site in maintenance", &busy)?;
+                    } else if opts.force_drain {
+                        maint_after_timeout(ctx, &batch, t, "--force-drain", &busy)?;
+                        self.forced = true;
+                    } else {
+                        for n in &batch {
+                            ctx.set_all(&n.name, &server_name(n), AdminState::Ready)?;
+                        }
+                        ctx.reporter.step_done();
+                        return Err(ctx.fail(
+                            None,
+                            format!("sessions did not end within drain_timeout {}: {}; the nodes are back in rotation; raise drain_timeout or use --force-drain", crate::config::format_duration(ctx.cfg.roll.drain_timeout), busy.join("; ")),
+                        ));
+                    }
+                }
+                if !plan.database() {
+                    ctx.reporter.step_done();
+                }
+            }
+            Step::Install { .. } => {
+                let failed = install(ctx, &names, target);
+                self.failures(ctx, plan, &names, failed)?;
+            }
+            Step::Verify { .. } => {
+                let todo: Vec<String> = names
+                    .iter()
+                    .filter(|n| !self.failed.iter().any(|(f, _)| f == *n))
+                    .cloned()
+                    .collect();
+                let failed = verify(ctx, &todo, target);
+                self.failures(ctx, plan, &names, failed)?;
+                // Web nodes of a code-only batch count once back in rotation (`Ready`).
+                if plan.database() || self.batch.is_empty() {
+                    self.upgraded.extend(todo);
+                }
+            }
+            Step::HealthDown { .. } => {
+                for n in config_nodes(ctx.cfg, &names) {
+                    if self.failed.iter().any(|(f, _)| f == &n.name) {
+                        continue;
+                    }
+                    // HAProxy does not check a server in maint: back to drain (still no new
+                    // traffic), or the checks would never see the new code.
+                    if self.forced {
+                        ctx.set_all(&n.name, &server_name(&n), AdminState::Drain)?;
+                    }
+                    health_down(ctx, &n);
+                }
+            }
+            Step::WaitHealthy { .. } => {
+                for n in config_nodes(ctx.cfg, &names) {
+                    if plan.database() {
+                        // After maintenance off: every web node must serve.
+                        if let Err(m) = wait_healthy(ctx, &n) {
+                            let _ = ctx.set_all(&n.name, &server_name(&n), AdminState::Maint);
+                            return Err(ctx.fail(
+                                Some(&n.name),
+                                format!("{m}; {} is out of rotation (maint)", n.name),
+                            ));
+                        }
+                        continue;
+                    }
+                    if self.failed.iter().any(|(f, _)| f == &n.name) {
+                        continue;
+                    }
+                    ctx.reporter
+                        .step(&format!("waiting for {} to be healthy", n.name));
+                    if let Err(m) = wait_healthy(ctx, &n) {
+                        self.failed.push((n.name.clone(), m));
+                    }
+                    ctx.reporter.step_done();
+                }
+            }
+            Step::Ready { .. } => {
+                // The batch stays set until it is back: a stop in it is a stop inside a batch.
+                let batch = self.batch.clone();
+                if plan.database() {
+                    for n in &batch {
+                        ctx.set_all(&n.name, &server_name(n), AdminState::Ready)?;
+                    }
+                } else {
+                    end_batch(ctx, &batch, &self.failed)?;
+                    self.upgraded.extend(batch.into_iter().map(|n| n.name));
+                }
+                self.batch.clear();
+                self.failed.clear();
+            }
+            Step::Download { .. } => download(ctx, &names, target)?,
+            Step::MaintenanceOn { node } => {
+                self.maintenance_since = Some(Instant::now());
+                maintenance_on(ctx, plan, node)?;
+            }
+            Step::Upgrade { node } => upgrade(ctx, node)?,
+            Step::MaintenanceOff { node } => {
+                let since = self.maintenance_since.unwrap_or_else(Instant::now);
+                self.maintenance_secs = Some(maintenance_off(ctx, node, since)?);
+            }
+            Step::Purge { node } => purge_caches(ctx, node),
+        }
+        Ok(())
     }
 
-    if plan.database() {
-        let secs = database_path(ctx, plan)?;
-        if ctx.interrupted() {
-            // Stopping halfway would leave the site in maintenance, or on code its database
-            // does not match: the database path, once begun, runs to its end.
-            ctx.warn("interrupted (Ctrl-C or SIGTERM) during the database path: it was finished rather than leave the site in maintenance mode".into());
-        }
-        Ok((
-            plan.batches
-                .iter()
-                .flatten()
-                .chain(plan.cron.iter())
-                .cloned()
-                .collect(),
-            Some(secs),
-        ))
-    } else {
-        let mut upgraded = Vec::new();
-        for b in &plan.batches {
-            if ctx.interrupted() {
-                let msg = format!(
-                    "stopped before batch {}; every node is in rotation; run again with --resume",
-                    b.join(", ")
-                );
-                return Err(ctx.interrupt(msg));
-            }
-            if let Err(e) = code_only_batch(ctx, plan, b, opts) {
-                if opts.auto_rollback && !upgraded.is_empty() {
-                    return Err(auto_rollback(ctx, plan, &upgraded, opts, e));
+    /// Installs or version checks that failed on `names`: on the database path the roll stops
+    /// there (the failed web node out, the others back), and so it does for a cron node; in a
+    /// code-only batch the failed nodes are kept for the batch's end.
+    fn failures(
+        &mut self,
+        ctx: &mut Ctx,
+        plan: &Plan,
+        names: &[String],
+        failed: Vec<(String, String)>,
+    ) -> Result<(), RollError> {
+        let Some((node, why)) = failed.first().cloned() else {
+            return Ok(());
+        };
+        if plan.database() {
+            for w in web_nodes(ctx.cfg) {
+                if !names.contains(&w.name) {
+                    continue;
                 }
-                return Err(e);
+                if failed.iter().any(|(f, _)| f == &w.name) {
+                    let _ = ctx.set_all(&w.name, &server_name(w), AdminState::Maint);
+                } else if self.batch.iter().any(|b| b.name == w.name) {
+                    let _ = ctx.set_all(&w.name, &server_name(w), AdminState::Ready);
+                }
             }
-            upgraded.extend(b.iter().cloned());
+            self.batch.clear();
+            let resume = ctx.state.resume_command();
+            return Err(ctx.fail(Some(&node), format!("{why}; the site is left in maintenance mode (the database is not upgraded yet): fix {node} and run `{resume}`")));
         }
-        for c in &plan.cron {
-            install_nodes(ctx, std::slice::from_ref(c), &plan.target)
-                .map_err(|(n, m)| ctx.fail(Some(&n), m))?;
-            upgraded.push(c.clone());
+        if self.batch.is_empty() {
+            return Err(ctx.fail(Some(&node), why));
         }
-        if let Some(node) = &plan.purge_on {
-            purge_caches(ctx, node);
+        self.failed.extend(failed);
+        Ok(())
+    }
+}
+
+/// The config's nodes named in `names`, in that order.
+fn config_nodes(cfg: &Config, names: &[String]) -> Vec<Node> {
+    names
+        .iter()
+        .filter_map(|n| cfg.nodes.iter().find(|c| &c.name == n).cloned())
+        .collect()
+}
+
+/// A node an earlier run left out of rotation, already on the target: back in when healthy.
+/// One still unhealthy stops the roll: going on would put more than `batch` servers out, and
+/// ending "done" would leave a node out that no later run knows as its own.
+fn put_back(ctx: &mut Ctx, plan: &Plan, node: &str) -> Result<(), RollError> {
+    let Some(n) = ctx.cfg.nodes.iter().find(|n| n.name == node) else {
+        return Ok(());
+    };
+    match health_now(ctx.cfg, n) {
+        Ok(()) => {
+            ctx.reporter.step(&format!("{node}: on {} and healthy, left out of rotation by an earlier run: putting it back", plan.target));
+            ctx.set_all(node, &server_name(n), AdminState::Ready)?;
+            ctx.reporter.step_done();
+            Ok(())
         }
-        Ok((upgraded, None))
+        Err(why) => Err(ctx.fail(
+            Some(node),
+            format!(
+                "{node} is on {} but not healthy ({why}); it stays out of rotation, where an earlier run left it: fix it and run again",
+                plan.target
+            ),
+        )),
+    }
+}
+
+/// Marks the (drained, idle) server down on every LB: the LBs' last check may predate the
+/// install, so only checks of the new code can bring it back up. A refusal is a warning.
+fn health_down(ctx: &mut Ctx, n: &Node) {
+    let step = Step::HealthDown {
+        node: n.name.clone(),
+    };
+    for lb in ctx.lbs.clone() {
+        let t = Instant::now();
+        let cmd = format!("set server {}/{} health down", lb.backend, server_name(n));
+        match lb.send(&cmd) {
+            Ok(_) => ctx.log_step(&step, Some(&lb.name), "ok", t, ""),
+            Err(e) => ctx.log_step(&step, Some(&lb.name), "warning", t, &e.to_string()),
+        }
     }
 }
 
@@ -447,24 +686,18 @@ pub(super) fn purge_caches(ctx: &mut Ctx, node: &str) {
     }
 }
 
-/// Installs the target on `nodes` in parallel and checks the installed version. On failure:
-/// the first failed node and why.
-pub(super) fn install_nodes(
-    ctx: &mut Ctx,
-    nodes: &[String],
-    target: &str,
-) -> Result<(), (String, String)> {
+/// Installs the target on `nodes` in parallel: the nodes where it failed, and why.
+pub(super) fn install(ctx: &mut Ctx, nodes: &[String], target: &str) -> Vec<(String, String)> {
     let t = Instant::now();
     ctx.reporter
         .step(&format!("installing {target} on {}", nodes.join(", ")));
     let script = ctx.apt_install(target, false);
     let results = ctx.run_apt(nodes, &script);
-    let mut failure = None;
+    let mut failed = Vec::new();
     for (n, r) in nodes.iter().zip(results) {
+        let step = Step::Install { node: n.clone() };
         match r {
-            Ok(o) if o.success() => {
-                ctx.log_step(&Step::Install { node: n.clone() }, None, "ok", t, target)
-            }
+            Ok(o) if o.success() => ctx.log_step(&step, None, "ok", t, target),
             Ok(o) => {
                 let m = format!(
                     "{n}: apt-get install {}={target} failed ({}): {}",
@@ -472,55 +705,55 @@ pub(super) fn install_nodes(
                     o.status(),
                     o.tail()
                 );
-                ctx.log_step(&Step::Install { node: n.clone() }, None, "failed", t, &m);
-                failure.get_or_insert((n.clone(), m));
+                ctx.log_step(&step, None, "failed", t, &m);
+                failed.push((n.clone(), m));
             }
             Err(e) => {
-                ctx.log_step(
-                    &Step::Install { node: n.clone() },
-                    None,
-                    "failed",
-                    t,
-                    &e.to_string(),
-                );
-                failure.get_or_insert((n.clone(), e.to_string()));
+                ctx.log_step(&step, None, "failed", t, &e.to_string());
+                failed.push((n.clone(), e.to_string()));
             }
         }
     }
     ctx.reporter.step_done();
-    if let Some(f) = failure {
-        return Err(f);
-    }
-    let t = Instant::now();
-    let now = ctx
-        .installed_on(nodes)
-        .map_err(|e| (nodes[0].clone(), e.to_string()))?;
-    for n in nodes {
-        let v = &now[n];
-        if v.version.as_deref() != Some(target) {
-            let m = format!(
-                "{n}: after install dpkg reports {:?}, not {target}",
-                v.version
-            );
-            ctx.log_step(&Step::Verify { node: n.clone() }, None, "failed", t, &m);
-            return Err((n.clone(), m));
-        }
-        ctx.log_step(&Step::Verify { node: n.clone() }, None, "ok", t, target);
-    }
-    Ok(())
+    failed
 }
 
-/// Drains `nodes` on every LB and waits, at most `drain_timeout`, until none has a session in
-/// flight or queued (one read of each LB per poll, whatever the batch size). A server that left
-/// drain by itself (an agent-check, a reload) is drained again, with a warning. Returns when it
-/// started and, at the timeout, what was still busy (empty: drained, logged as such).
-pub(super) fn drain_and_wait(
+/// Checks, in one query per node, that `nodes` run the target: the ones that do not, and why.
+pub(super) fn verify(ctx: &mut Ctx, nodes: &[String], target: &str) -> Vec<(String, String)> {
+    if nodes.is_empty() {
+        return Vec::new();
+    }
+    let t = Instant::now();
+    let now = match ctx.installed_on(nodes) {
+        Ok(now) => now,
+        Err(e) => return vec![(nodes[0].clone(), e.to_string())],
+    };
+    let mut failed = Vec::new();
+    for n in nodes {
+        let step = Step::Verify { node: n.clone() };
+        let v = &now[n];
+        if v.version.as_deref() == Some(target) {
+            ctx.log_step(&step, None, "ok", t, target);
+            continue;
+        }
+        let m = format!(
+            "{n}: after install dpkg reports {:?}, not {target}",
+            v.version
+        );
+        ctx.log_step(&step, None, "failed", t, &m);
+        failed.push((n.clone(), m));
+    }
+    failed
+}
+
+/// Waits, at most `drain_timeout`, until none of the drained `nodes` has a session in flight
+/// or queued on any LB (one read of each LB per poll, whatever the batch size). A server that
+/// left drain by itself (an agent-check, a reload) is drained again, with a warning. Returns
+/// when it started and, at the timeout, what was still busy (empty: drained, logged as such).
+pub(super) fn wait_idle(
     ctx: &mut Ctx,
     nodes: &[Node],
 ) -> Result<(Instant, Vec<String>), RollError> {
-    for n in nodes {
-        ctx.set_all(&n.name, &server_name(n), AdminState::Drain)?;
-    }
     let t = Instant::now();
     let deadline = t + ctx.cfg.roll.drain_timeout;
     loop {
@@ -551,17 +784,6 @@ pub(super) fn drain_and_wait(
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-}
-
-/// Database path: takes `nodes` out of rotation while their files are swapped. The site is in
-/// maintenance mode, so no session is worth waiting longer than `drain_timeout` for: then the
-/// nodes go to maint and the install goes on.
-pub(super) fn take_out_for_install(ctx: &mut Ctx, nodes: &[Node]) -> Result<(), RollError> {
-    let (t, busy) = drain_and_wait(ctx, nodes)?;
-    if !busy.is_empty() {
-        maint_after_timeout(ctx, nodes, t, "site in maintenance", &busy)?;
-    }
-    Ok(())
 }
 
 /// After `drain_timeout`: `nodes` go to maint (no traffic, not even cookie-bound), and the

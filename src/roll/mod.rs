@@ -13,8 +13,9 @@
 //!
 //! The rooms, in the order a roll goes through them: [`probe`] (what each node runs),
 //! [`preflight`] (every part answers, locks, servers out of rotation), [`plan`] (target, path,
-//! batches), then [`execute`] (the context and shared steps), which runs [`code_only`] or
-//! [`database`], checking [`health`]; [`lock`] is the cluster lock and the state kept beside it.
+//! batches) and [`step`] (the whole program as data), then [`execute`], which walks the steps,
+//! with each path's own rules in [`code_only`] and [`database`] and the health checks in
+//! [`health`]; [`lock`] is the cluster lock and the state kept beside it.
 
 mod code_only;
 mod database;

@@ -1,7 +1,8 @@
 //! The roll's program as data: every step a roll takes, in order, each naming its node (and, for
 //! the steps that go through the load balancers, that it happens on every LB). The planner
-//! writes them ([`steps`]), `--plan` and `--json` show them, and the journal names what it did
-//! with the same [`Step::action`], so the three cannot drift apart in their words.
+//! writes them ([`steps`]), `--plan` and `--json` show them, the executor walks them
+//! ([`walk`](super::execute::walk)), and the journal names what it did with the same
+//! [`Step::action`]: the plan is the program.
 
 use super::*;
 
