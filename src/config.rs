@@ -231,6 +231,31 @@ fn default_architectures() -> Vec<String> {
     vec!["amd64".into(), "arm64".into()]
 }
 
+/// What the process environment says over the config file, read once by the command line
+/// (`run.rs`) and handed down, so the library itself reads no variable.
+#[derive(Debug, Clone, Default)]
+pub struct Environment {
+    /// `MOODLE_RELEASE_SSH_CONFIG`: a CI job's ssh config (from a File variable), instead of
+    /// `[ssh] config`, without editing the site's config or touching the runner's ~/.ssh.
+    pub ssh_config: Option<String>,
+    /// `MOODLE_RELEASE_KNOWN_HOSTS`: likewise for `[ssh] known_hosts`.
+    pub known_hosts: Option<String>,
+    /// `CI` is set (GitLab and most CI systems set it): SSH masters end with the run.
+    pub ci: bool,
+}
+
+impl Environment {
+    /// From the process's variables.
+    pub fn from_process() -> Environment {
+        let var = |k: &str| std::env::var(k).ok();
+        Environment {
+            ssh_config: var("MOODLE_RELEASE_SSH_CONFIG"),
+            known_hosts: var("MOODLE_RELEASE_KNOWN_HOSTS"),
+            ci: !matches!(var("CI").as_deref(), None | Some("" | "false" | "0")),
+        }
+    }
+}
+
 /// `[ssh]`
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -250,6 +275,9 @@ pub struct Ssh {
         skip_serializing_if = "Option::is_none"
     )]
     pub persist: Option<Duration>,
+    /// This run is a CI job (see [`Environment::ci`]): set at load, not a key of the file.
+    #[serde(skip)]
+    pub in_ci: bool,
 }
 
 impl Ssh {
@@ -258,11 +286,11 @@ impl Ssh {
     /// and its key file, and on a shared runner any later job of the same user could run
     /// commands on the nodes through their sockets.
     pub fn persist(&self) -> Duration {
-        self.persist
-            .unwrap_or_else(|| match std::env::var("CI").as_deref() {
-                Ok("") | Ok("false") | Ok("0") | Err(_) => Duration::from_secs(300),
-                Ok(_) => Duration::ZERO,
-            })
+        self.persist.unwrap_or(if self.in_ci {
+            Duration::ZERO
+        } else {
+            Duration::from_secs(300)
+        })
     }
 }
 
@@ -686,8 +714,8 @@ mod duration_opt {
 }
 
 impl Config {
-    /// Reads and checks the config file at `path`.
-    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    /// Reads and checks the config file at `path`, with what `env` says over it.
+    pub fn load(path: &Path, env: &Environment) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
             path: path.to_path_buf(),
             source,
@@ -700,12 +728,13 @@ impl Config {
         cfg.base_dir = dir.to_path_buf();
         // CI jobs hand in their own ssh files (from File variables) without editing the site's
         // config or touching the runner's ~/.ssh.
-        if let Ok(v) = std::env::var("MOODLE_RELEASE_SSH_CONFIG") {
-            cfg.ssh.config = Some(v);
+        if let Some(v) = &env.ssh_config {
+            cfg.ssh.config = Some(v.clone());
         }
-        if let Ok(v) = std::env::var("MOODLE_RELEASE_KNOWN_HOSTS") {
-            cfg.ssh.known_hosts = Some(v);
+        if let Some(v) = &env.known_hosts {
+            cfg.ssh.known_hosts = Some(v.clone());
         }
+        cfg.ssh.in_ci = env.ci;
         Ok(cfg)
     }
 

@@ -15,9 +15,10 @@ use crate::Error;
 
 /// Runs `cli`, reporting progress to `reporter` and results to `out`.
 pub fn run(cli: Cli, reporter: &dyn Reporter, out: &mut dyn Write) -> Result<(), Error> {
+    let env = crate::config::Environment::from_process();
     match cli.command {
         Command::Merge(a) => {
-            let cfg = Config::load(&cli.config)?;
+            let cfg = Config::load(&cli.config, &env)?;
             let opts = merge::MergeOptions {
                 update: a.update,
                 locked: a.locked,
@@ -41,7 +42,7 @@ pub fn run(cli: Cli, reporter: &dyn Reporter, out: &mut dyn Write) -> Result<(),
             Ok(())
         }
         Command::Publish(a) => {
-            let cfg = Config::load(&cli.config)?;
+            let cfg = Config::load(&cli.config, &env)?;
             let keep = cfg.apt.as_ref().map(|x| x.keep).unwrap_or(0);
             let opts = apt::PublishOptions {
                 keep_versions: a.keep_version,
@@ -56,7 +57,7 @@ pub fn run(cli: Cli, reporter: &dyn Reporter, out: &mut dyn Write) -> Result<(),
             Ok(())
         }
         Command::Repo(RepoCommand::List) => {
-            let cfg = Config::load(&cli.config)?;
+            let cfg = Config::load(&cli.config, &env)?;
             let (repo, _mirror) = apt::open(&cfg)?;
             let list = repo.list()?;
             if cli.json {
@@ -83,7 +84,7 @@ pub fn run(cli: Cli, reporter: &dyn Reporter, out: &mut dyn Write) -> Result<(),
             Ok(())
         }
         Command::Roll(a) => {
-            let cfg = Config::load(&cli.config)?;
+            let cfg = Config::load(&cli.config, &env)?;
             let opts = roll::RollOptions {
                 version: a.version,
                 auto_rollback: a.auto_rollback,
@@ -92,7 +93,7 @@ pub fn run(cli: Cli, reporter: &dyn Reporter, out: &mut dyn Write) -> Result<(),
             report_roll(roll::roll(&cfg, &opts, reporter), cli.json, out)
         }
         Command::Rollback(a) => {
-            let cfg = Config::load(&cli.config)?;
+            let cfg = Config::load(&cli.config, &env)?;
             let opts = roll::RollOptions {
                 version: a.to,
                 ..roll_options(a.common, true)
@@ -133,7 +134,7 @@ pub fn run(cli: Cli, reporter: &dyn Reporter, out: &mut dyn Write) -> Result<(),
         Command::ImportSubmodules { repo } => {
             let path = match repo {
                 Some(r) => r,
-                None => Config::load(&cli.config)
+                None => Config::load(&cli.config, &env)
                     .map(|c| c.deploy_repo())
                     .unwrap_or_else(|_| ".".into()),
             };
@@ -152,7 +153,7 @@ pub fn run(cli: Cli, reporter: &dyn Reporter, out: &mut dyn Write) -> Result<(),
             Ok(())
         }
         Command::Status => {
-            let cfg = Config::load(&cli.config)?;
+            let cfg = Config::load(&cli.config, &env)?;
             let st = crate::status::status(&cfg)?;
             if cli.json {
                 serde_json::to_writer_pretty(&mut *out, &st).map_err(std::io::Error::from)?;
@@ -163,7 +164,7 @@ pub fn run(cli: Cli, reporter: &dyn Reporter, out: &mut dyn Write) -> Result<(),
             Ok(())
         }
         Command::Config(ConfigCommand::Check) => {
-            let cfg = Config::load(&cli.config)?;
+            let cfg = Config::load(&cli.config, &env)?;
             if cli.json {
                 serde_json::to_writer_pretty(&mut *out, &resolved(&cfg))
                     .map_err(std::io::Error::from)?;
@@ -181,7 +182,7 @@ pub fn run(cli: Cli, reporter: &dyn Reporter, out: &mut dyn Write) -> Result<(),
             Ok(())
         }
         Command::Build(a) => {
-            let cfg = Config::load(&cli.config)?;
+            let cfg = Config::load(&cli.config, &env)?;
             let opts = BuildOptions {
                 input: match (a.r#ref, a.dir) {
                     (Some(r), _) => Input::Ref(r),
@@ -304,6 +305,17 @@ fn roll_options(c: crate::cli::Rolling, rollback: bool) -> roll::RollOptions {
         break_lock: c.break_lock,
         resume: c.resume,
         rollback,
+        stop: interrupt_flag(),
         ..Default::default()
     }
+}
+
+/// Set by Ctrl-C or SIGTERM: a roll stops between batches (the database path runs to its end).
+/// The handlers are installed here, by the command line, not by the library.
+fn interrupt_flag() -> std::sync::Arc<std::sync::atomic::AtomicBool> {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        let _ = signal_hook::flag::register(signal, stop.clone());
+    }
+    stop
 }

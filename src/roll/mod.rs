@@ -68,6 +68,8 @@ pub struct RollOptions {
     pub break_lock: bool,
     /// `rollback` rather than `roll`.
     pub rollback: bool,
+    /// Set (by the caller's Ctrl-C or SIGTERM handler) to stop between batches.
+    pub stop: Arc<AtomicBool>,
 }
 
 impl RollOptions {
@@ -190,9 +192,6 @@ pub fn roll(
     }
     let state_dir = cfg.base_dir.join(&cfg.roll.state_dir);
     let previous_state = RollState::read(&state_dir).map_err(RollError::Preflight)?;
-    let stop = Arc::new(AtomicBool::new(false));
-    let _ = signal_hook::flag::register(signal_hook::consts::SIGINT, stop.clone());
-    let _ = signal_hook::flag::register(signal_hook::consts::SIGTERM, stop.clone());
     let (repo, _mirror) = crate::apt::open(cfg)?;
     let mut ctx = Ctx {
         cfg,
@@ -203,7 +202,7 @@ pub fn roll(
         journal: None,
         state_dir: state_dir.clone(),
         state: RollState::default(),
-        stop,
+        stop: opts.stop.clone(),
         warnings: Vec::new(),
         pkg: cfg.site.package.to_string(),
         processes: BTreeMap::new(),
