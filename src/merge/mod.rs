@@ -135,7 +135,30 @@ struct Source {
     commit: Oid,
 }
 
-/// Runs a merge.
+/// Upstream as fetched: its commit and tree, where its web code lives, and its version.php.
+struct Core<'r> {
+    commit: Oid,
+    tree: Tree<'r>,
+    /// `public/` for Moodle 5.1+, else empty.
+    prefix: &'static str,
+    version: String,
+    release: Option<String>,
+    branch: String,
+}
+
+/// The tree with every plugin grafted, and what was read on the way.
+struct Grafted {
+    tree: Oid,
+    /// Each plugin's `$plugin->version`.
+    versions: BTreeMap<String, String>,
+    /// Each plugin's version.php, read once: the dependency check needs it again.
+    php: BTreeMap<String, VersionPhp>,
+    warnings: Vec<String>,
+}
+
+/// Runs a merge, as a list of named stages: the pins to keep, the fetch, upstream's core, the
+/// plugins' paths, checks and grafting, dependencies, patches, the new lock, what changed, and
+/// the commit (with the lock written) unless `--dry-run`.
 pub fn merge(
     cfg: &Config,
     opts: &MergeOptions,
@@ -156,7 +179,96 @@ pub fn merge(
         .ok()
         .and_then(|r| r.target());
 
-    // Which pins stay: the lock's, for sources whose url and ref did not change, unless updated.
+    let requests = requests(cfg, opts, old_lock.as_ref(), &lock_path)?;
+    let mut results =
+        fetch::fetch_all(&repo, &requests, cfg.deploy.fetch, &cfg.ssh, reporter).into_iter();
+    // The first failure in the config's order (upstream first) is the one reported.
+    let up = results.next().ok_or(MergeError::NoUpstream)??;
+    let fetched: Vec<Oid> = results.collect::<Result<_, _>>()?;
+    let core = read_core(&repo, up, upstream)?;
+    let (sources, types) = place_plugins(cfg, &repo, &core, &fetched)?;
+    let grafted = check_and_graft(&repo, &core, &sources, old_lock.as_ref(), opts)?;
+    check_dependencies(&repo, &core, &grafted, &types)?;
+    let (tree_id, applied) = merge_patches(&repo, cfg, previous, up, grafted.tree, reporter)?;
+
+    let new_lock = new_lock(upstream, &core, &sources, &grafted.versions);
+    let lock_changed = old_lock.as_ref() != Some(&new_lock);
+    if opts.locked && lock_changed {
+        return Err(MergeError::LockedMismatch("the lock would change".into()));
+    }
+    let prev_tree = match previous {
+        Some(p) => Some(repo.find_commit(p)?.tree()?),
+        None => None,
+    };
+    let prev_core = prev_tree
+        .as_ref()
+        .and_then(|t| read_version_php(&repo, t, &format!("{}version.php", core.prefix)));
+    let mut result = Merged {
+        changed: prev_tree.as_ref().map(|t| t.id()) != Some(tree_id),
+        dry_run: opts.dry_run,
+        branch: cfg.deploy.branch.clone(),
+        commit: previous.map(|p| p.to_string()).unwrap_or_default(),
+        previous: previous.map(|p| p.to_string()),
+        core: Change {
+            component: "core".into(),
+            from: prev_core
+                .as_ref()
+                .and_then(|v| v.text("version").map(String::from)),
+            to: Some(core.version.clone()),
+            commit: Some(up.to_string()),
+        },
+        core_release: core.release.clone(),
+        previous_release: prev_core
+            .as_ref()
+            .and_then(|v| v.text("release").map(String::from)),
+        plugins: plugin_changes(
+            &repo,
+            prev_tree.as_ref(),
+            &sources,
+            &grafted.versions,
+            old_lock.as_ref(),
+        ),
+        patches: applied,
+        warnings: grafted.warnings,
+        lock: lock_path.clone(),
+        lock_changed,
+    };
+    if opts.dry_run {
+        return Ok(result);
+    }
+    if result.changed {
+        let id = commit(
+            &repo,
+            &branch_ref,
+            previous,
+            up,
+            &sources,
+            &result,
+            &new_lock,
+            tree_id,
+        )
+        .map_err(|e| match e {
+            CommitError::Raced => MergeError::Raced(cfg.deploy.branch.clone()),
+            CommitError::Git(e) => e.into(),
+        })?;
+        result.commit = id.to_string();
+    }
+    if lock_changed {
+        new_lock.write(&lock_path)?;
+    }
+    Ok(result)
+}
+
+/// What to fetch: upstream, then every plugin, each with the commit the lock pins when that pin
+/// stays (the source's url and ref did not change and it is not being updated). `--locked`
+/// refuses any difference between the config and the lock.
+fn requests<'c>(
+    cfg: &'c Config,
+    opts: &MergeOptions,
+    old_lock: Option<&Lock>,
+    lock_path: &Path,
+) -> Result<Vec<Request<'c>>, MergeError> {
+    let upstream = cfg.upstream.as_ref().ok_or(MergeError::NoUpstream)?;
     let updating = |name: &str| match &opts.update {
         Some(list) => list.is_empty() || list.iter().any(|c| c == name),
         None => false,
@@ -188,13 +300,13 @@ pub fn merge(
         }
         Oid::from_str(&pin.commit).map(Some).map_err(|_| {
             MergeError::Lock(LockError::Parse {
-                path: lock_path.clone(),
+                path: lock_path.to_path_buf(),
                 message: format!("{name}: `{}` is not a commit id", pin.commit),
             })
         })
     };
     if opts.locked {
-        if let Some(lock) = &old_lock {
+        if let Some(lock) = old_lock {
             for p in &lock.plugins {
                 if !cfg.plugins.iter().any(|c| c.component.0 == p.component) {
                     return Err(MergeError::LockedMismatch(format!(
@@ -210,8 +322,6 @@ pub fn merge(
             )));
         }
     }
-
-    // Fetch.
     let base = &cfg.base_dir;
     let mut requests = vec![Request {
         name: "upstream",
@@ -222,7 +332,7 @@ pub fn merge(
             "upstream",
             &upstream.url,
             &upstream.reference,
-            old_lock.as_ref().and_then(|l| l.upstream.as_ref()),
+            old_lock.and_then(|l| l.upstream.as_ref()),
         )?,
     }];
     for p in &cfg.plugins {
@@ -236,40 +346,54 @@ pub fn merge(
                 name,
                 &p.url,
                 &p.reference,
-                old_lock
-                    .as_ref()
-                    .and_then(|l| l.plugin(name))
-                    .map(|pp| &pp.pin),
+                old_lock.and_then(|l| l.plugin(name)).map(|pp| &pp.pin),
             )?,
         });
     }
-    let mut results =
-        fetch::fetch_all(&repo, &requests, cfg.deploy.fetch, &cfg.ssh, reporter).into_iter();
-    // The first failure in the config's order (upstream first) is the one reported.
-    let up = results.next().ok_or(MergeError::NoUpstream)??;
-    let fetched: Vec<Oid> = results.collect::<Result<_, _>>()?;
-    let up_commit = repo.find_commit(up)?;
-    let up_tree = up_commit.tree()?;
-    let prefix = if up_tree.get_path(Path::new("public/version.php")).is_ok() {
+    Ok(requests)
+}
+
+/// Upstream's commit `up`: its layout (`public/` since Moodle 5.1) and its version.php.
+fn read_core<'r>(
+    repo: &'r Repository,
+    up: Oid,
+    upstream: &crate::config::Upstream,
+) -> Result<Core<'r>, MergeError> {
+    let tree = repo.find_commit(up)?.tree()?;
+    let prefix = if tree.get_path(Path::new("public/version.php")).is_ok() {
         "public/"
     } else {
         ""
     };
-    let core =
-        read_version_php(&repo, &up_tree, &format!("{prefix}version.php")).ok_or_else(|| {
-            MergeError::Moodle(format!(
-                "upstream ({} {}) has no version.php at {prefix}version.php: is it Moodle?",
-                upstream.url, upstream.reference
-            ))
-        })?;
-    let core_version = core.text("version").unwrap_or("").to_string();
-    let core_release = core.text("release").map(String::from);
-    let core_branch = core.text("branch").unwrap_or("").to_string();
+    let v = read_version_php(repo, &tree, &format!("{prefix}version.php")).ok_or_else(|| {
+        MergeError::Moodle(format!(
+            "upstream ({} {}) has no version.php at {prefix}version.php: is it Moodle?",
+            upstream.url, upstream.reference
+        ))
+    })?;
+    Ok(Core {
+        commit: up,
+        prefix,
+        version: v.text("version").unwrap_or("").to_string(),
+        release: v.text("release").map(String::from),
+        branch: v.text("branch").unwrap_or("").to_string(),
+        tree,
+    })
+}
 
+/// Each plugin with its fetched commit and its path: from the config, else from the plugin
+/// types upstream declares (and parents' subplugin types). Returns the types too.
+fn place_plugins(
+    cfg: &Config,
+    repo: &Repository,
+    core: &Core,
+    fetched: &[Oid],
+) -> Result<(Vec<Source>, BTreeMap<String, String>), MergeError> {
+    let prefix = core.prefix;
     let mut sources: Vec<Source> = cfg
         .plugins
         .iter()
-        .zip(&fetched)
+        .zip(fetched)
         .map(|(p, f)| Source {
             component: p.component.0.clone(),
             url: p.url.clone(),
@@ -279,10 +403,7 @@ pub fn merge(
             commit: *f,
         })
         .collect();
-
-    // Paths: from the config, else from the plugin types upstream declares (and parents'
-    // subplugin types).
-    let types = plugin_types(&repo, &up_tree, prefix, &sources)?;
+    let types = plugin_types(repo, &core.tree, prefix, &sources)?;
     for (s, p) in sources.iter_mut().zip(&cfg.plugins) {
         s.path = match &p.path {
             Some(path) => format!("{prefix}{}", path.trim_matches('/')),
@@ -298,69 +419,33 @@ pub fn merge(
             }
         };
     }
+    Ok((sources, types))
+}
 
-    // Checks and grafting, parents first (a subplugin's path lies inside its parent's).
-    let mut warnings = Vec::new();
-    let mut order: Vec<usize> = (0..sources.len()).collect();
-    order.sort_by_key(|&i| sources[i].path.matches('/').count());
+/// Grafts every plugin onto upstream's tree, parents first (a subplugin's path lies inside its
+/// parent's), after checking it ([`check_plugin`]) and that it takes no path another source
+/// has unless `replace = true`.
+fn check_and_graft(
+    repo: &Repository,
+    core: &Core,
+    sources: &[Source],
+    old_lock: Option<&Lock>,
+    opts: &MergeOptions,
+) -> Result<Grafted, MergeError> {
+    let mut grafted = Grafted {
+        tree: core.tree.id(),
+        versions: BTreeMap::new(),
+        php: BTreeMap::new(),
+        warnings: Vec::new(),
+    };
+    let mut order: Vec<&Source> = sources.iter().collect();
+    order.sort_by_key(|s| s.path.matches('/').count());
     let mut seen_paths: BTreeMap<String, String> = BTreeMap::new();
-    let mut tree_id = up_tree.id();
-    let mut versions: BTreeMap<String, String> = BTreeMap::new();
-    // Each plugin's version.php, read once: the dependency check below needs it again.
-    let mut plugin_php: BTreeMap<String, VersionPhp> = BTreeMap::new();
-    for &i in &order {
-        let s = &sources[i];
+    for s in order {
         let what = format!("{} ({} {})", s.component, s.url, s.reference);
         let ptree = repo.find_commit(s.commit)?.tree()?;
-        let v = read_version_php(&repo, &ptree, "version.php").ok_or_else(|| {
-            MergeError::Moodle(format!(
-                "{what}: no version.php at the top of the repository: not a Moodle plugin"
-            ))
-        })?;
-        let comp = v.plugin("component").unwrap_or("");
-        if comp != s.component {
-            return Err(MergeError::Moodle(format!(
-                "{what}: its version.php says $plugin->component = '{comp}', not '{}'",
-                s.component
-            )));
-        }
-        let version = v.plugin("version").unwrap_or("").to_string();
-        if version.is_empty() {
-            return Err(MergeError::Moodle(format!(
-                "{what}: version.php sets no $plugin->version"
-            )));
-        }
-        if let Some(req) = v.plugin("requires") {
-            if cmp_version(req, &core_version).is_gt() {
-                return Err(MergeError::Moodle(format!(
-                    "{what}: requires Moodle {req}, newer than upstream's $version {core_version}"
-                )));
-            }
-        }
-        if let Some(inc) = v.plugin("incompatible") {
-            if cmp_version(&core_branch, inc).is_ge() {
-                return Err(MergeError::Moodle(format!(
-                    "{what}: declares itself incompatible with Moodle branch {inc} and later; upstream is branch {core_branch}"
-                )));
-            }
-        }
-        if let Some((lo, hi)) = v.supported() {
-            if cmp_version(&core_branch, &lo).is_lt() || cmp_version(&core_branch, &hi).is_gt() {
-                let msg = format!("{what}: supports Moodle branches {lo} to {hi}; upstream is branch {core_branch}");
-                if opts.strict {
-                    return Err(MergeError::Moodle(msg));
-                }
-                warnings.push(msg);
-            }
-        }
-        if let Some(old) = old_lock.as_ref().and_then(|l| l.plugin(&s.component)) {
-            if cmp_version(&version, &old.pin.version).is_lt() {
-                return Err(MergeError::Moodle(format!(
-                    "{what}: $plugin->version {version} is lower than the locked {}: Moodle refuses to downgrade a plugin",
-                    old.pin.version
-                )));
-            }
-        }
+        let (version, php) =
+            check_plugin(repo, core, s, &ptree, old_lock, opts, &mut grafted.warnings)?;
         if let Some(other) = seen_paths.get(&s.path) {
             if !s.replace {
                 return Err(MergeError::Moodle(format!(
@@ -369,7 +454,7 @@ pub fn merge(
                 )));
             }
         }
-        let current = repo.find_tree(tree_id)?;
+        let current = repo.find_tree(grafted.tree)?;
         if current.get_path(Path::new(&s.path)).is_ok()
             && !s.replace
             && !seen_paths.contains_key(&s.path)
@@ -380,44 +465,135 @@ pub fn merge(
             )));
         }
         seen_paths.insert(s.path.clone(), s.component.clone());
-        tree_id = graft(&repo, &current, &s.path, ptree.id())?;
-        versions.insert(s.component.clone(), version);
-        plugin_php.insert(s.component.clone(), v);
+        grafted.tree = graft(repo, &current, &s.path, ptree.id())?;
+        grafted.versions.insert(s.component.clone(), version);
+        grafted.php.insert(s.component.clone(), php);
     }
+    Ok(grafted)
+}
 
-    // Dependencies, against the grafted tree.
-    let grafted = repo.find_tree(tree_id)?;
-    for (component, v) in &plugin_php {
+/// Moodle's rules for one plugin against upstream: a version.php whose component matches,
+/// a `$plugin->version` not below the locked one, `requires` met, not `incompatible`, and
+/// `supported` (outside it a warning, an error with `--strict`). Returns its version and its
+/// version.php.
+fn check_plugin(
+    repo: &Repository,
+    core: &Core,
+    s: &Source,
+    ptree: &Tree,
+    old_lock: Option<&Lock>,
+    opts: &MergeOptions,
+    warnings: &mut Vec<String>,
+) -> Result<(String, VersionPhp), MergeError> {
+    let (core_version, core_branch) = (&core.version, &core.branch);
+    let what = format!("{} ({} {})", s.component, s.url, s.reference);
+    let v = read_version_php(repo, ptree, "version.php").ok_or_else(|| {
+        MergeError::Moodle(format!(
+            "{what}: no version.php at the top of the repository: not a Moodle plugin"
+        ))
+    })?;
+    let comp = v.plugin("component").unwrap_or("");
+    if comp != s.component {
+        return Err(MergeError::Moodle(format!(
+            "{what}: its version.php says $plugin->component = '{comp}', not '{}'",
+            s.component
+        )));
+    }
+    let version = v.plugin("version").unwrap_or("").to_string();
+    if version.is_empty() {
+        return Err(MergeError::Moodle(format!(
+            "{what}: version.php sets no $plugin->version"
+        )));
+    }
+    if let Some(req) = v.plugin("requires") {
+        if cmp_version(req, core_version).is_gt() {
+            return Err(MergeError::Moodle(format!(
+                "{what}: requires Moodle {req}, newer than upstream's $version {core_version}"
+            )));
+        }
+    }
+    if let Some(inc) = v.plugin("incompatible") {
+        if cmp_version(core_branch, inc).is_ge() {
+            return Err(MergeError::Moodle(format!(
+                "{what}: declares itself incompatible with Moodle branch {inc} and later; upstream is branch {core_branch}"
+            )));
+        }
+    }
+    if let Some((lo, hi)) = v.supported() {
+        if cmp_version(core_branch, &lo).is_lt() || cmp_version(core_branch, &hi).is_gt() {
+            let msg = format!(
+                "{what}: supports Moodle branches {lo} to {hi}; upstream is branch {core_branch}"
+            );
+            if opts.strict {
+                return Err(MergeError::Moodle(msg));
+            }
+            warnings.push(msg);
+        }
+    }
+    if let Some(old) = old_lock.and_then(|l| l.plugin(&s.component)) {
+        if cmp_version(&version, &old.pin.version).is_lt() {
+            return Err(MergeError::Moodle(format!(
+                "{what}: $plugin->version {version} is lower than the locked {}: Moodle refuses to downgrade a plugin",
+                old.pin.version
+            )));
+        }
+    }
+    Ok((version, v))
+}
+
+/// Every plugin's `$plugin->dependencies`, against the grafted tree: present (among the
+/// plugins, else in upstream) and at the version asked for.
+fn check_dependencies(
+    repo: &Repository,
+    core: &Core,
+    grafted: &Grafted,
+    types: &BTreeMap<String, String>,
+) -> Result<(), MergeError> {
+    let prefix = core.prefix;
+    let tree = repo.find_tree(grafted.tree)?;
+    let version_of = |component: &str| -> Option<String> {
+        if let Some(v) = grafted.versions.get(component) {
+            return Some(v.clone());
+        }
+        let (t, n) = component.split_once('_')?;
+        let dir = types.get(t)?;
+        read_version_php(repo, &tree, &format!("{prefix}{dir}/{n}/version.php"))?
+            .plugin("version")
+            .map(String::from)
+    };
+    for (component, v) in &grafted.php {
         for (dep, need) in v.dependencies() {
-            let have = versions.get(&dep).cloned().or_else(|| {
-                let (t, n) = dep.split_once('_')?;
-                let dir = types.get(t)?;
-                read_version_php(&repo, &grafted, &format!("{prefix}{dir}/{n}/version.php"))?
-                    .plugin("version")
-                    .map(String::from)
-            });
-            match have {
-                None => {
-                    return Err(MergeError::Moodle(format!(
-                        "{} needs {dep}, which is neither in upstream nor among the plugins",
-                        component
-                    )))
-                }
+            match version_of(&dep) {
+                None => return Err(MergeError::Moodle(format!(
+                    "{component} needs {dep}, which is neither in upstream nor among the plugins"
+                ))),
                 Some(have) if need != "ANY_VERSION" && cmp_version(&have, &need).is_lt() => {
                     return Err(MergeError::Moodle(format!(
-                        "{} needs {dep} {need} or later; the tree has {have}",
-                        component
+                        "{component} needs {dep} {need} or later; the tree has {have}"
                     )))
                 }
                 _ => {}
             }
         }
     }
+    Ok(())
+}
 
-    // Patches.
+/// Merges each patch branch, three-way, onto `tree`. Its base is where it forked from the
+/// deployment branch's first-parent line (a tip already on it adds nothing), else its merge
+/// base with upstream: never a commit whose history already contains the patch. A conflict
+/// names the files and changes nothing. Returns the tree and the patches applied.
+fn merge_patches(
+    repo: &Repository,
+    cfg: &Config,
+    previous: Option<Oid>,
+    up: Oid,
+    mut tree: Oid,
+    reporter: &dyn Reporter,
+) -> Result<(Oid, Vec<PatchApplied>), MergeError> {
     let mut applied = Vec::new();
     let first_parent_chain = match previous {
-        Some(p) => first_parents(&repo, p)?,
+        Some(p) => first_parents(repo, p)?,
         None => Vec::new(),
     };
     for name in &cfg.deploy.patches {
@@ -442,7 +618,7 @@ pub fn merge(
                 .map_err(|_| MergeError::Unrelated(name.clone()))?,
         };
         let ancestor = repo.find_commit(base)?.tree()?;
-        let ours = repo.find_tree(tree_id)?;
+        let ours = repo.find_tree(tree)?;
         let theirs = tip.tree()?;
         let mut index = repo.merge_trees(&ancestor, &ours, &theirs, None)?;
         if index.has_conflicts() {
@@ -459,22 +635,30 @@ pub fn merge(
                 files: files.into_iter().collect::<Vec<_>>().join(", "),
             });
         }
-        tree_id = index.write_tree_to(&repo)?;
+        tree = index.write_tree_to(repo)?;
         applied.push(PatchApplied {
             branch: name.clone(),
             commit: tip.id().to_string(),
         });
         reporter.step_done();
     }
+    Ok((tree, applied))
+}
 
-    // The new lock.
-    let new_lock = Lock {
+/// The lock this merge pins: upstream's commit and version, each plugin's.
+fn new_lock(
+    upstream: &crate::config::Upstream,
+    core: &Core,
+    sources: &[Source],
+    versions: &BTreeMap<String, String>,
+) -> Lock {
+    Lock {
         upstream: Some(Pin {
             url: upstream.url.clone(),
             reference: upstream.reference.clone(),
-            commit: up.to_string(),
-            version: core_version.clone(),
-            release: core_release.clone(),
+            commit: core.commit.to_string(),
+            version: core.version.clone(),
+            release: core.release.clone(),
         }),
         plugins: sources
             .iter()
@@ -490,33 +674,22 @@ pub fn merge(
                 },
             })
             .collect(),
-    };
-    let lock_changed = old_lock.as_ref() != Some(&new_lock);
-    if opts.locked && lock_changed {
-        return Err(MergeError::LockedMismatch("the lock would change".into()));
     }
+}
 
-    // What changed, against the previous deployment.
-    let prev_tree = match previous {
-        Some(p) => Some(repo.find_commit(p)?.tree()?),
-        None => None,
-    };
-    let prev_core = prev_tree
-        .as_ref()
-        .and_then(|t| read_version_php(&repo, t, &format!("{prefix}version.php")));
-    let core_change = Change {
-        component: "core".into(),
-        from: prev_core
-            .as_ref()
-            .and_then(|v| v.text("version").map(String::from)),
-        to: Some(core_version.clone()),
-        commit: Some(up.to_string()),
-    };
+/// Each plugin's version before (in the previous deployment) and now; plugins the lock had
+/// and the config no longer names, as removed.
+fn plugin_changes(
+    repo: &Repository,
+    prev_tree: Option<&Tree>,
+    sources: &[Source],
+    versions: &BTreeMap<String, String>,
+    old_lock: Option<&Lock>,
+) -> Vec<Change> {
     let mut plugins = Vec::new();
-    for s in &sources {
+    for s in sources {
         let from = prev_tree
-            .as_ref()
-            .and_then(|t| read_version_php(&repo, t, &format!("{}/version.php", s.path)))
+            .and_then(|t| read_version_php(repo, t, &format!("{}/version.php", s.path)))
             .and_then(|v| v.plugin("version").map(String::from));
         plugins.push(Change {
             component: s.component.clone(),
@@ -525,87 +698,86 @@ pub fn merge(
             commit: Some(s.commit.to_string()),
         });
     }
-    if let Some(old) = &old_lock {
-        for p in &old.plugins {
-            if !sources.iter().any(|s| s.component == p.component) {
-                plugins.push(Change {
-                    component: p.component.clone(),
-                    from: Some(p.pin.version.clone()),
-                    to: None,
-                    commit: None,
-                });
-            }
+    for p in old_lock.map(|l| l.plugins.as_slice()).unwrap_or_default() {
+        if !sources.iter().any(|s| s.component == p.component) {
+            plugins.push(Change {
+                component: p.component.clone(),
+                from: Some(p.pin.version.clone()),
+                to: None,
+                commit: None,
+            });
         }
     }
+    plugins
+}
 
-    let prev_tree_id = prev_tree.as_ref().map(|t| t.id());
-    let changed = prev_tree_id != Some(tree_id);
-    let mut result = Merged {
-        changed,
-        dry_run: opts.dry_run,
-        branch: cfg.deploy.branch.clone(),
-        commit: previous.map(|p| p.to_string()).unwrap_or_default(),
-        previous: previous.map(|p| p.to_string()),
-        core: core_change,
-        core_release: core_release.clone(),
-        previous_release: prev_core
-            .as_ref()
-            .and_then(|v| v.text("release").map(String::from)),
-        plugins,
-        patches: applied,
-        warnings,
-        lock: lock_path.clone(),
-        lock_changed,
-    };
-    if opts.dry_run {
-        return Ok(result);
+/// Why the deployment commit could not be written.
+enum CommitError {
+    /// The branch moved while this merge ran.
+    Raced,
+    Git(git2::Error),
+}
+
+impl From<git2::Error> for CommitError {
+    fn from(e: git2::Error) -> Self {
+        CommitError::Git(e)
     }
-    if changed {
-        let tree = repo.find_tree(tree_id)?;
-        let sig = repo
-            .signature()
-            .or_else(|_| git2::Signature::now("moodle-release", "moodle-release@localhost"))?;
-        let mut parents: Vec<Oid> = Vec::new();
-        for id in previous
-            .into_iter()
-            .chain(std::iter::once(up))
-            .chain(sources.iter().map(|s| s.commit))
-            .chain(
-                result
-                    .patches
-                    .iter()
-                    .filter_map(|p| Oid::from_str(&p.commit).ok()),
-            )
-        {
-            if !parents.contains(&id) {
-                parents.push(id);
-            }
+}
+
+/// Commits `tree` on the deployment branch, its parents the previous deployment, upstream,
+/// every plugin and every patch (each once), and moves the branch only if it is still where
+/// this merge found it.
+#[allow(clippy::too_many_arguments)] // each is one part of the commit; a struct would only rename them
+fn commit(
+    repo: &Repository,
+    branch_ref: &str,
+    previous: Option<Oid>,
+    up: Oid,
+    sources: &[Source],
+    result: &Merged,
+    new_lock: &Lock,
+    tree: Oid,
+) -> Result<Oid, CommitError> {
+    let tree = repo.find_tree(tree)?;
+    let sig = repo
+        .signature()
+        .or_else(|_| git2::Signature::now("moodle-release", "moodle-release@localhost"))?;
+    let mut parents: Vec<Oid> = Vec::new();
+    for id in previous
+        .into_iter()
+        .chain(std::iter::once(up))
+        .chain(sources.iter().map(|s| s.commit))
+        .chain(
+            result
+                .patches
+                .iter()
+                .filter_map(|p| Oid::from_str(&p.commit).ok()),
+        )
+    {
+        if !parents.contains(&id) {
+            parents.push(id);
         }
-        let parent_commits = parents
-            .iter()
-            .map(|id| repo.find_commit(*id))
-            .collect::<Result<Vec<_>, _>>()?;
-        let refs: Vec<&git2::Commit> = parent_commits.iter().collect();
-        let message = commit_message(&result, &new_lock);
-        let id = repo.commit(None, &sig, &sig, &message, &tree, &refs)?;
-        let log = format!(
-            "moodle-release merge: {}",
-            message.lines().next().unwrap_or("")
-        );
-        match previous {
-            Some(p) => repo
-                .reference_matching(&branch_ref, id, true, p, &log)
-                .map_err(|_| MergeError::Raced(cfg.deploy.branch.clone()))?,
-            None => repo
-                .reference(&branch_ref, id, false, &log)
-                .map_err(|_| MergeError::Raced(cfg.deploy.branch.clone()))?,
-        };
-        result.commit = id.to_string();
     }
-    if lock_changed {
-        new_lock.write(&lock_path)?;
-    }
-    Ok(result)
+    let parent_commits = parents
+        .iter()
+        .map(|id| repo.find_commit(*id))
+        .collect::<Result<Vec<_>, _>>()?;
+    let refs: Vec<&git2::Commit> = parent_commits.iter().collect();
+    let message = commit_message(result, new_lock);
+    let id = repo.commit(None, &sig, &sig, &message, &tree, &refs)?;
+    let log = format!(
+        "moodle-release merge: {}",
+        message.lines().next().unwrap_or("")
+    );
+    match previous {
+        Some(p) => repo
+            .reference_matching(branch_ref, id, true, p, &log)
+            .map_err(|_| CommitError::Raced)?,
+        None => repo
+            .reference(branch_ref, id, false, &log)
+            .map_err(|_| CommitError::Raced)?,
+    };
+    Ok(id)
 }
 
 /// Grafts `subtree` at `path` of `base` (replacing whatever was there).
