@@ -217,3 +217,23 @@ pub fn roll(o: &roll::Outcome, out: &mut dyn Write) -> std::io::Result<()> {
     )?;
     Ok(())
 }
+
+/// `build`: a summary on stderr (what was built, how big, how fast), the package's path on
+/// stdout, for a script to read.
+pub fn built(b: &crate::build::Built, secs: f64, out: &mut dyn Write) -> std::io::Result<()> {
+    let reused = match b.md5_reused {
+        0 => String::new(),
+        n => format!(" ({n} MD5s from the last build)"),
+    };
+    eprintln!(
+        "built {} {} (Moodle {}, {} plugins): {} files, {:.1} MB -> {:.1} MB in {secs:.1}s{reused}",
+        b.package,
+        b.version,
+        b.site.core.release,
+        b.site.plugins.len(),
+        b.files,
+        b.content_bytes as f64 / 1e6,
+        b.size as f64 / 1e6,
+    );
+    writeln!(out, "{}", b.path.display())
+}

@@ -13,218 +13,234 @@ use crate::report::Reporter;
 use crate::roll;
 use crate::Error;
 
-/// Runs `cli`, reporting progress to `reporter` and results to `out`.
+/// Runs `cli`, reporting progress to `reporter` and results to `out`: one line per command,
+/// each handled by a function of its own below.
 pub fn run(cli: Cli, reporter: &dyn Reporter, out: &mut dyn Write) -> Result<(), Error> {
     let env = crate::config::Environment::from_process();
-    match cli.command {
-        Command::Merge(a) => {
-            let cfg = Config::load(&cli.config, &env)?;
-            let opts = merge::MergeOptions {
-                update: a.update,
-                locked: a.locked,
-                dry_run: a.dry_run,
-                strict: a.strict,
-                config_path: cli.config.clone(),
-            };
-            let m = merge::merge(&cfg, &opts, reporter)?;
-            for w in &m.warnings {
-                reporter.warn(w);
-            }
-            if let Some(path) = &a.notes {
-                std::fs::write(path, merge::notes_markdown(&m))?;
-            }
-            if cli.json {
-                serde_json::to_writer_pretty(&mut *out, &m).map_err(std::io::Error::from)?;
-                writeln!(out)?;
-            } else {
-                crate::render::merge(&m, out)?;
-            }
-            Ok(())
-        }
-        Command::Publish(a) => {
-            let cfg = Config::load(&cli.config, &env)?;
-            let keep = cfg.apt.as_ref().map(|x| x.keep).unwrap_or(0);
-            let opts = apt::PublishOptions {
-                keep_versions: a.keep_version,
-            };
-            let p = apt::publish(&cfg, &a.debs, &opts, reporter)?;
-            if cli.json {
-                serde_json::to_writer_pretty(&mut *out, &p).map_err(std::io::Error::from)?;
-                writeln!(out)?;
-            } else {
-                crate::render::publish(&p, &cfg.site.package.0, keep, out)?;
-            }
-            Ok(())
-        }
-        Command::Repo(RepoCommand::List) => {
-            let cfg = Config::load(&cli.config, &env)?;
-            let (repo, _mirror) = apt::open(&cfg)?;
-            let list = repo.list()?;
-            if cli.json {
-                serde_json::to_writer_pretty(&mut *out, &list).map_err(std::io::Error::from)?;
-                writeln!(out)?;
-            } else if list.is_empty() {
-                writeln!(
-                    out,
-                    "{}: no version of {} yet",
-                    repo.root.display(),
-                    cfg.site.package
-                )?;
-            } else {
-                for l in &list {
-                    writeln!(
-                        out,
-                        "{:<28} {:>8.1} MB  Moodle {}",
-                        l.version,
-                        l.size as f64 / 1e6,
-                        l.moodle_release.clone().unwrap_or_default()
-                    )?;
-                }
-            }
-            Ok(())
-        }
+    let Cli {
+        config,
+        json,
+        command,
+        ..
+    } = cli;
+    let load = || Config::load(&config, &env);
+    let out = Out { json, out };
+    match command {
+        Command::Merge(a) => merge_command(&load()?, a, &config, reporter, out),
+        Command::Publish(a) => publish_command(&load()?, a, reporter, out),
+        Command::Repo(RepoCommand::List) => repo_list(&load()?, out),
         Command::Roll(a) => {
-            let cfg = Config::load(&cli.config, &env)?;
             let opts = roll::RollOptions {
                 version: a.version,
                 auto_rollback: a.auto_rollback,
                 ..roll_options(a.common, false)
             };
-            report_roll(roll::roll(&cfg, &opts, reporter), cli.json, out)
+            report_roll(roll::roll(&load()?, &opts, reporter), out)
         }
         Command::Rollback(a) => {
-            let cfg = Config::load(&cli.config, &env)?;
             let opts = roll::RollOptions {
                 version: a.to,
                 ..roll_options(a.common, true)
             };
-            report_roll(roll::roll(&cfg, &opts, reporter), cli.json, out)
+            report_roll(roll::roll(&load()?, &opts, reporter), out)
         }
         Command::Init {
             dir,
             package,
             force,
-        } => {
-            let files = [
-                (
-                    "moodle-release.toml",
-                    include_str!("init/site.toml").replace("{{package}}", &package),
-                ),
-                (
-                    ".gitlab-ci.yml",
-                    include_str!("../pipelines/moodle-site.gitlab-ci.yml").to_string(),
-                ),
-            ];
-            for (name, _) in &files {
-                if dir.join(name).exists() && !force {
-                    return Err(Error::Usage(format!(
-                        "{} exists; use --force to overwrite it",
-                        dir.join(name).display()
-                    )));
-                }
-            }
-            std::fs::create_dir_all(&dir)?;
-            for (name, text) in &files {
-                std::fs::write(dir.join(name), text)?;
-                writeln!(out, "wrote {}", dir.join(name).display())?;
-            }
-            writeln!(out, "next: edit moodle-release.toml, then `moodle-release config check` and `moodle-release merge`")?;
-            Ok(())
-        }
+        } => init(&dir, &package, force, out.out),
         Command::ImportSubmodules { repo } => {
-            let path = match repo {
-                Some(r) => r,
-                None => Config::load(&cli.config, &env)
+            let path = repo.unwrap_or_else(|| {
+                load()
                     .map(|c| c.deploy_repo())
-                    .unwrap_or_else(|_| ".".into()),
-            };
+                    .unwrap_or_else(|_| ".".into())
+            });
             let items = merge::submodules::import(&path).map_err(Error::Usage)?;
-            if cli.json {
-                serde_json::to_writer_pretty(&mut *out, &items).map_err(std::io::Error::from)?;
-                writeln!(out)?;
-            } else {
-                write!(out, "{}", merge::submodules::to_toml(&items))?;
-            }
-            Ok(())
+            out.emit(&items, |o| {
+                write!(o, "{}", merge::submodules::to_toml(&items))
+            })
         }
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
-            clap_complete::generate(shell, &mut cmd, "moodle-release", out);
+            clap_complete::generate(shell, &mut cmd, "moodle-release", out.out);
             Ok(())
         }
         Command::Status => {
-            let cfg = Config::load(&cli.config, &env)?;
-            let st = crate::status::status(&cfg)?;
-            if cli.json {
-                serde_json::to_writer_pretty(&mut *out, &st).map_err(std::io::Error::from)?;
-                writeln!(out)?;
-            } else {
-                crate::render::status(&st, out)?;
-            }
-            Ok(())
+            let st = crate::status::status(&load()?)?;
+            out.emit(&st, |o| crate::render::status(&st, o))
         }
         Command::Config(ConfigCommand::Check) => {
-            let cfg = Config::load(&cli.config, &env)?;
-            if cli.json {
-                serde_json::to_writer_pretty(&mut *out, &resolved(&cfg))
-                    .map_err(std::io::Error::from)?;
-                writeln!(out)?;
-            } else {
-                let text = toml::to_string_pretty(&resolved(&cfg))
-                    .map_err(|e| Error::Usage(e.to_string()))?;
+            let cfg = load()?;
+            let v = resolved(&cfg);
+            let text = toml::to_string_pretty(&v).map_err(|e| Error::Usage(e.to_string()))?;
+            out.emit(&v, |o| {
                 writeln!(
-                    out,
+                    o,
                     "# {}: valid; resolved values, defaults filled in",
-                    cli.config.display()
+                    config.display()
                 )?;
-                write!(out, "{text}")?;
-            }
-            Ok(())
+                write!(o, "{text}")
+            })
         }
-        Command::Build(a) => {
-            let cfg = Config::load(&cli.config, &env)?;
-            let opts = BuildOptions {
-                input: match (a.r#ref, a.dir) {
-                    (Some(r), _) => Input::Ref(r),
-                    (None, Some(d)) => Input::Dir(d),
-                    (None, None) => Input::DeployBranch,
-                },
-                out_dir: a.out,
-                compression: match a.compression {
-                    CompressionArg::Gzip => Compression::Gzip,
-                    CompressionArg::Zstd => Compression::Zstd,
-                    CompressionArg::Xz => Compression::Xz,
-                },
-                build_number: a.build_number,
-                jobs: a.jobs.filter(|&j| j > 0),
-                source_date_epoch: build::source_date_epoch_from_env()?,
-            };
-            let started = std::time::Instant::now();
-            let built = build::build(&cfg, &opts, reporter)?;
-            if cli.json {
-                serde_json::to_writer(&mut *out, &built).map_err(std::io::Error::from)?;
-                writeln!(out)?;
-            } else {
-                let reused = match built.md5_reused {
-                    0 => String::new(),
-                    n => format!(" ({n} MD5s from the last build)"),
-                };
-                eprintln!(
-                    "built {} {} (Moodle {}, {} plugins): {} files, {:.1} MB -> {:.1} MB in {:.1}s{reused}",
-                    built.package,
-                    built.version,
-                    built.site.core.release,
-                    built.site.plugins.len(),
-                    built.files,
-                    built.content_bytes as f64 / 1e6,
-                    built.size as f64 / 1e6,
-                    started.elapsed().as_secs_f64()
-                );
-                writeln!(out, "{}", built.path.display())?;
-            }
-            Ok(())
+        Command::Build(a) => build_command(&load()?, a, reporter, out),
+    }
+}
+
+/// Where a command's result goes: JSON with `--json`, else its text.
+struct Out<'a> {
+    json: bool,
+    out: &'a mut dyn Write,
+}
+
+impl Out<'_> {
+    /// `value` as JSON with `--json`, else what `text` writes.
+    fn emit<T: serde::Serialize>(
+        self,
+        value: &T,
+        text: impl FnOnce(&mut dyn Write) -> std::io::Result<()>,
+    ) -> Result<(), Error> {
+        if self.json {
+            serde_json::to_writer_pretty(&mut *self.out, value).map_err(std::io::Error::from)?;
+            writeln!(self.out)?;
+        } else {
+            text(self.out)?;
+        }
+        Ok(())
+    }
+}
+
+fn merge_command(
+    cfg: &Config,
+    a: crate::cli::MergeArgs,
+    config_path: &std::path::Path,
+    reporter: &dyn Reporter,
+    out: Out,
+) -> Result<(), Error> {
+    let opts = merge::MergeOptions {
+        update: a.update,
+        locked: a.locked,
+        dry_run: a.dry_run,
+        strict: a.strict,
+        config_path: config_path.to_path_buf(),
+    };
+    let m = merge::merge(cfg, &opts, reporter)?;
+    for w in &m.warnings {
+        reporter.warn(w);
+    }
+    if let Some(path) = &a.notes {
+        std::fs::write(path, merge::notes_markdown(&m))?;
+    }
+    out.emit(&m, |o| crate::render::merge(&m, o))
+}
+
+fn publish_command(
+    cfg: &Config,
+    a: crate::cli::PublishArgs,
+    reporter: &dyn Reporter,
+    out: Out,
+) -> Result<(), Error> {
+    let keep = cfg.apt.as_ref().map(|x| x.keep).unwrap_or(0);
+    let opts = apt::PublishOptions {
+        keep_versions: a.keep_version,
+    };
+    let p = apt::publish(cfg, &a.debs, &opts, reporter)?;
+    out.emit(&p, |o| {
+        crate::render::publish(&p, &cfg.site.package.0, keep, o)
+    })
+}
+
+fn repo_list(cfg: &Config, out: Out) -> Result<(), Error> {
+    let (repo, _mirror) = apt::open(cfg)?;
+    let list = repo.list()?;
+    out.emit(&list, |o| {
+        if list.is_empty() {
+            return writeln!(
+                o,
+                "{}: no version of {} yet",
+                repo.root.display(),
+                cfg.site.package
+            );
+        }
+        for l in &list {
+            writeln!(
+                o,
+                "{:<28} {:>8.1} MB  Moodle {}",
+                l.version,
+                l.size as f64 / 1e6,
+                l.moodle_release.clone().unwrap_or_default()
+            )?;
+        }
+        Ok(())
+    })
+}
+
+/// `init`: a commented config and the site's pipeline, never over existing files unless
+/// `--force`.
+fn init(
+    dir: &std::path::Path,
+    package: &str,
+    force: bool,
+    out: &mut dyn Write,
+) -> Result<(), Error> {
+    let files = [
+        (
+            "moodle-release.toml",
+            include_str!("init/site.toml").replace("{{package}}", package),
+        ),
+        (
+            ".gitlab-ci.yml",
+            include_str!("../pipelines/moodle-site.gitlab-ci.yml").to_string(),
+        ),
+    ];
+    for (name, _) in &files {
+        if dir.join(name).exists() && !force {
+            return Err(Error::Usage(format!(
+                "{} exists; use --force to overwrite it",
+                dir.join(name).display()
+            )));
         }
     }
+    std::fs::create_dir_all(dir)?;
+    for (name, text) in &files {
+        std::fs::write(dir.join(name), text)?;
+        writeln!(out, "wrote {}", dir.join(name).display())?;
+    }
+    writeln!(out, "next: edit moodle-release.toml, then `moodle-release config check` and `moodle-release merge`")?;
+    Ok(())
+}
+
+fn build_command(
+    cfg: &Config,
+    a: crate::cli::BuildArgs,
+    reporter: &dyn Reporter,
+    out: Out,
+) -> Result<(), Error> {
+    let opts = BuildOptions {
+        input: match (a.r#ref, a.dir) {
+            (Some(r), _) => Input::Ref(r),
+            (None, Some(d)) => Input::Dir(d),
+            (None, None) => Input::DeployBranch,
+        },
+        out_dir: a.out,
+        compression: match a.compression {
+            CompressionArg::Gzip => Compression::Gzip,
+            CompressionArg::Zstd => Compression::Zstd,
+            CompressionArg::Xz => Compression::Xz,
+        },
+        build_number: a.build_number,
+        jobs: a.jobs.filter(|&j| j > 0),
+        source_date_epoch: build::source_date_epoch_from_env()?,
+    };
+    let started = std::time::Instant::now();
+    let built = build::build(cfg, &opts, reporter)?;
+    if out.json {
+        // One line: a CI job reads it back with a JSON parser.
+        serde_json::to_writer(&mut *out.out, &built).map_err(std::io::Error::from)?;
+        writeln!(out.out)?;
+        return Ok(());
+    }
+    crate::render::built(&built, started.elapsed().as_secs_f64(), out.out)?;
+    Ok(())
 }
 
 /// The config with every derived value spelled out.
@@ -271,11 +287,8 @@ fn strip_nulls(v: &mut serde_json::Value) {
 }
 
 /// Prints a roll's plan or outcome: JSON with `--json`; else the plan, the timeline and a summary.
-fn report_roll(
-    result: Result<roll::Outcome, roll::RollError>,
-    json: bool,
-    out: &mut dyn Write,
-) -> Result<(), Error> {
+fn report_roll(result: Result<roll::Outcome, roll::RollError>, out: Out) -> Result<(), Error> {
+    let Out { json, out } = out;
     let o = match result {
         Ok(o) => o,
         Err(e) => {

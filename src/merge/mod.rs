@@ -564,9 +564,11 @@ fn check_dependencies(
     for (component, v) in &grafted.php {
         for (dep, need) in v.dependencies() {
             match version_of(&dep) {
-                None => return Err(MergeError::Moodle(format!(
+                None => {
+                    return Err(MergeError::Moodle(format!(
                     "{component} needs {dep}, which is neither in upstream nor among the plugins"
-                ))),
+                )))
+                }
                 Some(have) if need != "ANY_VERSION" && cmp_version(&have, &need).is_lt() => {
                     return Err(MergeError::Moodle(format!(
                         "{component} needs {dep} {need} or later; the tree has {have}"
