@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use crate::config::Config;
 use crate::deb::control::{self, Control};
-use crate::deb::data::{self, Content, DataEntry};
+use crate::deb::data::{self, Content, DataEntry, DataSummary};
 use crate::deb::md5cache::Md5Cache;
 use crate::deb::{self, Compression};
 use crate::moodle::{MoodleError, SiteInfo};
@@ -123,13 +123,24 @@ pub fn source_date_epoch_from_env() -> Result<Option<i64>, BuildError> {
     }
 }
 
-/// Builds the package described by `cfg` from `opts.input`.
+/// The tree to package, as read and checked.
+struct Read {
+    src: Source,
+    /// The commit, when built from git.
+    commit: Option<source::CommitInfo>,
+    tree: Vec<Entry>,
+    reader: Reader,
+    info: SiteInfo,
+}
+
+/// Builds the package described by `cfg` from `opts.input`, as a list of named stages: read
+/// the tree, name the version, plan the entries, write data.tar, write control.tar, assemble
+/// the package and put it in place.
 pub fn build(
     cfg: &Config,
     opts: &BuildOptions,
     reporter: &dyn Reporter,
 ) -> Result<Built, BuildError> {
-    let site = &cfg.site;
     let started = std::time::Instant::now();
     let lap =
         |what: &str| tracing::debug!("build: {what} at {:.3}s", started.elapsed().as_secs_f64());
@@ -137,152 +148,54 @@ pub fn build(
         path: opts.out_dir.clone(),
         source,
     })?;
-
-    reporter.step("reading the tree");
-    let (src, commit) = match &opts.input {
-        Input::Dir(d) => (Source::Dir(d.clone()), None),
-        Input::DeployBranch | Input::Ref(_) => {
-            let r = match &opts.input {
-                Input::Ref(r) => r.clone(),
-                _ => cfg.deploy.branch.clone(),
-            };
-            let repo = cfg.deploy_repo();
-            let info = source::resolve(&repo, &r)?;
-            (
-                Source::Git {
-                    repo,
-                    commit: info.id,
-                },
-                Some(info),
-            )
-        }
-    };
-    let filter = Filter::new(&site.exclude);
-    lap("resolved the ref");
-    let mut tree = src.list(&filter)?;
-    lap("listed the tree");
-    if let Some(i) = tree.iter().position(|e| e.path == b"config.php") {
-        tree.remove(i);
-        reporter.warn("the tree has a config.php at its root: it is never packaged (secrets stay on the nodes, see [site] config_php)");
-    }
-    let reader = src.reader()?;
-    check_paths(&tree, &reader, &site.install_dir.0)?;
-    lap("listed and checked the tree");
-    let info = SiteInfo::analyze(&tree, &reader)?;
-    lap("analyzed the site");
-    reporter.step_done();
-
-    let epoch = match (opts.source_date_epoch, &commit) {
-        (Some(e), _) => e,
-        (None, Some(c)) => c.time.max(0),
-        (None, None) => tree.iter().map(|e| e.mtime).max().unwrap_or(0).max(0),
-    };
-    let build_number = match (opts.build_number, &commit) {
-        (Some(n), _) => n,
-        (None, Some(c)) => c.first_parent_count.ok_or_else(|| BuildError::Shallow {
-            repo: cfg.deploy_repo(),
-        })?,
-        (None, None) => 0,
-    };
-    let version = info.release().debian_version(build_number, yyyymmdd(epoch));
-    let package = site.package.0.clone();
+    let read = read_tree(cfg, opts, reporter, &lap)?;
+    let (epoch, version) = stamp(cfg, opts, &read)?;
+    let package = cfg.site.package.0.clone();
     let file_name = format!("{package}_{version}_all.deb");
     let final_path = opts.out_dir.join(&file_name);
     let mtime = epoch as u64;
-
+    let commit_id = read.commit.as_ref().map(|c| c.id.to_string());
     let entries = plan_entries(
         cfg,
-        &tree,
-        &info,
+        &read.tree,
+        &read.info,
         &version,
-        commit.as_ref().map(|c| c.id.to_string()),
+        commit_id.clone(),
         epoch,
-        lintian_overrides(cfg, &tree, &reader, opts.compression),
+        lintian_overrides(cfg, &read.tree, &read.reader, opts.compression),
     )?;
 
     let out_err = |source| BuildError::OutDir {
         path: opts.out_dir.clone(),
         source,
     };
-    let mut data_file = tempfile::Builder::new()
-        .prefix(".data.")
-        .tempfile_in(&opts.out_dir)
-        .map_err(out_err)?;
-    reporter.step(&format!(
-        "writing data.tar.{}",
-        opts.compression.extension()
-    ));
-    // The repository the tree was read from knows its git folder.
-    let md5s = match &reader {
-        Reader::Git(r) => {
-            let (cache, warning) = Md5Cache::open(r.path());
-            if let Some(w) = warning {
-                reporter.warn(&w);
-            }
-            cache
-        }
-        Reader::Dir(_) => Md5Cache::none(),
-    };
-    let threads = opts.jobs.unwrap_or_else(|| {
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-    });
-    let mut summary = {
-        let mut w = std::io::BufWriter::with_capacity(1 << 20, data_file.as_file_mut());
-        let s = data::write(
-            &entries,
-            &data::Job {
-                source: &src,
-                compression: opts.compression,
-                mtime,
-                threads,
-                md5s: &md5s,
-            },
-            &mut w,
-            reporter,
-        )?;
-        w.flush().map_err(|source| BuildError::Write {
-            path: final_path.clone(),
-            source,
-        })?;
-        s
-    };
-    lap("wrote data.tar");
-    reporter.step_done();
-
-    let control = control_fields(
-        cfg,
-        &info,
-        &version,
-        summary.installed_kib,
-        commit.as_ref().map(|c| c.id.to_string()),
-    );
-    let install_dir = site.install_dir.0.clone();
-    let config_php = site.config_php_target().unwrap_or_default();
-    let vars = [
-        ("package", package.as_str()),
-        ("version", version.as_str()),
-        ("install_dir", install_dir.as_str()),
-        ("config_php", config_php.as_str()),
-    ];
-    let scripts: Vec<(&str, String)> = control::SCRIPTS
-        .iter()
-        .map(|t| (t.name, control::render(t.text, &vars)))
-        .collect();
     let write_err = |source| BuildError::Write {
         path: final_path.clone(),
         source,
     };
-    let control_tar = control::control_tar(
-        &control.to_text(),
-        &summary.md5sums,
-        &scripts,
-        opts.compression,
+    let mut data_file = tempfile::Builder::new()
+        .prefix(".data.")
+        .tempfile_in(&opts.out_dir)
+        .map_err(out_err)?;
+    let md5s = md5_cache(&read.reader, reporter);
+    let mut summary = write_data(
+        &read,
+        &entries,
+        opts,
         mtime,
+        &md5s,
+        &mut data_file,
+        reporter,
     )
-    .map_err(write_err)?;
+    .map_err(|e| match e {
+        DataOut::Build(e) => e,
+        DataOut::Write(e) => write_err(e),
+    })?;
+    lap("wrote data.tar");
 
+    let control = control_fields(cfg, &read.info, &version, summary.installed_kib, commit_id);
+    let control_tar = control_member(cfg, &control, &version, &summary, opts.compression, mtime)
+        .map_err(write_err)?;
     let mut deb_file = tempfile::Builder::new()
         .prefix(&format!(".{file_name}."))
         .tempfile_in(&opts.out_dir)
@@ -318,9 +231,170 @@ pub fn build(
         size,
         files: summary.files,
         md5_reused: summary.md5_reused,
-        site: info,
+        site: read.info,
         content_bytes: summary.content_bytes,
     })
+}
+
+/// Reads the tree (a ref of the deployment repository, or a folder), leaves out a root
+/// config.php (secrets stay on the nodes), checks every path and reads the site's versions.
+fn read_tree(
+    cfg: &Config,
+    opts: &BuildOptions,
+    reporter: &dyn Reporter,
+    lap: &dyn Fn(&str),
+) -> Result<Read, BuildError> {
+    let site = &cfg.site;
+    reporter.step("reading the tree");
+    let (src, commit) = match &opts.input {
+        Input::Dir(d) => (Source::Dir(d.clone()), None),
+        Input::DeployBranch | Input::Ref(_) => {
+            let r = match &opts.input {
+                Input::Ref(r) => r.clone(),
+                _ => cfg.deploy.branch.clone(),
+            };
+            let repo = cfg.deploy_repo();
+            let info = source::resolve(&repo, &r)?;
+            (
+                Source::Git {
+                    repo,
+                    commit: info.id,
+                },
+                Some(info),
+            )
+        }
+    };
+    let filter = Filter::new(&site.exclude);
+    lap("resolved the ref");
+    let mut tree = src.list(&filter)?;
+    lap("listed the tree");
+    if let Some(i) = tree.iter().position(|e| e.path == b"config.php") {
+        tree.remove(i);
+        reporter.warn("the tree has a config.php at its root: it is never packaged (secrets stay on the nodes, see [site] config_php)");
+    }
+    let reader = src.reader()?;
+    check_paths(&tree, &reader, &site.install_dir.0)?;
+    lap("listed and checked the tree");
+    let info = SiteInfo::analyze(&tree, &reader)?;
+    lap("analyzed the site");
+    reporter.step_done();
+    Ok(Read {
+        src,
+        commit,
+        tree,
+        reader,
+        info,
+    })
+}
+
+/// The package's time (`SOURCE_DATE_EPOCH`, else the commit's, else the newest file's) and
+/// version (Moodle's release, the build number: the commit's first-parent count by default).
+fn stamp(cfg: &Config, opts: &BuildOptions, read: &Read) -> Result<(i64, String), BuildError> {
+    let epoch = match (opts.source_date_epoch, &read.commit) {
+        (Some(e), _) => e,
+        (None, Some(c)) => c.time.max(0),
+        (None, None) => read.tree.iter().map(|e| e.mtime).max().unwrap_or(0).max(0),
+    };
+    let build_number = match (opts.build_number, &read.commit) {
+        (Some(n), _) => n,
+        (None, Some(c)) => c.first_parent_count.ok_or_else(|| BuildError::Shallow {
+            repo: cfg.deploy_repo(),
+        })?,
+        (None, None) => 0,
+    };
+    let version = read
+        .info
+        .release()
+        .debian_version(build_number, yyyymmdd(epoch));
+    Ok((epoch, version))
+}
+
+/// The MD5s of the last build from this repository, by blob (none for a folder).
+fn md5_cache(reader: &Reader, reporter: &dyn Reporter) -> Md5Cache {
+    match reader {
+        Reader::Git(r) => {
+            let (cache, warning) = Md5Cache::open(r.path());
+            if let Some(w) = warning {
+                reporter.warn(&w);
+            }
+            cache
+        }
+        Reader::Dir(_) => Md5Cache::none(),
+    }
+}
+
+/// Why writing data.tar failed: the tree (read errors) or the output file.
+enum DataOut {
+    Build(BuildError),
+    Write(std::io::Error),
+}
+
+/// Writes data.tar, compressed, into `file`, on `--jobs` threads (one per core by default).
+fn write_data(
+    read: &Read,
+    entries: &[DataEntry],
+    opts: &BuildOptions,
+    mtime: u64,
+    md5s: &Md5Cache,
+    file: &mut tempfile::NamedTempFile,
+    reporter: &dyn Reporter,
+) -> Result<DataSummary, DataOut> {
+    reporter.step(&format!(
+        "writing data.tar.{}",
+        opts.compression.extension()
+    ));
+    let threads = opts.jobs.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    });
+    let mut w = std::io::BufWriter::with_capacity(1 << 20, file.as_file_mut());
+    let s = data::write(
+        entries,
+        &data::Job {
+            source: &read.src,
+            compression: opts.compression,
+            mtime,
+            threads,
+            md5s,
+        },
+        &mut w,
+        reporter,
+    )
+    .map_err(|e| DataOut::Build(e.into()))?;
+    w.flush().map_err(DataOut::Write)?;
+    reporter.step_done();
+    Ok(s)
+}
+
+/// control.tar: the control file, md5sums and the maintainer scripts from their templates.
+fn control_member(
+    cfg: &Config,
+    control: &Control,
+    version: &str,
+    summary: &DataSummary,
+    compression: Compression,
+    mtime: u64,
+) -> std::io::Result<Vec<u8>> {
+    let site = &cfg.site;
+    let config_php = site.config_php_target().unwrap_or_default();
+    let vars = [
+        ("package", site.package.0.as_str()),
+        ("version", version),
+        ("install_dir", site.install_dir.0.as_str()),
+        ("config_php", config_php.as_str()),
+    ];
+    let scripts: Vec<(&str, String)> = control::SCRIPTS
+        .iter()
+        .map(|t| (t.name, control::render(t.text, &vars)))
+        .collect();
+    control::control_tar(
+        &control.to_text(),
+        &summary.md5sums,
+        &scripts,
+        compression,
+        mtime,
+    )
 }
 
 /// Refuses names dpkg cannot carry and symlinks that leave the install directory.
