@@ -122,12 +122,6 @@ fn back_plan(cfg: &Config, plan: &Plan, version: &str, nodes: &[String]) -> Plan
         steps: Vec::new(),
         ..plan.clone()
     };
-    let webs: Vec<&str> = web_nodes(cfg).iter().map(|n| n.name.as_str()).collect();
-    let shape = Shape {
-        first: webs.first().copied().unwrap_or(cfg.nodes[0].name.as_str()),
-        webs,
-        put_back: Vec::new(),
-    };
-    rb.steps = steps(&rb, &shape);
+    rb.steps = steps(&rb, &Shape::new(cfg, Vec::new()));
     rb
 }

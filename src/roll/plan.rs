@@ -334,12 +334,10 @@ pub(super) fn make_plan(
             .map(|n| n.name.clone()),
         steps: Vec::new(),
     };
-    let webs: Vec<&str> = web_nodes(cfg).iter().map(|n| n.name.as_str()).collect();
-    let shape = Shape {
-        first: webs.first().copied().unwrap_or(cfg.nodes[0].name.as_str()),
-        webs,
-        // As `run_plan` finds them: left out by the last run, and already on the target.
-        put_back: previous_state
+    // Left out of rotation by the last run, and already on the target: back in first.
+    let shape = Shape::new(
+        cfg,
+        previous_state
             .map(|s| s.out_of_rotation.clone())
             .unwrap_or_default()
             .into_iter()
@@ -348,7 +346,7 @@ pub(super) fn make_plan(
                     && cfg.nodes.iter().any(|c| &c.name == n)
             })
             .collect(),
-    };
+    );
     plan.steps = steps(&plan, &shape);
     Ok(plan)
 }

@@ -123,6 +123,18 @@ pub(super) struct Shape<'a> {
     pub put_back: Vec<String>,
 }
 
+impl<'a> Shape<'a> {
+    /// The cluster's shape from the config, with the nodes to put back first.
+    pub fn new(cfg: &'a Config, put_back: Vec<String>) -> Shape<'a> {
+        let webs: Vec<&str> = web_nodes(cfg).iter().map(|n| n.name.as_str()).collect();
+        Shape {
+            first: webs.first().copied().unwrap_or(cfg.nodes[0].name.as_str()),
+            webs,
+            put_back,
+        }
+    }
+}
+
 /// The whole program of `plan`, in the order the executor runs it.
 ///
 /// Code-only: per batch, drain every node, wait until the batch is idle, install and verify
