@@ -37,7 +37,7 @@ use md5::Md5;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::config::Config;
+use crate::config::{AptRepo, Config};
 use crate::report::Reporter;
 use stanza::Stanza;
 
@@ -156,8 +156,13 @@ impl Repo {
     /// The repository of a local `[apt] repo` (for `ssh://`, see [`open`] and [`publish`]).
     pub fn from_config(cfg: &Config) -> Result<Repo, AptError> {
         let apt = cfg.apt.as_ref().ok_or(AptError::NoApt)?;
-        let root = cfg.base_dir.join(&apt.repo);
-        Self::with_root(cfg, root)
+        match &apt.repo {
+            AptRepo::Local(dir) => Self::with_root(cfg, cfg.base_dir.join(dir)),
+            AptRepo::Ssh { .. } => Err(AptError::Remote {
+                url: apt.repo.to_string(),
+                message: "an ssh:// repository is opened through a local copy (apt::open)".into(),
+            }),
+        }
     }
 
     fn with_root(cfg: &Config, root: PathBuf) -> Result<Repo, AptError> {
@@ -712,10 +717,10 @@ fn sign_detached(key: &str, data: &[u8]) -> Result<Vec<u8>, AptError> {
 /// copy of its metadata (kept alive by the returned guard).
 pub fn open(cfg: &Config) -> Result<(Repo, Option<tempfile::TempDir>), AptError> {
     let apt = cfg.apt.as_ref().ok_or(AptError::NoApt)?;
-    if !apt.repo.starts_with("ssh://") {
+    let AptRepo::Ssh { dest, path } = &apt.repo else {
         return Ok((Repo::from_config(cfg)?, None));
-    }
-    let remote = remote::Remote::connect(&apt.repo, &cfg.ssh)?;
+    };
+    let remote = remote::Remote::connect(dest, path, &cfg.ssh)?;
     let mirror = tempfile::Builder::new()
         .prefix("moodle-release-apt-")
         .tempdir()
@@ -733,11 +738,11 @@ pub fn publish(
     reporter: &dyn Reporter,
 ) -> Result<Published, AptError> {
     let apt = cfg.apt.as_ref().ok_or(AptError::NoApt)?;
-    if !apt.repo.starts_with("ssh://") {
+    let AptRepo::Ssh { dest, path } = &apt.repo else {
         return Repo::from_config(cfg)?.publish(debs, opts, reporter);
-    }
+    };
     reporter.step(&format!("connecting to {}", apt.repo));
-    let mut remote = remote::Remote::connect(&apt.repo, &cfg.ssh)?;
+    let mut remote = remote::Remote::connect(dest, path, &cfg.ssh)?;
     remote.lock()?;
     let mirror = tempfile::Builder::new()
         .prefix("moodle-release-apt-")
@@ -751,6 +756,6 @@ pub fn publish(
     remote.push(mirror.path(), &before, &p.collected)?;
     reporter.step_done();
     remote.unlock();
-    p.repo = PathBuf::from(&apt.repo);
+    p.repo = PathBuf::from(apt.repo.to_string());
     Ok(p)
 }

@@ -17,17 +17,6 @@ use sha2::{Digest, Sha256};
 use super::AptError;
 use crate::ssh::{quote, Conn, Ssh};
 
-/// `ssh://user@host:port/srv/apt` -> (`user@host:port`, `/srv/apt`).
-pub fn parse_url(url: &str) -> Option<(String, String)> {
-    let rest = url.strip_prefix("ssh://")?;
-    let slash = rest.find('/')?;
-    let (dest, path) = rest.split_at(slash);
-    if dest.is_empty() || path.len() < 2 {
-        return None;
-    }
-    Some((dest.to_string(), path.to_string()))
-}
-
 /// A connection to the repository's host.
 pub struct Remote {
     ssh: Ssh,
@@ -45,18 +34,22 @@ fn err(url: &str, message: String) -> AptError {
 }
 
 impl Remote {
-    pub fn connect(url: &str, ssh_cfg: &crate::config::Ssh) -> Result<Remote, AptError> {
-        let (dest, path) =
-            parse_url(url).ok_or_else(|| err(url, "not ssh://[user@]host[:port]/path".into()))?;
+    /// Connects to `dest` (`[user@]host[:port]`), whose repository is the folder `path`.
+    pub fn connect(
+        dest: &str,
+        path: &str,
+        ssh_cfg: &crate::config::Ssh,
+    ) -> Result<Remote, AptError> {
+        let url = &format!("ssh://{dest}{path}");
         let ssh = Ssh::new(ssh_cfg).map_err(|e| err(url, e.to_string()))?;
         let conn = ssh
-            .connect("apt", &dest)
+            .connect("apt", dest)
             .map_err(|e| err(url, e.to_string()))?;
         Ok(Remote {
             ssh,
             conn,
             url: url.to_string(),
-            path,
+            path: path.to_string(),
             locked: false,
         })
     }
@@ -317,23 +310,4 @@ fn manifest(root: &Path) -> BTreeMap<String, String> {
         }
     }
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_url;
-
-    #[test]
-    fn urls() {
-        assert_eq!(
-            parse_url("ssh://deploy@apt.example.edu/srv/apt"),
-            Some(("deploy@apt.example.edu".into(), "/srv/apt".into()))
-        );
-        assert_eq!(
-            parse_url("ssh://h:2222/srv/apt"),
-            Some(("h:2222".into(), "/srv/apt".into()))
-        );
-        assert_eq!(parse_url("ssh://h"), None);
-        assert_eq!(parse_url("/srv/apt"), None);
-    }
 }

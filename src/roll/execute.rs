@@ -307,12 +307,13 @@ pub(super) fn run_plan(
     opts: &RollOptions,
 ) -> Result<(Vec<String>, Option<f64>), RollError> {
     let id = format!("{}", now_ms());
-    ctx.journal = Some(Journal::create(&ctx.state_dir, &id).map_err(|e| {
-        RollError::Config(format!(
-            "cannot write the journal in {}: {e}",
-            ctx.state_dir.display()
-        ))
-    })?);
+    ctx.journal =
+        Some(
+            Journal::create(&ctx.state_dir, &id).map_err(|source| RollError::Journal {
+                dir: ctx.state_dir.clone(),
+                source,
+            })?,
+        );
     ctx.state = RollState {
         id,
         kind: plan.kind,

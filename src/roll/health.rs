@@ -4,18 +4,18 @@
 use super::*;
 
 pub(super) fn health_url(cfg: &Config, n: &Node) -> Option<String> {
-    n.http
-        .as_ref()
-        .map(|h| format!("{}{}", h.trim_end_matches('/'), cfg.roll.health_path))
+    n.http.as_ref().map(|h| h.url(&cfg.roll.health_path))
 }
 
 /// Whether the node's health URL answers 200 now, else what it answered; Ok for a node
 /// without one (cron).
 pub(super) fn health_now(cfg: &Config, n: &Node) -> Result<(), String> {
-    let Some(u) = health_url(cfg, n) else {
+    let Some(base) = &n.http else {
         return Ok(());
     };
-    match http::get_status(&u, cfg.roll.health_host.as_deref(), Duration::from_secs(3)) {
+    let u = base.url(&cfg.roll.health_path);
+    let target = base.target(&cfg.roll.health_path);
+    match http::get_status(base, &target, cfg.roll.health_host.as_deref(), Duration::from_secs(3)) {
         Ok(200) => Ok(()),
         Ok(code @ 301..=308) => Err(format!(
             "{u} answered {code}, a redirect (Moodle redirects a request whose Host is not its wwwroot's: check [roll] health_host)"

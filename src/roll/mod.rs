@@ -85,22 +85,92 @@ impl RollOptions {
 /// Why a roll did not complete.
 #[derive(Debug, thiserror::Error)]
 pub enum RollError {
-    #[error("{0}")]
-    Config(String),
+    #[error("the config has no [[nodes]]: nothing to roll")]
+    NoNodes,
+    #[error("the config has web nodes but no [[lb]]: the tool must take nodes out of rotation")]
+    NoLb,
+    #[error("--batch must be at least 1")]
+    ZeroBatch,
+    /// The roll state (local file or the lock node's copy) cannot be read.
     #[error("before changing anything: {0}")]
-    Preflight(String),
+    State(String),
+    /// An LB does not answer, or answers what the tool cannot read.
+    #[error("before changing anything: {0}")]
+    LbUnreachable(HaError),
+    /// A web node's server is not in an LB's backend.
+    #[error("before changing anything: {source}; node {node} needs it")]
+    ServerMissing { node: String, source: HaError },
+    /// The Runtime API refuses state changes.
+    #[error("before changing anything: {0} (the stats socket needs `level admin`)")]
+    NotAdmin(HaError),
+    /// A node does not answer over SSH.
+    #[error("before changing anything: {0}")]
+    NodeUnreachable(SshError),
+    #[error("before changing anything: {}: no apt source for {package}: write /etc/apt/sources.list.d/{package}.list (or {package}.sources), the only source roll refreshes (docs/getting-started.md: \"Serve [apt] repo\")", nodes.join(", "))]
+    NoAptSource { nodes: Vec<String>, package: String },
+    #[error("before changing anything: {}: {config_php} requires lib/setup.php from its own folder (__DIR__), where it is not: every page would fail. Delete that line: the package's {install_dir}/config.php requires {config_php}, then lib/setup.php", nodes.join(", "))]
+    RelativeSetup {
+        nodes: Vec<String>,
+        config_php: String,
+        install_dir: String,
+    },
+    #[error("before changing anything: the apt repository {} holds no version of {package}", repo.display())]
+    EmptyRepo { repo: PathBuf, package: String },
+    #[error("before changing anything: no earlier version in the repository to roll back to")]
+    NothingEarlier,
+    #[error("before changing anything: version {version} of {package} is not in the apt repository {} ({why})", repo.display())]
+    NotInRepo {
+        version: String,
+        package: String,
+        repo: PathBuf,
+        why: String,
+    },
+    /// Another roll holds the cluster lock (`on`: where, and who).
     #[error(
-        "another roll holds the cluster lock ({0}); wait for it, or use --break-lock if it is dead"
+        "another roll holds the cluster lock ({on}); wait for it, or use --break-lock if it is dead"
     )]
-    Locked(String),
-    #[error("refused: {0}")]
-    Refused(String),
+    Locked { on: String },
+    #[error("before changing anything: {node}: cannot take the cluster lock: {message}")]
+    LockFailed { node: String, message: String },
+    /// A server is out of rotation, and not by this tool.
+    #[error("refused: {lb}: server {server} is out of rotation ({state}), and not by this tool; bring it back or use --force")]
+    OutOfRotation {
+        lb: String,
+        server: String,
+        state: &'static str,
+    },
+    #[error("refused: {why}: the database was upgraded for the newer code, and Moodle cannot downgrade a database. Restore the database from before the upgrade and use --force, or roll forward to a fixed version")]
+    DatabaseDowngrade { why: String },
+    #[error("refused: the only web server would go out of rotation (the site down while it is upgraded): add a web node, or use --force")]
+    OnlyServer,
+    #[error("refused: --batch {batch} would take all {pool} web servers out of rotation at once: use --batch {} or less (or --force)", pool - 1)]
+    WholePool { batch: usize, pool: usize },
     /// `--resume` with no stopped roll (or rollback) to continue.
-    #[error("--resume: {0}")]
-    NothingToResume(String),
-    /// `--resume` asked for another version, or the other command, than the stopped roll's.
-    #[error("--resume: {0}")]
-    ResumeMismatch(String),
+    #[error("--resume: no stopped roll to resume: {}; run `moodle-release {kind}` without --resume", match last { Some((k, t)) => format!("the last {k} (to {t}) is done"), None => "no roll left its state here or on the lock node".into() })]
+    NothingToResume {
+        kind: RollKind,
+        last: Option<(RollKind, String)>,
+    },
+    /// `--resume` from the other command than the stopped run's.
+    #[error("--resume: the stopped run is a {stopped} to {target}, not a {kind}: `moodle-release {stopped} --resume` finishes it")]
+    ResumeOtherKind {
+        stopped: RollKind,
+        target: String,
+        kind: RollKind,
+    },
+    /// `--resume` with another version than the stopped run's.
+    #[error("--resume: the stopped {kind} was going to {target}, and {flag} asks for {asked}: drop {flag} to finish it on {target}, or drop --resume to start a {kind} to {asked}")]
+    ResumeOtherVersion {
+        kind: RollKind,
+        target: String,
+        flag: &'static str,
+        asked: String,
+    },
+    #[error("cannot write the journal in {}: {source}", dir.display())]
+    Journal {
+        dir: PathBuf,
+        source: std::io::Error,
+    },
     #[error("the roll stopped: {message}\n  journal: {journal}")]
     Failed { message: String, journal: PathBuf },
     #[error("interrupted: {message}\n  journal: {journal}")]
@@ -126,10 +196,18 @@ impl RollError {
 
     pub fn exit_code(&self) -> i32 {
         match self {
-            RollError::Config(_) | RollError::NothingToResume(_) | RollError::ResumeMismatch(_) => {
-                2
-            }
-            RollError::Locked(_) | RollError::Refused(_) => 3,
+            RollError::NoNodes
+            | RollError::NoLb
+            | RollError::ZeroBatch
+            | RollError::Journal { .. }
+            | RollError::NothingToResume { .. }
+            | RollError::ResumeOtherKind { .. }
+            | RollError::ResumeOtherVersion { .. } => 2,
+            RollError::Locked { .. }
+            | RollError::OutOfRotation { .. }
+            | RollError::DatabaseDowngrade { .. }
+            | RollError::OnlyServer
+            | RollError::WholePool { .. } => 3,
             RollError::Interrupted { .. } => 130,
             _ => 1,
         }
@@ -175,23 +253,18 @@ pub fn roll(
 ) -> Result<Outcome, RollError> {
     let started = Instant::now();
     if cfg.nodes.is_empty() {
-        return Err(RollError::Config(
-            "the config has no [[nodes]]: nothing to roll".into(),
-        ));
+        return Err(RollError::NoNodes);
     }
     if cfg.lb.is_empty() && !web_nodes(cfg).is_empty() {
-        return Err(RollError::Config(
-            "the config has web nodes but no [[lb]]: the tool must take nodes out of rotation"
-                .into(),
-        ));
+        return Err(RollError::NoLb);
     }
     // clap's range and the config's check refuse 0 to the user; a library caller gets told too.
     let batch = opts.batch.unwrap_or(cfg.roll.batch) as usize;
     if batch == 0 {
-        return Err(RollError::Config("--batch must be at least 1".into()));
+        return Err(RollError::ZeroBatch);
     }
     let state_dir = cfg.base_dir.join(&cfg.roll.state_dir);
-    let previous_state = RollState::read(&state_dir).map_err(RollError::Preflight)?;
+    let previous_state = RollState::read(&state_dir).map_err(RollError::State)?;
     let (repo, _mirror) = crate::apt::open(cfg)?;
     let mut ctx = Ctx {
         cfg,
@@ -216,7 +289,7 @@ pub fn roll(
     let remote = installed.get(lock_node).and_then(|i| i.state.as_deref());
     let previous_state = newer(
         previous_state,
-        remote_state(lock_node, remote).map_err(RollError::Preflight)?,
+        remote_state(lock_node, remote).map_err(RollError::State)?,
     );
     let (target, listed, target_why) =
         choose_target(&ctx, &repo, opts, &installed, previous_state.as_ref())?;
@@ -254,13 +327,16 @@ pub fn roll(
     let held = match lock::take(&ctx.ssh, ctx.conn(lock_node), &target, opts.break_lock) {
         Ok(h) => h,
         Err(lock::TakeError::Held(l)) => {
-            return Err(RollError::Locked(format!("on {lock_node}: {l}")))
+            return Err(RollError::Locked {
+                on: format!("on {lock_node}: {l}"),
+            })
         }
         Err(lock::TakeError::Ssh(e)) => return Err(e.into()),
         Err(lock::TakeError::Failed(e)) => {
-            return Err(RollError::Preflight(format!(
-                "{lock_node}: cannot take the cluster lock: {e}"
-            )))
+            return Err(RollError::LockFailed {
+                node: lock_node.to_string(),
+                message: e.to_string(),
+            })
         }
     };
     let result = run_plan(&mut ctx, &plan, &installed, previous_state, opts);

@@ -78,28 +78,26 @@ pub(super) fn resumed<'a>(
 ) -> Result<&'a RollState, RollError> {
     let kind = opts.kind();
     let Some(s) = previous.filter(|s| s.unfinished()) else {
-        return Err(RollError::NothingToResume(match previous {
-            Some(s) => format!(
-                "no stopped roll to resume: the last {} (to {}) is done; run `moodle-release {kind}` without --resume",
-                s.kind, s.target
-            ),
-            None => format!(
-                "no stopped roll to resume: no roll left its state here or on the lock node; run `moodle-release {kind}` without --resume"
-            ),
-        }));
+        return Err(RollError::NothingToResume {
+            kind,
+            last: previous.map(|s| (s.kind, s.target.clone())),
+        });
     };
     if s.kind != kind {
-        return Err(RollError::ResumeMismatch(format!(
-            "the stopped run is a {} to {}, not a {kind}: `moodle-release {} --resume` finishes it",
-            s.kind, s.target, s.kind
-        )));
+        return Err(RollError::ResumeOtherKind {
+            stopped: s.kind,
+            target: s.target.clone(),
+            kind,
+        });
     }
     let flag = if opts.rollback { "--to" } else { "--version" };
     if let Some(v) = opts.version.as_ref().filter(|v| **v != s.target) {
-        return Err(RollError::ResumeMismatch(format!(
-            "the stopped {kind} was going to {t}, and {flag} asks for {v}: drop {flag} to finish it on {t}, or drop --resume to start a {kind} to {v}",
-            t = s.target
-        )));
+        return Err(RollError::ResumeOtherVersion {
+            kind,
+            target: s.target.clone(),
+            flag,
+            asked: v.clone(),
+        });
     }
     Ok(s)
 }
@@ -150,13 +148,12 @@ pub(super) fn choose_target(
             if rollback { "--to" } else { "--version" }.to_string(),
         ),
         (None, None, false) => (
-            list.first().map(|l| l.version.clone()).ok_or_else(|| {
-                RollError::Preflight(format!(
-                    "the apt repository {} holds no version of {}",
-                    repo.root.display(),
-                    ctx.pkg
-                ))
-            })?,
+            list.first()
+                .map(|l| l.version.clone())
+                .ok_or_else(|| RollError::EmptyRepo {
+                    repo: repo.root.clone(),
+                    package: ctx.pkg.clone(),
+                })?,
             "the newest in the repository".to_string(),
         ),
         (None, None, true) => {
@@ -190,18 +187,18 @@ pub(super) fn choose_target(
                         ),
                     )
                 });
-            from_journal.or(below).ok_or_else(|| {
-                RollError::Preflight("no earlier version in the repository to roll back to".into())
-            })?
+            from_journal.or(below).ok_or(RollError::NothingEarlier)?
         }
     };
-    let listed = list.iter().find(|l| l.version == target).ok_or_else(|| {
-        RollError::Preflight(format!(
-            "version {target} of {} is not in the apt repository {} ({why})",
-            ctx.pkg,
-            repo.root.display()
-        ))
-    })?;
+    let listed = list
+        .iter()
+        .find(|l| l.version == target)
+        .ok_or_else(|| RollError::NotInRepo {
+            version: target.clone(),
+            package: ctx.pkg.clone(),
+            repo: repo.root.clone(),
+            why: why.clone(),
+        })?;
     Ok((target, listed.clone(), why))
 }
 
@@ -269,9 +266,7 @@ pub(super) fn make_plan(
     // code. (Only finishing a pending upgrade, with every node already on the target, is not a
     // downgrade: the upgrade runs for the code installed.)
     if opts.rollback && components_differ && !opts.force {
-        return Err(RollError::Refused(format!(
-            "{why}: the database was upgraded for the newer code, and Moodle cannot downgrade a database. Restore the database from before the upgrade and use --force, or roll forward to a fixed version"
-        )));
+        return Err(RollError::DatabaseDowngrade { why });
     }
     let mut webs: Vec<String> = web_nodes(cfg)
         .iter()
@@ -287,14 +282,11 @@ pub(super) fn make_plan(
     // even --plan (the database path takes the site to maintenance anyway).
     let pool = web_nodes(cfg).len();
     if !database && !opts.force && pool > 0 && batch.min(webs.len()) >= pool {
-        return Err(RollError::Refused(if pool == 1 {
-            "the only web server would go out of rotation (the site down while it is upgraded): add a web node, or use --force".to_string()
+        return Err(if pool == 1 {
+            RollError::OnlyServer
         } else {
-            format!(
-                "--batch {batch} would take all {pool} web servers out of rotation at once: use --batch {} or less (or --force)",
-                pool - 1
-            )
-        }));
+            RollError::WholePool { batch, pool }
+        });
     }
     let mut plan = Plan {
         kind: opts.kind(),
@@ -447,7 +439,7 @@ mod tests {
         );
         // Nothing stopped: refused, not a new roll.
         let e = target(opts(None, false), None).unwrap_err();
-        assert!(matches!(e, RollError::NothingToResume(_)), "{e}");
+        assert!(matches!(e, RollError::NothingToResume { .. }), "{e}");
         let done = RollState {
             status: RollStatus::Done,
             ..stopped.clone()

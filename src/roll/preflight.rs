@@ -9,14 +9,15 @@ pub(super) fn preflight(ctx: &mut Ctx) -> Result<BTreeMap<String, Installed>, Ro
     let cfg = ctx.cfg;
     ctx.reporter.step("checking the load balancers");
     for lb in &ctx.lbs {
-        let servers = lb
-            .servers()
-            .map_err(|e| RollError::Preflight(e.to_string()))?;
+        let servers = lb.servers().map_err(RollError::LbUnreachable)?;
         for n in web_nodes(cfg) {
             let s = server_name(n);
             let x = lb
                 .find(&servers, &s)
-                .map_err(|e| RollError::Preflight(format!("{e}; node {} needs it", n.name)))?;
+                .map_err(|source| RollError::ServerMissing {
+                    node: n.name.clone(),
+                    source,
+                })?;
             if x.agent {
                 warn(
                     ctx.reporter,
@@ -38,16 +39,12 @@ pub(super) fn preflight(ctx: &mut Ctx) -> Result<BTreeMap<String, Installed>, Ro
                 "set weight {}/{} {}",
                 lb.backend, x.name, x.weight
             ))
-            .map_err(|e| {
-                RollError::Preflight(format!("{e} (the stats socket needs `level admin`)"))
-            })?;
+            .map_err(RollError::NotAdmin)?;
         }
     }
     ctx.reporter.step_done();
     for lb in &ctx.lbs {
-        let p = lb
-            .process()
-            .map_err(|e| RollError::Preflight(e.to_string()))?;
+        let p = lb.process().map_err(RollError::LbUnreachable)?;
         ctx.processes.insert(lb.name.clone(), p);
     }
     ctx.reporter.step("connecting to the nodes");
@@ -58,7 +55,7 @@ pub(super) fn preflight(ctx: &mut Ctx) -> Result<BTreeMap<String, Installed>, Ro
         .collect();
     let mut installed = BTreeMap::new();
     for r in connect_and_query(&ctx.ssh, cfg, &dests) {
-        let (c, answer) = r.map_err(|e| RollError::Preflight(e.to_string()))?;
+        let (c, answer) = r.map_err(RollError::NodeUnreachable)?;
         installed.insert(c.node.clone(), answer?);
         ctx.conns.insert(c.node.clone(), c);
     }
@@ -74,19 +71,18 @@ pub(super) fn preflight(ctx: &mut Ctx) -> Result<BTreeMap<String, Installed>, Ro
     // Without it, apt would refresh nothing and fail later, on a node already drained.
     let missing = nodes_where(|i| i.apt_source.is_none());
     if !missing.is_empty() {
-        return Err(RollError::Preflight(format!(
-            "{}: no apt source for {pkg}: write /etc/apt/sources.list.d/{pkg}.list (or {pkg}.sources), the only source roll refreshes (docs/getting-started.md: \"Serve [apt] repo\")",
-            missing.join(", "),
-            pkg = ctx.pkg
-        )));
+        return Err(RollError::NoAptSource {
+            nodes: missing.iter().map(|s| s.to_string()).collect(),
+            package: ctx.pkg.clone(),
+        });
     }
     let relative = nodes_where(|i| i.config_php_relative_setup);
     if let (false, Some(c)) = (relative.is_empty(), cfg.site.config_php_target()) {
-        return Err(RollError::Preflight(format!(
-            "{}: {c} requires lib/setup.php from its own folder (__DIR__), where it is not: every page would fail. Delete that line: the package's {}/config.php requires {c}, then lib/setup.php",
-            relative.join(", "),
-            cfg.site.install_dir
-        )));
+        return Err(RollError::RelativeSetup {
+            nodes: relative.iter().map(|s| s.to_string()).collect(),
+            config_php: c.to_string(),
+            install_dir: cfg.site.install_dir.to_string(),
+        });
     }
     Ok(installed)
 }
@@ -137,7 +133,7 @@ pub(super) fn check_locks(
         } else if l.dead() || opts.plan {
             ctx.warn(format!("a cluster lock is held {what}"));
         } else {
-            return Err(RollError::Locked(what));
+            return Err(RollError::Locked { on: what });
         }
     }
     Ok(())
@@ -165,12 +161,11 @@ pub(super) fn refuse_foreign_out_of_rotation(
                 match &node {
                     Some(n) if ours.contains(n) => {}
                     _ => {
-                        return Err(RollError::Refused(format!(
-                            "{}: server {} is out of rotation ({}), and not by this tool; bring it back or use --force",
-                            lb.name,
-                            s.name,
-                            if s.maint { "maint" } else { "drain" }
-                        )))
+                        return Err(RollError::OutOfRotation {
+                            lb: lb.name.clone(),
+                            server: s.name.clone(),
+                            state: if s.maint { "maint" } else { "drain" },
+                        })
                     }
                 }
             }

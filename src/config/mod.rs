@@ -1,17 +1,26 @@
 //! `moodle-release.toml`: how a site is assembled, packaged, published and rolled out.
 //!
-//! The format is a contract with the sites that use the tool (see the example in README.md), so
+//! The format is a contract with the sites that use the tool (docs/config.md shows every key), so
 //! every key is a typed field with a doc comment, unknown keys are refused with the nearest valid
 //! key suggested, and every error names the file, the line and the key. Values are parsed into
 //! types here, at the edge (durations, sockets, package names), and never re-parsed inside.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::de::{self, Deserializer};
 use serde::{Deserialize, Serialize};
+
+mod check;
+mod duration;
+mod locate;
+mod values;
+
+use duration::{duration_opt, duration_str};
+use locate::{describe, first_line, line_of, locate, nearest, segments, unknown_field};
+
+pub use duration::{format_duration, parse_duration};
+pub use values::{AptRepo, Component, HttpBase, InstallDir, Maintainer, PackageName, Socket};
 
 /// A config that could not be read or does not make sense. Displayed as
 /// `FILE:LINE: [section] key: what is wrong`.
@@ -200,7 +209,7 @@ pub enum FetchBackend {
 #[serde(deny_unknown_fields)]
 pub struct Apt {
     /// A local folder, or `ssh://user@host/path`.
-    pub repo: String,
+    pub repo: AptRepo,
     /// Suite and Codename the nodes put in their sources.
     #[serde(default = "default_suite")]
     pub suite: String,
@@ -399,62 +408,6 @@ pub struct Lb {
     pub backend: String,
 }
 
-/// Where an HAProxy Runtime API listens.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Socket {
-    Unix(PathBuf),
-    Tcp(String, u16),
-}
-
-impl fmt::Display for Socket {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Socket::Unix(p) => write!(f, "unix:{}", p.display()),
-            // An IPv6 address keeps its brackets: `tcp:[::1]:9999`.
-            Socket::Tcp(h, p) if h.contains(':') => write!(f, "tcp:[{h}]:{p}"),
-            Socket::Tcp(h, p) => write!(f, "tcp:{h}:{p}"),
-        }
-    }
-}
-
-impl std::str::FromStr for Socket {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        let bad = || {
-            format!("`{s}` is not a socket; write `unix:/run/haproxy/admin.sock` or `tcp:127.0.0.1:9999`")
-        };
-        if let Some(p) = s.strip_prefix("unix:") {
-            if p.is_empty() {
-                return Err(bad());
-            }
-            Ok(Socket::Unix(PathBuf::from(p)))
-        } else if let Some(hp) = s.strip_prefix("tcp:") {
-            let (h, p) = hp.rsplit_once(':').ok_or_else(bad)?;
-            let port = p.parse::<u16>().map_err(|_| bad())?;
-            let h = h.trim_start_matches('[').trim_end_matches(']');
-            if h.is_empty() {
-                return Err(bad());
-            }
-            Ok(Socket::Tcp(h.to_string(), port))
-        } else {
-            Err(bad())
-        }
-    }
-}
-
-impl<'de> Deserialize<'de> for Socket {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(de::Error::custom)
-    }
-}
-
-impl Serialize for Socket {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
 /// `[[nodes]]`
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -465,7 +418,7 @@ pub struct Node {
     pub ssh: String,
     /// Base URL for the health check, straight to the node (web nodes).
     #[serde(default)]
-    pub http: Option<String>,
+    pub http: Option<HttpBase>,
     /// The server's name in the HAProxy backend (default: `name`).
     #[serde(default)]
     pub server: Option<String>,
@@ -488,229 +441,6 @@ pub enum Role {
     #[default]
     Web,
     Cron,
-}
-
-/// A Debian package name (`[a-z0-9][a-z0-9+.-]+`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct PackageName(pub String);
-
-impl fmt::Display for PackageName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl<'de> Deserialize<'de> for PackageName {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        let ok = s.len() >= 2
-            && s.bytes()
-                .next()
-                .is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
-            && s.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+-.".contains(&b));
-        if ok {
-            Ok(PackageName(s))
-        } else {
-            Err(de::Error::custom(format!(
-                "`{s}` is not a Debian package name; use lowercase letters, digits, `+`, `-` and `.`, e.g. \"moodle-site\""
-            )))
-        }
-    }
-}
-
-/// `Name <email>`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Maintainer(pub String);
-
-impl fmt::Display for Maintainer {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl<'de> Deserialize<'de> for Maintainer {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        let t = s.trim();
-        let ok = t.ends_with('>')
-            && t.find('<').is_some_and(|i| i > 0 && t[i..].contains('@'))
-            && !t.contains('\n');
-        if ok {
-            Ok(Maintainer(t.to_string()))
-        } else {
-            Err(de::Error::custom(format!(
-                "`{s}` is not a maintainer; write `Name <email>`, e.g. \"Moodle Team <moodle-admins@example.edu>\""
-            )))
-        }
-    }
-}
-
-/// An absolute, normalised install path (no `.`/`..`, not `/`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct InstallDir(pub String);
-
-impl InstallDir {
-    /// The path without its leading `/`, as it appears in data.tar (`srv/moodle/html`).
-    pub fn relative(&self) -> &str {
-        self.0.trim_start_matches('/')
-    }
-}
-
-impl fmt::Display for InstallDir {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl<'de> Deserialize<'de> for InstallDir {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        let trimmed = s.trim_end_matches('/');
-        let parts: Vec<&str> = trimmed.split('/').skip(1).collect();
-        let ok = s.starts_with('/')
-            && !parts.is_empty()
-            && parts
-                .iter()
-                .all(|p| !p.is_empty() && *p != "." && *p != "..")
-            && !s.contains(['\n', '\\', '"', '\'', '$', '`', ' ']);
-        if ok {
-            Ok(InstallDir(trimmed.to_string()))
-        } else {
-            Err(de::Error::custom(format!(
-                "`{s}` is not an install directory; give an absolute path without `..` or spaces, e.g. \"/srv/moodle/html\""
-            )))
-        }
-    }
-}
-
-/// A frankenstyle component name (`type_name`).
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
-pub struct Component(pub String);
-
-impl Component {
-    /// Plugin type and name: `mod_customcert` -> (`mod`, `customcert`).
-    pub fn split(&self) -> (&str, &str) {
-        self.0.split_once('_').unwrap_or((&self.0, ""))
-    }
-}
-
-impl fmt::Display for Component {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl<'de> Deserialize<'de> for Component {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        let ok = match s.split_once('_') {
-            Some((t, n)) => {
-                !t.is_empty()
-                    && !n.is_empty()
-                    && t.bytes().all(|b| b.is_ascii_lowercase())
-                    && n.bytes()
-                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
-            }
-            None => false,
-        };
-        if ok {
-            Ok(Component(s))
-        } else {
-            Err(de::Error::custom(format!(
-                "`{s}` is not a frankenstyle component; write `type_name`, e.g. \"mod_customcert\""
-            )))
-        }
-    }
-}
-
-/// `"90s"`, `"2m"`, `"1h"`, `"1m30s"`, `"500ms"` as a [`Duration`]. Deliberately strict (no
-/// spaces, no words): a config is read by people at 7 a.m., and `"2 minutes"` vs `"2m"` should
-/// not be a question.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let bad = || format!("\"{s}\" is not a duration; write e.g. \"120s\"");
-    let mut rest = s;
-    let mut total = Duration::ZERO;
-    if rest.is_empty() {
-        return Err(bad());
-    }
-    while !rest.is_empty() {
-        let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(bad)?;
-        if digits == 0 {
-            return Err(bad());
-        }
-        let n: u64 = rest[..digits].parse().map_err(|_| bad())?;
-        rest = &rest[digits..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        let millis = match &rest[..unit_len] {
-            "ms" => 1,
-            "s" => 1_000,
-            "m" => 60_000,
-            "h" => 3_600_000,
-            "d" => 86_400_000,
-            _ => return Err(bad()),
-        };
-        total += Duration::from_millis(n.checked_mul(millis).ok_or_else(bad)?);
-        rest = &rest[unit_len..];
-    }
-    Ok(total)
-}
-
-/// The compact form [`parse_duration`] reads (`"2m"`, `"90s"`, `"1500ms"`).
-pub fn format_duration(d: Duration) -> String {
-    let ms = d.as_millis();
-    if !ms.is_multiple_of(1000) {
-        return format!("{ms}ms");
-    }
-    let s = ms / 1000;
-    if s != 0 && s.is_multiple_of(3600) {
-        format!("{}h", s / 3600)
-    } else if s != 0 && s.is_multiple_of(60) {
-        format!("{}m", s / 60)
-    } else {
-        format!("{s}s")
-    }
-}
-
-mod duration_str {
-    use super::*;
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        struct V;
-        impl de::Visitor<'_> for V {
-            type Value = Duration;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a duration such as \"120s\"")
-            }
-            fn visit_str<E: de::Error>(self, s: &str) -> Result<Duration, E> {
-                parse_duration(s).map_err(E::custom)
-            }
-            fn visit_i64<E: de::Error>(self, n: i64) -> Result<Duration, E> {
-                Err(E::custom(format!(
-                    "{n} is not a duration; write it with a unit, e.g. \"{n}s\""
-                )))
-            }
-        }
-        d.deserialize_any(V)
-    }
-    pub fn serialize<S: serde::Serializer>(v: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&format_duration(*v))
-    }
-}
-
-/// [`duration_str`] for a key that may be left out.
-mod duration_opt {
-    use super::*;
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-        duration_str::deserialize(d).map(Some)
-    }
-    pub fn serialize<S: serde::Serializer>(v: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
-        match v {
-            Some(v) => duration_str::serialize(v, s),
-            None => s.serialize_none(),
-        }
-    }
 }
 
 impl Config {
@@ -782,285 +512,10 @@ impl Config {
         Ok(cfg)
     }
 
-    /// Cross-field checks that serde cannot express.
-    fn check(&self, text: &str, path: &Path) -> Result<(), ConfigError> {
-        let err = |segs: Vec<Seg>, message: String| ConfigError::Invalid {
-            path: path.to_path_buf(),
-            line: locate(text, &segs),
-            key: describe(&segs),
-            message,
-        };
-        use Seg::{Index as I, Key as K};
-        let k = |s: &str| K(s.to_string());
-        if self.site.description.trim().is_empty() || self.site.description.contains('\n') {
-            return Err(err(
-                vec![k("site"), k("description")],
-                "must be one non-empty line".into(),
-            ));
-        }
-        for (i, g) in self.site.exclude.iter().enumerate() {
-            if let Err(e) = globset::Glob::new(g) {
-                return Err(err(
-                    vec![k("site"), k("exclude"), I(i)],
-                    format!("`{g}` is not a glob: {e}"),
-                ));
-            }
-        }
-        for (i, d) in self.site.depends.iter().enumerate() {
-            if d.trim().is_empty() || d.contains(['\n', ',']) {
-                return Err(err(
-                    vec![k("site"), k("depends"), I(i)],
-                    format!("`{d}` is not one dependency; write one per list item, e.g. \"php8.2-fpm | php-fpm\""),
-                ));
-            }
-        }
-        if let Some(t) = self.site.config_php_target() {
-            if !t.starts_with('/') || t.contains(['\'', '\\', '\n']) {
-                return Err(err(
-                    vec![k("site"), k("config_php")],
-                    format!("`{t}` must be an absolute path, e.g. \"/etc/moodle/config.php\""),
-                ));
-            }
-        }
-        let mut seen = std::collections::BTreeSet::new();
-        for (i, p) in self.plugins.iter().enumerate() {
-            if !seen.insert(p.component.0.clone()) {
-                return Err(err(
-                    vec![k("plugins"), I(i), k("component")],
-                    format!("`{}` is listed twice", p.component),
-                ));
-            }
-            if let Some(why) = p.path.as_deref().and_then(bad_plugin_path) {
-                return Err(err(
-                    vec![k("plugins"), I(i), k("path")],
-                    format!(
-                        "`{}` {why}: give a folder inside the Moodle tree, e.g. \"mod/customcert\" (or leave `path` out: it follows from `component`)",
-                        p.path.as_deref().unwrap_or_default()
-                    ),
-                ));
-            }
-        }
-        if self.roll.batch == 0 {
-            return Err(err(
-                vec![k("roll"), k("batch")],
-                "must be at least 1".into(),
-            ));
-        }
-        if let Some(h) = &self.roll.health_host {
-            if h.is_empty() || h.contains(|c: char| c.is_whitespace() || c.is_control() || c == '/')
-            {
-                return Err(err(
-                    vec![k("roll"), k("health_host")],
-                    format!(
-                        "{h:?} is not a host name; write the site's, e.g. \"moodle.example.edu\""
-                    ),
-                ));
-            }
-        }
-        if let Some(apt) = &self.apt {
-            if apt.keep == 0 {
-                return Err(err(vec![k("apt"), k("keep")], "must be at least 1".into()));
-            }
-        }
-        let mut names = std::collections::BTreeSet::new();
-        let mut servers = std::collections::BTreeSet::new();
-        for (i, n) in self.nodes.iter().enumerate() {
-            if !names.insert(n.name.clone()) {
-                return Err(err(
-                    vec![k("nodes"), I(i), k("name")],
-                    format!("`{}` is used by two nodes", n.name),
-                ));
-            }
-            if n.role == Role::Web {
-                if n.http.is_none() {
-                    return Err(err(
-                        vec![k("nodes"), I(i)],
-                        format!(
-                            "web node `{}` needs `http`, the base URL of its health check",
-                            n.name
-                        ),
-                    ));
-                }
-                if !servers.insert(n.server_name().to_string()) {
-                    return Err(err(
-                        vec![k("nodes"), I(i), k("server")],
-                        format!("server `{}` is used by two nodes", n.server_name()),
-                    ));
-                }
-            }
-            if let Some(h) = &n.http {
-                // Checked here, not when the first batch is already drained and installed.
-                if h.starts_with("https://") {
-                    return Err(err(
-                        vec![k("nodes"), I(i), k("http")],
-                        format!("`{h}`: health checks go straight to the node over plain HTTP (https is not supported); give the node's http:// address, e.g. \"http://web1.example.edu\""),
-                    ));
-                }
-                if !h.starts_with("http://") {
-                    return Err(err(
-                        vec![k("nodes"), I(i), k("http")],
-                        format!("`{h}` is not an http:// URL, e.g. \"http://web1.example.edu\""),
-                    ));
-                }
-            }
-        }
-        Ok(())
-    }
-
     /// `[deploy] repo`, resolved against the config file's folder.
     pub fn deploy_repo(&self) -> PathBuf {
         self.base_dir.join(&self.deploy.repo)
     }
-}
-
-/// Why a plugin `path` cannot be grafted into dirroot, if it cannot: it is the folder the
-/// plugin's tree replaces, so one that is absolute or climbs out with `..` would write outside
-/// the site (and into every node's filesystem once packaged).
-fn bad_plugin_path(path: &str) -> Option<&'static str> {
-    if path.starts_with('/') {
-        Some("is absolute")
-    } else if path.split('/').any(|c| c == "..") {
-        Some("leaves the Moodle tree")
-    } else if path.split('/').any(|c| c.is_empty() || c == ".") {
-        Some("has an empty or `.` part")
-    } else if path.contains(['\\', '\n', '\r']) {
-        Some("has a backslash or a line break")
-    } else {
-        None
-    }
-}
-
-/// A step in a key path.
-#[derive(Debug, Clone)]
-enum Seg {
-    Key(String),
-    Index(usize),
-}
-
-fn segments(p: &serde_path_to_error::Path) -> Vec<Seg> {
-    use serde_path_to_error::Segment;
-    p.iter()
-        .filter_map(|s| match s {
-            Segment::Map { key } => Some(Seg::Key(key.clone())),
-            Segment::Seq { index } => Some(Seg::Index(*index)),
-            Segment::Enum { variant } => Some(Seg::Key(variant.clone())),
-            Segment::Unknown => None,
-        })
-        .collect()
-}
-
-/// `[roll] drain_timeout`, `[[nodes]] #2 ssh`, `[site]`.
-fn describe(segs: &[Seg]) -> String {
-    let mut out = String::new();
-    let mut rest = segs;
-    if let Some(Seg::Key(table)) = segs.first() {
-        match segs.get(1) {
-            Some(Seg::Index(i)) => {
-                out = format!("[[{table}]] #{}", i + 1);
-                rest = &segs[2..];
-            }
-            _ if segs.len() > 1
-                || matches!(
-                    table.as_str(),
-                    "site" | "upstream" | "deploy" | "apt" | "ssh" | "roll"
-                ) =>
-            {
-                out = format!("[{table}]");
-                rest = &segs[1..];
-            }
-            _ => {}
-        }
-    }
-    let mut tail = String::new();
-    for s in rest {
-        match s {
-            Seg::Key(k) => {
-                if !tail.is_empty() {
-                    tail.push('.');
-                }
-                tail.push_str(k);
-            }
-            Seg::Index(i) => tail.push_str(&format!("[{i}]")),
-        }
-    }
-    match (out.is_empty(), tail.is_empty()) {
-        (true, _) => tail,
-        (false, true) => out,
-        (false, false) => format!("{out} {tail}"),
-    }
-}
-
-/// The line of the value (or, failing that, the key) at `segs`, found in the document's spans.
-fn locate(text: &str, segs: &[Seg]) -> Option<usize> {
-    let doc = toml::de::DeTable::parse(text).ok()?;
-    let mut table = doc.get_ref();
-    let mut last_line = None;
-    let mut value: Option<&toml::Spanned<toml::de::DeValue>> = None;
-    for s in segs {
-        let next = match (s, value) {
-            (Seg::Key(k), None) => {
-                table
-                    .iter()
-                    .find(|(key, _)| key.get_ref() == k)
-                    .map(|(key, v)| {
-                        last_line = Some(line_of(text, key.span().start));
-                        v
-                    })
-            }
-            (seg, Some(v)) => {
-                let got = match seg {
-                    Seg::Key(k) => v.get_ref().get(k.as_str()),
-                    Seg::Index(i) => v.get_ref().get(*i),
-                };
-                if let Some(g) = got {
-                    last_line = Some(line_of(text, g.span().start));
-                }
-                got
-            }
-            (Seg::Index(_), None) => None,
-        };
-        match next {
-            Some(v) => value = Some(v),
-            None => return last_line,
-        }
-        let _ = &mut table;
-    }
-    value.map(|v| line_of(text, v.span().start)).or(last_line)
-}
-
-fn line_of(text: &str, offset: usize) -> usize {
-    text.as_bytes()[..offset.min(text.len())]
-        .iter()
-        .filter(|&&b| b == b'\n')
-        .count()
-        + 1
-}
-
-fn first_line(s: &str) -> String {
-    s.lines().next().unwrap_or("").trim().to_string()
-}
-
-/// Picks apart serde's "unknown field `x`, expected one of `a`, `b`" message.
-fn unknown_field(msg: &str) -> Option<(String, Vec<String>)> {
-    let rest = msg.strip_prefix("unknown field `")?;
-    let (field, tail) = rest.split_once('`')?;
-    let expected = tail
-        .split('`')
-        .skip(1)
-        .step_by(2)
-        .map(str::to_string)
-        .collect();
-    Some((field.to_string(), expected))
-}
-
-/// The valid key closest to a misspelt one, when it is close enough to be a likely typo.
-fn nearest(field: &str, expected: &[String]) -> Option<String> {
-    expected
-        .iter()
-        .map(|e| (strsim::damerau_levenshtein(field, e), e))
-        .filter(|(d, e)| *d <= 2.max(e.len() / 3))
-        .min_by_key(|(d, _)| *d)
-        .map(|(_, e)| e.clone())
 }
 
 #[cfg(test)]
@@ -1185,6 +640,20 @@ install_dir = "/srv/moodle/html"
             parse("[[lb]]\nname = \"lb1\"\nsocket = \"http://x\"\nbackend = \"b\"\n").unwrap_err();
         assert!(
             e.contains("[[lb]] #1 socket: `http://x` is not a socket"),
+            "{e}"
+        );
+        // Health URLs and the apt repository are parsed here, once, not at the first health check.
+        let e = parse("[[nodes]]\nname = \"web1\"\nssh = \"web1\"\nhttp = \"https://web1\"\n")
+            .unwrap_err();
+        assert!(
+            e.starts_with("moodle-release.toml:10: [[nodes]] #1 http: `https://web1`: health checks go straight to the node over plain HTTP"),
+            "{e}"
+        );
+        let e = parse("[apt]\nrepo = \"ssh://apt.example.edu\"\n").unwrap_err();
+        assert!(
+            e.starts_with(
+                "moodle-release.toml:8: [apt] repo: `ssh://apt.example.edu` is not ssh://"
+            ),
             "{e}"
         );
     }

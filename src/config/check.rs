@@ -1,0 +1,136 @@
+//! Cross-field checks that serde cannot express: names used twice, a web node without a
+//! health URL, a plugin path that leaves the Moodle tree.
+
+use std::path::Path;
+
+use super::locate::{describe, locate, Seg};
+use super::{Config, ConfigError, Role};
+
+impl Config {
+    /// Cross-field checks that serde cannot express.
+    pub(super) fn check(&self, text: &str, path: &Path) -> Result<(), ConfigError> {
+        let err = |segs: Vec<Seg>, message: String| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            line: locate(text, &segs),
+            key: describe(&segs),
+            message,
+        };
+        use Seg::{Index as I, Key as K};
+        let k = |s: &str| K(s.to_string());
+        if self.site.description.trim().is_empty() || self.site.description.contains('\n') {
+            return Err(err(
+                vec![k("site"), k("description")],
+                "must be one non-empty line".into(),
+            ));
+        }
+        for (i, g) in self.site.exclude.iter().enumerate() {
+            if let Err(e) = globset::Glob::new(g) {
+                return Err(err(
+                    vec![k("site"), k("exclude"), I(i)],
+                    format!("`{g}` is not a glob: {e}"),
+                ));
+            }
+        }
+        for (i, d) in self.site.depends.iter().enumerate() {
+            if d.trim().is_empty() || d.contains(['\n', ',']) {
+                return Err(err(
+                    vec![k("site"), k("depends"), I(i)],
+                    format!("`{d}` is not one dependency; write one per list item, e.g. \"php8.2-fpm | php-fpm\""),
+                ));
+            }
+        }
+        if let Some(t) = self.site.config_php_target() {
+            if !t.starts_with('/') || t.contains(['\'', '\\', '\n']) {
+                return Err(err(
+                    vec![k("site"), k("config_php")],
+                    format!("`{t}` must be an absolute path, e.g. \"/etc/moodle/config.php\""),
+                ));
+            }
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, p) in self.plugins.iter().enumerate() {
+            if !seen.insert(p.component.0.clone()) {
+                return Err(err(
+                    vec![k("plugins"), I(i), k("component")],
+                    format!("`{}` is listed twice", p.component),
+                ));
+            }
+            if let Some(why) = p.path.as_deref().and_then(bad_plugin_path) {
+                return Err(err(
+                    vec![k("plugins"), I(i), k("path")],
+                    format!(
+                        "`{}` {why}: give a folder inside the Moodle tree, e.g. \"mod/customcert\" (or leave `path` out: it follows from `component`)",
+                        p.path.as_deref().unwrap_or_default()
+                    ),
+                ));
+            }
+        }
+        if self.roll.batch == 0 {
+            return Err(err(
+                vec![k("roll"), k("batch")],
+                "must be at least 1".into(),
+            ));
+        }
+        if let Some(h) = &self.roll.health_host {
+            if h.is_empty() || h.contains(|c: char| c.is_whitespace() || c.is_control() || c == '/')
+            {
+                return Err(err(
+                    vec![k("roll"), k("health_host")],
+                    format!(
+                        "{h:?} is not a host name; write the site's, e.g. \"moodle.example.edu\""
+                    ),
+                ));
+            }
+        }
+        if let Some(apt) = &self.apt {
+            if apt.keep == 0 {
+                return Err(err(vec![k("apt"), k("keep")], "must be at least 1".into()));
+            }
+        }
+        let mut names = std::collections::BTreeSet::new();
+        let mut servers = std::collections::BTreeSet::new();
+        for (i, n) in self.nodes.iter().enumerate() {
+            if !names.insert(n.name.clone()) {
+                return Err(err(
+                    vec![k("nodes"), I(i), k("name")],
+                    format!("`{}` is used by two nodes", n.name),
+                ));
+            }
+            if n.role == Role::Web {
+                if n.http.is_none() {
+                    return Err(err(
+                        vec![k("nodes"), I(i)],
+                        format!(
+                            "web node `{}` needs `http`, the base URL of its health check",
+                            n.name
+                        ),
+                    ));
+                }
+                if !servers.insert(n.server_name().to_string()) {
+                    return Err(err(
+                        vec![k("nodes"), I(i), k("server")],
+                        format!("server `{}` is used by two nodes", n.server_name()),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Why a plugin `path` cannot be grafted into dirroot, if it cannot: it is the folder the
+/// plugin's tree replaces, so one that is absolute or climbs out with `..` would write outside
+/// the site (and into every node's filesystem once packaged).
+fn bad_plugin_path(path: &str) -> Option<&'static str> {
+    if path.starts_with('/') {
+        Some("is absolute")
+    } else if path.split('/').any(|c| c == "..") {
+        Some("leaves the Moodle tree")
+    } else if path.split('/').any(|c| c.is_empty() || c == ".") {
+        Some("has an empty or `.` part")
+    } else if path.contains(['\\', '\n', '\r']) {
+        Some("has a backslash or a line break")
+    } else {
+        None
+    }
+}
