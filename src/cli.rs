@@ -85,8 +85,9 @@ pub struct Rolling {
     /// Print the plan and stop: nothing is changed.
     #[arg(long, alias = "dry-run")]
     pub plan: bool,
-    /// Go on although servers are out of rotation that this tool did not take out (roll), or
-    /// although the database was upgraded, after restoring it (rollback).
+    /// Go on although servers are out of rotation that this tool did not take out, inside a
+    /// freeze window, or with a canary that saw too little traffic to judge (roll); or although
+    /// the database was upgraded, after restoring it (rollback).
     #[arg(long)]
     pub force: bool,
     /// When sessions do not end within drain_timeout, switch the nodes to maint instead of stopping.
@@ -110,8 +111,31 @@ pub struct RollArgs {
     /// On a failure, put the nodes this roll upgraded back on their previous version.
     #[arg(long)]
     pub auto_rollback: bool,
+    /// Upgrade one web node first and watch its 5xx rate on every LB for DURATION (default
+    /// `[roll] canary`, else 2m) before the others; if it fails, it goes back and the roll stops.
+    #[arg(
+        long,
+        value_name = "DURATION",
+        num_args = 0..=1,
+        value_parser = canary_duration,
+        conflicts_with = "no_canary"
+    )]
+    pub canary: Option<Option<std::time::Duration>>,
+    /// No canary, although `[roll] canary` is set.
+    #[arg(long)]
+    pub no_canary: bool,
     #[command(flatten)]
     pub common: Rolling,
+}
+
+/// `--canary 90s`: a duration above zero.
+fn canary_duration(s: &str) -> Result<std::time::Duration, String> {
+    match crate::config::parse_duration(s)? {
+        d if d.is_zero() => {
+            Err("a canary needs a window above 0s; use --no-canary for none".into())
+        }
+        d => Ok(d),
+    }
 }
 
 /// `rollback`

@@ -101,6 +101,21 @@ impl Server {
     }
 }
 
+/// A server's response counters, as `show stat` gives them: cumulative since HAProxy started
+/// (or `clear counters`), so a window is the difference of two samples.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Counters {
+    pub name: String,
+    /// HTTP responses of every class (`hrsp_1xx` .. `hrsp_5xx` and `hrsp_other`).
+    pub responses: u64,
+    /// `hrsp_5xx`: responses with a 5xx status, the server's own and HAProxy's for it (502, 504).
+    pub errors_5xx: u64,
+    /// `rtime`: average response time (ms) over the last 1024 requests.
+    pub rtime_ms: u64,
+    /// `ttime`: average total session time (ms) over the last 1024 requests.
+    pub ttime_ms: u64,
+}
+
 /// A load balancer's Runtime API.
 #[derive(Debug, Clone)]
 pub struct Lb {
@@ -263,6 +278,65 @@ impl Lb {
                 check_status: col("check_status").trim_start_matches('*').to_string(),
                 agent: *agent,
                 weight: *weight,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The response counters of every server of the backend: one `show stat` (a few
+    /// milliseconds, measured in `scripts/bench-roll`), read by the canary once a second.
+    pub fn counters(&self) -> Result<Vec<Counters>, HaError> {
+        let cmd = format!("show stat {} 4 -1", self.backend);
+        let stat = self.send(&cmd)?;
+        let mut header: Vec<&str> = Vec::new();
+        let mut out = Vec::new();
+        for line in stat.lines() {
+            if let Some(h) = line.strip_prefix("# ") {
+                header = h.split(',').collect();
+                continue;
+            }
+            if line.trim().is_empty() {
+                continue;
+            }
+            let cols: Vec<&str> = line.split(',').collect();
+            let num = |name: &str| -> u64 {
+                header
+                    .iter()
+                    .position(|h| *h == name)
+                    .and_then(|i| cols.get(i))
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0)
+            };
+            let Some(name) = header
+                .iter()
+                .position(|h| *h == "svname")
+                .and_then(|i| cols.get(i))
+            else {
+                continue;
+            };
+            out.push(Counters {
+                name: name.to_string(),
+                responses: [
+                    "hrsp_1xx",
+                    "hrsp_2xx",
+                    "hrsp_3xx",
+                    "hrsp_4xx",
+                    "hrsp_5xx",
+                    "hrsp_other",
+                ]
+                .iter()
+                .map(|c| num(c))
+                .sum(),
+                errors_5xx: num("hrsp_5xx"),
+                rtime_ms: num("rtime"),
+                ttime_ms: num("ttime"),
+            });
+        }
+        if header.is_empty() {
+            return Err(HaError::Parse {
+                lb: self.name.clone(),
+                command: cmd,
+                answer: stat.chars().take(200).collect(),
             });
         }
         Ok(out)

@@ -82,6 +82,9 @@ pub struct RollState {
     pub out_of_rotation: Vec<String>,
     #[serde(default)]
     pub failed_node: Option<String>,
+    /// Web nodes that failed within `[roll] max_failed_nodes`, left out of rotation (maint).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failed_nodes: Vec<String>,
     #[serde(default)]
     pub reason: Option<String>,
     /// The database path turned maintenance mode on and has not turned it off yet: the
@@ -95,6 +98,16 @@ impl RollState {
     /// Still running, or stopped (failed, interrupted): what it recorded still matters.
     pub fn unfinished(&self) -> bool {
         self.status != RollStatus::Done
+    }
+
+    /// The servers this roll left out of rotation that are still its own: all of them while it
+    /// is unfinished; once done, those that failed within `max_failed_nodes`.
+    pub fn left_out(&self) -> Vec<String> {
+        self.out_of_rotation
+            .iter()
+            .filter(|n| self.unfinished() || self.failed_nodes.contains(n))
+            .cloned()
+            .collect()
     }
 
     /// An unfinished database path left the site in maintenance with its upgrade to run.

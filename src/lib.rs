@@ -16,6 +16,7 @@ pub mod haproxy;
 pub mod journal;
 pub mod merge;
 pub mod moodle;
+pub mod notify;
 pub mod render;
 pub mod report;
 pub mod roll;

@@ -121,6 +121,13 @@ pub fn status(st: &Status, out: &mut dyn Write) -> std::io::Result<()> {
                 .map(|x| format!(": {x}"))
                 .unwrap_or_default()
         )?;
+        if !r.failed_nodes.is_empty() {
+            writeln!(
+                out,
+                "failed within max_failed_nodes, left out of rotation (maint): {}; the next roll takes them first",
+                r.failed_nodes.join(", ")
+            )?;
+        }
         if r.upgrade_left() {
             writeln!(
                 out,
@@ -157,8 +164,14 @@ pub fn roll(o: &roll::Outcome, out: &mut dyn Write) -> std::io::Result<()> {
     for (i, b) in p.batches.iter().enumerate() {
         writeln!(out, "  batch {}: {}", i + 1, b.join(", "))?;
     }
+    if let Some(c) = &p.canary {
+        writeln!(out, "  {}", c.rule())?;
+    }
     if !p.cron.is_empty() {
         writeln!(out, "  then cron: {}", p.cron.join(", "))?;
+    }
+    if let Some(w) = &p.frozen {
+        writeln!(out, "  inside the freeze window {w}")?;
     }
     if let Some(n) = &p.purge_on {
         writeln!(out, "  then purge_command on {n} (Moodle's caches)")?;
@@ -203,6 +216,16 @@ pub fn roll(o: &roll::Outcome, out: &mut dyn Write) -> std::io::Result<()> {
     }
     if let Some(m) = o.maintenance_secs {
         writeln!(out, "the site was in maintenance mode for {m:.1}s")?;
+    }
+    if let Some(v) = &o.canary {
+        writeln!(out, "canary passed: {}", v.reason)?;
+    }
+    for f in &o.failed {
+        writeln!(
+            out,
+            "FAILED {} (within max_failed_nodes): {}; out of rotation (maint) until fixed",
+            f.node, f.reason
+        )?;
     }
     writeln!(
         out,

@@ -30,19 +30,23 @@ pub fn run(cli: Cli, reporter: &dyn Reporter, out: &mut dyn Write) -> Result<(),
         Command::Publish(a) => publish_command(&load()?, a, reporter, out),
         Command::Repo(RepoCommand::List) => repo_list(&load()?, out),
         Command::Roll(a) => {
+            let cfg = load()?;
             let opts = roll::RollOptions {
                 version: a.version,
                 auto_rollback: a.auto_rollback,
-                ..roll_options(a.common, false)
+                canary: a.canary,
+                no_canary: a.no_canary,
+                ..roll_options(&cfg, &env, a.common, false)
             };
-            report_roll(roll::roll(&load()?, &opts, reporter), out)
+            report_roll(roll::roll(&cfg, &opts, reporter), out)
         }
         Command::Rollback(a) => {
+            let cfg = load()?;
             let opts = roll::RollOptions {
                 version: a.to,
-                ..roll_options(a.common, true)
+                ..roll_options(&cfg, &env, a.common, true)
             };
-            report_roll(roll::roll(&load()?, &opts, reporter), out)
+            report_roll(roll::roll(&cfg, &opts, reporter), out)
         }
         Command::Init {
             dir,
@@ -293,7 +297,7 @@ fn report_roll(result: Result<roll::Outcome, roll::RollError>, out: Out) -> Resu
         Ok(o) => o,
         Err(e) => {
             if json {
-                let v = serde_json::json!({"ok": false, "error": e.to_string(), "exit_code": e.exit_code(), "journal": e.journal()});
+                let v = serde_json::json!({"ok": false, "error": e.to_string(), "exit_code": e.exit_code(), "journal": e.journal(), "canary": e.canary()});
                 writeln!(out, "{v}")?;
             }
             return Err(e.into());
@@ -309,8 +313,14 @@ fn report_roll(result: Result<roll::Outcome, roll::RollError>, out: Out) -> Resu
     Ok(())
 }
 
-fn roll_options(c: crate::cli::Rolling, rollback: bool) -> roll::RollOptions {
+fn roll_options(
+    cfg: &Config,
+    env: &crate::config::Environment,
+    c: crate::cli::Rolling,
+    rollback: bool,
+) -> roll::RollOptions {
     roll::RollOptions {
+        notifier: Some(std::sync::Arc::new(crate::notify::Notifier::new(cfg, env))),
         batch: c.batch,
         plan: c.plan,
         force: c.force,

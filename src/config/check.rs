@@ -87,6 +87,20 @@ impl Config {
                 return Err(err(vec![k("apt"), k("keep")], "must be at least 1".into()));
             }
         }
+        for (i, n) in self.notify.iter().enumerate() {
+            if n.url.is_some() == n.url_env.is_some() {
+                return Err(err(
+                    vec![k("notify"), I(i)],
+                    "give `url` (the webhook) or `url_env` (the variable that holds it), one of them".into(),
+                ));
+            }
+        }
+        if self.roll.canary.is_some_and(|c| c.is_zero()) {
+            return Err(err(
+                vec![k("roll"), k("canary")],
+                "must be longer than 0s; leave it out for no canary".into(),
+            ));
+        }
         let mut names = std::collections::BTreeSet::new();
         let mut servers = std::collections::BTreeSet::new();
         for (i, n) in self.nodes.iter().enumerate() {

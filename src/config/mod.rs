@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 mod check;
 mod duration;
+mod freeze;
 mod locate;
 mod values;
 
@@ -20,7 +21,10 @@ use duration::{duration_opt, duration_str};
 use locate::{describe, first_line, line_of, locate, nearest, segments, unknown_field};
 
 pub use duration::{format_duration, parse_duration};
-pub use values::{AptRepo, Component, HttpBase, InstallDir, Maintainer, PackageName, Socket};
+pub use freeze::{Freeze, FreezeText};
+pub use values::{
+    AptRepo, Component, HttpBase, InstallDir, Maintainer, PackageName, Percent, Socket, WebhookUrl,
+};
 
 /// A config that could not be read or does not make sense. Displayed as
 /// `FILE:LINE: [section] key: what is wrong`.
@@ -70,9 +74,75 @@ pub struct Config {
     /// The web and cron nodes.
     #[serde(default)]
     pub nodes: Vec<Node>,
+    /// Webhooks told when a roll starts, ends, or its canary is judged.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notify: Vec<Notify>,
     /// The folder that holds the config file; relative paths in it are relative to this.
     #[serde(skip)]
     pub base_dir: PathBuf,
+}
+
+/// `[[notify]]`: a webhook.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Notify {
+    /// The webhook URL (its path often is the secret: never printed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<WebhookUrl>,
+    /// Or the environment variable that holds it (a masked CI variable), e.g. "SLACK_WEBHOOK_URL".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url_env: Option<String>,
+    /// `slack`, `teams`, `mattermost` or `json` (everything, for a receiver of your own);
+    /// default: from the URL's host (Slack, Teams), else `json`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<NotifyFormat>,
+    /// The events to post: `start`, `success`, `failure`, `canary` (default: all).
+    #[serde(default = "default_notify_on")]
+    pub on: Vec<NotifyEvent>,
+}
+
+/// The body a webhook expects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NotifyFormat {
+    Slack,
+    Teams,
+    Mattermost,
+    Json,
+}
+
+/// What a notification is about.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NotifyEvent {
+    /// The roll (or rollback) begins changing the cluster.
+    Start,
+    /// It finished.
+    Success,
+    /// It stopped with an error (or was refused by a freeze window).
+    Failure,
+    /// The canary was judged, passed or failed.
+    Canary,
+}
+
+impl std::fmt::Display for NotifyEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            NotifyEvent::Start => "start",
+            NotifyEvent::Success => "success",
+            NotifyEvent::Failure => "failure",
+            NotifyEvent::Canary => "canary",
+        })
+    }
+}
+
+fn default_notify_on() -> Vec<NotifyEvent> {
+    vec![
+        NotifyEvent::Start,
+        NotifyEvent::Success,
+        NotifyEvent::Failure,
+        NotifyEvent::Canary,
+    ]
 }
 
 /// `[site]`
@@ -251,6 +321,10 @@ pub struct Environment {
     pub known_hosts: Option<String>,
     /// `CI` is set (GitLab and most CI systems set it): SSH masters end with the run.
     pub ci: bool,
+    /// `MOODLE_RELEASE_JOB_URL`, else GitLab's `CI_JOB_URL`: the job a notification links to.
+    pub job_url: Option<String>,
+    /// Every variable, for `[[notify]] url_env` (a webhook URL kept in a masked CI variable).
+    pub vars: BTreeMap<String, String>,
 }
 
 impl Environment {
@@ -261,6 +335,10 @@ impl Environment {
             ssh_config: var("MOODLE_RELEASE_SSH_CONFIG"),
             known_hosts: var("MOODLE_RELEASE_KNOWN_HOSTS"),
             ci: !matches!(var("CI").as_deref(), None | Some("" | "false" | "0")),
+            job_url: var("MOODLE_RELEASE_JOB_URL")
+                .or_else(|| var("CI_JOB_URL"))
+                .filter(|u| !u.is_empty()),
+            vars: std::env::vars().collect(),
         }
     }
 }
@@ -345,6 +423,30 @@ pub struct Roll {
     /// Where the journal and state of rolls are kept (relative to the config file).
     #[serde(default = "default_state_dir")]
     pub state_dir: PathBuf,
+    /// A canary: the first batch is one web node, watched for this long under real traffic
+    /// (its 5xx rate on every LB) before the others follow; off unless set (`roll --canary`).
+    #[serde(
+        default,
+        with = "duration_opt",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub canary: Option<Duration>,
+    /// The canary fails above this 5xx rate, when the other servers' rate over the same window
+    /// is lower (a site-wide outage is not the release's fault).
+    #[serde(default = "default_canary_max_5xx")]
+    pub canary_max_5xx: Percent,
+    /// Fewer requests than this to the canary in its window: not enough traffic to judge
+    /// (the canary fails; `--force` accepts it).
+    #[serde(default = "default_canary_min_requests")]
+    pub canary_min_requests: u64,
+    /// Code-only path: web nodes that may fail (left out of rotation, in maint) before the roll
+    /// stops. A failed node out of rotation takes a place in the batch.
+    #[serde(default)]
+    pub max_failed_nodes: u32,
+    /// Windows in which `roll` refuses to start (exit 3; `--force` overrides). `rollback` is
+    /// never frozen.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub freeze: Vec<Freeze>,
 }
 
 impl Default for Roll {
@@ -361,8 +463,20 @@ impl Default for Roll {
             maintenance_off: default_maintenance_off(),
             purge_command: default_purge_command(),
             state_dir: default_state_dir(),
+            canary: None,
+            canary_max_5xx: default_canary_max_5xx(),
+            canary_min_requests: default_canary_min_requests(),
+            max_failed_nodes: 0,
+            freeze: Vec::new(),
         }
     }
+}
+
+fn default_canary_max_5xx() -> Percent {
+    Percent(1.0)
+}
+fn default_canary_min_requests() -> u64 {
+    100
 }
 
 fn default_batch() -> u32 {

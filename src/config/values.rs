@@ -197,6 +197,122 @@ impl<'de> Deserialize<'de> for Component {
     }
 }
 
+/// A webhook URL. Its path or query is often the secret (Slack, Teams and Mattermost put the
+/// token there), so it is shown as `https://hooks.slack.com/…` and serialized the same way:
+/// only [`WebhookUrl::expose`] gives the whole URL, to the HTTP client.
+#[derive(Clone, PartialEq, Eq)]
+pub struct WebhookUrl(String);
+
+impl WebhookUrl {
+    /// The whole URL, secret included.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    /// The host (without port) of the URL, `""` if none.
+    pub fn host(&self) -> &str {
+        let rest = self.0.split_once("://").map_or("", |(_, r)| r);
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+        let authority = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+        match authority.strip_prefix('[') {
+            Some(v6) => v6.split(']').next().unwrap_or(""),
+            None => authority.split(':').next().unwrap_or(""),
+        }
+    }
+}
+
+impl fmt::Display for WebhookUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (scheme, rest) = self.0.split_once("://").unwrap_or(("", &self.0));
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+        // user:password@ is a secret too.
+        let authority = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+        write!(f, "{scheme}://{authority}/…")
+    }
+}
+
+impl fmt::Debug for WebhookUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "WebhookUrl({self})")
+    }
+}
+
+impl std::str::FromStr for WebhookUrl {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let u = WebhookUrl(s.to_string());
+        let ok = (s.starts_with("https://") || s.starts_with("http://"))
+            && !u.host().is_empty()
+            && !s.contains(|c: char| c.is_whitespace() || c.is_control());
+        if !ok {
+            // Not echoed: a mistyped URL still holds the token.
+            return Err("is not an http(s):// URL (not shown: it may hold a secret)".into());
+        }
+        Ok(u)
+    }
+}
+
+impl<'de> Deserialize<'de> for WebhookUrl {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?.parse().map_err(de::Error::custom)
+    }
+}
+
+impl Serialize for WebhookUrl {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+/// A percentage: `"1%"`, `"0.5%"`, or a bare number of percent (`1`, `0.5`), 0 to 100.
+#[derive(Debug, Clone, Copy, PartialEq, PartialOrd)]
+pub struct Percent(pub f64);
+
+impl fmt::Display for Percent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}%", self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Percent {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(f64),
+            I(i64),
+            S(String),
+        }
+        let bad = |s: &str| {
+            de::Error::custom(format!(
+                "`{s}` is not a percentage; write e.g. \"1%\" or \"0.5%\""
+            ))
+        };
+        let v = match Raw::deserialize(d)? {
+            Raw::N(n) => n,
+            Raw::I(n) => n as f64,
+            Raw::S(s) => s
+                .trim()
+                .strip_suffix('%')
+                .unwrap_or(s.trim())
+                .trim()
+                .parse::<f64>()
+                .map_err(|_| bad(&s))?,
+        };
+        if !(0.0..=100.0).contains(&v) {
+            return Err(de::Error::custom(format!(
+                "{v}% is not between 0% and 100%"
+            )));
+        }
+        Ok(Percent(v))
+    }
+}
+
+impl Serialize for Percent {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
 /// A node's `http` base (`http://host[:port][/path]`), split once at load so a health check
 /// never re-parses it: https is refused (health checks go straight to the node, in plain HTTP).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -356,6 +472,7 @@ impl Serialize for AptRepo {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
 
     #[test]
     fn authorities_with_and_without_ports_and_ipv6() {
@@ -389,6 +506,38 @@ mod tests {
         for bad in ["web1", "http://", "http://web1:x/", "http://we b1/"] {
             assert!(bad.parse::<HttpBase>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn webhook_urls_never_show_their_secret() {
+        let u: WebhookUrl = "https://hooks.slack.com/services/T000/B000/XXXXSECRET"
+            .parse()
+            .unwrap();
+        assert_eq!(u.to_string(), "https://hooks.slack.com/…");
+        assert_eq!(format!("{u:?}"), "WebhookUrl(https://hooks.slack.com/…)");
+        assert_eq!(u.host(), "hooks.slack.com");
+        let u: WebhookUrl = "http://bot:pw@127.0.0.1:8065/hooks/abc?token=1"
+            .parse()
+            .unwrap();
+        assert_eq!(u.to_string(), "http://127.0.0.1:8065/…");
+        assert_eq!(u.host(), "127.0.0.1");
+        let e = "hooks.slack.com/services/SECRET"
+            .parse::<WebhookUrl>()
+            .unwrap_err();
+        assert!(!e.contains("SECRET"), "{e}");
+    }
+
+    #[test]
+    fn percentages() {
+        let p = |t: &str| {
+            toml::from_str::<BTreeMap<String, Percent>>(&format!("p = {t}")).map(|m| m["p"])
+        };
+        assert_eq!(p("\"1%\"").unwrap(), Percent(1.0));
+        assert_eq!(p("\"0.5 %\"").unwrap(), Percent(0.5));
+        assert_eq!(p("2").unwrap(), Percent(2.0));
+        assert_eq!(p("0.25").unwrap(), Percent(0.25));
+        assert!(p("\"lots\"").is_err());
+        assert!(p("\"150%\"").is_err());
     }
 
     #[test]

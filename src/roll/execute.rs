@@ -21,6 +21,9 @@ pub(super) struct Ctx<'a> {
     pub(super) processes: BTreeMap<String, crate::haproxy::Process>,
     /// A copy of the state could not be written on the lock node (said once).
     pub(super) remote_state_failed: std::cell::Cell<bool>,
+    pub(super) notifier: Option<Arc<crate::notify::Notifier>>,
+    /// When the roll began (for notifications' durations).
+    pub(super) started: Instant,
 }
 
 impl Ctx<'_> {
@@ -54,7 +57,9 @@ impl Ctx<'_> {
                 let Some(n) = self.cfg.nodes.iter().find(|n| n.name == node) else {
                     continue;
                 };
-                let state = if self.state.failed_node.as_deref() == Some(node.as_str()) {
+                let state = if self.state.failed_node.as_deref() == Some(node.as_str())
+                    || self.state.failed_nodes.contains(&node)
+                {
                     AdminState::Maint
                 } else {
                     AdminState::Drain
@@ -305,7 +310,8 @@ pub(super) fn run_plan(
     installed: &BTreeMap<String, Installed>,
     previous_state: Option<RollState>,
     opts: &RollOptions,
-) -> Result<(Vec<String>, Option<f64>), RollError> {
+    known: &notice::Known,
+) -> Result<Walked, RollError> {
     let id = format!("{}", now_ms());
     ctx.journal =
         Some(
@@ -329,6 +335,7 @@ pub(super) fn run_plan(
             .map(|s| s.out_of_rotation.clone())
             .unwrap_or_default(),
         failed_node: None,
+        failed_nodes: Vec::new(),
         reason: None,
         upgrade_pending: previous_state.as_ref().is_some_and(|s| s.upgrade_left()),
     };
@@ -346,6 +353,17 @@ pub(super) fn run_plan(
         Instant::now(),
         &plan.why,
     );
+    if let Some(window) = &plan.frozen {
+        ctx.log(
+            None,
+            None,
+            "freeze overridden",
+            "warning",
+            Instant::now(),
+            &format!("--force: inside the freeze window {window}"),
+        );
+    }
+    notice::start(ctx, opts, known, ctx.started);
 
     match walk(ctx, plan, opts) {
         Ok(w) => {
@@ -354,7 +372,11 @@ pub(super) fn run_plan(
                 // does not match: the database path, once begun, runs to its end.
                 ctx.warn("interrupted (Ctrl-C or SIGTERM) during the database path: it was finished rather than leave the site in maintenance mode".into());
             }
-            Ok((w.upgraded, w.maintenance_secs))
+            Ok(w)
+        }
+        Err(s) if matches!(s.error, RollError::Canary { .. }) => {
+            let s = *s;
+            Err(canary::send_back(ctx, plan, &s.upgraded, opts, s.error))
         }
         Err(s) if s.in_batch && opts.auto_rollback && !s.upgraded.is_empty() => {
             let s = *s;
@@ -376,6 +398,8 @@ pub(super) struct Stopped {
 pub(super) struct Walked {
     pub upgraded: Vec<String>,
     pub maintenance_secs: Option<f64>,
+    pub canary: Option<Verdict>,
+    pub failed: Vec<FailedNode>,
 }
 
 /// Runs `plan.steps` in order: the executor does what the plan says, and nothing else.
@@ -383,7 +407,7 @@ pub(super) struct Walked {
 /// versions checked in one query), as one step would.
 pub(super) fn walk(ctx: &mut Ctx, plan: &Plan, opts: &RollOptions) -> Result<Walked, Box<Stopped>> {
     let mut run = Run::default();
-    let steps = &plan.steps;
+    let mut steps = plan.steps.clone();
     let mut i = 0;
     while i < steps.len() {
         let kind = std::mem::discriminant(&steps[i]);
@@ -391,7 +415,34 @@ pub(super) fn walk(ctx: &mut Ctx, plan: &Plan, opts: &RollOptions) -> Result<Wal
             .iter()
             .position(|s| std::mem::discriminant(s) != kind)
             .map_or(steps.len(), |p| i + p);
-        if let Err(error) = run.step(ctx, plan, opts, &steps[i..end]) {
+        let mut result = run.step(ctx, plan, opts, &steps[i..end]);
+        if result.is_ok() && std::mem::take(&mut run.replan) {
+            match replan(ctx.cfg, plan, &steps[end..], &run.failed_within_budget) {
+                Some(rest) => {
+                    let said: Vec<String> = rest.iter().map(|s| s.describe(&plan.target)).collect();
+                    ctx.log(
+                        None,
+                        None,
+                        "replanned",
+                        "info",
+                        Instant::now(),
+                        &said.join("; "),
+                    );
+                    steps.truncate(end);
+                    steps.extend(rest);
+                }
+                None => {
+                    let out: Vec<&str> = run
+                        .failed_within_budget
+                        .iter()
+                        .map(|f| f.node.as_str())
+                        .collect();
+                    let resume = ctx.state.resume_command();
+                    result = Err(ctx.fail(None, format!("{} failed and stay out of rotation: with --batch {} no room is left to take another node out (never more than the batch out); fix them and run `{resume}`", out.join(", "), plan.batch)));
+                }
+            }
+        }
+        if let Err(error) = result {
             return Err(Box::new(Stopped {
                 error,
                 in_batch: !run.batch.is_empty(),
@@ -403,6 +454,8 @@ pub(super) fn walk(ctx: &mut Ctx, plan: &Plan, opts: &RollOptions) -> Result<Wal
     Ok(Walked {
         upgraded: run.upgraded,
         maintenance_secs: run.maintenance_secs,
+        canary: run.canary,
+        failed: run.failed_within_budget,
     })
 }
 
@@ -418,6 +471,11 @@ struct Run {
     upgraded: Vec<String>,
     maintenance_since: Option<Instant>,
     maintenance_secs: Option<f64>,
+    canary: Option<Verdict>,
+    /// Web nodes that failed within `[roll] max_failed_nodes`: out of rotation (maint).
+    failed_within_budget: Vec<FailedNode>,
+    /// Set by a batch that ended with failures within the budget: what is left is planned again.
+    replan: bool,
 }
 
 impl Run {
@@ -554,8 +612,17 @@ impl Run {
                         ctx.set_all(&n.name, &server_name(n), AdminState::Ready)?;
                     }
                 } else {
-                    end_batch(ctx, &batch, &self.failed)?;
-                    self.upgraded.extend(batch.into_iter().map(|n| n.name));
+                    let before = self.failed_within_budget.len();
+                    self.replan = end_batch(ctx, &batch, &self.failed, before)?;
+                    let failed = std::mem::take(&mut self.failed);
+                    let is_failed = |n: &str| failed.iter().any(|(f, _)| f == n);
+                    self.upgraded
+                        .extend(batch.into_iter().map(|n| n.name).filter(|n| !is_failed(n)));
+                    self.failed_within_budget.extend(
+                        failed
+                            .into_iter()
+                            .map(|(node, reason)| FailedNode { node, reason }),
+                    );
                 }
                 self.batch.clear();
                 self.failed.clear();
@@ -571,6 +638,7 @@ impl Run {
                 self.maintenance_secs = Some(maintenance_off(ctx, node, since)?);
             }
             Step::Purge { node } => purge_caches(ctx, node),
+            Step::Canary { .. } => self.canary = Some(canary::watch(ctx, plan, opts)?),
         }
         Ok(())
     }

@@ -17,12 +17,15 @@
 //! with each path's own rules in [`code_only`] and [`database`] and the health checks in
 //! [`health`]; [`lock`] is the cluster lock and the state kept beside it.
 
+mod canary;
 mod code_only;
 mod database;
 mod execute;
+mod freeze;
 pub(crate) mod health;
 mod http;
 pub(crate) mod lock;
+mod notice;
 mod plan;
 mod preflight;
 pub(crate) mod probe;
@@ -42,6 +45,7 @@ use crate::haproxy::{AdminState, HaError, Lb};
 use crate::journal::{now_ms, Entry, Journal, RollKind, RollState, RollStatus};
 use crate::report::Reporter;
 use crate::ssh::{quote, Conn, Output, Ssh, SshError};
+pub use canary::{CanaryPlan, LbFigures, Verdict};
 use code_only::*;
 use database::*;
 use execute::*;
@@ -68,6 +72,13 @@ pub struct RollOptions {
     pub break_lock: bool,
     /// `rollback` rather than `roll`.
     pub rollback: bool,
+    /// `--canary [D]`: `Some(Some(D))`, `Some(None)` for the config's (or 2m); `None`: as the
+    /// config says.
+    pub canary: Option<Option<Duration>>,
+    /// `--no-canary`, although `[roll] canary` is set.
+    pub no_canary: bool,
+    /// Where `[[notify]]` events go (none: no notifications).
+    pub notifier: Option<Arc<crate::notify::Notifier>>,
     /// Set (by the caller's Ctrl-C or SIGTERM handler) to stop between batches.
     pub stop: Arc<AtomicBool>,
 }
@@ -141,6 +152,8 @@ pub enum RollError {
     },
     #[error("refused: {why}: the database was upgraded for the newer code, and Moodle cannot downgrade a database. Restore the database from before the upgrade and use --force, or roll forward to a fixed version")]
     DatabaseDowngrade { why: String },
+    #[error("refused: inside the freeze window {window}: no roll now; wait for its end, or use --force (the journal records it)")]
+    Frozen { window: String },
     #[error("refused: the only web server would go out of rotation (the site down while it is upgraded): add a web node, or use --force")]
     OnlyServer,
     #[error("refused: --batch {batch} would take all {pool} web servers out of rotation at once: use --batch {} or less (or --force)", pool - 1)]
@@ -171,6 +184,13 @@ pub enum RollError {
         dir: PathBuf,
         source: std::io::Error,
     },
+    /// The canary failed: the figures that decided it, and how it went back.
+    #[error("the roll stopped: the canary failed: {}\n  {back}\n  journal: {}", verdict.reason, journal.display())]
+    Canary {
+        verdict: Box<Verdict>,
+        back: String,
+        journal: PathBuf,
+    },
     #[error("the roll stopped: {message}\n  journal: {journal}")]
     Failed { message: String, journal: PathBuf },
     #[error("interrupted: {message}\n  journal: {journal}")]
@@ -187,9 +207,17 @@ impl RollError {
     /// The journal of a roll that began and stopped (for CI to keep as an artifact).
     pub fn journal(&self) -> Option<&std::path::Path> {
         match self {
-            RollError::Failed { journal, .. } | RollError::Interrupted { journal, .. } => {
-                Some(journal)
-            }
+            RollError::Failed { journal, .. }
+            | RollError::Interrupted { journal, .. }
+            | RollError::Canary { journal, .. } => Some(journal),
+            _ => None,
+        }
+    }
+
+    /// The canary's verdict, when it is what stopped the roll.
+    pub fn canary(&self) -> Option<&Verdict> {
+        match self {
+            RollError::Canary { verdict, .. } => Some(verdict),
             _ => None,
         }
     }
@@ -204,6 +232,7 @@ impl RollError {
             | RollError::ResumeOtherKind { .. }
             | RollError::ResumeOtherVersion { .. } => 2,
             RollError::Locked { .. }
+            | RollError::Frozen { .. }
             | RollError::OutOfRotation { .. }
             | RollError::DatabaseDowngrade { .. }
             | RollError::OnlyServer
@@ -221,10 +250,23 @@ pub struct Outcome {
     pub planned_only: bool,
     pub upgraded: Vec<String>,
     pub maintenance_secs: Option<f64>,
+    /// The canary's verdict, when the roll had one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub canary: Option<Verdict>,
+    /// Web nodes that failed within `[roll] max_failed_nodes`, left out of rotation (maint).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub failed: Vec<FailedNode>,
     pub journal: Option<PathBuf>,
     pub timeline: Vec<Entry>,
     pub warnings: Vec<String>,
     pub seconds: f64,
+}
+
+/// A node that failed, and why.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct FailedNode {
+    pub node: String,
+    pub reason: String,
 }
 
 pub(crate) fn server_name(n: &Node) -> String {
@@ -252,6 +294,21 @@ pub fn roll(
     reporter: &dyn Reporter,
 ) -> Result<Outcome, RollError> {
     let started = Instant::now();
+    let mut known = notice::Known::default();
+    let mut result = checked_roll(cfg, opts, reporter, started, &mut known);
+    notice::ended(opts, reporter, &known, started, &mut result);
+    result
+}
+
+/// [`roll`], but for the notification of its end. Long for a reason: the order of what is
+/// checked before anything changes is the safety argument, and reads best in one place.
+fn checked_roll(
+    cfg: &Config,
+    opts: &RollOptions,
+    reporter: &dyn Reporter,
+    started: Instant,
+    known: &mut notice::Known,
+) -> Result<Outcome, RollError> {
     if cfg.nodes.is_empty() {
         return Err(RollError::NoNodes);
     }
@@ -263,6 +320,8 @@ pub fn roll(
     if batch == 0 {
         return Err(RollError::ZeroBatch);
     }
+    let mut warnings = Vec::new();
+    let frozen = freeze::check(cfg, opts, reporter, &mut warnings)?;
     let state_dir = cfg.base_dir.join(&cfg.roll.state_dir);
     let previous_state = RollState::read(&state_dir).map_err(RollError::State)?;
     let (repo, _mirror) = crate::apt::open(cfg)?;
@@ -276,7 +335,9 @@ pub fn roll(
         state_dir: state_dir.clone(),
         state: RollState::default(),
         stop: opts.stop.clone(),
-        warnings: Vec::new(),
+        warnings,
+        notifier: opts.notifier.clone(),
+        started,
         pkg: cfg.site.package.to_string(),
         processes: BTreeMap::new(),
         remote_state_failed: Default::default(),
@@ -303,7 +364,16 @@ pub fn roll(
         previous_state.as_ref(),
     )?;
     plan.target_why = target_why;
+    plan.frozen = frozen;
+    known.learn(&plan);
     refuse_foreign_out_of_rotation(&ctx, opts, previous_state.as_ref())?;
+    if plan.database() && canary::window(cfg, opts).is_some() {
+        ctx.warn("no canary on the database path: once the database is upgraded, no node can go back to the old code; the roll goes without one".into());
+    }
+    let budget = cfg.roll.max_failed_nodes as usize;
+    if !plan.database() && budget > 0 && budget >= plan.batch && plan.batches.len() > 1 {
+        ctx.warn(format!("max_failed_nodes = {budget} with --batch {}: a failed node left out of rotation fills the batch, so the roll stops at the first failure; use --batch {} or more to go past it", plan.batch, budget + 1));
+    }
     if plan.database() && opts.auto_rollback {
         ctx.warn("--auto-rollback does not apply to the database path: the upgraded database cannot go back to older code; a failure stops the roll for --resume".into());
     }
@@ -316,6 +386,8 @@ pub fn roll(
             planned_only: true,
             upgraded: Vec::new(),
             maintenance_secs: None,
+            canary: None,
+            failed: Vec::new(),
             journal: None,
             timeline: Vec::new(),
             warnings: ctx.warnings,
@@ -339,16 +411,19 @@ pub fn roll(
             })
         }
     };
-    let result = run_plan(&mut ctx, &plan, &installed, previous_state, opts);
+    known.started = true;
+    let result = run_plan(&mut ctx, &plan, &installed, previous_state, opts, known);
     held.release(&ctx.ssh, ctx.conn(lock_node));
-    let (upgraded, maintenance_secs) = result?;
+    let walked = result?;
     ctx.state.status = RollStatus::Done;
     ctx.save_state();
     Ok(Outcome {
         plan,
         planned_only: false,
-        upgraded,
-        maintenance_secs,
+        upgraded: walked.upgraded,
+        maintenance_secs: walked.maintenance_secs,
+        canary: walked.canary,
+        failed: walked.failed,
         journal: ctx.journal.as_ref().map(|j| j.path.clone()),
         timeline: ctx
             .journal

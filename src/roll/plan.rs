@@ -22,6 +22,12 @@ pub struct Plan {
     /// The web node that runs `purge_command` once every node is on the target (code-only path).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub purge_on: Option<String>,
+    /// The freeze window this roll is in (`--force`, or `--plan`'s warning).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub frozen: Option<String>,
+    /// The canary: the first batch's one node, watched before the others follow.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub canary: Option<CanaryPlan>,
     /// Every step, in order (see [`steps`]); in JSON each with the journal `action` it logs.
     #[serde(serialize_with = "steps_with_actions")]
     pub steps: Vec<Step>,
@@ -275,8 +281,8 @@ pub(super) fn make_plan(
         .collect();
     // Nodes an earlier run left out of rotation go first: a batch of others while they are
     // still out would put more than `batch` servers out at once.
-    if let Some(p) = previous_state.filter(|s| s.unfinished()) {
-        webs.sort_by_key(|n| !p.out_of_rotation.contains(n));
+    if let Some(out) = previous_state.map(RollState::left_out) {
+        webs.sort_by_key(|n| !out.contains(n));
     }
     // In rotation, a batch as large as the pool would leave no server: refused before anything,
     // even --plan (the database path takes the site to maintenance anyway).
@@ -288,6 +294,17 @@ pub(super) fn make_plan(
             RollError::WholePool { batch, pool }
         });
     }
+    // The canary: on the code-only path only (after a database upgrade, old code cannot serve).
+    let canary = canary::window(cfg, opts)
+        .filter(|_| !database)
+        .and_then(|window| {
+            Some(CanaryPlan {
+                node: webs.first()?.clone(),
+                window,
+                max_5xx: cfg.roll.canary_max_5xx,
+                min_requests: cfg.roll.canary_min_requests,
+            })
+        });
     let mut plan = Plan {
         kind: opts.kind(),
         target: target.to_string(),
@@ -303,7 +320,7 @@ pub(super) fn make_plan(
             "no $version and no db/ file differs: nodes are upgraded in rotation".into()
         },
         batch,
-        batches: webs.chunks(batch).map(|c| c.to_vec()).collect(),
+        batches: batches(&webs, batch, canary.is_some()),
         cron: cfg
             .nodes
             .iter()
@@ -324,6 +341,8 @@ pub(super) fn make_plan(
             .first()
             .filter(|_| !database && !to_do.is_empty() && !cfg.roll.purge_command.trim().is_empty())
             .map(|n| n.name.clone()),
+        canary,
+        frozen: None,
         steps: Vec::new(),
     };
     // Left out of rotation by the last run, and already on the target: back in first.
@@ -341,6 +360,18 @@ pub(super) fn make_plan(
     );
     plan.steps = steps(&plan, &shape);
     Ok(plan)
+}
+
+/// The web nodes in batches of `batch`; with a canary, the first batch is the canary alone.
+fn batches(webs: &[String], batch: usize, canary: bool) -> Vec<Vec<String>> {
+    let (first, rest) = match (canary, webs.split_first()) {
+        (true, Some((c, rest))) => (Some(vec![c.clone()]), rest),
+        _ => (None, webs),
+    };
+    first
+        .into_iter()
+        .chain(rest.chunks(batch).map(<[String]>::to_vec))
+        .collect()
 }
 
 #[cfg(test)]
@@ -588,6 +619,78 @@ mod tests {
     }
 
     #[test]
+    fn a_canary_is_the_first_batch_alone_watched_before_any_other_node_leaves() {
+        let (cfg, listed, installed) = cluster("d");
+        let opts = RollOptions {
+            canary: Some(Some(Duration::from_secs(90))),
+            ..RollOptions::default()
+        };
+        let plan = make_plan(&cfg, &opts, 2, "2", &listed, &installed, None).unwrap();
+        assert_eq!(
+            plan.batches,
+            [vec!["web1"], vec!["web2", "web3"], vec!["web4"]]
+        );
+        let s = &plan.steps;
+        let canary = position(s, |x| {
+            *x == Step::Canary {
+                node: "web1".into(),
+                window_ms: 90_000,
+            }
+        });
+        assert_eq!(canary.len(), 1, "{s:?}");
+        // After the canary is back in rotation, before any other node is drained.
+        let ready = position(s, |x| {
+            *x == Step::Ready {
+                node: "web1".into(),
+            }
+        });
+        let drains = position(s, |x| matches!(x, Step::Drain { node } if node != "web1"));
+        assert!(ready[0] < canary[0] && canary[0] < drains[0], "{s:?}");
+        assert_eq!(most_out(s), 2);
+        assert_eq!(plan.canary.as_ref().unwrap().min_requests, 100);
+        // --no-canary, the config's window, no canary on rollback or on the database path.
+        let off = |o: RollOptions, db: &str| {
+            let (cfg, listed, installed) = cluster(db);
+            make_plan(&cfg, &o, 2, "2", &listed, &installed, None)
+                .unwrap()
+                .canary
+        };
+        assert!(off(
+            RollOptions {
+                no_canary: true,
+                ..opts.clone()
+            },
+            "d"
+        )
+        .is_none());
+        assert!(off(
+            RollOptions {
+                rollback: true,
+                ..opts.clone()
+            },
+            "d"
+        )
+        .is_none());
+        assert!(off(opts.clone(), "d2").is_none());
+        let mut cfg = cfg;
+        cfg.roll.canary = Some(Duration::from_secs(30));
+        let plan = make_plan(
+            &cfg,
+            &RollOptions {
+                canary: Some(None),
+                ..RollOptions::default()
+            },
+            2,
+            "2",
+            &listed,
+            &installed,
+            None,
+        )
+        .unwrap();
+        assert_eq!(plan.canary.unwrap().window, Duration::from_secs(30));
+    }
+
+    #[test]
     fn a_database_plan_downloads_then_upgrades_once_in_maintenance() {
         let (cfg, listed, installed) = cluster("d2");
         let plan = make_plan(
@@ -649,6 +752,8 @@ mod tests {
             planned_only: true,
             upgraded: Vec::new(),
             maintenance_secs: None,
+            canary: None,
+            failed: Vec::new(),
             journal: None,
             timeline: Vec::new(),
             warnings: Vec::new(),

@@ -147,10 +147,7 @@ pub(super) fn refuse_foreign_out_of_rotation(
     previous_state: Option<&RollState>,
 ) -> Result<(), RollError> {
     let cfg = ctx.cfg;
-    let ours: Vec<String> = previous_state
-        .filter(|s| s.unfinished())
-        .map(|s| s.out_of_rotation.clone())
-        .unwrap_or_default();
+    let ours: Vec<String> = previous_state.map(RollState::left_out).unwrap_or_default();
     for lb in &ctx.lbs {
         for s in lb.servers()? {
             let node = web_nodes(cfg)

@@ -36,6 +36,9 @@ pub enum Step {
     MaintenanceOff { node: String },
     /// `purge_command`, once every node runs the target.
     Purge { node: String },
+    /// Watch the canary (in rotation on the target) for its window: its 5xx rate on every LB
+    /// against the other servers'. A failure sends it back and stops the roll.
+    Canary { node: String, window_ms: u64 },
 }
 
 impl Step {
@@ -54,6 +57,7 @@ impl Step {
             Step::Upgrade { .. } => "upgrade".into(),
             Step::MaintenanceOff { .. } => "maintenance off".into(),
             Step::Purge { .. } => "purge caches".into(),
+            Step::Canary { .. } => "canary".into(),
         }
     }
 
@@ -72,7 +76,8 @@ impl Step {
             | Step::Ready { node }
             | Step::Upgrade { node }
             | Step::MaintenanceOff { node }
-            | Step::Purge { node } => Some(node),
+            | Step::Purge { node }
+            | Step::Canary { node, .. } => Some(node),
         }
     }
 
@@ -109,6 +114,10 @@ impl Step {
             Step::Upgrade { node } => format!("{node}: upgrade_command (once)"),
             Step::MaintenanceOff { node } => format!("{node}: maintenance_off"),
             Step::Purge { node } => format!("{node}: purge_command (once)"),
+            Step::Canary { node, window_ms } => format!(
+                "{node}: canary: watch its 5xx rate on every LB for {}, against the other servers'",
+                crate::config::format_duration(Duration::from_millis(*window_ms))
+            ),
         }
     }
 }
@@ -138,7 +147,8 @@ impl<'a> Shape<'a> {
 /// The whole program of `plan`, in the order the executor runs it.
 ///
 /// Code-only: per batch, drain every node, wait until the batch is idle, install and verify
-/// each, then per node health down, wait healthy, and ready; cron nodes after every web node;
+/// each, then per node health down, wait healthy, and ready; the canary (the first batch, one
+/// node) watched once it is back; cron nodes after every web node;
 /// the purge last. Database: download everywhere, maintenance on, per batch (web nodes drained
 /// while their files are swapped, unless that would leave none), install and verify, the upgrade
 /// once, maintenance off, every web node healthy.
@@ -168,6 +178,16 @@ pub(super) fn steps(plan: &Plan, shape: &Shape) -> Vec<Step> {
                 out.push(Step::WaitHealthy { node: node(n) });
             }
             out.extend(b.iter().map(|n| Step::Ready { node: node(n) }));
+            if let Some(c) = plan
+                .canary
+                .as_ref()
+                .filter(|c| b == std::slice::from_ref(&c.node))
+            {
+                out.push(Step::Canary {
+                    node: c.node.clone(),
+                    window_ms: c.window.as_millis() as u64,
+                });
+            }
         }
         for c in &plan.cron {
             install(&mut out, std::slice::from_ref(c));

@@ -581,7 +581,7 @@ impl Drop for Cluster {
 }
 
 /// A bounded load: `threads` clients GET `urls` in turn until `stop`, at most `max` requests
-/// each; returns (requests, failures with what failed).
+/// each; returns (requests, failures: `[time_ms] url: answer`).
 pub struct Load {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     handles: Vec<std::thread::JoinHandle<(u64, Vec<String>)>>,
@@ -603,10 +603,17 @@ impl Load {
                         && started.elapsed() < std::time::Duration::from_secs(300)
                     {
                         let url = &urls[(n as usize + t) % urls.len()];
+                        // When (ms since the epoch, as the journal's time_ms), what, and its answer.
+                        let at = || {
+                            std::time::SystemTime::now()
+                                .duration_since(std::time::UNIX_EPOCH)
+                                .unwrap()
+                                .as_millis()
+                        };
                         match http_get(url) {
                             Ok(200) => {}
-                            Ok(code) => failures.push(format!("{url}: {code}")),
-                            Err(e) => failures.push(format!("{url}: {e}")),
+                            Ok(code) => failures.push(format!("[{}] {url}: {code}", at())),
+                            Err(e) => failures.push(format!("[{}] {url}: {e}", at())),
                         }
                         n += 1;
                         std::thread::sleep(std::time::Duration::from_millis(5));

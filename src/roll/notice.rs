@@ -1,0 +1,121 @@
+//! The roll's side of `[[notify]]`: what each event says (start once the journal is open, the
+//! canary's verdict, the end, success or failure) and where a failed notification goes (a
+//! warning, never the roll's result). The posting is in [`crate::notify`].
+
+use super::*;
+use crate::config::NotifyEvent;
+use crate::notify::Event;
+
+/// What the roll has learnt so far, for a notification of its end: a failure may come before
+/// the target is known (a preflight), or after.
+#[derive(Debug, Default)]
+pub(super) struct Known {
+    pub target: Option<String>,
+    pub path: Option<RollPath>,
+    pub from: BTreeMap<String, Option<String>>,
+    /// The roll reached the point where it changes the cluster (the start was told).
+    pub started: bool,
+}
+
+impl Known {
+    pub fn learn(&mut self, plan: &Plan) {
+        self.target = Some(plan.target.clone());
+        self.path = Some(plan.path);
+        self.from = plan.installed.clone();
+    }
+}
+
+fn event(
+    n: &crate::notify::Notifier,
+    what: NotifyEvent,
+    opts: &RollOptions,
+    known: &Known,
+    started: Instant,
+) -> Event {
+    let mut e = n.event(
+        what,
+        opts.kind(),
+        known.target.as_deref().unwrap_or("(not chosen)"),
+    );
+    e.from = known.from.clone();
+    e.path = known.path.map(|p| p.to_string());
+    e.duration_secs = (started.elapsed().as_secs_f64() * 10.0).round() / 10.0;
+    e
+}
+
+/// The roll begins changing the cluster.
+pub(super) fn start(ctx: &mut Ctx, opts: &RollOptions, known: &Known, started: Instant) {
+    let Some(n) = ctx.notifier.clone().filter(|n| n.wants(NotifyEvent::Start)) else {
+        return;
+    };
+    for w in n.send(event(&n, NotifyEvent::Start, opts, known, started)) {
+        ctx.warn(w);
+    }
+}
+
+/// The canary was judged.
+pub(super) fn canary(ctx: &mut Ctx, plan: &Plan, opts: &RollOptions, verdict: &Verdict) {
+    let Some(n) = ctx
+        .notifier
+        .clone()
+        .filter(|n| n.wants(NotifyEvent::Canary))
+    else {
+        return;
+    };
+    let mut known = Known::default();
+    known.learn(plan);
+    let mut e = event(&n, NotifyEvent::Canary, opts, &known, ctx.started);
+    e.reason = Some(verdict.reason.clone());
+    e.canary = Some(verdict.clone());
+    for w in n.send(e) {
+        ctx.warn(w);
+    }
+}
+
+/// The roll ended: success, or failure with its reason (a refusal too: the release did not
+/// happen). Not for `--plan`.
+pub(super) fn ended(
+    opts: &RollOptions,
+    reporter: &dyn Reporter,
+    known: &Known,
+    started: Instant,
+    result: &mut Result<Outcome, RollError>,
+) {
+    let Some(n) = opts.notifier.clone() else {
+        return;
+    };
+    if opts.plan {
+        return;
+    }
+    let what = match result {
+        Ok(_) => NotifyEvent::Success,
+        Err(_) => NotifyEvent::Failure,
+    };
+    if !n.wants(what) {
+        return;
+    }
+    let mut e = event(&n, what, opts, known, started);
+    match result {
+        Ok(o) => {
+            e.upgraded = o.upgraded.clone();
+            e.failed_nodes = o.failed.iter().map(|f| f.node.clone()).collect();
+            e.canary = o.canary.clone();
+        }
+        Err(err) => {
+            e.reason = Some(
+                err.to_string()
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .to_string(),
+            );
+            e.canary = err.canary().cloned();
+        }
+    }
+    for w in n.send(e) {
+        reporter.warn(&w);
+        if let Ok(o) = result {
+            o.warnings.push(w);
+        }
+    }
+}
