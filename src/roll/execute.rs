@@ -26,7 +26,34 @@ pub(super) struct Ctx<'a> {
     pub(super) started: Instant,
 }
 
-impl Ctx<'_> {
+impl<'a> Ctx<'a> {
+    /// A context with no connection yet ([`preflight`] makes them).
+    pub(super) fn new(
+        cfg: &'a Config,
+        opts: &RollOptions,
+        reporter: &'a dyn Reporter,
+        state_dir: PathBuf,
+        warnings: Vec<String>,
+        started: Instant,
+    ) -> Result<Ctx<'a>, RollError> {
+        Ok(Ctx {
+            cfg,
+            reporter,
+            ssh: Ssh::with_masters(&cfg.ssh, Some(state_dir.join("ssh-masters.json")))?,
+            lbs: cfg.lb.iter().map(Lb::from_config).collect(),
+            conns: BTreeMap::new(),
+            journal: None,
+            state_dir,
+            state: RollState::default(),
+            stop: opts.stop.clone(),
+            warnings,
+            notifier: opts.notifier.clone(),
+            started,
+            pkg: cfg.site.package.to_string(),
+            processes: BTreeMap::new(),
+            remote_state_failed: Default::default(),
+        })
+    }
     /// Notices a reloaded LB and sets again the states this roll had set on it (drain for the
     /// nodes being upgraded, maint for a failed one).
     pub(super) fn reapply_after_reload(&mut self) -> Result<(), RollError> {

@@ -300,8 +300,8 @@ pub fn roll(
     result
 }
 
-/// [`roll`], but for the notification of its end. Long for a reason: the order of what is
-/// checked before anything changes is the safety argument, and reads best in one place.
+/// [`roll`], but for the notification of its end: the checks in the order that is the safety
+/// argument (config, freeze, preflight, plan, locks), then the walk under the cluster lock.
 fn checked_roll(
     cfg: &Config,
     opts: &RollOptions,
@@ -325,23 +325,7 @@ fn checked_roll(
     let state_dir = cfg.base_dir.join(&cfg.roll.state_dir);
     let previous_state = RollState::read(&state_dir).map_err(RollError::State)?;
     let (repo, _mirror) = crate::apt::open(cfg)?;
-    let mut ctx = Ctx {
-        cfg,
-        reporter,
-        ssh: Ssh::with_masters(&cfg.ssh, Some(state_dir.join("ssh-masters.json")))?,
-        lbs: cfg.lb.iter().map(Lb::from_config).collect(),
-        conns: BTreeMap::new(),
-        journal: None,
-        state_dir: state_dir.clone(),
-        state: RollState::default(),
-        stop: opts.stop.clone(),
-        warnings,
-        notifier: opts.notifier.clone(),
-        started,
-        pkg: cfg.site.package.to_string(),
-        processes: BTreeMap::new(),
-        remote_state_failed: Default::default(),
-    };
+    let mut ctx = Ctx::new(cfg, opts, reporter, state_dir, warnings, started)?;
 
     // Nothing changes until every part answers.
     let installed = preflight(&mut ctx)?;
@@ -367,72 +351,80 @@ fn checked_roll(
     plan.frozen = frozen;
     known.learn(&plan);
     refuse_foreign_out_of_rotation(&ctx, opts, previous_state.as_ref())?;
-    if plan.database() && canary::window(cfg, opts).is_some() {
-        ctx.warn("no canary on the database path: once the database is upgraded, no node can go back to the old code; the roll goes without one".into());
-    }
-    let budget = cfg.roll.max_failed_nodes as usize;
-    if !plan.database() && budget > 0 && budget >= plan.batch && plan.batches.len() > 1 {
-        ctx.warn(format!("max_failed_nodes = {budget} with --batch {}: a failed node left out of rotation fills the batch, so the roll stops at the first failure; use --batch {} or more to go past it", plan.batch, budget + 1));
-    }
-    if plan.database() && opts.auto_rollback {
-        ctx.warn("--auto-rollback does not apply to the database path: the upgraded database cannot go back to older code; a failure stops the roll for --resume".into());
-    }
+    warn_about_plan(&mut ctx, opts, &plan);
 
     check_locks(&mut ctx, opts, &installed)?;
 
     if opts.plan {
-        return Ok(Outcome {
-            plan,
-            planned_only: true,
-            upgraded: Vec::new(),
-            maintenance_secs: None,
-            canary: None,
-            failed: Vec::new(),
-            journal: None,
-            timeline: Vec::new(),
-            warnings: ctx.warnings,
-            seconds: started.elapsed().as_secs_f64(),
-        });
+        return Ok(Outcome::new(plan, None, ctx));
     }
-
-    // --- The cluster lock, on the first node.
-    let held = match lock::take(&ctx.ssh, ctx.conn(lock_node), &target, opts.break_lock) {
-        Ok(h) => h,
-        Err(lock::TakeError::Held(l)) => {
-            return Err(RollError::Locked {
-                on: format!("on {lock_node}: {l}"),
-            })
-        }
-        Err(lock::TakeError::Ssh(e)) => return Err(e.into()),
-        Err(lock::TakeError::Failed(e)) => {
-            return Err(RollError::LockFailed {
-                node: lock_node.to_string(),
-                message: e.to_string(),
-            })
-        }
-    };
+    let held = take_lock(&ctx, &target, opts)?;
     known.started = true;
     let result = run_plan(&mut ctx, &plan, &installed, previous_state, opts, known);
     held.release(&ctx.ssh, ctx.conn(lock_node));
     let walked = result?;
     ctx.state.status = RollStatus::Done;
     ctx.save_state();
-    Ok(Outcome {
-        plan,
-        planned_only: false,
-        upgraded: walked.upgraded,
-        maintenance_secs: walked.maintenance_secs,
-        canary: walked.canary,
-        failed: walked.failed,
-        journal: ctx.journal.as_ref().map(|j| j.path.clone()),
-        timeline: ctx
-            .journal
-            .as_ref()
-            .map(|j| j.entries.clone())
-            .unwrap_or_default(),
-        warnings: ctx.warnings,
-        seconds: started.elapsed().as_secs_f64(),
+    Ok(Outcome::new(plan, Some(walked), ctx))
+}
+
+impl Outcome {
+    /// What `plan` did (`walked`), or would do (`--plan`: `None`), as the executor left `ctx`.
+    fn new(plan: Plan, walked: Option<Walked>, ctx: Ctx) -> Outcome {
+        let planned_only = walked.is_none();
+        let w = walked.unwrap_or(Walked {
+            upgraded: Vec::new(),
+            maintenance_secs: None,
+            canary: None,
+            failed: Vec::new(),
+        });
+        Outcome {
+            plan,
+            planned_only,
+            upgraded: w.upgraded,
+            maintenance_secs: w.maintenance_secs,
+            canary: w.canary,
+            failed: w.failed,
+            journal: ctx.journal.as_ref().map(|j| j.path.clone()),
+            timeline: ctx
+                .journal
+                .as_ref()
+                .map(|j| j.entries.clone())
+                .unwrap_or_default(),
+            warnings: ctx.warnings,
+            seconds: ctx.started.elapsed().as_secs_f64(),
+        }
+    }
+}
+
+/// The cluster lock, on the first node: held by another roll (refused, exit 3) or taken.
+fn take_lock(ctx: &Ctx, target: &str, opts: &RollOptions) -> Result<lock::Held, RollError> {
+    let node = lock_node(ctx.cfg);
+    lock::take(&ctx.ssh, ctx.conn(node), target, opts.break_lock).map_err(|e| match e {
+        lock::TakeError::Held(l) => RollError::Locked {
+            on: format!("on {node}: {l}"),
+        },
+        lock::TakeError::Ssh(e) => e.into(),
+        lock::TakeError::Failed(e) => RollError::LockFailed {
+            node: node.to_string(),
+            message: e.to_string(),
+        },
     })
+}
+
+/// What the roll says up front about its plan: options that do not apply to its path, a
+/// failure budget that the batch leaves no room for.
+fn warn_about_plan(ctx: &mut Ctx, opts: &RollOptions, plan: &Plan) {
+    if plan.database() && canary::window(ctx.cfg, opts).is_some() {
+        ctx.warn("no canary on the database path: once the database is upgraded, no node can go back to the old code; the roll goes without one".into());
+    }
+    let budget = ctx.cfg.roll.max_failed_nodes as usize;
+    if !plan.database() && budget > 0 && budget >= plan.batch && plan.batches.len() > 1 {
+        ctx.warn(format!("max_failed_nodes = {budget} with --batch {}: a failed node left out of rotation fills the batch, so the roll stops at the first failure; use --batch {} or more to go past it", plan.batch, budget + 1));
+    }
+    if plan.database() && opts.auto_rollback {
+        ctx.warn("--auto-rollback does not apply to the database path: the upgraded database cannot go back to older code; a failure stops the roll for --resume".into());
+    }
 }
 
 /// The node that holds the cluster lock and the copy of the state: the config's first.

@@ -208,6 +208,40 @@ pub(super) fn choose_target(
     Ok((target, listed.clone(), why))
 }
 
+/// Why the nodes in `to_do` need the database path to get `target`, if they do: one has nothing
+/// installed (a first install), or runs code whose core or plugin `$version`, or whose `db/`
+/// files, differ from the target's (the hashes `build` records).
+fn database_why(
+    cfg: &Config,
+    target: &str,
+    listed: &crate::apt::Listed,
+    installed: &BTreeMap<String, Installed>,
+    to_do: &[&Node],
+) -> Option<String> {
+    to_do.iter().find_map(|n| {
+        let i = &installed[&n.name];
+        let Some(v) = &i.version else {
+            return Some(format!(
+                "{} has no version of {} installed",
+                n.name, cfg.site.package
+            ));
+        };
+        if i.versions_hash != listed.versions_hash {
+            Some(format!(
+                "a core or plugin $version differs between {v} ({}) and {target}",
+                n.name
+            ))
+        } else if i.db_hash != listed.db_hash {
+            Some(format!(
+                "files under db/ differ between {v} ({}) and {target}",
+                n.name
+            ))
+        } else {
+            None
+        }
+    })
+}
+
 /// The plan: the nodes not on `target`, the path (database or code-only, and why), the batches.
 /// Refuses a rollback across a database upgrade and a batch that would empty the pool (unless
 /// `--force`).
@@ -220,41 +254,14 @@ pub(super) fn make_plan(
     installed: &BTreeMap<String, Installed>,
     previous_state: Option<&RollState>,
 ) -> Result<Plan, RollError> {
-    let (t_versions, t_db) = (&listed.versions_hash, &listed.db_hash);
     let to_do: Vec<&Node> = cfg
         .nodes
         .iter()
         .filter(|n| installed[&n.name].version.as_deref() != Some(target))
         .collect();
-    let mut why = String::new();
     // A node with nothing installed: no code of the site there yet to keep serving.
     let first_install = to_do.iter().any(|n| installed[&n.name].version.is_none());
-    for n in &to_do {
-        let i = &installed[&n.name];
-        if i.version.is_none() {
-            why = format!(
-                "{} has no version of {} installed",
-                n.name, cfg.site.package
-            );
-            break;
-        }
-        if i.versions_hash != *t_versions {
-            why = format!(
-                "a core or plugin $version differs between {} ({}) and {target}",
-                i.version.clone().unwrap_or_default(),
-                n.name
-            );
-            break;
-        }
-        if i.db_hash != *t_db {
-            why = format!(
-                "files under db/ differ between {} ({}) and {target}",
-                i.version.clone().unwrap_or_default(),
-                n.name
-            );
-            break;
-        }
-    }
+    let mut why = database_why(cfg, target, listed, installed, &to_do).unwrap_or_default();
     let components_differ = !why.is_empty();
     // A stopped roll can leave the site in maintenance with its upgrade not run (say
     // upgrade_command failed once every node had the code): nothing differs any more, yet the
@@ -274,16 +281,7 @@ pub(super) fn make_plan(
     if opts.rollback && components_differ && !opts.force {
         return Err(RollError::DatabaseDowngrade { why });
     }
-    let mut webs: Vec<String> = web_nodes(cfg)
-        .iter()
-        .filter(|n| to_do.iter().any(|t| t.name == n.name))
-        .map(|n| n.name.clone())
-        .collect();
-    // Nodes an earlier run left out of rotation go first: a batch of others while they are
-    // still out would put more than `batch` servers out at once.
-    if let Some(out) = previous_state.map(RollState::left_out) {
-        webs.sort_by_key(|n| !out.contains(n));
-    }
+    let webs = web_order(cfg, &to_do, previous_state);
     // In rotation, a batch as large as the pool would leave no server: refused before anything,
     // even --plan (the database path takes the site to maintenance anyway).
     let pool = web_nodes(cfg).len();
@@ -345,21 +343,42 @@ pub(super) fn make_plan(
         frozen: None,
         steps: Vec::new(),
     };
-    // Left out of rotation by the last run, and already on the target: back in first.
-    let shape = Shape::new(
-        cfg,
-        previous_state
-            .map(|s| s.out_of_rotation.clone())
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|n| {
-                installed.get(n).and_then(|i| i.version.as_deref()) == Some(target)
-                    && cfg.nodes.iter().any(|c| &c.name == n)
-            })
-            .collect(),
-    );
+    let shape = Shape::new(cfg, put_back(cfg, previous_state, installed, target));
     plan.steps = steps(&plan, &shape);
     Ok(plan)
+}
+
+/// The web nodes to upgrade, in the config's order, except that nodes an earlier run left out
+/// of rotation go first: a batch of others while they are still out would put more than
+/// `batch` servers out at once.
+fn web_order(cfg: &Config, to_do: &[&Node], previous_state: Option<&RollState>) -> Vec<String> {
+    let mut webs: Vec<String> = web_nodes(cfg)
+        .iter()
+        .filter(|n| to_do.iter().any(|t| t.name == n.name))
+        .map(|n| n.name.clone())
+        .collect();
+    if let Some(out) = previous_state.map(RollState::left_out) {
+        webs.sort_by_key(|n| !out.contains(n));
+    }
+    webs
+}
+
+/// Nodes left out of rotation by the last run that already run the target: back in first.
+fn put_back(
+    cfg: &Config,
+    previous_state: Option<&RollState>,
+    installed: &BTreeMap<String, Installed>,
+    target: &str,
+) -> Vec<String> {
+    previous_state
+        .map(|s| s.out_of_rotation.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|n| {
+            installed.get(n).and_then(|i| i.version.as_deref()) == Some(target)
+                && cfg.nodes.iter().any(|c| &c.name == n)
+        })
+        .collect()
 }
 
 /// The web nodes in batches of `batch`; with a canary, the first batch is the canary alone.
