@@ -135,7 +135,8 @@ struct Read {
 
 /// Builds the package described by `cfg` from `opts.input`, as a list of named stages: read
 /// the tree, name the version, plan the entries, write data.tar, write control.tar, assemble
-/// the package and put it in place.
+/// the package and put it in place. Over the mark for a reason: the two temporary files and
+/// their error mapping stay here, where it shows that a failed build leaves nothing behind.
 pub fn build(
     cfg: &Config,
     opts: &BuildOptions,
@@ -155,7 +156,7 @@ pub fn build(
     let final_path = opts.out_dir.join(&file_name);
     let mtime = epoch as u64;
     let commit_id = read.commit.as_ref().map(|c| c.id.to_string());
-    let entries = plan_entries(
+    let generated = generated_files(
         cfg,
         &read.tree,
         &read.info,
@@ -164,6 +165,7 @@ pub fn build(
         epoch,
         lintian_overrides(cfg, &read.tree, &read.reader, opts.compression),
     )?;
+    let entries = plan_entries(cfg, &read.tree, generated)?;
 
     let out_err = |source| BuildError::OutDir {
         path: opts.out_dir.clone(),
@@ -469,21 +471,9 @@ fn symlink_stays_inside(path: &[u8], target: &[u8], install_dir: &str) -> bool {
 fn plan_entries(
     cfg: &Config,
     tree: &[Entry],
-    info: &SiteInfo,
-    version: &str,
-    commit: Option<String>,
-    epoch: i64,
-    lintian_overrides: String,
+    generated: Vec<Generated>,
 ) -> Result<Vec<DataEntry>, BuildError> {
-    let site = &cfg.site;
-    let pkg = site.package.0.as_str();
-    let base = site.install_dir.relative().as_bytes().to_vec();
-    let under = |p: &[u8]| {
-        let mut v = base.clone();
-        v.push(b'/');
-        v.extend_from_slice(p);
-        v
-    };
+    let under = |p: &[u8]| under_install_dir(cfg, p);
     let mut entries = Vec::with_capacity(tree.len() + 16);
     for e in tree {
         let mode = match e.kind {
@@ -501,7 +491,70 @@ fn plan_entries(
             mode,
         });
     }
-    let mut generated: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+    let mut dirs = BTreeSet::new();
+    let add_parents = |p: &[u8], dirs: &mut BTreeSet<Vec<u8>>| {
+        for (i, &b) in p.iter().enumerate() {
+            if b == b'/' {
+                dirs.insert(p[..i].to_vec());
+            }
+        }
+    };
+    add_parents(&under(b""), &mut dirs);
+    for (p, _) in &generated {
+        add_parents(p, &mut dirs);
+    }
+    dirs.insert(Vec::new());
+    for d in dirs {
+        entries.push(DataEntry {
+            path: d,
+            content: Content::Dir,
+            mode: 0o755,
+        });
+    }
+    for (p, data) in generated {
+        entries.push(DataEntry {
+            path: p,
+            content: Content::File(Arc::new(data)),
+            mode: 0o644,
+        });
+    }
+    entries.sort_by_cached_key(DataEntry::sort_key);
+    for w in entries.windows(2) {
+        if w[0].path == w[1].path {
+            return Err(BuildError::Duplicate {
+                path: format!("/{}", String::from_utf8_lossy(&w[0].path)),
+            });
+        }
+    }
+    Ok(entries)
+}
+
+/// `p` (relative to dirroot) as a path in data.tar.
+fn under_install_dir(cfg: &Config, p: &[u8]) -> Vec<u8> {
+    let mut v = cfg.site.install_dir.relative().as_bytes().to_vec();
+    v.push(b'/');
+    v.extend_from_slice(p);
+    v
+}
+
+/// A file the package adds: its path in data.tar and its content.
+type Generated = (Vec<u8>, Vec<u8>);
+
+/// The files the package adds to the tree (path, content): the config.php stub under
+/// install_dir (`under`), the copyright, the changelog, the lintian overrides, the metadata.
+fn generated_files(
+    cfg: &Config,
+    tree: &[Entry],
+    info: &SiteInfo,
+    version: &str,
+    commit: Option<String>,
+    epoch: i64,
+    lintian_overrides: String,
+) -> Result<Vec<Generated>, BuildError> {
+    let under = |p: &[u8]| under_install_dir(cfg, p);
+    let site = &cfg.site;
+    let pkg = site.package.0.as_str();
+    let mut generated: Vec<Generated> = Vec::new();
     if let Some(target) = site.config_php_target() {
         let setup = format!("{}/{}lib/setup.php", site.install_dir, setup_prefix(tree));
         let text = control::render(
@@ -557,42 +610,7 @@ fn plan_entries(
         meta,
     ));
 
-    let mut dirs = BTreeSet::new();
-    let add_parents = |p: &[u8], dirs: &mut BTreeSet<Vec<u8>>| {
-        for (i, &b) in p.iter().enumerate() {
-            if b == b'/' {
-                dirs.insert(p[..i].to_vec());
-            }
-        }
-    };
-    add_parents(&under(b""), &mut dirs);
-    for (p, _) in &generated {
-        add_parents(p, &mut dirs);
-    }
-    dirs.insert(Vec::new());
-    for d in dirs {
-        entries.push(DataEntry {
-            path: d,
-            content: Content::Dir,
-            mode: 0o755,
-        });
-    }
-    for (p, data) in generated {
-        entries.push(DataEntry {
-            path: p,
-            content: Content::File(Arc::new(data)),
-            mode: 0o644,
-        });
-    }
-    entries.sort_by_cached_key(DataEntry::sort_key);
-    for w in entries.windows(2) {
-        if w[0].path == w[1].path {
-            return Err(BuildError::Duplicate {
-                path: format!("/{}", String::from_utf8_lossy(&w[0].path)),
-            });
-        }
-    }
-    Ok(entries)
+    Ok(generated)
 }
 
 /// `public/` for Moodle 5.1+ trees whose `lib/` moved there, else nothing.
@@ -699,11 +717,25 @@ fn lintian_overrides(
     compression: Compression,
 ) -> String {
     let pkg = &cfg.site.package;
+    let mut all = site_overrides(cfg, compression);
+    all.extend(tree_overrides(cfg, tree, reader));
+    all.extend(
+        cfg.site
+            .lintian_overrides
+            .iter()
+            .map(|(tag, reason)| (reason.clone(), tag.clone())),
+    );
+    all.iter()
+        .map(|(reason, tag)| format!("# {}\n{pkg}: {tag}\n", reason.replace('\n', " ")))
+        .collect()
+}
+
+/// The overrides every site draws from this tool's choices: where the code lives, its php, its
+/// own control fields, its changelog, zstd members. (reason, tag) pairs.
+fn site_overrides(cfg: &Config, compression: Compression) -> Vec<(String, String)> {
     let dir = &cfg.site.install_dir.0;
-    let mut s = String::new();
-    let mut add = |reason: &str, tag: &str| {
-        s.push_str(&format!("# {}\n{pkg}: {tag}\n", reason.replace('\n', " ")));
-    };
+    let mut out = Vec::new();
+    let mut add = |reason: &str, tag: &str| out.push((reason.to_string(), tag.to_string()));
     let tag = if dir == "/srv" || dir.starts_with("/srv/") {
         Some("dir-or-file-in-srv")
     } else if dir == "/var/www" || dir.starts_with("/var/www/") {
@@ -749,6 +781,14 @@ fn lintian_overrides(
             "malformed-deb-archive *member *.tar.zst not *",
         );
     }
+    out
+}
+
+/// The overrides a stock Moodle tree draws, pointed at exactly the files that draw them (ESLint
+/// settings, the TeX filter's mimetex binaries), so a real problem elsewhere still shows.
+fn tree_overrides(cfg: &Config, tree: &[Entry], reader: &Reader) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut add = |reason: &str, tag: &str| out.push((reason.to_string(), tag.to_string()));
     let rel = cfg.site.install_dir.relative();
     let mut mimetex_dirs = BTreeSet::new();
     let mut mimetex = Vec::new();
@@ -803,10 +843,7 @@ fn lintian_overrides(
             );
         }
     }
-    for (tag, reason) in &cfg.site.lintian_overrides {
-        add(reason, tag);
-    }
-    s
+    out
 }
 
 /// The libc packages that dynamically linked ELF binaries need, by the rule of lintian's

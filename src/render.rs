@@ -195,25 +195,7 @@ pub fn roll(o: &roll::Outcome, out: &mut dyn Write) -> std::io::Result<()> {
         writeln!(out, "(--plan: nothing was changed)")?;
         return Ok(());
     }
-    if let Some(first) = o.timeline.first() {
-        writeln!(out, "timeline:")?;
-        for e in &o.timeline {
-            let at = (e.time_ms.saturating_sub(first.time_ms)) as f64 / 1000.0;
-            writeln!(
-                out,
-                "  {at:>7.1}s  {:<8} {:<5} {:<26} {}{}",
-                e.node.clone().unwrap_or_default(),
-                e.lb.clone().unwrap_or_default(),
-                e.action,
-                e.result,
-                if e.detail.is_empty() || e.result == "ok" {
-                    String::new()
-                } else {
-                    format!(": {}", e.detail)
-                }
-            )?;
-        }
-    }
+    timeline(&o.timeline, out)?;
     if let Some(m) = o.maintenance_secs {
         writeln!(out, "the site was in maintenance mode for {m:.1}s")?;
     }
@@ -238,6 +220,30 @@ pub fn roll(o: &roll::Outcome, out: &mut dyn Write) -> std::io::Result<()> {
             .map(|j| format!("; journal {}", j.display()))
             .unwrap_or_default()
     )?;
+    Ok(())
+}
+
+/// The journal's lines, each with its time since the first.
+fn timeline(timeline: &[crate::journal::Entry], out: &mut dyn Write) -> std::io::Result<()> {
+    if let Some(first) = timeline.first() {
+        writeln!(out, "timeline:")?;
+        for e in timeline {
+            let at = (e.time_ms.saturating_sub(first.time_ms)) as f64 / 1000.0;
+            writeln!(
+                out,
+                "  {at:>7.1}s  {:<8} {:<5} {:<26} {}{}",
+                e.node.clone().unwrap_or_default(),
+                e.lb.clone().unwrap_or_default(),
+                e.action,
+                e.result,
+                if e.detail.is_empty() || e.result == "ok" {
+                    String::new()
+                } else {
+                    format!(": {}", e.detail)
+                }
+            )?;
+        }
+    }
     Ok(())
 }
 

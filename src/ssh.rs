@@ -193,68 +193,7 @@ impl Ssh {
         nodes: &[(String, String)],
         query: Option<&str>,
     ) -> Vec<Result<Connected, SshError>> {
-        let remembered: BTreeMap<String, PathBuf> = self
-            .masters
-            .as_ref()
-            .and_then(|p| std::fs::read(p).ok())
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default();
-        let persist = self.masters.is_some();
-        let sessions = self.rt.block_on(async {
-            let handles: Vec<_> = nodes
-                .iter()
-                .map(|(_, dest)| {
-                    let b = self.builder.clone();
-                    let d = ssh_destination(dest);
-                    let known = remembered.get(&format!("{}|{d}", self.identity)).cloned();
-                    tokio::spawn(async move { open(b, d, known, persist).await })
-                })
-                .collect();
-            let mut out = Vec::new();
-            for h in handles {
-                out.push(h.await);
-            }
-            out
-        });
-        if let Some(path) = &self.masters {
-            let mut map = remembered.clone();
-            for ((_, dest), r) in nodes.iter().zip(&sessions) {
-                if let Ok(Ok((_, Some(ctl)))) = r {
-                    map.insert(
-                        format!("{}|{}", self.identity, ssh_destination(dest)),
-                        ctl.clone(),
-                    );
-                }
-            }
-            if let Some(dir) = path.parent() {
-                let _ = std::fs::create_dir_all(dir);
-            }
-            let _ = std::fs::write(path, serde_json::to_vec_pretty(&map).unwrap_or_default());
-        }
-        let sessions: Vec<_> = sessions
-            .into_iter()
-            .map(|r| r.map(|x| x.map(|(s, _)| s)))
-            .collect();
-        let conns: Vec<Result<Conn, SshError>> = nodes
-            .iter()
-            .zip(sessions)
-            .map(|((node, dest), r)| {
-                let err = |message: String| SshError::Connect {
-                    node: node.clone(),
-                    dest: dest.clone(),
-                    message,
-                };
-                match r {
-                    Ok(Ok(session)) => Ok(Conn {
-                        node: node.clone(),
-                        session: Arc::new(session),
-                        sudo: false,
-                    }),
-                    Ok(Err(e)) => Err(err(describe(&e))),
-                    Err(e) => Err(err(e.to_string())),
-                }
-            })
-            .collect();
+        let conns = self.open_all(nodes);
         // One round trip per node: who logs in, and, when it is not root, whether passwordless
         // sudo works. Finding out now gives one clear error instead of every command failing
         // (a failed query would read as "nothing installed").
@@ -309,6 +248,73 @@ impl Ssh {
                             o
                         }),
                     )),
+                }
+            })
+            .collect()
+    }
+
+    /// Opens a master connection to every node at once (reusing the ones a run before left
+    /// up, from the `masters` file, and remembering the new ones there).
+    fn open_all(&self, nodes: &[(String, String)]) -> Vec<Result<Conn, SshError>> {
+        let remembered: BTreeMap<String, PathBuf> = self
+            .masters
+            .as_ref()
+            .and_then(|p| std::fs::read(p).ok())
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        let persist = self.masters.is_some();
+        let sessions = self.rt.block_on(async {
+            let handles: Vec<_> = nodes
+                .iter()
+                .map(|(_, dest)| {
+                    let b = self.builder.clone();
+                    let d = ssh_destination(dest);
+                    let known = remembered.get(&format!("{}|{d}", self.identity)).cloned();
+                    tokio::spawn(async move { open(b, d, known, persist).await })
+                })
+                .collect();
+            let mut out = Vec::new();
+            for h in handles {
+                out.push(h.await);
+            }
+            out
+        });
+        if let Some(path) = &self.masters {
+            let mut map = remembered.clone();
+            for ((_, dest), r) in nodes.iter().zip(&sessions) {
+                if let Ok(Ok((_, Some(ctl)))) = r {
+                    map.insert(
+                        format!("{}|{}", self.identity, ssh_destination(dest)),
+                        ctl.clone(),
+                    );
+                }
+            }
+            if let Some(dir) = path.parent() {
+                let _ = std::fs::create_dir_all(dir);
+            }
+            let _ = std::fs::write(path, serde_json::to_vec_pretty(&map).unwrap_or_default());
+        }
+        let sessions: Vec<_> = sessions
+            .into_iter()
+            .map(|r| r.map(|x| x.map(|(s, _)| s)))
+            .collect();
+        nodes
+            .iter()
+            .zip(sessions)
+            .map(|((node, dest), r)| {
+                let err = |message: String| SshError::Connect {
+                    node: node.clone(),
+                    dest: dest.clone(),
+                    message,
+                };
+                match r {
+                    Ok(Ok(session)) => Ok(Conn {
+                        node: node.clone(),
+                        session: Arc::new(session),
+                        sudo: false,
+                    }),
+                    Ok(Err(e)) => Err(err(describe(&e))),
+                    Err(e) => Err(err(e.to_string())),
                 }
             })
             .collect()

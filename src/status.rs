@@ -46,6 +46,49 @@ pub struct NodeStatus {
     pub error: Option<String>,
 }
 
+/// How each LB sees `n`'s server: `UP, drain (L7OK)`, or why it cannot say.
+fn lb_view(
+    lb_servers: &[(String, Result<Vec<crate::haproxy::Server>, HaError>)],
+    n: &crate::config::Node,
+) -> BTreeMap<String, String> {
+    lb_servers
+        .iter()
+        .map(|(lb, servers)| {
+            let text = match servers {
+                Ok(list) => match list.iter().find(|s| s.name == server_name(n)) {
+                    Some(s) => format!(
+                        "{}{}{} ({})",
+                        s.status,
+                        if s.drain { ", drain" } else { "" },
+                        if s.maint { ", maint" } else { "" },
+                        s.check_status
+                    ),
+                    None => "not in the backend".into(),
+                },
+                Err(e) => format!("unreachable: {e}"),
+            };
+            (lb.clone(), text)
+        })
+        .collect()
+}
+
+/// Every node's health at once: a node that does not answer costs its timeout once.
+fn health_of_all(cfg: &Config) -> Vec<Option<bool>> {
+    std::thread::scope(|s| {
+        let checks: Vec<_> = cfg
+            .nodes
+            .iter()
+            .map(|n| s.spawn(move || healthy(cfg, n)))
+            .collect();
+        checks
+            .into_iter()
+            .map(|c| c.join().unwrap_or(Some(false)))
+            .collect()
+    })
+}
+
+/// The cluster now: each node's version and health, how every LB sees it, the last roll (the
+/// newer of this machine's state and the lock node's copy) and who holds the cluster lock.
 pub fn status(cfg: &Config) -> Result<Status, RollError> {
     // The repository may be over ssh: `open` reads it either way.
     let newest = crate::apt::open(cfg)
@@ -69,28 +112,21 @@ pub fn status(cfg: &Config) -> Result<Status, RollError> {
         .iter()
         .map(|n| (n.name.clone(), n.ssh.clone()))
         .collect();
-    let mut answers: BTreeMap<String, Result<Installed, String>> = BTreeMap::new();
+    let mut answers: BTreeMap<String, Result<Installed, String>> =
+        connect_and_query(&ssh, cfg, &dests)
+            .into_iter()
+            .zip(&dests)
+            .map(|(r, (node, _))| {
+                let answer = match r {
+                    Ok((_, answer)) => answer.map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                };
+                (node.clone(), answer)
+            })
+            .collect();
     let mut lock = None;
     let mut remote = None;
-    for (r, (node, _)) in connect_and_query(&ssh, cfg, &dests).into_iter().zip(&dests) {
-        let answer = match r {
-            Ok((_, answer)) => answer.map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        };
-        answers.insert(node.clone(), answer);
-    }
-    // Every node's health at once: a node that does not answer costs its timeout once.
-    let health: Vec<Option<bool>> = std::thread::scope(|s| {
-        let checks: Vec<_> = cfg
-            .nodes
-            .iter()
-            .map(|n| s.spawn(move || healthy(cfg, n)))
-            .collect();
-        checks
-            .into_iter()
-            .map(|c| c.join().unwrap_or(Some(false)))
-            .collect()
-    });
+    let health = health_of_all(cfg);
     let mut nodes = Vec::new();
     for (n, healthy) in cfg.nodes.iter().zip(health) {
         let mut st = NodeStatus {
@@ -119,22 +155,7 @@ pub fn status(cfg: &Config) -> Result<Status, RollError> {
             None => st.error = Some("no answer".into()),
         }
         if n.role == Role::Web {
-            for (lb, servers) in &lb_servers {
-                let text = match servers {
-                    Ok(list) => match list.iter().find(|s| s.name == server_name(n)) {
-                        Some(s) => format!(
-                            "{}{}{} ({})",
-                            s.status,
-                            if s.drain { ", drain" } else { "" },
-                            if s.maint { ", maint" } else { "" },
-                            s.check_status
-                        ),
-                        None => "not in the backend".into(),
-                    },
-                    Err(e) => format!("unreachable: {e}"),
-                };
-                st.lbs.insert(lb.clone(), text);
-            }
+            st.lbs = lb_view(&lb_servers, n);
         }
         nodes.push(st);
     }

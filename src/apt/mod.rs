@@ -257,7 +257,9 @@ impl Repo {
             .collect())
     }
 
-    /// Adds `debs` to the repository.
+    /// Adds `debs` to the repository. Over the mark for a reason: the order is the safety
+    /// argument (every package checked, then copied and hashed, a changed version refused,
+    /// then all persisted, then the indices), and reads best in one place.
     pub fn publish(
         &self,
         debs: &[PathBuf],
@@ -273,26 +275,7 @@ impl Repo {
             sign_clear(key, b"moodle-release signing check\n")?;
         }
 
-        // Read and check every package first.
-        let mut incoming = Vec::new();
-        for path in debs {
-            let info = deb::read(path)?;
-            let pkg = info.control.get("Package").unwrap_or_default().to_string();
-            if pkg != self.package {
-                return Err(AptError::OtherPackage {
-                    path: path.clone(),
-                    found: pkg,
-                    expected: self.package.clone(),
-                });
-            }
-            let version = info.control.get("Version").unwrap_or_default().to_string();
-            debversion::Version::from_str(&version).map_err(|_| AptError::BadDeb {
-                path: path.clone(),
-                message: format!("`{version}` is not a Debian version"),
-            })?;
-            incoming.push((path.clone(), version, info));
-        }
-
+        let incoming = self.read_incoming(debs)?;
         let mut entries = self.current()?;
         let mut added = Vec::new();
         let mut unchanged = Vec::new();
@@ -324,18 +307,8 @@ impl Repo {
             let dest = pool.join(&name);
             crate::fsutil::set_mode_0644(tmp.path()).map_err(io_err(&dest))?;
             to_persist.push((tmp, dest.clone()));
-            let mut st = info.control.clone();
-            st.remove("Filename");
-            let rel = dest
-                .strip_prefix(&self.root)
-                .unwrap_or(&dest)
-                .to_string_lossy()
-                .into_owned();
-            st.set("Filename", &rel);
-            st.set("Size", &size.to_string());
-            // No MD5sum: apt verifies packages by SHA256.
-            st.set("SHA256", &sha256);
-            entries.push(st);
+            let rel = dest.strip_prefix(&self.root).unwrap_or(&dest);
+            entries.push(pool_entry(&info, rel, size, &sha256));
             added.push(version);
             reporter.step_done();
         }
@@ -344,18 +317,7 @@ impl Repo {
             tmp.persist(&dest).map_err(|e| io_err(&dest)(e.error))?;
         }
 
-        // Newest first; keep `keep` of them plus the pinned ones.
-        entries.sort_by_key(|s| std::cmp::Reverse(version_of(s)));
-        let mut kept = Vec::new();
-        let mut removed = Vec::new();
-        for (i, s) in entries.into_iter().enumerate() {
-            let v = s.get("Version").unwrap_or_default().to_string();
-            if i < self.keep || opts.keep_versions.contains(&v) {
-                kept.push(s);
-            } else {
-                removed.push(s);
-            }
-        }
+        let (kept, removed) = self.prune(entries, opts);
         let mut state = State::read(&self.state_path());
         let now = now_secs();
         for s in &removed {
@@ -388,6 +350,48 @@ impl Repo {
             signed: self.sign_key.is_some(),
             collected,
         })
+    }
+
+    /// Reads and checks every package first: the right name, a Debian version.
+    fn read_incoming(
+        &self,
+        debs: &[PathBuf],
+    ) -> Result<Vec<(PathBuf, String, deb::DebInfo)>, AptError> {
+        debs.iter()
+            .map(|path| {
+                let info = deb::read(path)?;
+                let pkg = info.control.get("Package").unwrap_or_default().to_string();
+                if pkg != self.package {
+                    return Err(AptError::OtherPackage {
+                        path: path.clone(),
+                        found: pkg,
+                        expected: self.package.clone(),
+                    });
+                }
+                let version = info.control.get("Version").unwrap_or_default().to_string();
+                debversion::Version::from_str(&version).map_err(|_| AptError::BadDeb {
+                    path: path.clone(),
+                    message: format!("`{version}` is not a Debian version"),
+                })?;
+                Ok((path.clone(), version, info))
+            })
+            .collect()
+    }
+
+    /// Newest first, `keep` of them plus the pinned ones; and those that go.
+    fn prune(&self, mut entries: Vec<Stanza>, opts: &PublishOptions) -> (Vec<Stanza>, Vec<Stanza>) {
+        entries.sort_by_key(|s| std::cmp::Reverse(version_of(s)));
+        let mut kept = Vec::new();
+        let mut removed = Vec::new();
+        for (i, s) in entries.into_iter().enumerate() {
+            let v = s.get("Version").unwrap_or_default().to_string();
+            if i < self.keep || opts.keep_versions.contains(&v) {
+                kept.push(s);
+            } else {
+                removed.push(s);
+            }
+        }
+        (kept, removed)
     }
 
     /// Packages files (plain, gz, xz) for every architecture, their by-hash copies first, then
@@ -711,6 +715,17 @@ fn sign_detached(key: &str, data: &[u8]) -> Result<Vec<u8>, AptError> {
         &["--digest-algo", "SHA512", "--armor", "--detach-sign"],
         data,
     )
+}
+
+/// The Packages stanza of a package put in the pool at `rel`: its control fields, with where
+/// it is, its size and its SHA256 (no MD5sum: apt verifies packages by SHA256).
+fn pool_entry(info: &deb::DebInfo, rel: &Path, size: u64, sha256: &str) -> Stanza {
+    let mut st = info.control.clone();
+    st.remove("Filename");
+    st.set("Filename", &rel.to_string_lossy());
+    st.set("Size", &size.to_string());
+    st.set("SHA256", sha256);
+    st
 }
 
 /// A repository opened for reading: a local folder as it is, an `ssh://` one through a local

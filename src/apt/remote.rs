@@ -121,7 +121,8 @@ impl Remote {
     }
 
     /// Pushes what changed in `mirror` since `before`, in reader-safe order, then deletes
-    /// `deleted`.
+    /// `deleted`. Over the mark for a reason: the order (pool, by-hash, indices, Release, then
+    /// deletions) is what keeps an apt client reading meanwhile safe, and reads best whole.
     pub fn push(
         &self,
         mirror: &Path,

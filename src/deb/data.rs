@@ -317,6 +317,8 @@ fn worker(
     }
 }
 
+/// One piece of data.tar written by a worker. Long for a reason: one match over the entry
+/// kinds, each writing its tar header and content in the order the tar format needs.
 fn piece(
     entries: &[DataEntry],
     reader: &crate::source::Reader,

@@ -196,43 +196,19 @@ pub fn merge(
     if opts.locked && lock_changed {
         return Err(MergeError::LockedMismatch("the lock would change".into()));
     }
-    let prev_tree = match previous {
-        Some(p) => Some(repo.find_commit(p)?.tree()?),
-        None => None,
-    };
-    let prev_core = prev_tree
-        .as_ref()
-        .and_then(|t| read_version_php(&repo, t, &format!("{}version.php", core.prefix)));
-    let mut result = Merged {
-        changed: prev_tree.as_ref().map(|t| t.id()) != Some(tree_id),
-        dry_run: opts.dry_run,
-        branch: cfg.deploy.branch.clone(),
-        commit: previous.map(|p| p.to_string()).unwrap_or_default(),
-        previous: previous.map(|p| p.to_string()),
-        core: Change {
-            component: "core".into(),
-            from: prev_core
-                .as_ref()
-                .and_then(|v| v.text("version").map(String::from)),
-            to: Some(core.version.clone()),
-            commit: Some(up.to_string()),
-        },
-        core_release: core.release.clone(),
-        previous_release: prev_core
-            .as_ref()
-            .and_then(|v| v.text("release").map(String::from)),
-        plugins: plugin_changes(
-            &repo,
-            prev_tree.as_ref(),
-            &sources,
-            &grafted.versions,
-            old_lock.as_ref(),
-        ),
-        patches: applied,
-        warnings: grafted.warnings,
-        lock: lock_path.clone(),
-        lock_changed,
-    };
+    let mut result = changes(
+        &repo,
+        cfg,
+        opts,
+        previous,
+        up,
+        &core,
+        &sources,
+        grafted,
+        applied,
+        tree_id,
+        (&lock_path, lock_changed, old_lock.as_ref()),
+    )?;
     if opts.dry_run {
         return Ok(result);
     }
@@ -259,9 +235,66 @@ pub fn merge(
     Ok(result)
 }
 
+/// What the merge changes against the branch's last commit: core's version and release, each
+/// plugin's, the patches applied, the lock (`lock`: its path, whether it changed, the old one).
+#[allow(clippy::too_many_arguments)]
+fn changes(
+    repo: &Repository,
+    cfg: &Config,
+    opts: &MergeOptions,
+    previous: Option<Oid>,
+    up: Oid,
+    core: &Core,
+    sources: &[Source],
+    grafted: Grafted,
+    applied: Vec<PatchApplied>,
+    tree_id: Oid,
+    lock: (&Path, bool, Option<&Lock>),
+) -> Result<Merged, MergeError> {
+    let (lock_path, lock_changed, old_lock) = lock;
+    let prev_tree = match previous {
+        Some(p) => Some(repo.find_commit(p)?.tree()?),
+        None => None,
+    };
+    let prev_core = prev_tree
+        .as_ref()
+        .and_then(|t| read_version_php(repo, t, &format!("{}version.php", core.prefix)));
+    Ok(Merged {
+        changed: prev_tree.as_ref().map(|t| t.id()) != Some(tree_id),
+        dry_run: opts.dry_run,
+        branch: cfg.deploy.branch.clone(),
+        commit: previous.map(|p| p.to_string()).unwrap_or_default(),
+        previous: previous.map(|p| p.to_string()),
+        core: Change {
+            component: "core".into(),
+            from: prev_core
+                .as_ref()
+                .and_then(|v| v.text("version").map(String::from)),
+            to: Some(core.version.clone()),
+            commit: Some(up.to_string()),
+        },
+        core_release: core.release.clone(),
+        previous_release: prev_core
+            .as_ref()
+            .and_then(|v| v.text("release").map(String::from)),
+        plugins: plugin_changes(
+            repo,
+            prev_tree.as_ref(),
+            sources,
+            &grafted.versions,
+            old_lock,
+        ),
+        patches: applied,
+        warnings: grafted.warnings,
+        lock: lock_path.to_path_buf(),
+        lock_changed,
+    })
+}
+
 /// What to fetch: upstream, then every plugin, each with the commit the lock pins when that pin
 /// stays (the source's url and ref did not change and it is not being updated). `--locked`
-/// refuses any difference between the config and the lock.
+/// refuses any difference between the config and the lock. Over the mark for a reason: upstream
+/// and plugins follow one rule, written once for both.
 fn requests<'c>(
     cfg: &'c Config,
     opts: &MergeOptions,
@@ -807,7 +840,8 @@ fn read_json(repo: &Repository, tree: &Tree, path: &str) -> Option<serde_json::V
 
 /// Plugin type -> folder (relative to the web root), as upstream declares them: core's
 /// `lib/components.json`, the `db/subplugins.json` of core plugins that have one and of the
-/// configured plugins; the built-in table fills what is missing.
+/// configured plugins; the built-in table fills what is missing. Over the mark for a reason:
+/// the three sources are read in the order that lets a later one override, in one place.
 fn plugin_types(
     repo: &Repository,
     up: &Tree,

@@ -116,6 +116,8 @@ enum Tok {
     Punct(char),
 }
 
+/// The tokens of a version.php. Long for a reason: a lexer is one loop with one arm per kind of
+/// token (comments, strings, numbers, names, arrows), and reads best whole.
 fn lex(s: &str) -> Vec<Tok> {
     let c: Vec<char> = s.chars().collect();
     let mut out = Vec::new();

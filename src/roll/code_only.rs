@@ -40,7 +40,7 @@ pub(super) fn guard(ctx: &mut Ctx, batch: &[Node], opts: &RollOptions) -> Result
 
 /// The end of a batch: every node back in rotation, or, when some failed, those stay out
 /// (maint) with the reason and the others go back. Failures within the failure budget
-/// (`[roll] max_failed_nodes`; `failed_before` nodes of earlier batches count) let the roll go
+/// (`budget`, `[roll] max_failed_nodes`; `failed_before` nodes of earlier batches count) let the roll go
 /// on (`Ok(true)`: what is left must be planned again, with a smaller batch); beyond it, the
 /// roll stops.
 pub(super) fn end_batch(
@@ -48,6 +48,7 @@ pub(super) fn end_batch(
     batch: &[Node],
     failed: &[(String, String)],
     failed_before: usize,
+    budget: usize,
 ) -> Result<bool, RollError> {
     for n in batch {
         let state = if failed.iter().any(|(f, _)| f == &n.name) {
@@ -60,7 +61,6 @@ pub(super) fn end_batch(
     let Some((node, why)) = failed.first().cloned() else {
         return Ok(false);
     };
-    let budget = ctx.cfg.roll.max_failed_nodes as usize;
     let count = failed_before + failed.len();
     if count <= budget {
         for (n, why) in failed {

@@ -331,6 +331,9 @@ impl<'a> Ctx<'a> {
     }
 }
 
+/// Runs the plan under the cluster lock: the journal and the state first (so a killed roll
+/// leaves them), then the walk, and what a stopped walk leads to (the canary sent back,
+/// `--auto-rollback`). A few lines over the mark for the state it writes, field by field.
 pub(super) fn run_plan(
     ctx: &mut Ctx,
     plan: &Plan,
@@ -640,7 +643,18 @@ impl Run {
                     }
                 } else {
                     let before = self.failed_within_budget.len();
-                    self.replan = end_batch(ctx, &batch, &self.failed, before)?;
+                    // The canary's batch has no budget: a canary that fails to install or to
+                    // come up healthy is the release failing its test.
+                    let canary = plan
+                        .canary
+                        .as_ref()
+                        .is_some_and(|c| batch.iter().any(|n| n.name == c.node));
+                    let budget = if canary {
+                        0
+                    } else {
+                        ctx.cfg.roll.max_failed_nodes as usize
+                    };
+                    self.replan = end_batch(ctx, &batch, &self.failed, before, budget)?;
                     let failed = std::mem::take(&mut self.failed);
                     let is_failed = |n: &str| failed.iter().any(|(f, _)| f == n);
                     self.upgraded

@@ -129,26 +129,7 @@ pub(super) fn choose_target(
         .then(|| resumed(opts, previous_state))
         .transpose()?;
     let (target, why) = match (resumed, &opts.version, opts.rollback) {
-        (Some(s), _, _) => (
-            s.target.clone(),
-            format!(
-                "--resume: the {} to {} that {}{}{}",
-                s.kind,
-                s.target,
-                match s.status {
-                    RollStatus::Running => "was killed".to_string(),
-                    other => other.to_string(),
-                },
-                s.failed_node
-                    .as_ref()
-                    .map(|n| format!(" on {n}"))
-                    .unwrap_or_default(),
-                s.reason
-                    .as_ref()
-                    .map(|r| format!(": {r}"))
-                    .unwrap_or_default()
-            ),
-        ),
+        (Some(s), _, _) => (s.target.clone(), resume_why(s)),
         (None, Some(v), rollback) => (
             v.clone(),
             if rollback { "--to" } else { "--version" }.to_string(),
@@ -162,39 +143,7 @@ pub(super) fn choose_target(
                 })?,
             "the newest in the repository".to_string(),
         ),
-        (None, None, true) => {
-            let current = current_max.as_ref().map(|c| c.to_string());
-            // The version every node ran before the last roll (from its journal state), when that
-            // is one version, differs from now, and is still in the repository...
-            let before_last = previous_state.and_then(|s| {
-                let versions: std::collections::BTreeSet<String> =
-                    s.previous.values().cloned().collect();
-                let only = versions.into_iter().collect::<Vec<_>>();
-                (only.len() == 1).then(|| only[0].clone())
-            });
-            let from_journal = before_last
-                .filter(|v| Some(v) != current.as_ref() && list.iter().any(|l| &l.version == v))
-                .map(|v| (v, "what every node ran before the last roll".to_string()));
-            // ... else the newest version of the repository below what the nodes run.
-            let below = list
-                .iter()
-                .find(
-                    |l| match (&current_max, l.version.parse::<debversion::Version>()) {
-                        (Some(c), Ok(v)) => v < *c,
-                        _ => false,
-                    },
-                )
-                .map(|l| {
-                    (
-                        l.version.clone(),
-                        format!(
-                            "the newest in the repository below {}",
-                            current.clone().unwrap_or_default()
-                        ),
-                    )
-                });
-            from_journal.or(below).ok_or(RollError::NothingEarlier)?
-        }
+        (None, None, true) => rollback_target(&list, current_max, previous_state)?,
     };
     let listed = list
         .iter()
@@ -206,6 +155,67 @@ pub(super) fn choose_target(
             why: why.clone(),
         })?;
     Ok((target, listed.clone(), why))
+}
+
+/// `--resume: the roll to V that failed on web3: why`.
+fn resume_why(s: &RollState) -> String {
+    format!(
+        "--resume: the {} to {} that {}{}{}",
+        s.kind,
+        s.target,
+        match s.status {
+            RollStatus::Running => "was killed".to_string(),
+            other => other.to_string(),
+        },
+        s.failed_node
+            .as_ref()
+            .map(|n| format!(" on {n}"))
+            .unwrap_or_default(),
+        s.reason
+            .as_ref()
+            .map(|r| format!(": {r}"))
+            .unwrap_or_default()
+    )
+}
+
+/// The version a rollback goes back to when none is given, and why: what every node ran before
+/// the last roll (its state), when that is one version, differs from now and is still in the
+/// repository; else the repository's newest below what the nodes run (`current_max`).
+fn rollback_target(
+    list: &[crate::apt::Listed],
+    current_max: Option<debversion::Version>,
+    previous_state: Option<&RollState>,
+) -> Result<(String, String), RollError> {
+    let current = current_max.as_ref().map(|c| c.to_string());
+    // The version every node ran before the last roll (from its journal state), when that
+    // is one version, differs from now, and is still in the repository...
+    let before_last = previous_state.and_then(|s| {
+        let versions: std::collections::BTreeSet<String> = s.previous.values().cloned().collect();
+        let only = versions.into_iter().collect::<Vec<_>>();
+        (only.len() == 1).then(|| only[0].clone())
+    });
+    let from_journal = before_last
+        .filter(|v| Some(v) != current.as_ref() && list.iter().any(|l| &l.version == v))
+        .map(|v| (v, "what every node ran before the last roll".to_string()));
+    // ... else the newest version of the repository below what the nodes run.
+    let below = list
+        .iter()
+        .find(
+            |l| match (&current_max, l.version.parse::<debversion::Version>()) {
+                (Some(c), Ok(v)) => v < *c,
+                _ => false,
+            },
+        )
+        .map(|l| {
+            (
+                l.version.clone(),
+                format!(
+                    "the newest in the repository below {}",
+                    current.clone().unwrap_or_default()
+                ),
+            )
+        });
+    from_journal.or(below).ok_or(RollError::NothingEarlier)
 }
 
 /// Why the nodes in `to_do` need the database path to get `target`, if they do: one has nothing
@@ -244,7 +254,8 @@ fn database_why(
 
 /// The plan: the nodes not on `target`, the path (database or code-only, and why), the batches.
 /// Refuses a rollback across a database upgrade and a batch that would empty the pool (unless
-/// `--force`).
+/// `--force`). Over the mark for a reason: the `Plan` literal is half of it, every field in one
+/// place.
 pub(super) fn make_plan(
     cfg: &Config,
     opts: &RollOptions,
