@@ -11,7 +11,6 @@ use serde::Serialize;
 
 use crate::config::{Config, Environment, NotifyEvent, NotifyFormat, WebhookUrl};
 use crate::journal::RollKind;
-use crate::roll::Verdict;
 
 /// What a notification says: the same fields for every format (`json` sends them all).
 #[derive(Debug, Clone, Serialize)]
@@ -40,8 +39,13 @@ pub struct Event {
     /// Nodes that failed within `max_failed_nodes`, left out of rotation (success).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub failed_nodes: Vec<String>,
+    /// The canary's verdict, its figures as the roll's `--json` gives them (kept as JSON here,
+    /// so that this module does not depend on `roll`, which depends on it).
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub canary: Option<Verdict>,
+    pub canary: Option<serde_json::Value>,
+    /// The canary's node and whether it passed, for the one-line text.
+    #[serde(skip)]
+    pub canary_passed: Option<(String, bool)>,
     /// The CI job that ran the roll (`CI_JOB_URL`, passed by the pipeline template).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub job_url: Option<String>,
@@ -79,9 +83,9 @@ impl Event {
                 "{what}{path} FAILED after {:.0}s: {reason}",
                 self.duration_secs
             ),
-            NotifyEvent::Canary => match &self.canary {
-                Some(v) if v.passed => format!("{what}: canary {} passed: {reason}", v.node),
-                Some(v) => format!("{what}: canary {} FAILED: {reason}", v.node),
+            NotifyEvent::Canary => match &self.canary_passed {
+                Some((node, true)) => format!("{what}: canary {node} passed: {reason}"),
+                Some((node, false)) => format!("{what}: canary {node} FAILED: {reason}"),
                 None => format!("{what}: canary: {reason}"),
             },
         };
@@ -172,6 +176,7 @@ impl Notifier {
             upgraded: Vec::new(),
             failed_nodes: Vec::new(),
             canary: None,
+            canary_passed: None,
             job_url: self.job_url.clone(),
             text: String::new(),
         }
@@ -208,7 +213,7 @@ fn body(format: NotifyFormat, e: &Event) -> serde_json::Value {
             "@type": "MessageCard",
             "@context": "https://schema.org/extensions",
             "summary": format!("{} {}: {}", e.site, e.kind, e.event),
-            "themeColor": match (e.event, e.canary.as_ref().map(|c| c.passed)) {
+            "themeColor": match (e.event, e.canary_passed.as_ref().map(|c| c.1)) {
                 (NotifyEvent::Failure, _) | (NotifyEvent::Canary, Some(false)) => "C4314B",
                 (NotifyEvent::Success, _) | (NotifyEvent::Canary, Some(true)) => "2EB886",
                 _ => "0076D7",

@@ -283,10 +283,13 @@ pub(super) fn watch(ctx: &mut Ctx, plan: &Plan, opts: &RollOptions) -> Result<Ve
     }
     if verdict.passed {
         ctx.reporter
-            .step(&format!("canary passed: {}", verdict.reason));
-        ctx.reporter.step_done();
+            .note(&format!("canary passed: {}", verdict.reason));
         Ok(verdict)
     } else {
+        ctx.reporter.note(&format!(
+            "canary FAILED: {}; sending it back",
+            verdict.reason
+        ));
         Err(RollError::Canary {
             verdict: Box::new(verdict),
             back: String::new(),
@@ -306,16 +309,23 @@ fn observe(
 ) -> Result<Verdict, RollError> {
     let t = Instant::now();
     let mut samples = 1u32;
+    let mut last_note = 0;
+    ctx.reporter.step(&format!(
+        "canary {}: watching its 5xx rate on every LB for {}",
+        canary.node,
+        format_duration(canary.window)
+    ));
     let (base, mut slowest) = match sample(ctx) {
         Ok(b) => b,
         Err(e) => {
+            ctx.reporter.step_done();
             return Err(ctx.fail(
                 Some(&canary.node),
                 format!(
                     "canary: {e}; {} is on {} and in rotation",
                     canary.node, plan.target
                 ),
-            ))
+            ));
         }
     };
     loop {
@@ -357,19 +367,26 @@ fn observe(
             v.samples = samples;
             return Ok(v);
         }
-        let so_far = judge(canary, server, &lbs, t.elapsed(), true, true);
-        if let Some(v) = so_far {
-            ctx.reporter.step(&format!(
-                "canary {}: {} requests, {} 5xx ({:.2}%; others {:.2}%), {} left",
-                canary.node,
-                v.requests,
-                v.errors_5xx,
-                v.rate_5xx,
-                v.others_rate_5xx,
-                format_duration(Duration::from_secs(
-                    canary.window.saturating_sub(t.elapsed()).as_secs()
-                ))
-            ));
+        let window_ms = canary.window.as_millis() as u64;
+        ctx.reporter
+            .progress((t.elapsed().as_millis() as u64).min(window_ms), window_ms);
+        // The figures so far, every 10 s: a CI log gets a line, not one a second.
+        let secs = t.elapsed().as_secs();
+        if secs / 10 > last_note {
+            last_note = secs / 10;
+            if let Some(v) = judge(canary, server, &lbs, t.elapsed(), true, true) {
+                ctx.reporter.note(&format!(
+                    "canary {}: {} requests, {} 5xx ({:.2}%; others {:.2}%), {} left",
+                    canary.node,
+                    v.requests,
+                    v.errors_5xx,
+                    v.rate_5xx,
+                    v.others_rate_5xx,
+                    format_duration(Duration::from_secs(
+                        canary.window.saturating_sub(t.elapsed()).as_secs()
+                    ))
+                ));
+            }
         }
     }
 }

@@ -43,6 +43,14 @@ fn event(
     e
 }
 
+/// The event carries the canary's verdict (figures as JSON) when there is one.
+fn set_canary(e: &mut Event, verdict: Option<&Verdict>) {
+    if let Some(v) = verdict {
+        e.canary = serde_json::to_value(v).ok();
+        e.canary_passed = Some((v.node.clone(), v.passed));
+    }
+}
+
 /// The roll begins changing the cluster.
 pub(super) fn start(ctx: &mut Ctx, opts: &RollOptions, known: &Known, started: Instant) {
     let Some(n) = ctx.notifier.clone().filter(|n| n.wants(NotifyEvent::Start)) else {
@@ -66,7 +74,7 @@ pub(super) fn canary(ctx: &mut Ctx, plan: &Plan, opts: &RollOptions, verdict: &V
     known.learn(plan);
     let mut e = event(&n, NotifyEvent::Canary, opts, &known, ctx.started);
     e.reason = Some(verdict.reason.clone());
-    e.canary = Some(verdict.clone());
+    set_canary(&mut e, Some(verdict));
     for w in n.send(e) {
         ctx.warn(w);
     }
@@ -99,7 +107,7 @@ pub(super) fn ended(
         Ok(o) => {
             e.upgraded = o.upgraded.clone();
             e.failed_nodes = o.failed.iter().map(|f| f.node.clone()).collect();
-            e.canary = o.canary.clone();
+            set_canary(&mut e, o.canary.as_ref());
         }
         Err(err) => {
             e.reason = Some(
@@ -109,7 +117,7 @@ pub(super) fn ended(
                     .unwrap_or_default()
                     .to_string(),
             );
-            e.canary = err.canary().cloned();
+            set_canary(&mut e, err.canary());
         }
     }
     for w in n.send(e) {
