@@ -25,10 +25,17 @@ pub(super) fn describe(segs: &[Seg]) -> String {
     let mut out = String::new();
     let mut rest = segs;
     if let Some(Seg::Key(table)) = segs.first() {
-        match segs.get(1) {
-            Some(Seg::Index(i)) => {
+        match (segs.get(1), segs.get(2)) {
+            (Some(Seg::Index(i)), _) => {
                 out = format!("[[{table}]] #{}", i + 1);
                 rest = &segs[2..];
+            }
+            // An array of tables inside a table: `[[roll.freeze]] #2`.
+            (Some(Seg::Key(sub)), Some(Seg::Index(i)))
+                if (table.as_str(), sub.as_str()) == ("roll", "freeze") =>
+            {
+                out = format!("[[{table}.{sub}]] #{}", i + 1);
+                rest = &segs[3..];
             }
             _ if segs.len() > 1
                 || matches!(
@@ -61,8 +68,23 @@ pub(super) fn describe(segs: &[Seg]) -> String {
     }
 }
 
+/// The line of the `n`th (from 0) `header` of an array of tables in a sub-table, whose items the
+/// document's spans do not tell apart.
+fn nth_header(text: &str, header: &str, n: usize) -> Option<usize> {
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| l.trim_start().starts_with(header))
+        .nth(n)
+        .map(|(i, _)| i + 1)
+}
+
 /// The line of the value (or, failing that, the key) at `segs`, found in the document's spans.
 pub(super) fn locate(text: &str, segs: &[Seg]) -> Option<usize> {
+    if let [Seg::Key(a), Seg::Key(b), Seg::Index(i), ..] = segs {
+        if (a.as_str(), b.as_str()) == ("roll", "freeze") {
+            return nth_header(text, "[[roll.freeze]]", *i);
+        }
+    }
     let doc = toml::de::DeTable::parse(text).ok()?;
     let mut table = doc.get_ref();
     let mut last_line = None;

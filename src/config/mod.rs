@@ -618,7 +618,16 @@ impl Config {
                     }
                     None => (segs, msg),
                 };
-                let line = line.or_else(|| locate(text, &segs));
+                // The spans of an array of tables in a sub-table cover the whole array:
+                // [`locate`] counts its headers instead.
+                let line = match segs.as_slice() {
+                    [locate::Seg::Key(a), locate::Seg::Key(b), locate::Seg::Index(_), ..]
+                        if (a.as_str(), b.as_str()) == ("roll", "freeze") =>
+                    {
+                        locate(text, &segs)
+                    }
+                    _ => line.or_else(|| locate(text, &segs)),
+                };
                 return Err(invalid(line, describe(&segs), msg));
             }
         };
@@ -763,6 +772,20 @@ install_dir = "/srv/moodle/html"
             e.starts_with("moodle-release.toml:10: [[nodes]] #1 http: `https://web1`: health checks go straight to the node over plain HTTP"),
             "{e}"
         );
+        // A freeze window names its place among the windows.
+        let e = parse("[[roll.freeze]]\nfrom = \"2026-12-14T00:00:00Z\"\nto = \"2026-12-15T00:00:00Z\"\n[[roll.freeze]]\ndays = [\"mon\"]\nstart = \"08:00\"\nend = \"18:00\"\ntz = \"Mars/Olympus\"\n").unwrap_err();
+        assert!(
+            e.contains(":10: [[roll.freeze]] #2: `tz` = \"Mars/Olympus\" is not a time zone"),
+            "{e}"
+        );
+        // A webhook needs a URL, and a bad one is not echoed (it may hold the token).
+        let e = parse("[[notify]]\nurl = \"hooks.slack.com/T0/SECRET\"\n").unwrap_err();
+        assert!(
+            e.contains("[[notify]] #1 url: is not an http(s):// URL") && !e.contains("SECRET"),
+            "{e}"
+        );
+        let e = parse("[[notify]]\nformat = \"slack\"\n").unwrap_err();
+        assert!(e.contains("[[notify]] #1: give `url`"), "{e}");
         let e = parse("[apt]\nrepo = \"ssh://apt.example.edu\"\n").unwrap_err();
         assert!(
             e.starts_with(
