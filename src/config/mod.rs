@@ -335,9 +335,11 @@ impl Environment {
             ssh_config: var("MOODLE_RELEASE_SSH_CONFIG"),
             known_hosts: var("MOODLE_RELEASE_KNOWN_HOSTS"),
             ci: !matches!(var("CI").as_deref(), None | Some("" | "false" | "0")),
-            job_url: var("MOODLE_RELEASE_JOB_URL")
-                .or_else(|| var("CI_JOB_URL"))
-                .filter(|u| !u.is_empty()),
+            // A CI variable that refers to an undefined one is left as `$NAME`: not a URL.
+            job_url: [var("MOODLE_RELEASE_JOB_URL"), var("CI_JOB_URL")]
+                .into_iter()
+                .flatten()
+                .find(|u| !u.is_empty() && !u.starts_with('$')),
             vars: std::env::vars().collect(),
         }
     }
