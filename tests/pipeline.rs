@@ -108,6 +108,42 @@ fn the_site_pipeline_merges_builds_tests_publishes_and_deploys() {
         "web1",
         "mkdir -p /var/lib/moodle-release/roll.lock && cd /var/lib/moodle-release/roll.lock && echo 'gitlab-runner@runner-7 pid 4242 since Mon, 23 Nov 2026 06:58:01 +0000 (target 0)' >owner && touch -d '10 minutes ago' alive",
     );
+    // Inside a freeze window the deploy job is refused when it runs (exit 3, naming the
+    // window), not when the pipeline was made; nothing changes.
+    let config = fs::read_to_string(c.config_path()).unwrap();
+    let date = |offset: &str| {
+        let out = run(Command::new("date").args(["-u", "-d", offset, "+%Y-%m-%dT%H:%M:%SZ"]));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    fs::write(
+        c.config_path(),
+        format!(
+            "{config}\n[[roll.freeze]]\nname = \"enrolment week\"\nfrom = \"{}\"\nto = \"{}\"\n",
+            date("1 hour ago"),
+            date("1 hour")
+        ),
+    )
+    .unwrap();
+    run(git(&site).args(["commit", "-qam", "freeze"]));
+    let out = gcl_cmd()
+        .args(["--variable", "MR_ROLL_ARGS=--break-lock"])
+        .args(["--manual", "deploy", "deploy"])
+        .output()
+        .unwrap();
+    let log =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{log}");
+    assert!(
+        log.contains("inside the freeze window \"enrolment week\"") && log.contains("FAIL  deploy"),
+        "{log}"
+    );
+    let refused: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(site.join("ci-out/roll.json")).unwrap()).unwrap();
+    assert_eq!(refused["exit_code"], 3, "{refused}");
+    assert_ne!(c.installed("web1"), version);
+    fs::write(c.config_path(), config).unwrap();
+    run(git(&site).args(["commit", "-qam", "thaw"]));
+
     let out = gcl_cmd()
         .args(["--variable", "MR_ROLL_ARGS=--break-lock"])
         .args(["--manual", "deploy", "deploy"])
