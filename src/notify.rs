@@ -133,8 +133,15 @@ impl Notifier {
                 let format = n.format.unwrap_or_else(|| match &url {
                     Some(u) if u.host() == "hooks.slack.com" => NotifyFormat::Slack,
                     Some(u)
-                        if u.host().ends_with(".webhook.office.com")
-                            || u.host().ends_with(".logic.azure.com") =>
+                        if [
+                            ".webhook.office.com",
+                            ".logic.azure.com",
+                            ".powerautomate.com",
+                            ".powerplatform.com",
+                            "flow.microsoft.com",
+                        ]
+                        .iter()
+                        .any(|h| u.host().ends_with(h)) =>
                     {
                         NotifyFormat::Teams
                     }
@@ -209,16 +216,32 @@ fn body(format: NotifyFormat, e: &Event) -> serde_json::Value {
     match format {
         NotifyFormat::Json => serde_json::to_value(e).unwrap_or_default(),
         NotifyFormat::Slack | NotifyFormat::Mattermost => serde_json::json!({ "text": e.text }),
+        // Teams Workflows ("Send webhook alerts to a channel"), which replaced the Office 365
+        // connectors (retired on 2026-03-31), post the Adaptive Card of a message's attachment.
         NotifyFormat::Teams => serde_json::json!({
-            "@type": "MessageCard",
-            "@context": "https://schema.org/extensions",
-            "summary": format!("{} {}: {}", e.site, e.kind, e.event),
-            "themeColor": match (e.event, e.canary_passed.as_ref().map(|c| c.1)) {
-                (NotifyEvent::Failure, _) | (NotifyEvent::Canary, Some(false)) => "C4314B",
-                (NotifyEvent::Success, _) | (NotifyEvent::Canary, Some(true)) => "2EB886",
-                _ => "0076D7",
-            },
-            "text": e.text,
+            "type": "message",
+            "attachments": [{
+                "contentType": "application/vnd.microsoft.card.adaptive",
+                "contentUrl": null,
+                "content": {
+                    "$schema": "http://adaptivecards.io/schemas/adaptive-card.json",
+                    "type": "AdaptiveCard",
+                    "version": "1.4",
+                    "body": [
+                        {
+                            "type": "TextBlock",
+                            "text": format!("{} {}: {}", e.site, e.kind, e.event),
+                            "weight": "Bolder",
+                            "color": match (e.event, e.canary_passed.as_ref().map(|c| c.1)) {
+                                (NotifyEvent::Failure, _) | (NotifyEvent::Canary, Some(false)) => "Attention",
+                                (NotifyEvent::Success, _) | (NotifyEvent::Canary, Some(true)) => "Good",
+                                _ => "Default",
+                            },
+                        },
+                        { "type": "TextBlock", "text": e.text, "wrap": true },
+                    ],
+                },
+            }],
         }),
     }
 }
@@ -281,8 +304,10 @@ mod tests {
             serde_json::json!({"text": e.text})
         );
         let teams = body(NotifyFormat::Teams, &e);
-        assert_eq!(teams["themeColor"], "C4314B");
-        assert_eq!(teams["text"], e.text.as_str());
+        let card = &teams["attachments"][0]["content"];
+        assert_eq!(card["type"], "AdaptiveCard");
+        assert_eq!(card["body"][0]["color"], "Attention");
+        assert_eq!(card["body"][1]["text"], e.text.as_str());
         let json = body(NotifyFormat::Json, &e);
         assert_eq!(json["event"], "failure");
         assert_eq!(json["target"], "4.5.3+1");

@@ -92,7 +92,7 @@ pub struct Notify {
     /// Or the environment variable that holds it (a masked CI variable), e.g. "SLACK_WEBHOOK_URL".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url_env: Option<String>,
-    /// `slack`, `teams`, `mattermost` or `json` (everything, for a receiver of your own);
+    /// `slack`, `teams` (Workflows: an Adaptive Card), `mattermost` or `json` (everything, for a receiver of your own);
     /// default: from the URL's host (Slack, Teams), else `json`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub format: Option<NotifyFormat>,
