@@ -629,7 +629,7 @@ impl Run {
                     ctx.reporter
                         .step(&format!("waiting for {} to be healthy", n.name));
                     if let Err(m) = wait_healthy(ctx, &n) {
-                        self.failed.push((n.name.clone(), m));
+                        self.failed.push((n.name.clone(), m.to_string()));
                     }
                     ctx.reporter.step_done();
                 }
