@@ -139,6 +139,12 @@ pub fn status(st: &Status, out: &mut dyn Write) -> std::io::Result<()> {
     if let Some(e) = &st.roll_error {
         writeln!(out, "last roll: unknown: {e}")?;
     }
+    if let Some(w) = &st.frozen {
+        writeln!(
+            out,
+            "inside the freeze window {w}: `roll` is refused until it ends (exit 3; --force overrides); `rollback` is not"
+        )?;
+    }
     if let Some(l) = &st.lock {
         writeln!(out, "cluster lock on {}: {}", l.node, l.lock)?;
     }

@@ -25,6 +25,9 @@ pub struct Status {
     pub roll_error: Option<String>,
     /// The cluster lock, when a roll holds it (or a dead one left it).
     pub lock: Option<LockStatus>,
+    /// The `[[roll.freeze]]` window the cluster is in now: `roll` is refused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub frozen: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -172,5 +175,6 @@ pub fn status(cfg: &Config) -> Result<Status, RollError> {
         roll,
         roll_error,
         lock,
+        frozen: crate::roll::freeze::frozen_now(cfg),
     })
 }

@@ -335,6 +335,12 @@ fn freeze_windows_the_failure_budget_and_notifications() {
         "{generic}"
     );
     assert_eq!(generic["job_url"], job);
+    let st = run(cmd().arg("status"));
+    let st = String::from_utf8_lossy(&st.stdout);
+    assert!(
+        st.contains("inside the freeze window \"exam week\""),
+        "{st}"
+    );
     // A rollback is never frozen.
     let (out, err) = exits(cmd().args(["rollback", "--plan", "--to", &v1]), 0);
     assert!(

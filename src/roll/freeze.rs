@@ -9,6 +9,11 @@ pub(super) fn window_now(cfg: &Config, opts: &RollOptions) -> Option<String> {
     if opts.rollback {
         return None;
     }
+    frozen_now(cfg)
+}
+
+/// The freeze window the cluster is in now, if any (for `status`).
+pub(crate) fn frozen_now(cfg: &Config) -> Option<String> {
     let now = jiff::Timestamp::now();
     cfg.roll
         .freeze

@@ -21,7 +21,7 @@ mod canary;
 mod code_only;
 mod database;
 mod execute;
-mod freeze;
+pub(crate) mod freeze;
 pub(crate) mod health;
 mod http;
 pub(crate) mod lock;
