@@ -30,6 +30,8 @@ pub struct Event {
     pub path: Option<String>,
     /// Seconds since the roll began.
     pub duration_secs: f64,
+    /// The roll had begun changing the cluster (false: refused or failed before any change).
+    pub changed: bool,
     /// Why it failed (failure), or the canary's verdict in a sentence.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -78,6 +80,9 @@ impl Event {
                     ));
                 }
                 l
+            }
+            NotifyEvent::Failure if !self.changed => {
+                format!("{what}{path} refused, nothing changed: {reason}")
             }
             NotifyEvent::Failure => format!(
                 "{what}{path} FAILED after {:.0}s: {reason}",
@@ -179,6 +184,7 @@ impl Notifier {
             from: BTreeMap::new(),
             path: None,
             duration_secs: 0.0,
+            changed: false,
             reason: None,
             upgraded: Vec::new(),
             failed_nodes: Vec::new(),
@@ -293,6 +299,7 @@ mod tests {
         let mut e = n.event(NotifyEvent::Failure, RollKind::Roll, "4.5.3+1");
         e.path = Some("code-only".into());
         e.duration_secs = 61.6;
+        e.changed = true;
         e.reason = Some("web2: apt-get failed".into());
         e.text = e.line();
         assert_eq!(
@@ -312,6 +319,12 @@ mod tests {
         assert_eq!(json["event"], "failure");
         assert_eq!(json["target"], "4.5.3+1");
         assert_eq!(json["reason"], "web2: apt-get failed");
+        e.changed = false;
+        e.reason = Some("refused: inside the freeze window \"exams\"".into());
+        assert_eq!(
+            e.line(),
+            "[moodle-site] roll to 4.5.3+1 (code-only path) refused, nothing changed: refused: inside the freeze window \"exams\" (job: https://gitlab.example.edu/site/-/jobs/42)"
+        );
     }
 
     #[test]

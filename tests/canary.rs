@@ -418,6 +418,7 @@ fn freeze_windows_the_failure_budget_and_notifications() {
     assert_eq!(success["target"], v2.as_str());
     assert_eq!(success["path"], "code-only");
     assert_eq!(success["failed_nodes"], serde_json::json!(["web2"]));
+    assert_eq!(success["changed"], true);
     assert_eq!(success["from"]["web1"], v1.as_str());
     let text = &got
         .iter()

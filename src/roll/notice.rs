@@ -13,7 +13,7 @@ pub(super) struct Known {
     pub target: Option<String>,
     pub path: Option<RollPath>,
     pub from: BTreeMap<String, Option<String>>,
-    /// The roll reached the point where it changes the cluster (the start was told).
+    /// The roll reached the point where it changes the cluster (it holds the lock).
     pub started: bool,
 }
 
@@ -40,6 +40,7 @@ fn event(
     e.from = known.from.clone();
     e.path = known.path.map(|p| p.to_string());
     e.duration_secs = (started.elapsed().as_secs_f64() * 10.0).round() / 10.0;
+    e.changed = known.started;
     e
 }
 
@@ -70,7 +71,10 @@ pub(super) fn canary(ctx: &mut Ctx, plan: &Plan, opts: &RollOptions, verdict: &V
     else {
         return;
     };
-    let mut known = Known::default();
+    let mut known = Known {
+        started: true,
+        ..Known::default()
+    };
     known.learn(plan);
     let mut e = event(&n, NotifyEvent::Canary, opts, &known, ctx.started);
     e.reason = Some(verdict.reason.clone());
