@@ -45,9 +45,6 @@ pub struct Event {
     /// so that this module does not depend on `roll`, which depends on it).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub canary: Option<serde_json::Value>,
-    /// The canary's node and whether it passed, for the one-line text.
-    #[serde(skip)]
-    pub canary_passed: Option<(String, bool)>,
     /// The CI job that ran the roll (`CI_JOB_URL`, passed by the pipeline template).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub job_url: Option<String>,
@@ -56,6 +53,12 @@ pub struct Event {
 }
 
 impl Event {
+    /// The canary's node and whether it passed, read from its verdict.
+    fn canary_passed(&self) -> Option<(&str, bool)> {
+        let v = self.canary.as_ref()?;
+        Some((v["node"].as_str()?, v["passed"].as_bool()?))
+    }
+
     /// The one line a chat shows.
     fn line(&self) -> String {
         let what = format!("[{}] {} to {}", self.site, self.kind, self.target);
@@ -88,7 +91,7 @@ impl Event {
                 "{what}{path} FAILED after {:.0}s: {reason}",
                 self.duration_secs
             ),
-            NotifyEvent::Canary => match &self.canary_passed {
+            NotifyEvent::Canary => match self.canary_passed() {
                 Some((node, true)) => format!("{what}: canary {node} passed: {reason}"),
                 Some((node, false)) => format!("{what}: canary {node} FAILED: {reason}"),
                 None => format!("{what}: canary: {reason}"),
@@ -168,6 +171,22 @@ impl Notifier {
         }
     }
 
+    /// What keeps a webhook from being sent (its `url_env` unset or not a URL), said once,
+    /// before the roll changes anything.
+    pub fn problems(&self) -> Vec<String> {
+        self.hooks
+            .iter()
+            .enumerate()
+            .filter_map(|(i, h)| {
+                let why = h.missing.as_ref()?;
+                Some(format!(
+                    "[[notify]] #{}: no notification will be sent: {why}",
+                    i + 1
+                ))
+            })
+            .collect()
+    }
+
     /// Whether any webhook wants `event`.
     pub fn wants(&self, event: NotifyEvent) -> bool {
         self.hooks.iter().any(|h| h.on.contains(&event))
@@ -189,7 +208,6 @@ impl Notifier {
             upgraded: Vec::new(),
             failed_nodes: Vec::new(),
             canary: None,
-            canary_passed: None,
             job_url: self.job_url.clone(),
             text: String::new(),
         }
@@ -238,7 +256,7 @@ fn body(format: NotifyFormat, e: &Event) -> serde_json::Value {
                             "type": "TextBlock",
                             "text": format!("{} {}: {}", e.site, e.kind, e.event),
                             "weight": "Bolder",
-                            "color": match (e.event, e.canary_passed.as_ref().map(|c| c.1)) {
+                            "color": match (e.event, e.canary_passed().map(|c| c.1)) {
                                 (NotifyEvent::Failure, _) | (NotifyEvent::Canary, Some(false)) => "Attention",
                                 (NotifyEvent::Success, _) | (NotifyEvent::Canary, Some(true)) => "Good",
                                 _ => "Default",
@@ -252,15 +270,10 @@ fn body(format: NotifyFormat, e: &Event) -> serde_json::Value {
     }
 }
 
-/// One POST; `Some(warning)` when it failed.
+/// One POST; `Some(warning)` when it failed. A webhook without a URL is skipped: the roll
+/// said so before it began ([`Notifier::problems`]).
 fn post(h: &Hook, e: &Event) -> Option<String> {
-    let Some(url) = &h.url else {
-        return Some(format!(
-            "notify ({}): not sent: {}",
-            e.event,
-            h.missing.clone().unwrap_or_default()
-        ));
-    };
+    let url = h.url.as_ref()?;
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(Duration::from_secs(10)))
         .build()

@@ -6,16 +6,6 @@ mod common;
 
 use common::*;
 use std::fs;
-use std::process::Command;
-
-/// Runs `cmd`, which must exit with `code`: its stdout (JSON with `--json`) and stderr.
-fn exits(cmd: &mut Command, code: i32) -> (String, String) {
-    let out = cmd.output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert_eq!(out.status.code(), Some(code), "{cmd:?}: {err}\n{stdout}");
-    (stdout, err)
-}
 
 /// Sets `key = value` in the config's `[roll]` table.
 fn set_roll(c: &Cluster, line: &str) {
@@ -58,8 +48,9 @@ fn break_demo(c: &Cluster) {
     run(git(&repo).args(["checkout", "-q", "main"]));
 }
 
-fn json(s: &str) -> serde_json::Value {
-    serde_json::from_str(s).unwrap_or_else(|e| panic!("{e}: {s}"))
+fn json(s: impl AsRef<[u8]>) -> serde_json::Value {
+    let s = s.as_ref();
+    serde_json::from_slice(s).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(s)))
 }
 
 /// Load through both LBs on the front page and the demo activity's page.
@@ -100,7 +91,7 @@ fn a_broken_page_is_caught_on_the_canary_and_a_good_release_passes() {
     std::thread::sleep(std::time::Duration::from_millis(500));
     let (out, err) = exits(c.cmd().args(["--json", "roll", "--canary", "30s"]), 1);
     let (requests, failures) = l.stop();
-    let o = json(&out);
+    let o = json(&out.stdout);
     let v = &o["canary"];
     assert_eq!(v["passed"], false, "{o}");
     assert_eq!(v["node"], "web1");
@@ -159,7 +150,7 @@ fn a_broken_page_is_caught_on_the_canary_and_a_good_release_passes() {
         0,
     );
     let (_, failures) = l.stop();
-    let o = json(&out);
+    let o = json(&out.stdout);
     assert!(failures.is_empty(), "{failures:?}\n{:#}", o["timeline"]);
     assert_eq!(o["canary"]["passed"], true, "{o}");
     assert!(o["canary"]["requests"].as_u64().unwrap() >= 20, "{o}");
@@ -190,7 +181,7 @@ fn a_broken_page_is_caught_on_the_canary_and_a_good_release_passes() {
         err.contains("--force: accepted with too little traffic"),
         "{err}"
     );
-    assert_eq!(json(&out)["canary"]["forced"], true);
+    assert_eq!(json(&out.stdout)["canary"]["forced"], true);
     for n in ["web1", "web2", "web3", "cron1"] {
         assert_eq!(c.installed(n), v4, "{n}");
     }
@@ -285,20 +276,11 @@ fn freeze_windows_the_failure_budget_and_notifications() {
     run(c.cmd().arg("roll"));
     let hooks = Receiver::start();
     set_roll(&c, "max_failed_nodes = 1");
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
-    let rfc3339 = |t: i64| {
-        let out =
-            run(Command::new("date").args(["-u", "-d", &format!("@{t}"), "+%Y-%m-%dT%H:%M:%SZ"]));
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    };
     let mut cfg = fs::read_to_string(c.config_path()).unwrap();
     cfg.push_str(&format!(
         "\n[[roll.freeze]]\nname = \"exam week\"\nfrom = \"{}\"\nto = \"{}\"\n\n[[notify]]\nurl = \"http://127.0.0.1:{}/hooks/SECRET-ONE\"\n\n[[notify]]\nurl_env = \"MR_TEST_SLACK_HOOK\"\nformat = \"slack\"\non = [\"success\", \"failure\"]\n",
-        rfc3339(now - 3600),
-        rfc3339(now + 3600),
+        rfc3339_from_now(-3600),
+        rfc3339_from_now(3600),
         hooks.port
     ));
     fs::write(c.config_path(), cfg).unwrap();
@@ -344,15 +326,15 @@ fn freeze_windows_the_failure_budget_and_notifications() {
     // A rollback is never frozen.
     let (out, err) = exits(cmd().args(["rollback", "--plan", "--to", &v1]), 0);
     assert!(
-        !err.contains("freeze") && !out.contains("freeze"),
-        "{err}{out}"
+        !err.contains("freeze") && !String::from_utf8_lossy(&out.stdout).contains("freeze"),
+        "{err}{out:?}"
     );
 
     // 2. --force in the window, with web2 unable to install: within the budget of one, the
     //    roll finishes with web2 out of rotation, never more than 2 out.
     c.ssh_ok("web2", "mv /usr/bin/dpkg /usr/bin/dpkg.off");
     let (out, err) = exits(cmd().args(["--json", "roll", "--batch", "2", "--force"]), 0);
-    let o = json(&out);
+    let o = json(&out.stdout);
     assert_eq!(o["failed"][0]["node"], "web2", "{o}");
     assert!(
         err.contains("failure budget: 1 of max_failed_nodes = 1 used"),
@@ -433,7 +415,7 @@ fn freeze_windows_the_failure_budget_and_notifications() {
             && line.ends_with(&format!("(job: {job})")),
         "{line}"
     );
-    assert!(!err.contains("SECRET") && !out.contains("SECRET"));
+    assert!(!err.contains("SECRET") && !String::from_utf8_lossy(&out.stdout).contains("SECRET"));
 
     // 3. Fixed, the next roll takes web2 first and puts it back.
     c.ssh_ok("web2", "mv /usr/bin/dpkg.off /usr/bin/dpkg");

@@ -111,28 +111,29 @@ fn the_site_pipeline_merges_builds_tests_publishes_and_deploys() {
     // Inside a freeze window the deploy job is refused when it runs (exit 3, naming the
     // window), not when the pipeline was made; nothing changes.
     let config = fs::read_to_string(c.config_path()).unwrap();
-    let date = |offset: &str| {
-        let out = run(Command::new("date").args(["-u", "-d", offset, "+%Y-%m-%dT%H:%M:%SZ"]));
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    // The manual deploy job, with MR_ROLL_ARGS=--break-lock: whether it passed, and its log.
+    let deploy = || {
+        let out = gcl_cmd()
+            .args(["--variable", "MR_ROLL_ARGS=--break-lock"])
+            .args(["--manual", "deploy", "deploy"])
+            .output()
+            .unwrap();
+        let log = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.success(), log)
     };
     fs::write(
         c.config_path(),
         format!(
             "{config}\n[[roll.freeze]]\nname = \"enrolment week\"\nfrom = \"{}\"\nto = \"{}\"\n",
-            date("1 hour ago"),
-            date("1 hour")
+            rfc3339_from_now(-3600),
+            rfc3339_from_now(3600)
         ),
     )
     .unwrap();
     run(git(&site).args(["commit", "-qam", "freeze"]));
-    let out = gcl_cmd()
-        .args(["--variable", "MR_ROLL_ARGS=--break-lock"])
-        .args(["--manual", "deploy", "deploy"])
-        .output()
-        .unwrap();
-    let log =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{log}");
+    let (passed, log) = deploy();
+    assert!(!passed, "{log}");
     assert!(
         log.contains("inside the freeze window \"enrolment week\"") && log.contains("FAIL  deploy"),
         "{log}"
@@ -144,17 +145,8 @@ fn the_site_pipeline_merges_builds_tests_publishes_and_deploys() {
     fs::write(c.config_path(), config).unwrap();
     run(git(&site).args(["commit", "-qam", "thaw"]));
 
-    let out = gcl_cmd()
-        .args(["--variable", "MR_ROLL_ARGS=--break-lock"])
-        .args(["--manual", "deploy", "deploy"])
-        .output()
-        .unwrap();
-    let log =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success() && log.contains("PASS  deploy"),
-        "{log}"
-    );
+    let (passed, log) = deploy();
+    assert!(passed && log.contains("PASS  deploy"), "{log}");
     assert!(
         log.contains("it has shown no sign of life for 10m")
             && log.contains("--break-lock would remove it")

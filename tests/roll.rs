@@ -94,15 +94,6 @@ fn roll_until(
     }
 }
 
-/// Runs `cmd`, which must exit with `code` (its stderr in the message if not): its output and
-/// stderr.
-fn exits(cmd: &mut Command, code: i32) -> (std::process::Output, String) {
-    let out = cmd.output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(out.status.code(), Some(code), "{cmd:?}: {err}");
-    (out, err)
-}
-
 /// Ctrl-C for a roll started by [`roll_until`]: SIGINT to its whole process group, as a
 /// terminal sends it. Waits for it: its exit status and stderr.
 fn interrupt(mut child: std::process::Child) -> (std::process::ExitStatus, String) {

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use super::locate::{describe, locate, Seg};
+use super::locate::{describe, error_line, Seg};
 use super::{Config, ConfigError, Role};
 
 /// A check's failure: the key it is about, and what is wrong.
@@ -26,7 +26,7 @@ impl Config {
             .and_then(|()| self.check_nodes());
         checked.map_err(|(segs, message)| ConfigError::Invalid {
             path: path.to_path_buf(),
-            line: locate(text, &segs),
+            line: error_line(text, &segs, None),
             key: describe(&segs),
             message,
         })

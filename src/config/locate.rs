@@ -24,18 +24,14 @@ pub(super) fn segments(p: &serde_path_to_error::Path) -> Vec<Seg> {
 pub(super) fn describe(segs: &[Seg]) -> String {
     let mut out = String::new();
     let mut rest = segs;
-    if let Some(Seg::Key(table)) = segs.first() {
-        match (segs.get(1), segs.get(2)) {
-            (Some(Seg::Index(i)), _) => {
+    if let Some((name, i, after)) = nested_item(segs) {
+        out = format!("[[{name}]] #{}", i + 1);
+        rest = after;
+    } else if let Some(Seg::Key(table)) = segs.first() {
+        match segs.get(1) {
+            Some(Seg::Index(i)) => {
                 out = format!("[[{table}]] #{}", i + 1);
                 rest = &segs[2..];
-            }
-            // An array of tables inside a table: `[[roll.freeze]] #2`.
-            (Some(Seg::Key(sub)), Some(Seg::Index(i)))
-                if (table.as_str(), sub.as_str()) == ("roll", "freeze") =>
-            {
-                out = format!("[[{table}.{sub}]] #{}", i + 1);
-                rest = &segs[3..];
             }
             _ if segs.len() > 1
                 || matches!(
@@ -68,23 +64,42 @@ pub(super) fn describe(segs: &[Seg]) -> String {
     }
 }
 
-/// The line of the `n`th (from 0) `header` of an array of tables in a sub-table, whose items the
-/// document's spans do not tell apart.
-fn nth_header(text: &str, header: &str, n: usize) -> Option<usize> {
-    text.lines()
-        .enumerate()
-        .filter(|(_, l)| l.trim_start().starts_with(header))
-        .nth(n)
-        .map(|(i, _)| i + 1)
+/// The arrays of tables inside a table (the schema's `[[roll.freeze]]`). The document's spans
+/// cover such an array whole, not each item; a path into one is written with its header.
+const NESTED_TABLE_ARRAYS: &[(&str, &str)] = &[("roll", "freeze")];
+
+/// `roll.freeze[1].tz` -> (`roll.freeze`, 1, the rest), when `segs` points into a nested array
+/// of tables.
+fn nested_item(segs: &[Seg]) -> Option<(String, usize, &[Seg])> {
+    match segs {
+        [Seg::Key(a), Seg::Key(b), Seg::Index(i), rest @ ..]
+            if NESTED_TABLE_ARRAYS.contains(&(a.as_str(), b.as_str())) =>
+        {
+            Some((format!("{a}.{b}"), *i, rest))
+        }
+        _ => None,
+    }
+}
+
+/// The line an error at `segs` is reported on: the parser's own (`span_line`) when it has one,
+/// else found in the document; an item of a nested array of tables by counting its headers,
+/// since the parser's span covers the whole array.
+pub(super) fn error_line(text: &str, segs: &[Seg], span_line: Option<usize>) -> Option<usize> {
+    match nested_item(segs) {
+        Some((name, i, _)) => {
+            let header = format!("[[{name}]]");
+            text.lines()
+                .enumerate()
+                .filter(|(_, l)| l.trim_start().starts_with(&header))
+                .nth(i)
+                .map(|(n, _)| n + 1)
+        }
+        None => span_line.or_else(|| locate(text, segs)),
+    }
 }
 
 /// The line of the value (or, failing that, the key) at `segs`, found in the document's spans.
 pub(super) fn locate(text: &str, segs: &[Seg]) -> Option<usize> {
-    if let [Seg::Key(a), Seg::Key(b), Seg::Index(i), ..] = segs {
-        if (a.as_str(), b.as_str()) == ("roll", "freeze") {
-            return nth_header(text, "[[roll.freeze]]", *i);
-        }
-    }
     let doc = toml::de::DeTable::parse(text).ok()?;
     let mut table = doc.get_ref();
     let mut last_line = None;

@@ -18,7 +18,7 @@ mod locate;
 mod values;
 
 use duration::{duration_opt, duration_str};
-use locate::{describe, first_line, line_of, locate, nearest, segments, unknown_field};
+use locate::{describe, error_line, first_line, line_of, nearest, segments, unknown_field};
 
 pub use duration::{format_duration, parse_duration};
 pub use freeze::{Freeze, FreezeText};
@@ -620,16 +620,7 @@ impl Config {
                     }
                     None => (segs, msg),
                 };
-                // The spans of an array of tables in a sub-table cover the whole array:
-                // [`locate`] counts its headers instead.
-                let line = match segs.as_slice() {
-                    [locate::Seg::Key(a), locate::Seg::Key(b), locate::Seg::Index(_), ..]
-                        if (a.as_str(), b.as_str()) == ("roll", "freeze") =>
-                    {
-                        locate(text, &segs)
-                    }
-                    _ => line.or_else(|| locate(text, &segs)),
-                };
+                let line = error_line(text, &segs, line);
                 return Err(invalid(line, describe(&segs), msg));
             }
         };
@@ -767,13 +758,8 @@ install_dir = "/srv/moodle/html"
             e.contains("[[lb]] #1 socket: `http://x` is not a socket"),
             "{e}"
         );
-        // Health URLs and the apt repository are parsed here, once, not at the first health check.
-        let e = parse("[[nodes]]\nname = \"web1\"\nssh = \"web1\"\nhttp = \"https://web1\"\n")
-            .unwrap_err();
-        assert!(
-            e.starts_with("moodle-release.toml:10: [[nodes]] #1 http: `https://web1`: health checks go straight to the node over plain HTTP"),
-            "{e}"
-        );
+        // The apt repository is parsed here, once (a node's http too: see above), not when it is
+        // first used.
         // A freeze window names its place among the windows.
         let e = parse("[[roll.freeze]]\nfrom = \"2026-12-14T00:00:00Z\"\nto = \"2026-12-15T00:00:00Z\"\n[[roll.freeze]]\ndays = [\"mon\"]\nstart = \"08:00\"\nend = \"18:00\"\ntz = \"Mars/Olympus\"\n").unwrap_err();
         assert!(

@@ -7,6 +7,26 @@ use std::path::PathBuf;
 use serde::de::{self, Deserializer};
 use serde::{Deserialize, Serialize};
 
+/// A config value written as one string: read with its `FromStr` (whose error is the
+/// message, with file, line and key added by the config), written back with its `Display`.
+macro_rules! as_text {
+    ($($t:ty),*) => {$(
+        impl<'de> Deserialize<'de> for $t {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                String::deserialize(d)?.parse().map_err(de::Error::custom)
+            }
+        }
+
+        impl Serialize for $t {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+    )*};
+}
+
+as_text!(Socket, WebhookUrl, HttpBase, AptRepo);
+
 /// Where an HAProxy Runtime API listens.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Socket {
@@ -47,19 +67,6 @@ impl std::str::FromStr for Socket {
         } else {
             Err(bad())
         }
-    }
-}
-
-impl<'de> Deserialize<'de> for Socket {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(de::Error::custom)
-    }
-}
-
-impl Serialize for Socket {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
     }
 }
 
@@ -208,11 +215,19 @@ impl WebhookUrl {
     pub fn expose(&self) -> &str {
         &self.0
     }
+    /// The scheme, and the authority without its `user:password@` (a secret too).
+    fn parts(&self) -> (&str, &str) {
+        let (scheme, rest) = self.0.split_once("://").unwrap_or(("", ""));
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+        (
+            scheme,
+            authority.rsplit_once('@').map_or(authority, |(_, h)| h),
+        )
+    }
+
     /// The host (without port) of the URL, `""` if none.
     pub fn host(&self) -> &str {
-        let rest = self.0.split_once("://").map_or("", |(_, r)| r);
-        let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-        let authority = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+        let (_, authority) = self.parts();
         match authority.strip_prefix('[') {
             Some(v6) => v6.split(']').next().unwrap_or(""),
             None => authority.split(':').next().unwrap_or(""),
@@ -222,10 +237,7 @@ impl WebhookUrl {
 
 impl fmt::Display for WebhookUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let (scheme, rest) = self.0.split_once("://").unwrap_or(("", &self.0));
-        let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-        // user:password@ is a secret too.
-        let authority = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+        let (scheme, authority) = self.parts();
         write!(f, "{scheme}://{authority}/…")
     }
 }
@@ -248,18 +260,6 @@ impl std::str::FromStr for WebhookUrl {
             return Err("is not an http(s):// URL (not shown: it may hold a secret)".into());
         }
         Ok(u)
-    }
-}
-
-impl<'de> Deserialize<'de> for WebhookUrl {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?.parse().map_err(de::Error::custom)
-    }
-}
-
-impl Serialize for WebhookUrl {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
     }
 }
 
@@ -375,18 +375,6 @@ impl std::str::FromStr for HttpBase {
     }
 }
 
-impl<'de> Deserialize<'de> for HttpBase {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?.parse().map_err(de::Error::custom)
-    }
-}
-
-impl Serialize for HttpBase {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
 /// The host (without an IPv6 address's brackets) and port (default 80) of `host[:port]`,
 /// `[v6]` or `[v6]:port`.
 fn authority(hostport: &str) -> Option<(&str, u16)> {
@@ -454,18 +442,6 @@ impl std::str::FromStr for AptRepo {
             dest: dest.to_string(),
             path: path.to_string(),
         })
-    }
-}
-
-impl<'de> Deserialize<'de> for AptRepo {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?.parse().map_err(de::Error::custom)
-    }
-}
-
-impl Serialize for AptRepo {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
     }
 }
 

@@ -315,19 +315,16 @@ fn observe(
         canary.node,
         format_duration(canary.window)
     ));
-    let (base, mut slowest) = match sample(ctx) {
-        Ok(b) => b,
-        Err(e) => {
-            ctx.reporter.step_done();
-            return Err(ctx.fail(
-                Some(&canary.node),
-                format!(
-                    "canary: {e}; {} is on {} and in rotation",
-                    canary.node, plan.target
-                ),
-            ));
-        }
+    // An LB that cannot be read leaves the canary unjudged: the roll stops there.
+    let unread = |ctx: &mut Ctx, e: HaError| {
+        ctx.reporter.step_done();
+        let msg = format!(
+            "canary: {e}; {} is on {} and in rotation, not judged",
+            canary.node, plan.target
+        );
+        ctx.fail(Some(&canary.node), msg)
     };
+    let (base, mut slowest) = sample(ctx).map_err(|e| unread(ctx, e))?;
     loop {
         let left = canary.window.saturating_sub(t.elapsed());
         std::thread::sleep(left.min(Duration::from_secs(1)));
@@ -339,23 +336,9 @@ fn observe(
             ctx.reporter.step_done();
             return Err(ctx.interrupt(msg));
         }
-        let now = match sample(ctx) {
-            Ok((n, took)) => {
-                slowest = slowest.max(took);
-                samples += 1;
-                n
-            }
-            Err(e) => {
-                ctx.reporter.step_done();
-                return Err(ctx.fail(
-                    Some(&canary.node),
-                    format!(
-                        "canary: {e}; {} is on {} and in rotation, not judged",
-                        canary.node, plan.target
-                    ),
-                ));
-            }
-        };
+        let (now, took) = sample(ctx).map_err(|e| unread(ctx, e))?;
+        slowest = slowest.max(took);
+        samples += 1;
         let lbs: Vec<_> = base
             .iter()
             .zip(now)
@@ -459,17 +442,23 @@ mod tests {
         vec![("lb1".into(), before, now)]
     }
 
-    #[test]
-    fn a_canary_above_the_limit_and_the_others_fails_even_before_its_window_ends() {
-        let v = judge(
+    /// The verdict when the canary served `canary` (requests, 5xx) and web2 `others`, `secs`
+    /// into a 60 s window (complete at 60), with `--force` or not.
+    fn judged(canary: (u64, u64), others: (u64, u64), secs: u64, force: bool) -> Option<Verdict> {
+        let window = Duration::from_secs(secs);
+        judge(
             &plan(),
             "web1",
-            &lbs((200, 100), (200, 0)),
-            Duration::from_secs(10),
-            false,
-            false,
+            &lbs(canary, others),
+            window,
+            secs >= 60,
+            force,
         )
-        .unwrap();
+    }
+
+    #[test]
+    fn a_canary_above_the_limit_and_the_others_fails_even_before_its_window_ends() {
+        let v = judged((200, 100), (200, 0), 10, false).unwrap();
         assert!(!v.passed);
         assert_eq!((v.requests, v.errors_5xx, v.rate_5xx), (200, 100, 50.0));
         assert_eq!((v.others_requests, v.others_5xx), (200, 0));
@@ -483,66 +472,16 @@ mod tests {
 
     #[test]
     fn a_site_wide_outage_is_not_blamed_on_the_canary() {
-        assert!(
-            judge(
-                &plan(),
-                "web1",
-                &lbs((200, 20), (400, 80)),
-                Duration::from_secs(60),
-                true,
-                false
-            )
-            .unwrap()
-            .passed
-        );
+        assert!(judged((200, 20), (400, 80), 60, false).unwrap().passed);
         // Below the limit: passes, whatever the others do.
-        assert!(
-            judge(
-                &plan(),
-                "web1",
-                &lbs((1000, 5), (1000, 0)),
-                Duration::from_secs(60),
-                true,
-                false
-            )
-            .unwrap()
-            .passed
-        );
+        assert!(judged((1000, 5), (1000, 0), 60, false).unwrap().passed);
     }
 
     #[test]
     fn too_little_traffic_fails_at_the_end_unless_forced_and_a_good_canary_waits_its_window() {
-        assert_eq!(
-            judge(
-                &plan(),
-                "web1",
-                &lbs((10, 0), (10, 0)),
-                Duration::from_secs(10),
-                false,
-                false
-            ),
-            None
-        );
-        assert_eq!(
-            judge(
-                &plan(),
-                "web1",
-                &lbs((500, 0), (500, 0)),
-                Duration::from_secs(10),
-                false,
-                false
-            ),
-            None
-        );
-        let v = judge(
-            &plan(),
-            "web1",
-            &lbs((10, 0), (10, 0)),
-            Duration::from_secs(60),
-            true,
-            false,
-        )
-        .unwrap();
+        assert_eq!(judged((10, 0), (10, 0), 10, false), None);
+        assert_eq!(judged((500, 0), (500, 0), 10, false), None);
+        let v = judged((10, 0), (10, 0), 60, false).unwrap();
         assert!(
             !v.passed
                 && v.reason
@@ -550,15 +489,7 @@ mod tests {
             "{}",
             v.reason
         );
-        let v = judge(
-            &plan(),
-            "web1",
-            &lbs((10, 0), (10, 0)),
-            Duration::from_secs(60),
-            true,
-            true,
-        )
-        .unwrap();
+        let v = judged((10, 0), (10, 0), 60, true).unwrap();
         assert!(v.passed && v.forced);
     }
 

@@ -393,7 +393,7 @@ pub(super) fn run_plan(
             &format!("--force: inside the freeze window {window}"),
         );
     }
-    notice::start(ctx, opts, known, ctx.started);
+    notice::start(ctx, opts, known);
 
     match walk(ctx, plan, opts) {
         Ok(w) => {
@@ -425,6 +425,7 @@ pub(super) struct Stopped {
 }
 
 /// What a walk did.
+#[derive(Default)]
 pub(super) struct Walked {
     pub upgraded: Vec<String>,
     pub maintenance_secs: Option<f64>,

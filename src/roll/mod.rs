@@ -321,6 +321,9 @@ fn checked_roll(
         return Err(RollError::ZeroBatch);
     }
     let mut warnings = Vec::new();
+    for problem in opts.notifier.iter().flat_map(|n| n.problems()) {
+        warn(reporter, &mut warnings, problem);
+    }
     let frozen = freeze::check(cfg, opts, reporter, &mut warnings)?;
     let state_dir = cfg.base_dir.join(&cfg.roll.state_dir);
     let previous_state = RollState::read(&state_dir).map_err(RollError::State)?;
@@ -372,12 +375,7 @@ impl Outcome {
     /// What `plan` did (`walked`), or would do (`--plan`: `None`), as the executor left `ctx`.
     fn new(plan: Plan, walked: Option<Walked>, ctx: Ctx) -> Outcome {
         let planned_only = walked.is_none();
-        let w = walked.unwrap_or(Walked {
-            upgraded: Vec::new(),
-            maintenance_secs: None,
-            canary: None,
-            failed: Vec::new(),
-        });
+        let w = walked.unwrap_or_default();
         Outcome {
             plan,
             planned_only,

@@ -4,7 +4,7 @@
 
 use super::*;
 use crate::config::NotifyEvent;
-use crate::notify::Event;
+use crate::notify::{Event, Notifier};
 
 /// What the roll has learnt so far, for a notification of its end: a failure may come before
 /// the target is known (a preflight), or after.
@@ -44,20 +44,26 @@ fn event(
     e
 }
 
+/// Posts `e`, said on screen: a webhook that does not answer takes up to 10 s.
+fn send(reporter: &dyn Reporter, n: &Notifier, e: Event) -> Vec<String> {
+    reporter.step(&format!("notifying the webhooks: {}", e.event));
+    let warnings = n.send(e);
+    reporter.step_done();
+    warnings
+}
+
 /// The event carries the canary's verdict (figures as JSON) when there is one.
 fn set_canary(e: &mut Event, verdict: Option<&Verdict>) {
-    if let Some(v) = verdict {
-        e.canary = serde_json::to_value(v).ok();
-        e.canary_passed = Some((v.node.clone(), v.passed));
-    }
+    e.canary = verdict.and_then(|v| serde_json::to_value(v).ok());
 }
 
 /// The roll begins changing the cluster.
-pub(super) fn start(ctx: &mut Ctx, opts: &RollOptions, known: &Known, started: Instant) {
+pub(super) fn start(ctx: &mut Ctx, opts: &RollOptions, known: &Known) {
     let Some(n) = ctx.notifier.clone().filter(|n| n.wants(NotifyEvent::Start)) else {
         return;
     };
-    for w in n.send(event(&n, NotifyEvent::Start, opts, known, started)) {
+    let e = event(&n, NotifyEvent::Start, opts, known, ctx.started);
+    for w in send(ctx.reporter, &n, e) {
         ctx.warn(w);
     }
 }
@@ -79,7 +85,7 @@ pub(super) fn canary(ctx: &mut Ctx, plan: &Plan, opts: &RollOptions, verdict: &V
     let mut e = event(&n, NotifyEvent::Canary, opts, &known, ctx.started);
     e.reason = Some(verdict.reason.clone());
     set_canary(&mut e, Some(verdict));
-    for w in n.send(e) {
+    for w in send(ctx.reporter, &n, e) {
         ctx.warn(w);
     }
 }
@@ -124,7 +130,7 @@ pub(super) fn ended(
             set_canary(&mut e, err.canary());
         }
     }
-    for w in n.send(e) {
+    for w in send(reporter, &n, e) {
         reporter.warn(&w);
         if let Ok(o) = result {
             o.warnings.push(w);

@@ -410,40 +410,8 @@ mod tests {
 
     #[test]
     fn nodes_an_earlier_run_left_out_are_planned_first() {
-        let mut text = String::from(
-            "[site]\npackage = \"moodle-site\"\nmaintainer = \"M <m@example.edu>\"\ndescription = \"d\"\ninstall_dir = \"/srv/moodle\"\n[deploy]\nrepo = \".\"\nbranch = \"deploy\"\n",
-        );
-        for n in ["web1", "web2", "web3", "web4"] {
-            text.push_str(&format!(
-                "[[nodes]]\nname = \"{n}\"\nssh = \"{n}\"\nhttp = \"http://{n}\"\n"
-            ));
-        }
-        let cfg = Config::parse(&text, std::path::Path::new("moodle-release.toml")).unwrap();
-        let listed = crate::apt::Listed {
-            package: "moodle-site".into(),
-            version: "2".into(),
-            filename: String::new(),
-            size: 0,
-            sha256: String::new(),
-            moodle_release: None,
-            versions_hash: Some("v".into()),
-            db_hash: Some("d".into()),
-        };
-        let on = |v: &str| Installed {
-            version: Some(v.into()),
-            versions_hash: Some("v".into()),
-            db_hash: Some("d".into()),
-            ..Installed::default()
-        };
-        let installed: BTreeMap<String, Installed> = [
-            ("web1", on("2")),
-            ("web2", on("1")),
-            ("web3", on("1")),
-            ("web4", on("1")),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
+        let (cfg, listed, mut installed) = cluster("d");
+        installed.get_mut("web1").unwrap().version = Some("2".into());
         let opts = RollOptions::default();
         let plan = |state: Option<&RollState>| {
             make_plan(&cfg, &opts, 1, "2", &listed, &installed, state)
@@ -554,6 +522,17 @@ mod tests {
         (cfg, listed, installed)
     }
 
+    /// The plan to version 2, with no earlier roll.
+    fn planned(
+        cfg: &Config,
+        opts: &RollOptions,
+        batch: usize,
+        listed: &crate::apt::Listed,
+        installed: &BTreeMap<String, Installed>,
+    ) -> Result<Plan, RollError> {
+        make_plan(cfg, opts, batch, "2", listed, installed, None)
+    }
+
     /// The web servers out of rotation after each step, at most.
     fn most_out(steps: &[Step]) -> usize {
         let mut out = std::collections::BTreeSet::new();
@@ -586,16 +565,7 @@ mod tests {
     fn a_code_only_plan_keeps_batch_limits_and_puts_cron_after_web() {
         let (cfg, listed, installed) = cluster("d");
         for batch in 1..=3 {
-            let plan = make_plan(
-                &cfg,
-                &RollOptions::default(),
-                batch,
-                "2",
-                &listed,
-                &installed,
-                None,
-            )
-            .unwrap();
+            let plan = planned(&cfg, &RollOptions::default(), batch, &listed, &installed).unwrap();
             assert_eq!(plan.path, RollPath::CodeOnly);
             assert!(plan.batches.iter().all(|b| b.len() <= batch));
             let s = &plan.steps;
@@ -635,16 +605,7 @@ mod tests {
                 .any(|x| matches!(x, Step::Upgrade { .. } | Step::MaintenanceOn { .. })));
         }
         // A batch as large as the pool: refused, before anything (exit 3).
-        let e = make_plan(
-            &cfg,
-            &RollOptions::default(),
-            4,
-            "2",
-            &listed,
-            &installed,
-            None,
-        )
-        .unwrap_err();
+        let e = planned(&cfg, &RollOptions::default(), 4, &listed, &installed).unwrap_err();
         assert_eq!(e.exit_code(), 3, "{e}");
     }
 
@@ -655,7 +616,7 @@ mod tests {
             canary: Some(Some(Duration::from_secs(90))),
             ..RollOptions::default()
         };
-        let plan = make_plan(&cfg, &opts, 2, "2", &listed, &installed, None).unwrap();
+        let plan = planned(&cfg, &opts, 2, &listed, &installed).unwrap();
         assert_eq!(
             plan.batches,
             [vec!["web1"], vec!["web2", "web3"], vec!["web4"]]
@@ -681,9 +642,7 @@ mod tests {
         // --no-canary, the config's window, no canary on rollback or on the database path.
         let off = |o: RollOptions, db: &str| {
             let (cfg, listed, installed) = cluster(db);
-            make_plan(&cfg, &o, 2, "2", &listed, &installed, None)
-                .unwrap()
-                .canary
+            planned(&cfg, &o, 2, &listed, &installed).unwrap().canary
         };
         assert!(off(
             RollOptions {
@@ -723,16 +682,7 @@ mod tests {
     #[test]
     fn a_database_plan_downloads_then_upgrades_once_in_maintenance() {
         let (cfg, listed, installed) = cluster("d2");
-        let plan = make_plan(
-            &cfg,
-            &RollOptions::default(),
-            2,
-            "2",
-            &listed,
-            &installed,
-            None,
-        )
-        .unwrap();
+        let plan = planned(&cfg, &RollOptions::default(), 2, &listed, &installed).unwrap();
         assert_eq!(plan.path, RollPath::Database);
         let s = &plan.steps;
         let one = |want: &dyn Fn(&Step) -> bool| {
@@ -757,7 +707,7 @@ mod tests {
         // A node with nothing installed: the first-install path, the same steps.
         let mut fresh = installed.clone();
         fresh.get_mut("web3").unwrap().version = None;
-        let plan = make_plan(&cfg, &RollOptions::default(), 2, "2", &listed, &fresh, None).unwrap();
+        let plan = planned(&cfg, &RollOptions::default(), 2, &listed, &fresh).unwrap();
         assert_eq!(plan.path, RollPath::FirstInstall);
         assert!(plan.database());
     }
@@ -766,16 +716,7 @@ mod tests {
     #[test]
     fn plan_and_refusals_as_printed() {
         let (cfg, listed, installed) = cluster("d");
-        let mut plan = make_plan(
-            &cfg,
-            &RollOptions::default(),
-            2,
-            "2",
-            &listed,
-            &installed,
-            None,
-        )
-        .unwrap();
+        let mut plan = planned(&cfg, &RollOptions::default(), 2, &listed, &installed).unwrap();
         plan.target_why = "the newest in the repository".into();
         let outcome = Outcome {
             plan,
@@ -812,17 +753,9 @@ mod tests {
             resume(Some("4"), false, Some(&stopped)),
             resume(None, true, Some(&stopped)),
             resume(None, false, None),
-            make_plan(
-                &cfg,
-                &RollOptions::default(),
-                4,
-                "2",
-                &listed,
-                &installed,
-                None,
-            )
-            .unwrap_err()
-            .to_string(),
+            planned(&cfg, &RollOptions::default(), 4, &listed, &installed)
+                .unwrap_err()
+                .to_string(),
         ];
         insta::assert_snapshot!("refusals", errors.join("\n"));
     }

@@ -638,6 +638,27 @@ impl Load {
     }
 }
 
+/// Runs `cmd`, which must exit with `code` (its stderr and stdout in the message if not): its
+/// output and stderr.
+pub fn exits(cmd: &mut Command, code: i32) -> (Output, String) {
+    let out = cmd.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(code),
+        "{cmd:?}: {err}\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    (out, err)
+}
+
+/// `secs` from now (negative: ago) as an RFC 3339 time, for freeze windows around the test.
+pub fn rfc3339_from_now(secs: i64) -> String {
+    jiff::Timestamp::from_second(jiff::Timestamp::now().as_second() + secs)
+        .unwrap()
+        .to_string()
+}
+
 /// GET `http://host:port/path` → status code.
 pub fn http_get(url: &str) -> Result<u16, String> {
     use std::io::{Read, Write};
