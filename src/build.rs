@@ -567,6 +567,17 @@ fn generated_files(
         );
         generated.push((under(b"config.php"), text.into_bytes()));
     }
+    // The release probe, in the web root: what a node's PHP answers proves which release it runs.
+    let probe = control::render(
+        control::PROBE_PHP,
+        &[
+            ("package", pkg),
+            ("version", version),
+            ("commit", commit.as_deref().unwrap_or("")),
+        ],
+    );
+    let probe_path = format!("{}{}", setup_prefix(tree), control::PROBE_PATH);
+    generated.push((under(probe_path.as_bytes()), probe.into_bytes()));
     let doc = format!("usr/share/doc/{pkg}");
     let vars = [
         ("package", pkg),
@@ -674,6 +685,11 @@ fn control_fields(
     if let Some(c) = commit {
         f.push(("X-Moodle-Source-Commit".into(), c));
     }
+    // The URL path of the release probe on a node (`roll` asks it only of packages that say so).
+    f.push((
+        "X-Moodle-Release-Probe".into(),
+        format!("/{}", crate::deb::control::PROBE_PATH),
+    ));
     Control { fields: f }
 }
 

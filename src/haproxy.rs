@@ -46,6 +46,18 @@ pub enum HaError {
     },
 }
 
+impl HaError {
+    /// The LB it is about.
+    pub fn lb(&self) -> &str {
+        match self {
+            HaError::Connect { lb, .. }
+            | HaError::Command { lb, .. }
+            | HaError::NoServer { lb, .. }
+            | HaError::Parse { lb, .. } => lb,
+        }
+    }
+}
+
 /// The admin state a roll sets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]

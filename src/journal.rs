@@ -19,12 +19,43 @@ pub struct Entry {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lb: Option<String>,
     pub action: String,
-    /// `ok`, `failed`, `skipped`, `warning`, `info`.
-    pub result: String,
+    pub result: StepResult,
     #[serde(default)]
     pub duration_ms: u128,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub detail: String,
+}
+
+/// What became of a journalled step. Written as the lowercase word (`"ok"`, `"failed"`, ...),
+/// so a journal reads the same to `jq` as before it was typed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StepResult {
+    /// The step did what the plan said.
+    Ok,
+    /// The step failed: the detail says why.
+    Failed,
+    /// Not needed here (maintenance on a node with no code yet).
+    Skipped,
+    /// Done, with something the engineer should know (a reload, a drain timeout, the budget).
+    Warning,
+    /// A fact about the roll, not a step (its start, a replan, an interrupt).
+    Info,
+    /// Waiting on something outside the roll (another apt's lock).
+    Waiting,
+}
+
+impl std::fmt::Display for StepResult {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            StepResult::Ok => "ok",
+            StepResult::Failed => "failed",
+            StepResult::Skipped => "skipped",
+            StepResult::Warning => "warning",
+            StepResult::Info => "info",
+            StepResult::Waiting => "waiting",
+        })
+    }
 }
 
 /// `roll` or `rollback`: the command a state belongs to, and the one that resumes it.
@@ -146,7 +177,7 @@ impl RollState {
     pub fn write(&self, state_dir: &Path) -> std::io::Result<()> {
         crate::fsutil::write_atomic(
             &Self::path(state_dir),
-            &serde_json::to_vec_pretty(self).unwrap_or_default(),
+            &serde_json::to_vec_pretty(self).map_err(std::io::Error::other)?,
         )
     }
 }
@@ -179,12 +210,13 @@ impl Journal {
     }
 
     /// Appends a step; each line is written and flushed at once, so a killed roll leaves a
-    /// journal that says how far it got.
-    pub fn log(&mut self, e: Entry) {
-        if let Ok(line) = serde_json::to_string(&e) {
-            let _ = writeln!(self.file, "{line}");
-            let _ = self.file.flush();
-        }
+    /// journal that says how far it got. The entry is kept in memory (for the summary) even
+    /// when the write fails; the error is the caller's to say.
+    pub fn log(&mut self, e: Entry) -> std::io::Result<()> {
+        let line = serde_json::to_string(&e).map_err(std::io::Error::other);
         self.entries.push(e);
+        let line = line?;
+        writeln!(self.file, "{line}")?;
+        self.file.flush()
     }
 }

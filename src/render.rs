@@ -91,9 +91,17 @@ pub fn status(st: &Status, out: &mut dyn Write) -> std::io::Result<()> {
             .map(|(k, v)| format!("{k}: {v}"))
             .collect::<Vec<_>>()
             .join(", ");
+        // The release the node's PHP runs, beside the package installed: `php 2-1`, or
+        // `php STALE 1-1` when PHP still runs what its opcode cache kept.
+        let php = match (&n.php, &n.version) {
+            (None, _) => String::new(),
+            (Some(p), Some(v)) if p == v => format!("php {p} "),
+            (Some(p), _) if p.starts_with('?') => "php ? ".into(),
+            (Some(p), _) => format!("php STALE {p} "),
+        };
         writeln!(
             out,
-            "{:<10} {:<5} {:<28} {:<10} {}{}",
+            "{:<10} {:<5} {:<28} {:<10} {php}{}{}",
             n.name,
             n.role,
             n.version.clone().unwrap_or_else(|| "(none)".into()),
@@ -242,7 +250,7 @@ fn timeline(timeline: &[crate::journal::Entry], out: &mut dyn Write) -> std::io:
                 e.lb.clone().unwrap_or_default(),
                 e.action,
                 e.result,
-                if e.detail.is_empty() || e.result == "ok" {
+                if e.detail.is_empty() || e.result == crate::journal::StepResult::Ok {
                     String::new()
                 } else {
                     format!(": {}", e.detail)

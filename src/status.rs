@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::config::{Config, Role};
 use crate::haproxy::{HaError, Lb};
 use crate::journal::RollState;
-use crate::roll::health::healthy;
+use crate::roll::health::{healthy, probe_now};
 use crate::roll::lock::{newer, remote_state, Lock};
 use crate::roll::probe::{connect_and_query, Installed};
 use crate::roll::{lock_node, server_name, RollError};
@@ -45,6 +45,10 @@ pub struct NodeStatus {
     pub role: String,
     pub version: Option<String>,
     pub healthy: Option<bool>,
+    /// The release the node's PHP runs, as its release probe answers (web nodes); it differs
+    /// from `version` when PHP still runs code its opcode cache kept.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub php: Option<String>,
     pub lbs: BTreeMap<String, String>,
     pub error: Option<String>,
 }
@@ -75,19 +79,33 @@ fn lb_view(
         .collect()
 }
 
-/// Every node's health at once: a node that does not answer costs its timeout once.
-fn health_of_all(cfg: &Config) -> Vec<Option<bool>> {
+/// Every node's health and the release its PHP runs, at once: a node that does not answer
+/// costs its timeout once.
+fn health_of_all(cfg: &Config) -> Vec<(Option<bool>, Option<String>)> {
     std::thread::scope(|s| {
         let checks: Vec<_> = cfg
             .nodes
             .iter()
-            .map(|n| s.spawn(move || healthy(cfg, n)))
+            .map(|n| s.spawn(move || (healthy(cfg, n), php_runs(cfg, n))))
             .collect();
         checks
             .into_iter()
-            .map(|c| c.join().unwrap_or(Some(false)))
+            .map(|c| c.join().unwrap_or((Some(false), None)))
             .collect()
     })
+}
+
+/// What a web node's release probe answers: the version its PHP runs, or why it cannot say
+/// (`?` and the reason); `None` for a node without `http` (cron).
+fn php_runs(cfg: &Config, n: &crate::config::Node) -> Option<String> {
+    n.http.as_ref()?;
+    let path = format!("/{}", crate::deb::control::PROBE_PATH);
+    match probe_now(cfg, n, &path) {
+        Ok(a) => Some(a.version),
+        // A package built before packages carried the probe.
+        Err(crate::roll::health::Unhealthy::Status { code: 404, .. }) => None,
+        Err(e) => Some(format!("? ({e})")),
+    }
 }
 
 /// The cluster now: each node's version and health, how every LB sees it, the last roll (the
@@ -131,12 +149,13 @@ pub fn status(cfg: &Config) -> Result<Status, RollError> {
     let mut remote = None;
     let health = health_of_all(cfg);
     let mut nodes = Vec::new();
-    for (n, healthy) in cfg.nodes.iter().zip(health) {
+    for (n, (healthy, php)) in cfg.nodes.iter().zip(health) {
         let mut st = NodeStatus {
             name: n.name.clone(),
             role: if n.role == Role::Web { "web" } else { "cron" }.into(),
             version: None,
             healthy,
+            php,
             lbs: BTreeMap::new(),
             error: None,
         };

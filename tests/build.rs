@@ -61,6 +61,25 @@ fn package_from_git_is_read_by_dpkg_deb() {
     );
     assert!(!stub.contains("dbpass"));
 
+    // The release probe, in the web root: run by the real PHP, it answers for this package.
+    assert_eq!(
+        deb_field(&deb, "X-Moodle-Release-Probe"),
+        "/moodle-release-probe.php"
+    );
+    assert_eq!(
+        find(&format!("{root}moodle-release-probe.php")).0,
+        "-rw-r--r--"
+    );
+    let answer = stdout(Command::new("sh").arg("-c").arg(format!(
+        "dpkg-deb --fsys-tarfile {} | tar -xOf - {root}moodle-release-probe.php | php",
+        deb.display()
+    )));
+    let answer: serde_json::Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(
+        answer,
+        serde_json::json!({"package": "moodle-test", "version": "4.1.10+1-1", "commit": head.trim()})
+    );
+
     // The metadata roll reads: core and every plugin's version.
     let meta = stdout(Command::new("sh").arg("-c").arg(format!(
         "dpkg-deb --fsys-tarfile {} | tar -xOf - ./usr/share/moodle-test/moodle-release.json",
@@ -213,7 +232,9 @@ fn large_trees_are_read_whole_by_dpkg_with_every_compression() {
         let in_site = listed
             .iter()
             .filter(|(perm, _, path, _)| {
-                !perm.starts_with('d') && path.starts_with("./srv/moodle-test/html/")
+                !perm.starts_with('d')
+                    && path.starts_with("./srv/moodle-test/html/")
+                    && path != "./srv/moodle-test/html/moodle-release-probe.php"
             })
             .count();
         assert_eq!(
@@ -321,11 +342,11 @@ fn a_plain_directory_gives_the_same_files_as_git() {
             .arg("--control")
             .arg(deb)
             .arg(d.path()));
-        // The package records where it came from (commit id in the changelog and metadata), so
-        // only the site's files are compared.
+        // The package records where it came from (commit id in the changelog, the metadata and
+        // the release probe), so only the site's files are compared.
         let all = fs::read_to_string(d.path().join("md5sums")).unwrap();
         all.lines()
-            .filter(|l| l.contains(" srv/"))
+            .filter(|l| l.contains(" srv/") && !l.ends_with("/moodle-release-probe.php"))
             .map(String::from)
             .collect::<Vec<_>>()
     };

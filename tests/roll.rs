@@ -1402,3 +1402,92 @@ fn an_lb_on_ipv6_is_reached() {
         "web1 is unreachable: {st}"
     );
 }
+
+/// The last line of the newest journal of the lab, as JSON.
+fn last_journal_line(c: &Cluster) -> serde_json::Value {
+    let state = c.lab().join("state");
+    let newest = fs::read_dir(&state)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
+        .max()
+        .unwrap();
+    let text = fs::read_to_string(newest).unwrap();
+    serde_json::from_str(text.lines().last().unwrap()).unwrap()
+}
+
+/// Tried as a new user would: 4 web nodes, `--batch 1`, lb2 killed right after web1 is back in
+/// rotation. The roll stops at once (no hang) with exit 1 naming the LB; the site keeps serving
+/// through lb1 with no failed request; the journal's last line says at which step, on which
+/// node and LB, and why; the state says `failed` (not `running`), and `status` says so; once lb2
+/// is back, `--resume` finishes the roll.
+#[test]
+fn an_lb_killed_mid_roll_stops_it_with_the_journal_and_state_saying_why() {
+    require_root("scripts/lab uses mount namespaces");
+    let c = Cluster::up(4);
+    c.release(1, &[]);
+    run(c.cmd().arg("roll"));
+    let v2 = c.release(2, &[]);
+    let load = Load::start(vec![format!("{}/", c.env["LAB_LB1"])], 2, 5000);
+    let child = roll_until(
+        &c,
+        &["roll", "--batch", "1"],
+        "web1 back in rotation on lb2",
+        |l| l.contains(r#""node":"web1","lb":"lb2","action":"state ready""#),
+    );
+    let lb2 = fs::read_to_string(c.lab().join("lb2.pid")).unwrap();
+    run(Command::new("kill").args(["-9", lb2.trim()]));
+    let started = std::time::Instant::now();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(45),
+        "the roll hung after lb2 died"
+    );
+    assert!(
+        err.contains("the roll stopped at web2: ")
+            && err.contains("lb2: cannot reach the Runtime API"),
+        "{err}"
+    );
+    assert!(err.contains("journal: "), "{err}");
+    let (requests, failures) = load.stop();
+    assert!(requests > 0);
+    assert!(failures.is_empty(), "lb1 kept serving: {failures:?}");
+
+    let last = last_journal_line(&c);
+    assert_eq!(last["action"], "stop", "{last}");
+    assert_eq!(last["result"], "failed", "{last}");
+    assert_eq!(last["node"], "web2", "{last}");
+    assert_eq!(last["lb"], "lb2", "{last}");
+    let detail = last["detail"].as_str().unwrap();
+    assert!(
+        detail.starts_with("at ") && detail.contains("cannot reach the Runtime API"),
+        "{detail}"
+    );
+    let state: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(c.lab().join("state/state.json")).unwrap())
+            .unwrap();
+    assert_eq!(state["status"], "failed", "{state}");
+    assert_eq!(state["failed_node"], "web2", "{state}");
+    assert!(state["reason"].as_str().unwrap().contains("lb2"), "{state}");
+    let st: serde_json::Value =
+        serde_json::from_slice(&c.cmd().args(["--json", "status"]).output().unwrap().stdout)
+            .unwrap();
+    assert_eq!(st["roll"]["status"], "failed", "{st}");
+    assert_eq!(c.installed("web1"), v2);
+
+    // lb2 back (a fresh process: every server ready, as its config says): --resume finishes.
+    run(Command::new("haproxy")
+        .arg("-f")
+        .arg(c.lab().join("lb2.cfg"))
+        .arg("-D"));
+    assert!(eventually(|| c
+        .lb_servers()
+        .iter()
+        .all(|(_, s)| s.starts_with("UP"))));
+    run(c.cmd().args(["roll", "--resume", "--batch", "1"]));
+    assert_on(&c, &["web1", "web2", "web3", "web4", "cron1"], &v2);
+    assert_all_up(&c);
+}

@@ -113,6 +113,10 @@ pub struct Listed {
     pub versions_hash: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub db_hash: Option<String>,
+    /// The URL path of the package's release probe (`X-Moodle-Release-Probe`), which packages
+    /// built before it existed do not have.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub probe: Option<String>,
 }
 
 /// What `publish` did.
@@ -253,6 +257,7 @@ impl Repo {
                 moodle_release: s.get("X-Moodle-Release").map(String::from),
                 versions_hash: s.get("X-Moodle-Versions-Hash").map(String::from),
                 db_hash: s.get("X-Moodle-Db-Hash").map(String::from),
+                probe: s.get("X-Moodle-Release-Probe").map(String::from),
             })
             .collect())
     }

@@ -422,6 +422,13 @@ pub struct Roll {
     /// them itself on the database path. `""` skips it.
     #[serde(default = "default_purge_command")]
     pub purge_command: String,
+    /// Run on each web node after its install, before its release probe and health checks:
+    /// what makes its PHP serve the new code when the package's postinst does not (a php-fpm
+    /// under another service name, PHP in a container, a reload that fails; with
+    /// `opcache.validate_timestamps=0` only a reload serves new code). Unset: the postinst's
+    /// reload of php-fpm or Apache is trusted, and the probe checks it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reload_command: Option<String>,
     /// Where the journal and state of rolls are kept (relative to the config file).
     #[serde(default = "default_state_dir")]
     pub state_dir: PathBuf,
@@ -464,6 +471,7 @@ impl Default for Roll {
             maintenance_on: default_maintenance_on(),
             maintenance_off: default_maintenance_off(),
             purge_command: default_purge_command(),
+            reload_command: None,
             state_dir: default_state_dir(),
             canary: None,
             canary_max_5xx: default_canary_max_5xx(),

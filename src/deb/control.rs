@@ -29,6 +29,12 @@ pub const SCRIPTS: [Template; 2] = [
 
 /// The `config.php` stub shipped in dirroot.
 pub const CONFIG_PHP: &str = include_str!("../../debian-skel/config.php");
+/// The release probe shipped in the web root (see [`PROBE_PATH`]).
+pub const PROBE_PHP: &str = include_str!("../../debian-skel/probe.php");
+/// The probe's path under the web root (dirroot, or its `public/` in Moodle 5.1+ trees), and so
+/// its URL path on a node. No Moodle file or plugin folder is named so (frankenstyle names have
+/// no `-`); a tree that has one is refused by `build` as a duplicate path.
+pub const PROBE_PATH: &str = "moodle-release-probe.php";
 /// `/usr/share/doc/<package>/copyright`.
 pub const COPYRIGHT: &str = include_str!("../../debian-skel/copyright");
 

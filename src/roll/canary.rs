@@ -275,7 +275,11 @@ pub(super) fn watch(ctx: &mut Ctx, plan: &Plan, opts: &RollOptions) -> Result<Ve
     let verdict = observe(ctx, plan, &canary, &server, opts.force)?;
     ctx.reporter.step_done();
     let figures = serde_json::to_string(&verdict).unwrap_or_default();
-    let result = if verdict.passed { "ok" } else { "failed" };
+    let result = if verdict.passed {
+        StepResult::Ok
+    } else {
+        StepResult::Failed
+    };
     ctx.log_step(&step, None, result, t, &figures);
     notice::canary(ctx, plan, opts, &verdict);
     if verdict.forced {
@@ -390,7 +394,7 @@ pub(super) fn send_back(
         Some(&verdict.node),
         None,
         "canary failed",
-        "info",
+        StepResult::Info,
         Instant::now(),
         &verdict.reason,
     );

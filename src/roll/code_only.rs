@@ -69,7 +69,7 @@ pub(super) fn end_batch(
                 Some(n),
                 None,
                 "failure budget",
-                "warning",
+                StepResult::Warning,
                 Instant::now(),
                 &msg,
             );
@@ -139,7 +139,7 @@ pub(super) fn auto_rollback(
         None,
         None,
         "auto-rollback",
-        "info",
+        StepResult::Info,
         Instant::now(),
         &format!("after: {cause}"),
     );
@@ -193,6 +193,7 @@ pub(super) fn back_to_previous(
 fn back_plan(cfg: &Config, plan: &Plan, version: &str, nodes: &[String]) -> Plan {
     let mut rb = Plan {
         target: version.to_string(),
+        probe: plan.probes.get(version).cloned(),
         path: RollPath::CodeOnly,
         batches: nodes.chunks(plan.batch).map(<[String]>::to_vec).collect(),
         cron: Vec::new(),

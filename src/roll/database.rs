@@ -14,7 +14,13 @@ pub(super) fn download(ctx: &mut Ctx, nodes: &[String], target: &str) -> Result<
     for (n, r) in nodes.iter().zip(ctx.run_apt(nodes, &script)) {
         let failure = match r {
             Ok(o) if o.success() => {
-                ctx.log_step(&Step::Download { node: n.clone() }, None, "ok", t, target);
+                ctx.log_step(
+                    &Step::Download { node: n.clone() },
+                    None,
+                    StepResult::Ok,
+                    t,
+                    target,
+                );
                 continue;
             }
             Ok(o) => format!("{n}: downloading {}={target} failed: {}", ctx.pkg, o.tail()),
@@ -49,10 +55,10 @@ pub(super) fn maintenance_on(ctx: &mut Ctx, plan: &Plan, node: &str) -> Result<(
                 format!("maintenance_on failed: {}; {untouched}", out.tail()),
             ));
         }
-        ctx.log_step(&step, None, "ok", t, &on);
+        ctx.log_step(&step, None, StepResult::Ok, t, &on);
     } else {
         // A first install: no code on the node yet, so nothing to put in maintenance.
-        ctx.log_step(&step, None, "skipped", t, "no code installed yet");
+        ctx.log_step(&step, None, StepResult::Skipped, t, "no code installed yet");
     }
     ctx.state.upgrade_pending = true;
     ctx.save_state();
@@ -81,7 +87,7 @@ pub(super) fn upgrade(ctx: &mut Ctx, node: &str) -> Result<(), RollError> {
     let step = Step::Upgrade {
         node: node.to_string(),
     };
-    ctx.log_step(&step, None, "ok", t, &up);
+    ctx.log_step(&step, None, StepResult::Ok, t, &up);
     Ok(())
 }
 
@@ -105,7 +111,7 @@ pub(super) fn maintenance_off(ctx: &mut Ctx, node: &str, since: Instant) -> Resu
             node: node.to_string(),
         },
         None,
-        "ok",
+        StepResult::Ok,
         t,
         &format!("site in maintenance for {secs:.1}s"),
     );

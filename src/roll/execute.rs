@@ -24,6 +24,8 @@ pub(super) struct Ctx<'a> {
     pub(super) notifier: Option<Arc<crate::notify::Notifier>>,
     /// When the roll began (for notifications' durations).
     pub(super) started: Instant,
+    /// A journal or state write that failed: the roll stops at its next stop point.
+    pub(super) unrecorded: Option<String>,
 }
 
 impl<'a> Ctx<'a> {
@@ -52,6 +54,7 @@ impl<'a> Ctx<'a> {
             pkg: cfg.site.package.to_string(),
             processes: BTreeMap::new(),
             remote_state_failed: Default::default(),
+            unrecorded: None,
         })
     }
     /// Notices a reloaded LB and sets again the states this roll had set on it (drain for the
@@ -76,7 +79,7 @@ impl<'a> Ctx<'a> {
                 None,
                 Some(&lb.name),
                 "reload detected",
-                "warning",
+                StepResult::Warning,
                 Instant::now(),
                 &msg,
             );
@@ -96,7 +99,7 @@ impl<'a> Ctx<'a> {
                     Some(&node),
                     Some(&lb.name),
                     &format!("state {} (again)", state.as_str()),
-                    "ok",
+                    StepResult::Ok,
                     Instant::now(),
                     "",
                 );
@@ -110,20 +113,39 @@ impl<'a> Ctx<'a> {
         node: Option<&str>,
         lb: Option<&str>,
         action: &str,
-        result: &str,
+        result: StepResult,
         started: Instant,
         detail: &str,
     ) {
-        if let Some(j) = &mut self.journal {
-            j.log(Entry {
-                time_ms: now_ms(),
-                node: node.map(String::from),
-                lb: lb.map(String::from),
-                action: action.to_string(),
-                result: result.to_string(),
-                duration_ms: started.elapsed().as_millis(),
-                detail: detail.to_string(),
-            });
+        let Some(j) = &mut self.journal else {
+            return;
+        };
+        let written = j.log(Entry {
+            time_ms: now_ms(),
+            node: node.map(String::from),
+            lb: lb.map(String::from),
+            action: action.to_string(),
+            result,
+            duration_ms: started.elapsed().as_millis(),
+            detail: detail.to_string(),
+        });
+        if let Err(e) = written {
+            let what = format!("cannot write the journal {}: {e}", j.path.display());
+            self.unrecorded(what);
+        }
+    }
+
+    /// A write of the journal or of the state failed: said at once (the first time), and the
+    /// roll stops at its next stop point ([`Ctx::must_stop`]): a roll that cannot record what it
+    /// does would leave `--resume` and `status` guessing.
+    fn unrecorded(&mut self, what: String) {
+        if self.unrecorded.is_none() {
+            warn(
+                self.reporter,
+                &mut self.warnings,
+                format!("{what}; the roll stops before its next batch"),
+            );
+            self.unrecorded = Some(what);
         }
     }
 
@@ -132,7 +154,7 @@ impl<'a> Ctx<'a> {
         &mut self,
         step: &Step,
         lb: Option<&str>,
-        result: &str,
+        result: StepResult,
         started: Instant,
         detail: &str,
     ) {
@@ -154,20 +176,31 @@ impl<'a> Ctx<'a> {
             .map(|n| (&self.conns[n], script.to_string()))
             .collect();
         let (reporter, journal) = (self.reporter, &mut self.journal);
-        self.ssh.run_all_long_noting(jobs, |i, note| {
+        let mut failed_write = None;
+        let results = self.ssh.run_all_long_noting(jobs, |i, note| {
             reporter.note(&format!("{}: {note}", nodes[i]));
             if let Some(j) = journal.as_mut() {
-                j.log(Entry {
+                let written = j.log(Entry {
                     time_ms: now_ms(),
                     node: Some(nodes[i].clone()),
                     lb: None,
                     action: "apt lock".into(),
-                    result: "waiting".into(),
+                    result: StepResult::Waiting,
                     duration_ms: t.elapsed().as_millis(),
                     detail: note.into(),
                 });
+                if let Err(e) = written {
+                    failed_write = Some(format!(
+                        "cannot write the journal {}: {e}",
+                        j.path.display()
+                    ));
+                }
             }
-        })
+        });
+        if let Some(what) = failed_write {
+            self.unrecorded(what);
+        }
+        results
     }
 
     /// Says `msg` at once (a roll that fails later must not lose it) and keeps it for `--json`.
@@ -177,8 +210,14 @@ impl<'a> Ctx<'a> {
 
     /// Writes the state in the state folder and a copy on the lock node ([`REMOTE_STATE`]),
     /// where a run from another machine finds it.
-    pub(super) fn save_state(&self) {
-        let _ = self.state.write(&self.state_dir);
+    pub(super) fn save_state(&mut self) {
+        if let Err(e) = self.state.write(&self.state_dir) {
+            let what = format!(
+                "cannot write the roll's state {}: {e}",
+                RollState::path(&self.state_dir).display()
+            );
+            self.unrecorded(what);
+        }
         let Some(conn) = self.conns.get(lock_node(self.cfg)) else {
             return;
         };
@@ -208,7 +247,14 @@ impl<'a> Ctx<'a> {
     pub(super) fn interrupt(&mut self, message: String) -> RollError {
         self.state.status = RollStatus::Interrupted;
         self.save_state();
-        self.log(None, None, "interrupt", "info", Instant::now(), &message);
+        self.log(
+            None,
+            None,
+            "interrupt",
+            StepResult::Info,
+            Instant::now(),
+            &message,
+        );
         RollError::Interrupted {
             message,
             journal: self.journal_path(),
@@ -225,12 +271,69 @@ impl<'a> Ctx<'a> {
         }
     }
 
+    /// The end of a walk that stopped at `step` with `error`: whatever stopped it (a step that
+    /// failed, an LB or node that stopped answering mid-roll, a write that failed, the canary,
+    /// Ctrl-C), the journal's last line says so, naming the step, its node and the cause, and
+    /// the state is no longer `running`, so `status` and the next `roll` tell the truth. An
+    /// error that does not name the journal yet (an LB's, an SSH connection's) is wrapped in
+    /// [`RollError::Stopped`], which does.
+    pub(super) fn stopped(&mut self, step: &Step, target: &str, error: RollError) -> RollError {
+        let recorded = self
+            .journal
+            .as_ref()
+            .and_then(|j| j.entries.last())
+            .is_some_and(|e| e.action == "stop" || e.action == "interrupt");
+        let node = step.node().map(String::from).or_else(|| match step {
+            Step::WaitIdle { nodes } if nodes.len() == 1 => Some(nodes[0].clone()),
+            _ => None,
+        });
+        if self.state.status == RollStatus::Running {
+            self.state.status = RollStatus::Failed;
+            self.state.failed_node = node.clone();
+            self.state.reason = Some(error.to_string());
+        }
+        let at = step.describe(target);
+        if !recorded {
+            let result = if matches!(error, RollError::Interrupted { .. }) {
+                StepResult::Info
+            } else {
+                StepResult::Failed
+            };
+            let detail = format!("at {at}: {error}");
+            let lb = error.lb().map(String::from);
+            self.log(
+                node.as_deref(),
+                lb.as_deref(),
+                "stop",
+                result,
+                Instant::now(),
+                &detail,
+            );
+        }
+        self.save_state();
+        if error.journal().is_some() {
+            return error;
+        }
+        RollError::Stopped {
+            at,
+            cause: Box::new(error),
+            journal: self.journal_path(),
+        }
+    }
+
     pub(super) fn fail(&mut self, node: Option<&str>, message: String) -> RollError {
         self.state.status = RollStatus::Failed;
         self.state.failed_node = node.map(String::from);
         self.state.reason = Some(message.clone());
         self.save_state();
-        self.log(node, None, "stop", "failed", Instant::now(), &message);
+        self.log(
+            node,
+            None,
+            "stop",
+            StepResult::Failed,
+            Instant::now(),
+            &message,
+        );
         RollError::Failed {
             message,
             journal: self.journal_path(),
@@ -251,7 +354,7 @@ impl<'a> Ctx<'a> {
                     Some(node),
                     Some(&lb.name),
                     &format!("state {}", state.as_str()),
-                    "ok",
+                    StepResult::Ok,
                     t,
                     "",
                 ),
@@ -260,7 +363,7 @@ impl<'a> Ctx<'a> {
                         Some(node),
                         Some(&lb.name),
                         &format!("state {}", state.as_str()),
-                        "failed",
+                        StepResult::Failed,
                         t,
                         &e.to_string(),
                     );
@@ -379,7 +482,7 @@ pub(super) fn run_plan(
         None,
         None,
         &format!("{} to {} ({})", plan.kind, plan.target, plan.path),
-        "info",
+        StepResult::Info,
         Instant::now(),
         &plan.why,
     );
@@ -388,32 +491,35 @@ pub(super) fn run_plan(
             None,
             None,
             "freeze overridden",
-            "warning",
+            StepResult::Warning,
             Instant::now(),
             &format!("--force: inside the freeze window {window}"),
         );
     }
     notice::start(ctx, opts, known);
 
-    match walk(ctx, plan, opts) {
+    let stopped = match walk(ctx, plan, opts) {
         Ok(w) => {
             if plan.database() && ctx.interrupted() {
                 // Stopping halfway would leave the site in maintenance, or on code its database
                 // does not match: the database path, once begun, runs to its end.
                 ctx.warn("interrupted (Ctrl-C or SIGTERM) during the database path: it was finished rather than leave the site in maintenance mode".into());
             }
-            Ok(w)
+            return Ok(w);
         }
-        Err(s) if matches!(s.error, RollError::Canary { .. }) => {
-            let s = *s;
-            Err(canary::send_back(ctx, plan, &s.upgraded, opts, s.error))
+        Err(s) => *s,
+    };
+    let step = stopped.step.clone();
+    let error = match stopped {
+        s if matches!(s.error, RollError::Canary { .. }) => {
+            canary::send_back(ctx, plan, &s.upgraded, opts, s.error)
         }
-        Err(s) if s.in_batch && opts.auto_rollback && !s.upgraded.is_empty() => {
-            let s = *s;
-            Err(auto_rollback(ctx, plan, &s.upgraded, opts, s.error))
+        s if s.in_batch && opts.auto_rollback && !s.upgraded.is_empty() => {
+            auto_rollback(ctx, plan, &s.upgraded, opts, s.error)
         }
-        Err(s) => Err(s.error),
-    }
+        s => s.error,
+    };
+    Err(ctx.stopped(&step, &plan.target, error))
 }
 
 /// Why a walk stopped: the error, the nodes it had upgraded (for `--auto-rollback`), and
@@ -422,6 +528,8 @@ pub(super) struct Stopped {
     pub error: RollError,
     pub upgraded: Vec<String>,
     pub in_batch: bool,
+    /// The step it stopped at.
+    pub step: Step,
 }
 
 /// What a walk did.
@@ -455,7 +563,7 @@ pub(super) fn walk(ctx: &mut Ctx, plan: &Plan, opts: &RollOptions) -> Result<Wal
                         None,
                         None,
                         "replanned",
-                        "info",
+                        StepResult::Info,
                         Instant::now(),
                         &said.join("; "),
                     );
@@ -478,6 +586,7 @@ pub(super) fn walk(ctx: &mut Ctx, plan: &Plan, opts: &RollOptions) -> Result<Wal
                 error,
                 in_batch: !run.batch.is_empty(),
                 upgraded: run.upgraded,
+                step: steps[i].clone(),
             }));
         }
         i = end;
@@ -540,6 +649,14 @@ impl Run {
                             names.join(", ")
                         );
                         return Err(ctx.interrupt(msg));
+                    }
+                    if let Some(what) = ctx.unrecorded.clone() {
+                        let msg = format!(
+                            "{what}: stopped before batch {}, with every node in rotation; fix it and run `{}`",
+                            names.join(", "),
+                            ctx.state.resume_command()
+                        );
+                        return Err(ctx.fail(None, msg));
                     }
                     self.batch = nodes.clone();
                     self.failed.clear();
@@ -609,6 +726,30 @@ impl Run {
                         ctx.set_all(&n.name, &server_name(&n), AdminState::Drain)?;
                     }
                     health_down(ctx, &n);
+                }
+            }
+            Step::Reload { .. } => {
+                let todo: Vec<String> = names
+                    .iter()
+                    .filter(|n| !self.failed.iter().any(|(f, _)| f == *n))
+                    .cloned()
+                    .collect();
+                let failed = reload(ctx, &todo);
+                self.failures(ctx, plan, &names, failed)?;
+            }
+            Step::Probe { path, .. } => {
+                for n in config_nodes(ctx.cfg, &names) {
+                    if self.failed.iter().any(|(f, _)| f == &n.name) {
+                        continue;
+                    }
+                    ctx.reporter
+                        .step(&format!("asking {}'s PHP which release it runs", n.name));
+                    let r = wait_release(ctx, &n, path, target);
+                    ctx.reporter.step_done();
+                    if let Err(m) = r {
+                        let failed = vec![(n.name.clone(), format!("{}: {m}", n.name))];
+                        self.failures(ctx, plan, &names, failed)?;
+                    }
                 }
             }
             Step::WaitHealthy { .. } => {
@@ -733,13 +874,18 @@ fn config_nodes(cfg: &Config, names: &[String]) -> Vec<Node> {
 /// One still unhealthy stops the roll: going on would put more than `batch` servers out, and
 /// ending "done" would leave a node out that no later run knows as its own.
 fn put_back(ctx: &mut Ctx, plan: &Plan, node: &str) -> Result<(), RollError> {
-    let Some(n) = ctx.cfg.nodes.iter().find(|n| n.name == node) else {
+    let Some(n) = ctx.cfg.nodes.iter().find(|n| n.name == node).cloned() else {
         return Ok(());
     };
-    match health_now(ctx.cfg, n) {
+    // Healthy, and its PHP runs the target (a stale PHP may be why an earlier run left it out).
+    let checked = health_now(ctx.cfg, &n).and_then(|()| match plan.probe.as_deref() {
+        Some(path) if n.http.is_some() => wait_release(ctx, &n, path, &plan.target),
+        _ => Ok(()),
+    });
+    match checked {
         Ok(()) => {
             ctx.reporter.step(&format!("{node}: on {} and healthy, left out of rotation by an earlier run: putting it back", plan.target));
-            ctx.set_all(node, &server_name(n), AdminState::Ready)?;
+            ctx.set_all(node, &server_name(&n), AdminState::Ready)?;
             ctx.reporter.step_done();
             Ok(())
         }
@@ -763,8 +909,14 @@ fn health_down(ctx: &mut Ctx, n: &Node) {
         let t = Instant::now();
         let cmd = format!("set server {}/{} health down", lb.backend, server_name(n));
         match lb.send(&cmd) {
-            Ok(_) => ctx.log_step(&step, Some(&lb.name), "ok", t, ""),
-            Err(e) => ctx.log_step(&step, Some(&lb.name), "warning", t, &e.to_string()),
+            Ok(_) => ctx.log_step(&step, Some(&lb.name), StepResult::Ok, t, ""),
+            Err(e) => ctx.log_step(
+                &step,
+                Some(&lb.name),
+                StepResult::Warning,
+                t,
+                &e.to_string(),
+            ),
         }
     }
 }
@@ -787,9 +939,9 @@ pub(super) fn purge_caches(ctx: &mut Ctx, node: &str) {
         Err(e) => Some(e.to_string()),
     };
     match failure {
-        None => ctx.log_step(&purge, None, "ok", t, &cmd),
+        None => ctx.log_step(&purge, None, StepResult::Ok, t, &cmd),
         Some(why) => {
-            ctx.log_step(&purge, None, "failed", t, &why);
+            ctx.log_step(&purge, None, StepResult::Failed, t, &why);
             ctx.warn(format!(
                 "{node}: purge_command failed: {why}; every node runs the new code, but its caches are stale until `{cmd}` runs"
             ));
@@ -808,7 +960,7 @@ pub(super) fn install(ctx: &mut Ctx, nodes: &[String], target: &str) -> Vec<(Str
     for (n, r) in nodes.iter().zip(results) {
         let step = Step::Install { node: n.clone() };
         match r {
-            Ok(o) if o.success() => ctx.log_step(&step, None, "ok", t, target),
+            Ok(o) if o.success() => ctx.log_step(&step, None, StepResult::Ok, t, target),
             Ok(o) => {
                 let m = format!(
                     "{n}: apt-get install {}={target} failed ({}): {}",
@@ -816,16 +968,53 @@ pub(super) fn install(ctx: &mut Ctx, nodes: &[String], target: &str) -> Vec<(Str
                     o.status(),
                     o.tail()
                 );
-                ctx.log_step(&step, None, "failed", t, &m);
+                ctx.log_step(&step, None, StepResult::Failed, t, &m);
                 failed.push((n.clone(), m));
             }
             Err(e) => {
-                ctx.log_step(&step, None, "failed", t, &e.to_string());
+                ctx.log_step(&step, None, StepResult::Failed, t, &e.to_string());
                 failed.push((n.clone(), e.to_string()));
             }
         }
     }
     ctx.reporter.step_done();
+    failed
+}
+
+/// `[roll] reload_command` on `nodes` at once, after their install: what makes their PHP serve
+/// the new code. The nodes where it failed, and why.
+pub(super) fn reload(ctx: &mut Ctx, nodes: &[String]) -> Vec<(String, String)> {
+    let Some(cmd) = ctx.cfg.roll.reload_command.as_deref() else {
+        return Vec::new();
+    };
+    if nodes.is_empty() {
+        return Vec::new();
+    }
+    let cmd = substitute(cmd, ctx.cfg);
+    let t = Instant::now();
+    ctx.reporter
+        .step(&format!("reloading PHP on {}", nodes.join(", ")));
+    let jobs = nodes.iter().map(|n| (&ctx.conns[n], cmd.clone())).collect();
+    let results = ctx.ssh.run_all_long_noting(jobs, |_, _| {});
+    ctx.reporter.step_done();
+    let mut failed = Vec::new();
+    for (n, r) in nodes.iter().zip(results) {
+        let step = Step::Reload { node: n.clone() };
+        let why = match r {
+            Ok(o) if o.success() => {
+                ctx.log_step(&step, None, StepResult::Ok, t, &cmd);
+                continue;
+            }
+            Ok(o) => format!(
+                "{n}: reload_command `{cmd}` failed ({}): {}",
+                o.status(),
+                o.tail()
+            ),
+            Err(e) => format!("{n}: reload_command `{cmd}`: {e}"),
+        };
+        ctx.log_step(&step, None, StepResult::Failed, t, &why);
+        failed.push((n.clone(), why));
+    }
     failed
 }
 
@@ -844,14 +1033,14 @@ pub(super) fn verify(ctx: &mut Ctx, nodes: &[String], target: &str) -> Vec<(Stri
         let step = Step::Verify { node: n.clone() };
         let v = &now[n];
         if v.version.as_deref() == Some(target) {
-            ctx.log_step(&step, None, "ok", t, target);
+            ctx.log_step(&step, None, StepResult::Ok, t, target);
             continue;
         }
         let m = format!(
             "{n}: after install dpkg reports {:?}, not {target}",
             v.version
         );
-        ctx.log_step(&step, None, "failed", t, &m);
+        ctx.log_step(&step, None, StepResult::Failed, t, &m);
         failed.push((n.clone(), m));
     }
     failed
@@ -887,7 +1076,7 @@ pub(super) fn wait_idle(
         }
         if busy.is_empty() {
             let nodes = nodes.iter().map(|n| n.name.clone()).collect();
-            ctx.log_step(&Step::WaitIdle { nodes }, None, "ok", t, "");
+            ctx.log_step(&Step::WaitIdle { nodes }, None, StepResult::Ok, t, "");
             return Ok((t, busy));
         }
         if Instant::now() > deadline {
@@ -913,7 +1102,7 @@ pub(super) fn maint_after_timeout(
         None,
         None,
         "drain timeout",
-        "warning",
+        StepResult::Warning,
         since,
         &format!("{why}: switched to maint: {}", busy.join("; ")),
     );

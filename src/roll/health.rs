@@ -17,6 +17,22 @@ pub enum Unhealthy {
     Status { url: String, code: u16 },
     #[error("{url}: {message}")]
     Unreachable { url: String, message: String },
+    /// The node's PHP answers for another release than the one installed: its opcode cache
+    /// still holds the code it ran before (nothing reloaded PHP after the install).
+    #[error("{url}: its PHP runs {runs}, not {target}, although {target} is installed: a stale opcode cache (PHP was not reloaded after the install): reload PHP on {node} (php-fpm, or Apache with mod_php), or set [roll] reload_command")]
+    Stale {
+        node: String,
+        url: String,
+        runs: String,
+        target: String,
+    },
+    /// The release probe answered 200 with something that is not a probe's answer.
+    #[error("{url} answered 200 but not as a release probe: {body:?} (is the web root {install_dir}, or its public/ folder?)")]
+    NotProbe {
+        url: String,
+        body: String,
+        install_dir: String,
+    },
     /// An LB's own check of the server does not pass (yet).
     #[error("{lb}: its health check says {check} ({status})")]
     LbCheck {
@@ -103,7 +119,7 @@ pub(super) fn wait_healthy(ctx: &mut Ctx, n: &Node) -> Result<(), Unhealthy> {
             }
         }
         if lbs_ok {
-            ctx.log_step(&step, None, "ok", t, url.as_deref().unwrap_or(""));
+            ctx.log_step(&step, None, StepResult::Ok, t, url.as_deref().unwrap_or(""));
             return Ok(());
         }
         if Instant::now() > deadline {
@@ -115,9 +131,108 @@ pub(super) fn wait_healthy(ctx: &mut Ctx, n: &Node) -> Result<(), Unhealthy> {
                     message: "no answer".into(),
                 })),
             };
-            ctx.log_step(&step, None, "failed", t, &e.to_string());
+            ctx.log_step(&step, None, StepResult::Failed, t, &e.to_string());
             return Err(e);
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// How long a node's PHP may go on answering for another release after its install before it
+/// is called stale: PHP's default `opcache.revalidate_freq` is 2 s, and a php-fpm reload lets
+/// its old workers finish their requests first.
+const STALE_AFTER: Duration = Duration::from_secs(5);
+
+/// What the release probe answers: the package, version and commit its PHP runs.
+#[derive(Debug, Clone, serde::Deserialize, Serialize, PartialEq)]
+pub struct ProbeAnswer {
+    pub package: String,
+    pub version: String,
+    #[serde(default)]
+    pub commit: String,
+}
+
+/// Asks `n`'s release probe at `path` once: what its PHP runs.
+pub(crate) fn probe_now(cfg: &Config, n: &Node, path: &str) -> Result<ProbeAnswer, Unhealthy> {
+    let Some(base) = &n.http else {
+        return Err(Unhealthy::Unreachable {
+            url: path.to_string(),
+            message: "the node has no http".into(),
+        });
+    };
+    let url = base.url(path);
+    match http::get(
+        base,
+        &base.target(path),
+        cfg.roll.health_host.as_deref(),
+        Duration::from_secs(3),
+    ) {
+        Ok((200, body)) => serde_json::from_slice(&body).map_err(|_| Unhealthy::NotProbe {
+            url,
+            body: String::from_utf8_lossy(&body).chars().take(120).collect(),
+            install_dir: cfg.site.install_dir.to_string(),
+        }),
+        Ok((code @ 301..=308, _)) => Err(Unhealthy::Redirect { url, code }),
+        Ok((code, _)) => Err(Unhealthy::Status { url, code }),
+        Err(message) => Err(Unhealthy::Unreachable { url, message }),
+    }
+}
+
+/// Waits until `n`'s PHP answers for `target` at its release probe `path`: at most
+/// `health_timeout` while the probe does not answer (PHP restarting), and at most
+/// [`STALE_AFTER`] while it answers for another release (a stale opcode cache does not heal).
+pub(super) fn wait_release(
+    ctx: &mut Ctx,
+    n: &Node,
+    path: &str,
+    target: &str,
+) -> Result<(), Unhealthy> {
+    let step = Step::Probe {
+        node: n.name.clone(),
+        path: path.to_string(),
+    };
+    let t = Instant::now();
+    let deadline = t + ctx.cfg.roll.health_timeout;
+    let mut wrong_since = None;
+    loop {
+        let last = match probe_now(ctx.cfg, n, path) {
+            Ok(a) if a.version == target => {
+                let detail = format!("{} {} (commit {})", a.package, a.version, a.commit);
+                ctx.log_step(&step, None, StepResult::Ok, t, &detail);
+                return Ok(());
+            }
+            Ok(a) => {
+                let since = *wrong_since.get_or_insert_with(Instant::now);
+                let stale = Unhealthy::Stale {
+                    node: n.name.clone(),
+                    url: health_url_for(n, path),
+                    runs: a.version,
+                    target: target.to_string(),
+                };
+                if since.elapsed() >= STALE_AFTER.min(ctx.cfg.roll.health_timeout) {
+                    ctx.log_step(&step, None, StepResult::Failed, t, &stale.to_string());
+                    return Err(stale);
+                }
+                stale
+            }
+            Err(e) => {
+                wrong_since = None;
+                e
+            }
+        };
+        if Instant::now() > deadline {
+            let e = Unhealthy::Timeout {
+                node: n.name.clone(),
+                after: crate::config::format_duration(ctx.cfg.roll.health_timeout),
+                last: Box::new(last),
+            };
+            ctx.log_step(&step, None, StepResult::Failed, t, &e.to_string());
+            return Err(e);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn health_url_for(n: &Node, path: &str) -> String {
+    n.http.as_ref().map(|h| h.url(path)).unwrap_or_default()
 }

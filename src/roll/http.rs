@@ -1,5 +1,7 @@
-//! The one HTTP request a roll makes: GET a node's health URL and read the status code. Plain
-//! HTTP/1.0 over a socket with timeouts; the nodes are checked directly, not through the LBs.
+//! The HTTP requests a roll makes of a node: GET its health URL (the status code) and its
+//! release probe (the body). Plain HTTP/1.0 over a socket with timeouts, written by hand rather
+//! than with ureq because a health check must be able to send **no** Host header, as HAProxy's
+//! `option httpchk` does (see [`get_status`]); the nodes are asked directly, not through the LBs.
 
 use std::io::{Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -19,6 +21,29 @@ pub fn get_status(
     host_header: Option<&str>,
     timeout: Duration,
 ) -> Result<u16, String> {
+    request(base, path, host_header, timeout, false).map(|(code, _)| code)
+}
+
+/// [`get_status`], and the body (at most [`MAX_BODY`] bytes are read).
+pub fn get(
+    base: &HttpBase,
+    path: &str,
+    host_header: Option<&str>,
+    timeout: Duration,
+) -> Result<(u16, Vec<u8>), String> {
+    request(base, path, host_header, timeout, true)
+}
+
+/// The most of a body [`get`] reads: a probe's answer is a hundred bytes.
+pub const MAX_BODY: usize = 64 * 1024;
+
+fn request(
+    base: &HttpBase,
+    path: &str,
+    host_header: Option<&str>,
+    timeout: Duration,
+    body: bool,
+) -> Result<(u16, Vec<u8>), String> {
     let hostport = format!("{}:{}", base.host(), base.port());
     let addr = (base.host(), base.port())
         .to_socket_addrs()
@@ -37,24 +62,38 @@ pub fn get_status(
     );
     s.write_all(request.as_bytes()).map_err(|e| e.to_string())?;
     let mut head = Vec::new();
-    let mut buf = [0u8; 256];
-    while !head.windows(2).any(|w| w == b"\r\n") && head.len() < 1024 {
+    let mut buf = [0u8; 4096];
+    let done = |head: &[u8]| {
+        if body {
+            head.len() >= MAX_BODY + 4096
+        } else {
+            head.windows(2).any(|w| w == b"\r\n") || head.len() >= 1024
+        }
+    };
+    while !done(&head) {
         let n = s.read(&mut buf).map_err(|e| e.to_string())?;
         if n == 0 {
             break;
         }
         head.extend_from_slice(&buf[..n]);
     }
-    let line = String::from_utf8_lossy(&head);
-    line.split_whitespace()
+    let text = String::from_utf8_lossy(&head);
+    let code = text
+        .split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
         .ok_or_else(|| {
             format!(
                 "not an HTTP answer: {:?}",
-                line.lines().next().unwrap_or("")
+                text.lines().next().unwrap_or("")
             )
-        })
+        })?;
+    let content = head
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| head[i + 4..].iter().take(MAX_BODY).copied().collect())
+        .unwrap_or_default();
+    Ok((code, content))
 }
 
 #[cfg(test)]
@@ -89,6 +128,18 @@ mod tests {
             request,
             "GET /admin/tool/heartbeat/index.php HTTP/1.0\r\nUser-Agent: moodle-release\r\nConnection: close\r\n\r\n"
         );
+    }
+
+    #[test]
+    fn a_body_is_read_to_the_end() {
+        let (port, server) = serve_once(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n{\"version\":\"2\"}\n",
+        );
+        let base: HttpBase = format!("http://127.0.0.1:{port}").parse().unwrap();
+        let (code, body) = get(&base, "/p.php", None, Duration::from_secs(5)).unwrap();
+        assert_eq!(code, 200);
+        assert_eq!(body, b"{\"version\":\"2\"}\n");
+        server.join().unwrap();
     }
 
     #[test]

@@ -42,7 +42,7 @@ use serde::Serialize;
 use crate::apt::AptError;
 use crate::config::{Config, Node, Role};
 use crate::haproxy::{AdminState, HaError, Lb};
-use crate::journal::{now_ms, Entry, Journal, RollKind, RollState, RollStatus};
+use crate::journal::{now_ms, Entry, Journal, RollKind, RollState, RollStatus, StepResult};
 use crate::report::Reporter;
 use crate::ssh::{quote, Conn, Output, Ssh, SshError};
 pub use canary::{CanaryPlan, LbFigures, Verdict};
@@ -191,6 +191,15 @@ pub enum RollError {
         back: String,
         journal: PathBuf,
     },
+    /// A step stopped on an error of its parts (an LB or a node that stopped answering
+    /// mid-roll): the step, its node, the cause.
+    #[error("the roll stopped at {at}: {cause}\n  journal: {}", journal.display())]
+    Stopped {
+        /// The step, as `--plan` says it (`web2: drain`).
+        at: String,
+        cause: Box<RollError>,
+        journal: PathBuf,
+    },
     #[error("the roll stopped: {message}\n  journal: {journal}")]
     Failed { message: String, journal: PathBuf },
     #[error("interrupted: {message}\n  journal: {journal}")]
@@ -208,8 +217,18 @@ impl RollError {
     pub fn journal(&self) -> Option<&std::path::Path> {
         match self {
             RollError::Failed { journal, .. }
+            | RollError::Stopped { journal, .. }
             | RollError::Interrupted { journal, .. }
             | RollError::Canary { journal, .. } => Some(journal),
+            _ => None,
+        }
+    }
+
+    /// The load balancer the error is about, when it is an LB's.
+    pub fn lb(&self) -> Option<&str> {
+        match self {
+            RollError::Ha(e) | RollError::LbUnreachable(e) => Some(e.lb()),
+            RollError::Stopped { cause, .. } => cause.lb(),
             _ => None,
         }
     }
@@ -352,6 +371,11 @@ fn checked_roll(
     )?;
     plan.target_why = target_why;
     plan.frozen = frozen;
+    plan.probes = repo
+        .list()?
+        .into_iter()
+        .filter_map(|l| Some((l.version, l.probe?)))
+        .collect();
     known.learn(&plan);
     refuse_foreign_out_of_rotation(&ctx, opts, previous_state.as_ref())?;
     warn_about_plan(&mut ctx, opts, &plan);

@@ -25,6 +25,14 @@ pub struct Plan {
     /// The freeze window this roll is in (`--force`, or `--plan`'s warning).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub frozen: Option<String>,
+    /// The URL path of the target's release probe, asked of each web node before it goes back
+    /// into rotation; `None` for a package built before packages carried one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub probe: Option<String>,
+    /// The release probe of each version in the repository that has one: where `--auto-rollback`
+    /// and a canary sent back check the version they go back to.
+    #[serde(skip)]
+    pub probes: BTreeMap<String, String>,
     /// The canary: the first batch's one node, watched before the others follow.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub canary: Option<CanaryPlan>,
@@ -352,6 +360,8 @@ pub(super) fn make_plan(
             .map(|n| n.name.clone()),
         canary,
         frozen: None,
+        probe: listed.probe.clone(),
+        probes: BTreeMap::new(),
         steps: Vec::new(),
     };
     let shape = Shape::new(cfg, put_back(cfg, previous_state, installed, target));
@@ -505,6 +515,7 @@ mod tests {
             moodle_release: None,
             versions_hash: Some("v".into()),
             db_hash: Some(target_db.into()),
+            probe: Some("/moodle-release-probe.php".into()),
         };
         let installed = cfg
             .nodes

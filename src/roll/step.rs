@@ -24,6 +24,11 @@ pub enum Step {
     Install { node: String },
     /// `dpkg-query` says the target is installed.
     Verify { node: String },
+    /// `[roll] reload_command`: what makes the node's PHP serve the code just installed.
+    Reload { node: String },
+    /// The node's PHP answers for the target at the package's release probe (`path`): the code
+    /// it runs is the release installed, not what its opcode cache kept.
+    Probe { node: String, path: String },
     /// `set server health down` on every LB: only checks of the new code bring it up.
     HealthDown { node: String },
     /// Its health URL answers 200 and every LB's check passes, while it is still drained.
@@ -52,6 +57,8 @@ impl Step {
             Step::MaintenanceOn { .. } => "maintenance on".into(),
             Step::Install { .. } => "install".into(),
             Step::Verify { .. } => "verify version".into(),
+            Step::Reload { .. } => "reload".into(),
+            Step::Probe { .. } => "release probe".into(),
             Step::HealthDown { .. } => "health down until checked".into(),
             Step::WaitHealthy { .. } => "health".into(),
             Step::Upgrade { .. } => "upgrade".into(),
@@ -71,6 +78,8 @@ impl Step {
             | Step::MaintenanceOn { node }
             | Step::Install { node }
             | Step::Verify { node }
+            | Step::Reload { node }
+            | Step::Probe { node, .. }
             | Step::HealthDown { node }
             | Step::WaitHealthy { node }
             | Step::Ready { node }
@@ -106,6 +115,12 @@ impl Step {
             Step::MaintenanceOn { node } => format!("{node}: maintenance_on (the whole site)"),
             Step::Install { node } => format!("{node}: install {target}"),
             Step::Verify { node } => format!("{node}: verify {target} is installed"),
+            Step::Reload { node } => {
+                format!("{node}: reload_command (its PHP serves the new code)")
+            }
+            Step::Probe { node, path } => {
+                format!("{node}: its PHP answers {target} at {path} (the release probe)")
+            }
             Step::HealthDown { node } => format!("{node}: health down until checked"),
             Step::WaitHealthy { node } => {
                 format!("{node}: wait for its health URL and every LB's check")
@@ -130,6 +145,8 @@ pub(super) struct Shape<'a> {
     pub first: &'a str,
     /// Nodes an earlier run left out of rotation that already run the target.
     pub put_back: Vec<String>,
+    /// `[roll] reload_command` is set: a `Reload` after each web node's install.
+    pub reload: bool,
 }
 
 impl<'a> Shape<'a> {
@@ -140,6 +157,7 @@ impl<'a> Shape<'a> {
             first: webs.first().copied().unwrap_or(cfg.nodes[0].name.as_str()),
             webs,
             put_back,
+            reload: cfg.roll.reload_command.is_some(),
         }
     }
 }
@@ -154,14 +172,29 @@ impl<'a> Shape<'a> {
 /// once, maintenance off, every web node healthy.
 pub(super) fn steps(plan: &Plan, shape: &Shape) -> Vec<Step> {
     let node = |n: &String| n.clone();
-    let mut out: Vec<Step> = shape
-        .put_back
-        .iter()
-        .map(|n| Step::PutBack { node: n.clone() })
-        .collect();
+    // A node left out already on the target: its PHP reloaded first (a stale PHP may be why it
+    // was left out), when the config says how.
+    let mut out: Vec<Step> = Vec::new();
+    for n in &shape.put_back {
+        if shape.reload && shape.webs.contains(&n.as_str()) {
+            out.push(Step::Reload { node: n.clone() });
+        }
+        out.push(Step::PutBack { node: n.clone() });
+    }
     let install = |out: &mut Vec<Step>, nodes: &[String]| {
         out.extend(nodes.iter().map(|n| Step::Install { node: node(n) }));
         out.extend(nodes.iter().map(|n| Step::Verify { node: node(n) }));
+        // The web nodes' PHP: reloaded if the config says how, then proven to run the target.
+        let webs = nodes.iter().filter(|n| shape.webs.contains(&n.as_str()));
+        if shape.reload {
+            out.extend(webs.clone().map(|n| Step::Reload { node: node(n) }));
+        }
+    };
+    let probe = |n: &String| {
+        plan.probe.as_ref().map(|path| Step::Probe {
+            node: n.clone(),
+            path: path.clone(),
+        })
     };
     let drain = |out: &mut Vec<Step>, nodes: &[String]| {
         out.extend(nodes.iter().map(|n| Step::Drain { node: node(n) }));
@@ -175,6 +208,7 @@ pub(super) fn steps(plan: &Plan, shape: &Shape) -> Vec<Step> {
             install(&mut out, b);
             for n in b {
                 out.push(Step::HealthDown { node: node(n) });
+                out.extend(probe(n));
                 out.push(Step::WaitHealthy { node: node(n) });
             }
             out.extend(b.iter().map(|n| Step::Ready { node: node(n) }));
@@ -220,6 +254,7 @@ pub(super) fn steps(plan: &Plan, shape: &Shape) -> Vec<Step> {
             drain(&mut out, &web);
         }
         install(&mut out, chunk);
+        out.extend(web.iter().filter_map(probe));
         if out_of_rotation {
             out.extend(web.iter().map(|n| Step::Ready { node: node(n) }));
         }

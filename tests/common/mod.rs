@@ -451,6 +451,12 @@ pub struct Cluster {
 
 impl Cluster {
     pub fn up(web_nodes: u32) -> Cluster {
+        Cluster::up_web(web_nodes, "php")
+    }
+
+    /// [`Cluster::up`] with the web nodes served by `web` (`scripts/lab --web`: `php`, or
+    /// `nginx-fpm`: nginx + php-fpm with OPcache and `validate_timestamps=0`).
+    pub fn up_web(web_nodes: u32, web: &str) -> Cluster {
         let tmp = tempfile::Builder::new()
             .prefix("mr-lab-")
             .tempdir_in("/tmp")
@@ -459,7 +465,7 @@ impl Cluster {
         run(Command::new(project_root().join("scripts/lab"))
             .arg("up")
             .arg(&lab)
-            .args(["--nodes", &web_nodes.to_string()]));
+            .args(["--nodes", &web_nodes.to_string(), "--web", web]));
         let c = Cluster {
             tmp,
             env: Default::default(),
@@ -552,6 +558,20 @@ impl Cluster {
         )
         .trim()
         .to_string()
+    }
+
+    /// A web node's own HTTP base (`http://127.0.0.1:PORT`), from the lab's config.
+    pub fn node_http(&self, node: &str) -> String {
+        let cfg: toml::Value =
+            toml::from_str(&fs::read_to_string(self.lab().join("lab.toml")).unwrap()).unwrap();
+        cfg["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["name"].as_str() == Some(node))
+            .and_then(|n| n["http"].as_str())
+            .unwrap_or_else(|| panic!("{node} has no http"))
+            .to_string()
     }
 
     /// The servers of the backend on LB 2 (TCP API): (name, status, drain, maint).
@@ -677,6 +697,28 @@ pub fn http_get(url: &str) -> Result<u16, String> {
         .nth(1)
         .and_then(|c| c.parse().ok())
         .ok_or_else(|| format!("bad answer {:?}", text.lines().next()))
+}
+
+/// GET `url` (HTTP/1.0, no Host header, as HAProxy's checks): the status and the body.
+pub fn http_body(url: &str) -> Result<(u16, String), String> {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").unwrap();
+    let (hostport, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let mut s = std::net::TcpStream::connect(hostport).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
+        .map_err(|e| e.to_string())?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| format!("bad answer {:?}", text.lines().next()))?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    Ok((code, body.to_string()))
 }
 
 /// A real sshd on 127.0.0.1 with its own host key, accepting one client key for root; stopped
