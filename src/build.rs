@@ -504,6 +504,17 @@ fn plan_entries(
         add_parents(p, &mut dirs);
     }
     dirs.insert(Vec::new());
+    // A generated file in a folder of the tree (the release probe in `public/`): the folder
+    // is the tree's entry already.
+    let in_tree: BTreeSet<&[u8]> = entries
+        .iter()
+        .filter(|e| matches!(e.content, Content::Dir))
+        .map(|e| e.path.as_slice())
+        .collect();
+    let dirs: Vec<Vec<u8>> = dirs
+        .into_iter()
+        .filter(|d| !in_tree.contains(d.as_slice()))
+        .collect();
     for d in dirs {
         entries.push(DataEntry {
             path: d,

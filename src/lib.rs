@@ -8,6 +8,7 @@
 pub mod apt;
 pub mod build;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod deb;
 pub mod error;

@@ -77,6 +77,36 @@ pub fn publish(
     Ok(())
 }
 
+/// The program as `--plan` shows it: every step, numbered; the steps of one group (run at
+/// once) under one number; a batch's steps under its heading; each group's failure rule when
+/// it changes.
+fn program(p: &roll::Plan, out: &mut dyn Write) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "steps (one number runs at once; [what a failure does]):"
+    )?;
+    let mut batch = None;
+    for (i, g) in p.program.iter().enumerate() {
+        if g.batch != batch {
+            batch = g.batch;
+            if let Some(b) = batch {
+                writeln!(out, "  batch {}:", b + 1)?;
+            }
+        }
+        for (k, s) in g.steps.iter().enumerate() {
+            let lbs = if s.on_every_lb() { " (every LB)" } else { "" };
+            let line = format!("{}{lbs}", s.describe(&p.target));
+            if k == 0 {
+                writeln!(out, "  {:>3}. {line} [{}]", i + 1, g.on_fail.tag())?;
+            } else {
+                writeln!(out, "       {line}")?;
+            }
+        }
+    }
+    writeln!(out, "  (leave out: the node stays out of rotation (maint) and its batch goes on; beyond the budget of failed nodes the roll stops)")?;
+    Ok(())
+}
+
 /// `status`: a line per node (version, health, each LB's view), the last roll, the lock.
 pub fn status(st: &Status, out: &mut dyn Write) -> std::io::Result<()> {
     writeln!(
@@ -175,35 +205,27 @@ pub fn roll(o: &roll::Outcome, out: &mut dyn Write) -> std::io::Result<()> {
             v.clone().unwrap_or_else(|| "(not installed)".into())
         )?;
     }
-    for (i, b) in p.batches.iter().enumerate() {
+    for (i, b) in p.batches().iter().enumerate() {
         writeln!(out, "  batch {}: {}", i + 1, b.join(", "))?;
     }
-    if let Some(c) = &p.canary {
+    if let Some(c) = &p.canary() {
         writeln!(out, "  {}", c.rule())?;
     }
-    if !p.cron.is_empty() {
-        writeln!(out, "  then cron: {}", p.cron.join(", "))?;
+    let cron = p.cron();
+    if !cron.is_empty() {
+        writeln!(out, "  then cron: {}", cron.join(", "))?;
     }
     if let Some(w) = &p.frozen {
         writeln!(out, "  inside the freeze window {w}")?;
     }
-    if let Some(n) = &p.purge_on {
+    if let Some(n) = &p.purge_on() {
         writeln!(out, "  then purge_command on {n} (Moodle's caches)")?;
     }
     if !p.skipped.is_empty() {
         writeln!(out, "  already on {}: {}", p.target, p.skipped.join(", "))?;
     }
-    if o.planned_only && !p.steps.is_empty() {
-        writeln!(out, "steps:")?;
-        for (i, s) in p.steps.iter().enumerate() {
-            writeln!(
-                out,
-                "  {:>3}. {}{}",
-                i + 1,
-                s.describe(&p.target),
-                if s.on_every_lb() { " (every LB)" } else { "" }
-            )?;
-        }
+    if o.planned_only && !p.program.is_empty() {
+        program(p, out)?;
     }
     if o.planned_only {
         writeln!(out, "(--plan: nothing was changed)")?;

@@ -5,13 +5,14 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
+use crate::cluster::health::{healthy, probe_now, Unhealthy};
+use crate::cluster::lock::{newer, remote_state, Lock};
+use crate::cluster::probe::{connect_and_query, Installed};
+use crate::cluster::{frozen_now, lock_node, server_name};
 use crate::config::{Config, Role};
 use crate::haproxy::{HaError, Lb};
 use crate::journal::RollState;
-use crate::roll::health::{healthy, probe_now};
-use crate::roll::lock::{newer, remote_state, Lock};
-use crate::roll::probe::{connect_and_query, Installed};
-use crate::roll::{lock_node, server_name, RollError};
+use crate::roll::RollError;
 use crate::ssh::Ssh;
 
 /// `status`: what each node runs, how each LB sees it, the repository's newest version.
@@ -103,7 +104,7 @@ fn php_runs(cfg: &Config, n: &crate::config::Node) -> Option<String> {
     match probe_now(cfg, n, &path) {
         Ok(a) => Some(a.version),
         // A package built before packages carried the probe.
-        Err(crate::roll::health::Unhealthy::Status { code: 404, .. }) => None,
+        Err(Unhealthy::Status { code: 404, .. }) => None,
         Err(e) => Some(format!("? ({e})")),
     }
 }
@@ -194,6 +195,6 @@ pub fn status(cfg: &Config) -> Result<Status, RollError> {
         roll,
         roll_error,
         lock,
-        frozen: crate::roll::freeze::frozen_now(cfg),
+        frozen: frozen_now(cfg),
     })
 }

@@ -784,4 +784,10 @@ fn moodle_51_public_layout() {
             .any(|r| r.2 == "./srv/moodle-test/html/public/mod/demo/version.php"),
         "{rows:#?}"
     );
+    // The release probe is served from the web root, which is public/ in 5.1.
+    assert!(
+        rows.iter()
+            .any(|r| r.2 == "./srv/moodle-test/html/public/moodle-release-probe.php"),
+        "{rows:#?}"
+    );
 }

@@ -8,9 +8,19 @@
 //! users served an error. A failed canary goes back to the version it ran, by the same safe
 //! steps as `--auto-rollback` ([`back_to_previous`]), and the roll stops (exit 1).
 
-use super::*;
-use crate::config::{format_duration, Percent};
-use crate::haproxy::Counters;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use super::code_only::back_to_previous;
+use super::ctx::Ctx;
+use super::notice;
+use super::step::Step;
+use super::{Plan, RollError, RollOptions};
+use crate::cluster::server_name;
+use crate::config::{format_duration, Config, Percent};
+use crate::haproxy::{Counters, HaError};
+use crate::journal::{RollStatus, StepResult};
 
 /// The canary the plan holds: which node, for how long, judged how.
 #[derive(Debug, Clone, Serialize)]
@@ -248,7 +258,7 @@ fn sample(ctx: &Ctx) -> Result<(Sample, Duration), HaError> {
     let all = ctx
         .lbs
         .iter()
-        .map(|lb| Ok((lb.name.clone(), lb.counters()?)))
+        .map(|lb| Ok((lb.name().to_string(), lb.counters()?)))
         .collect::<Result<_, HaError>>()?;
     Ok((all, t.elapsed()))
 }
@@ -256,14 +266,14 @@ fn sample(ctx: &Ctx) -> Result<(Sample, Duration), HaError> {
 /// Watches the canary for its window (or until it fails); the verdict, passed or failed, is
 /// journalled with its figures. A failed verdict is `Err(RollError::Canary)`, for
 /// [`execute::run_plan`] to send the canary back.
-pub(super) fn watch(ctx: &mut Ctx, plan: &Plan, opts: &RollOptions) -> Result<Verdict, RollError> {
-    let Some(canary) = plan.canary.clone() else {
-        return Err(ctx.fail(None, "a canary step without a canary in the plan".into()));
-    };
-    let step = Step::Canary {
-        node: canary.node.clone(),
-        window_ms: canary.window.as_millis() as u64,
-    };
+pub(super) fn watch(
+    ctx: &mut Ctx,
+    plan: &Plan,
+    canary: &CanaryPlan,
+    opts: &RollOptions,
+) -> Result<Verdict, RollError> {
+    let canary = canary.clone();
+    let step = Step::canary(&canary);
     let server = ctx
         .cfg
         .nodes

@@ -1,9 +1,17 @@
 //! The code-only path's own rules, for the steps [`walk`] runs: before a batch leaves rotation,
 //! every LB is read again (never the last server, nothing out that the tool did not take out);
-//! when a batch fails, its failed nodes stay out (maint) and the good ones go back; and
-//! `--auto-rollback`, which walks a plan of its own.
+//! and the way back of `--auto-rollback` and of a failed canary, a program of its own walked
+//! like any other.
 
-use super::*;
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use super::ctx::Ctx;
+use super::execute::walk;
+use super::{program, Plan, RollError, RollOptions};
+use crate::cluster::{server_name, web_nodes};
+use crate::config::Node;
+use crate::journal::{RollStatus, StepResult};
 
 /// Before `batch` is drained: a reload may have dropped the states this roll set, and someone
 /// may have taken servers out since the last batch.
@@ -11,8 +19,9 @@ pub(super) fn guard(ctx: &mut Ctx, batch: &[Node], opts: &RollOptions) -> Result
     ctx.reapply_after_reload()?;
     let names: Vec<&str> = batch.iter().map(|n| n.name.as_str()).collect();
     let web_servers: Vec<String> = web_nodes(ctx.cfg).iter().map(|n| server_name(n)).collect();
-    for lb in ctx.lbs.clone() {
-        let servers = lb.servers()?;
+    for i in 0..ctx.lbs.len() {
+        let servers = ctx.lbs[i].servers()?;
+        let lb = ctx.lbs[i].name().to_string();
         let in_rotation = servers
             .iter()
             .filter(|s| web_servers.contains(&s.name) && s.in_rotation())
@@ -24,104 +33,18 @@ pub(super) fn guard(ctx: &mut Ctx, batch: &[Node], opts: &RollOptions) -> Result
         if in_rotation.saturating_sub(leaving) == 0 && !opts.force {
             return Err(ctx.fail(
                 None,
-                format!("{}: draining {} would leave no server in rotation ({} of {} are up); lower --batch or bring servers back", lb.name, names.join(", "), in_rotation, web_servers.len()),
+                format!("{lb}: draining {} would leave no server in rotation ({} of {} are up); lower --batch or bring servers back", names.join(", "), in_rotation, web_servers.len()),
             ));
         }
         for s in &servers {
             let ours = ctx.state.out_of_rotation.contains(&s.name)
                 || batch.iter().any(|n| server_name(n) == s.name);
             if (s.drain || s.maint) && !ours && !opts.force {
-                return Err(ctx.fail(None, format!("{}: server {} went out of rotation during the roll, not by this tool: stopping", lb.name, s.name)));
+                return Err(ctx.fail(None, format!("{lb}: server {} went out of rotation during the roll, not by this tool: stopping", s.name)));
             }
         }
     }
     Ok(())
-}
-
-/// The end of a batch: every node back in rotation, or, when some failed, those stay out
-/// (maint) with the reason and the others go back. Failures within the failure budget
-/// (`budget`, `[roll] max_failed_nodes`; `failed_before` nodes of earlier batches count) let the roll go
-/// on (`Ok(true)`: what is left must be planned again, with a smaller batch); beyond it, the
-/// roll stops.
-pub(super) fn end_batch(
-    ctx: &mut Ctx,
-    batch: &[Node],
-    failed: &[(String, String)],
-    failed_before: usize,
-    budget: usize,
-) -> Result<bool, RollError> {
-    for n in batch {
-        let state = if failed.iter().any(|(f, _)| f == &n.name) {
-            AdminState::Maint
-        } else {
-            AdminState::Ready
-        };
-        ctx.set_all(&n.name, &server_name(n), state)?;
-    }
-    let Some((node, why)) = failed.first().cloned() else {
-        return Ok(false);
-    };
-    let count = failed_before + failed.len();
-    if count <= budget {
-        for (n, why) in failed {
-            let msg = format!("{n} failed ({why}); it stays out of rotation (maint); failure budget: {count} of max_failed_nodes = {budget} used, the roll goes on");
-            ctx.log(
-                Some(n),
-                None,
-                "failure budget",
-                StepResult::Warning,
-                Instant::now(),
-                &msg,
-            );
-            ctx.warn(msg);
-            ctx.state.failed_nodes.push(n.clone());
-        }
-        ctx.save_state();
-        return Ok(true);
-    }
-    let resume = ctx.state.resume_command();
-    let over = if budget > 0 {
-        format!(" ({count} failed, beyond max_failed_nodes = {budget})")
-    } else {
-        String::new()
-    };
-    Err(ctx.fail(Some(&node), format!("{why}; {node} stays out of rotation (maint){over}; fix it and run `{resume}`, or `moodle-release rollback`")))
-}
-
-/// After failures within the budget: the web batches left (in `rest`, the steps not walked
-/// yet), again, in batches that leave room for the failed nodes out of rotation, so never more
-/// than `batch` are out; then cron and the purge (on a web node that did not fail). `None`
-/// when no room is left (`--batch` no larger than the failed nodes).
-pub(super) fn replan(
-    cfg: &Config,
-    plan: &Plan,
-    rest: &[Step],
-    failed: &[FailedNode],
-) -> Option<Vec<Step>> {
-    let webs: Vec<String> = rest
-        .iter()
-        .filter_map(|s| match s {
-            Step::Drain { node } => Some(node.clone()),
-            _ => None,
-        })
-        .collect();
-    let room = plan.batch.saturating_sub(failed.len());
-    if room == 0 && !webs.is_empty() {
-        return None;
-    }
-    let is_failed = |n: &str| failed.iter().any(|f| f.node == n);
-    let left = Plan {
-        batches: webs.chunks(room.max(1)).map(<[String]>::to_vec).collect(),
-        canary: None,
-        purge_on: plan.purge_on.as_ref().and_then(|_| {
-            web_nodes(cfg)
-                .into_iter()
-                .map(|n| n.name.clone())
-                .find(|n| !is_failed(n))
-        }),
-        ..plan.clone()
-    };
-    Some(steps(&left, &Shape::new(cfg, Vec::new())))
 }
 
 /// `--auto-rollback`: the nodes this roll already upgraded go back to the version they ran, by a
@@ -182,26 +105,22 @@ pub(super) fn back_to_previous(
     };
     let mut back = Vec::new();
     for (version, nodes) in by_version {
-        let rb = back_plan(ctx.cfg, plan, &version, &nodes);
+        let rb = back_plan(plan, &version, &nodes);
         walk(ctx, &rb, &back_opts).map_err(|stop| stop.error)?;
         back.extend(nodes.iter().map(|n| format!("{n} ({version})")));
     }
     Ok(back)
 }
 
-/// The plan that takes `nodes` (web nodes) back to `version`, batch by batch as `plan` did.
-fn back_plan(cfg: &Config, plan: &Plan, version: &str, nodes: &[String]) -> Plan {
-    let mut rb = Plan {
+/// The plan that takes `nodes` (web nodes) back to `version`, batch by batch as `plan` did,
+/// checked by that version's release probe (if its package has one).
+fn back_plan(plan: &Plan, version: &str, nodes: &[String]) -> Plan {
+    let probe = plan.probes.get(version).cloned();
+    Plan {
         target: version.to_string(),
-        probe: plan.probes.get(version).cloned(),
-        path: RollPath::CodeOnly,
-        batches: nodes.chunks(plan.batch).map(<[String]>::to_vec).collect(),
-        cron: Vec::new(),
-        purge_on: None,
-        canary: None,
-        steps: Vec::new(),
+        path: super::RollPath::CodeOnly,
+        program: program::back(&plan.layout, nodes, probe.clone()),
+        probe,
         ..plan.clone()
-    };
-    rb.steps = steps(&rb, &Shape::new(cfg, Vec::new()));
-    rb
+    }
 }

@@ -2,7 +2,12 @@
 //! maintenance window), maintenance on, `upgrade_command` once, maintenance off. Installing and
 //! the health checks are the shared steps of [`execute`](super::execute).
 
-use super::*;
+use std::time::Instant;
+
+use super::ctx::Ctx;
+use super::step::Step;
+use super::{substitute, Plan, RollError};
+use crate::journal::StepResult;
 
 /// Fetches the target into apt's cache on `nodes` at once. A failure stops the roll before
 /// anything changed.
@@ -47,7 +52,7 @@ pub(super) fn maintenance_on(ctx: &mut Ctx, plan: &Plan, node: &str) -> Result<(
     let on = substitute(&ctx.cfg.roll.maintenance_on, ctx.cfg);
     let t = Instant::now();
     if plan.installed.get(node).is_some_and(|v| v.is_some()) {
-        let out = ctx.ssh.run_long(ctx.conn(node), &on)?;
+        let out = ctx.nodes.run_long(node, &on)?;
         if !out.success() {
             let untouched = ctx.untouched();
             return Err(ctx.fail(
@@ -71,7 +76,7 @@ pub(super) fn upgrade(ctx: &mut Ctx, node: &str) -> Result<(), RollError> {
     let t = Instant::now();
     ctx.reporter
         .step(&format!("upgrading the database on {node}"));
-    let out = ctx.ssh.run_long(ctx.conn(node), &up)?;
+    let out = ctx.nodes.run_long(node, &up)?;
     ctx.reporter.step_done();
     if !out.success() {
         let resume = ctx.state.resume_command();
@@ -96,7 +101,7 @@ pub(super) fn upgrade(ctx: &mut Ctx, node: &str) -> Result<(), RollError> {
 pub(super) fn maintenance_off(ctx: &mut Ctx, node: &str, since: Instant) -> Result<f64, RollError> {
     let off = substitute(&ctx.cfg.roll.maintenance_off, ctx.cfg);
     let t = Instant::now();
-    let out = ctx.ssh.run_long(ctx.conn(node), &off)?;
+    let out = ctx.nodes.run_long(node, &off)?;
     if !out.success() {
         return Err(ctx.fail(
             Some(node),

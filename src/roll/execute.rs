@@ -1,442 +1,32 @@
-//! The executor: its context (connections, LBs, journal, state) and [`walk`], which runs the
-//! plan's steps in order; the steps every path shares (drain, wait idle, install, verify, health
-//! down, ready, put back, purge) are here.
+//! The executor: [`run_plan`] opens the journal and the state, [`walk`] runs the program's
+//! groups in order, and what a stop leads to (the canary sent back, `--auto-rollback`) follows
+//! the plan's failure rules. The executor decides nothing the plan does not say: which steps run
+//! at once is a [`Group`], where a batch begins and ends is its `batch`, what a failure does is
+//! its [`OnFail`].
 
-use super::*;
+use std::collections::BTreeMap;
+use std::time::Instant;
 
-pub(super) struct Ctx<'a> {
-    pub(super) cfg: &'a Config,
-    pub(super) reporter: &'a dyn Reporter,
-    pub(super) ssh: Ssh,
-    pub(super) lbs: Vec<Lb>,
-    pub(super) conns: BTreeMap<String, Conn>,
-    pub(super) journal: Option<Journal>,
-    pub(super) state_dir: PathBuf,
-    pub(super) state: RollState,
-    pub(super) stop: Arc<AtomicBool>,
-    pub(super) warnings: Vec<String>,
-    pub(super) pkg: String,
-    /// Each LB's process as first seen: a change means HAProxy was reloaded and dropped the
-    /// runtime states this tool set.
-    pub(super) processes: BTreeMap<String, crate::haproxy::Process>,
-    /// A copy of the state could not be written on the lock node (said once).
-    pub(super) remote_state_failed: std::cell::Cell<bool>,
-    pub(super) notifier: Option<Arc<crate::notify::Notifier>>,
-    /// When the roll began (for notifications' durations).
-    pub(super) started: Instant,
-    /// A journal or state write that failed: the roll stops at its next stop point.
-    pub(super) unrecorded: Option<String>,
-}
-
-impl<'a> Ctx<'a> {
-    /// A context with no connection yet ([`preflight`] makes them).
-    pub(super) fn new(
-        cfg: &'a Config,
-        opts: &RollOptions,
-        reporter: &'a dyn Reporter,
-        state_dir: PathBuf,
-        warnings: Vec<String>,
-        started: Instant,
-    ) -> Result<Ctx<'a>, RollError> {
-        Ok(Ctx {
-            cfg,
-            reporter,
-            ssh: Ssh::with_masters(&cfg.ssh, Some(state_dir.join("ssh-masters.json")))?,
-            lbs: cfg.lb.iter().map(Lb::from_config).collect(),
-            conns: BTreeMap::new(),
-            journal: None,
-            state_dir,
-            state: RollState::default(),
-            stop: opts.stop.clone(),
-            warnings,
-            notifier: opts.notifier.clone(),
-            started,
-            pkg: cfg.site.package.to_string(),
-            processes: BTreeMap::new(),
-            remote_state_failed: Default::default(),
-            unrecorded: None,
-        })
-    }
-    /// Notices a reloaded LB and sets again the states this roll had set on it (drain for the
-    /// nodes being upgraded, maint for a failed one).
-    pub(super) fn reapply_after_reload(&mut self) -> Result<(), RollError> {
-        for lb in self.lbs.clone() {
-            let now = lb.process()?;
-            let Some(before) = self.processes.get(&lb.name).cloned() else {
-                self.processes.insert(lb.name.clone(), now);
-                continue;
-            };
-            if before.pid == now.pid && now.uptime_sec >= before.uptime_sec {
-                continue;
-            }
-            self.processes.insert(lb.name.clone(), now);
-            let msg = format!(
-                "{} was reloaded during the roll (its runtime server states were lost): setting them again",
-                lb.name
-            );
-            warn(self.reporter, &mut self.warnings, msg.clone());
-            self.log(
-                None,
-                Some(&lb.name),
-                "reload detected",
-                StepResult::Warning,
-                Instant::now(),
-                &msg,
-            );
-            for node in self.state.out_of_rotation.clone() {
-                let Some(n) = self.cfg.nodes.iter().find(|n| n.name == node) else {
-                    continue;
-                };
-                let state = if self.state.failed_node.as_deref() == Some(node.as_str())
-                    || self.state.failed_nodes.contains(&node)
-                {
-                    AdminState::Maint
-                } else {
-                    AdminState::Drain
-                };
-                lb.set_state(&server_name(n), state)?;
-                self.log(
-                    Some(&node),
-                    Some(&lb.name),
-                    &format!("state {} (again)", state.as_str()),
-                    StepResult::Ok,
-                    Instant::now(),
-                    "",
-                );
-            }
-        }
-        Ok(())
-    }
-
-    pub(super) fn log(
-        &mut self,
-        node: Option<&str>,
-        lb: Option<&str>,
-        action: &str,
-        result: StepResult,
-        started: Instant,
-        detail: &str,
-    ) {
-        let Some(j) = &mut self.journal else {
-            return;
-        };
-        let written = j.log(Entry {
-            time_ms: now_ms(),
-            node: node.map(String::from),
-            lb: lb.map(String::from),
-            action: action.to_string(),
-            result,
-            duration_ms: started.elapsed().as_millis(),
-            detail: detail.to_string(),
-        });
-        if let Err(e) = written {
-            let what = format!("cannot write the journal {}: {e}", j.path.display());
-            self.unrecorded(what);
-        }
-    }
-
-    /// A write of the journal or of the state failed: said at once (the first time), and the
-    /// roll stops at its next stop point ([`Ctx::must_stop`]): a roll that cannot record what it
-    /// does would leave `--resume` and `status` guessing.
-    fn unrecorded(&mut self, what: String) {
-        if self.unrecorded.is_none() {
-            warn(
-                self.reporter,
-                &mut self.warnings,
-                format!("{what}; the roll stops before its next batch"),
-            );
-            self.unrecorded = Some(what);
-        }
-    }
-
-    /// Journals a planned step under the action and node the plan gives it.
-    pub(super) fn log_step(
-        &mut self,
-        step: &Step,
-        lb: Option<&str>,
-        result: StepResult,
-        started: Instant,
-        detail: &str,
-    ) {
-        let action = step.action();
-        self.log(step.node(), lb, &action, result, started, detail);
-    }
-
-    /// Runs an apt script (see [`Ctx::apt_install`]) on `nodes` at once. A node that waits for
-    /// another apt's lock says so on screen and in the journal as it happens, rather than
-    /// after up to `apt_lock_timeout` of silence.
-    pub(super) fn run_apt(
-        &mut self,
-        nodes: &[String],
-        script: &str,
-    ) -> Vec<Result<Output, SshError>> {
-        let t = Instant::now();
-        let jobs = nodes
-            .iter()
-            .map(|n| (&self.conns[n], script.to_string()))
-            .collect();
-        let (reporter, journal) = (self.reporter, &mut self.journal);
-        let mut failed_write = None;
-        let results = self.ssh.run_all_long_noting(jobs, |i, note| {
-            reporter.note(&format!("{}: {note}", nodes[i]));
-            if let Some(j) = journal.as_mut() {
-                let written = j.log(Entry {
-                    time_ms: now_ms(),
-                    node: Some(nodes[i].clone()),
-                    lb: None,
-                    action: "apt lock".into(),
-                    result: StepResult::Waiting,
-                    duration_ms: t.elapsed().as_millis(),
-                    detail: note.into(),
-                });
-                if let Err(e) = written {
-                    failed_write = Some(format!(
-                        "cannot write the journal {}: {e}",
-                        j.path.display()
-                    ));
-                }
-            }
-        });
-        if let Some(what) = failed_write {
-            self.unrecorded(what);
-        }
-        results
-    }
-
-    /// Says `msg` at once (a roll that fails later must not lose it) and keeps it for `--json`.
-    pub(super) fn warn(&mut self, msg: String) {
-        warn(self.reporter, &mut self.warnings, msg);
-    }
-
-    /// Writes the state in the state folder and a copy on the lock node ([`REMOTE_STATE`]),
-    /// where a run from another machine finds it.
-    pub(super) fn save_state(&mut self) {
-        if let Err(e) = self.state.write(&self.state_dir) {
-            let what = format!(
-                "cannot write the roll's state {}: {e}",
-                RollState::path(&self.state_dir).display()
-            );
-            self.unrecorded(what);
-        }
-        let Some(conn) = self.conns.get(lock_node(self.cfg)) else {
-            return;
-        };
-        let script = lock::write_state(&self.state);
-        let ok = matches!(self.ssh.run(conn, &script), Ok(o) if o.success());
-        if !ok && !self.remote_state_failed.replace(true) {
-            self.reporter.warn(&format!(
-                "{}: cannot keep a copy of the roll's state in {REMOTE_STATE}: a run from another machine will not know what this one did (the copy in {} is kept)",
-                conn.node,
-                self.state_dir.display()
-            ));
-        }
-    }
-
-    pub(super) fn journal_path(&self) -> PathBuf {
-        self.journal
-            .as_ref()
-            .map(|j| j.path.clone())
-            .unwrap_or_default()
-    }
-
-    pub(super) fn conn(&self, node: &str) -> &Conn {
-        &self.conns[node]
-    }
-
-    /// Stops the roll on Ctrl-C or SIGTERM, between steps: the state says so, for `--resume`.
-    pub(super) fn interrupt(&mut self, message: String) -> RollError {
-        self.state.status = RollStatus::Interrupted;
-        self.save_state();
-        self.log(
-            None,
-            None,
-            "interrupt",
-            StepResult::Info,
-            Instant::now(),
-            &message,
-        );
-        RollError::Interrupted {
-            message,
-            journal: self.journal_path(),
-        }
-    }
-
-    /// What a stop before this run's maintenance window leaves behind: nothing, unless an
-    /// earlier roll stopped with the site in maintenance and its upgrade left to run.
-    pub(super) fn untouched(&self) -> &'static str {
-        if self.state.upgrade_pending {
-            "this run changed nothing, but the site is still in maintenance mode from the earlier roll: run again to finish its database upgrade"
-        } else {
-            "nothing was changed"
-        }
-    }
-
-    /// The end of a walk that stopped at `step` with `error`: whatever stopped it (a step that
-    /// failed, an LB or node that stopped answering mid-roll, a write that failed, the canary,
-    /// Ctrl-C), the journal's last line says so, naming the step, its node and the cause, and
-    /// the state is no longer `running`, so `status` and the next `roll` tell the truth. An
-    /// error that does not name the journal yet (an LB's, an SSH connection's) is wrapped in
-    /// [`RollError::Stopped`], which does.
-    pub(super) fn stopped(&mut self, step: &Step, target: &str, error: RollError) -> RollError {
-        let recorded = self
-            .journal
-            .as_ref()
-            .and_then(|j| j.entries.last())
-            .is_some_and(|e| e.action == "stop" || e.action == "interrupt");
-        let node = step.node().map(String::from).or_else(|| match step {
-            Step::WaitIdle { nodes } if nodes.len() == 1 => Some(nodes[0].clone()),
-            _ => None,
-        });
-        if self.state.status == RollStatus::Running {
-            self.state.status = RollStatus::Failed;
-            self.state.failed_node = node.clone();
-            self.state.reason = Some(error.to_string());
-        }
-        let at = step.describe(target);
-        if !recorded {
-            let result = if matches!(error, RollError::Interrupted { .. }) {
-                StepResult::Info
-            } else {
-                StepResult::Failed
-            };
-            let detail = format!("at {at}: {error}");
-            let lb = error.lb().map(String::from);
-            self.log(
-                node.as_deref(),
-                lb.as_deref(),
-                "stop",
-                result,
-                Instant::now(),
-                &detail,
-            );
-        }
-        self.save_state();
-        if error.journal().is_some() {
-            return error;
-        }
-        RollError::Stopped {
-            at,
-            cause: Box::new(error),
-            journal: self.journal_path(),
-        }
-    }
-
-    pub(super) fn fail(&mut self, node: Option<&str>, message: String) -> RollError {
-        self.state.status = RollStatus::Failed;
-        self.state.failed_node = node.map(String::from);
-        self.state.reason = Some(message.clone());
-        self.save_state();
-        self.log(
-            node,
-            None,
-            "stop",
-            StepResult::Failed,
-            Instant::now(),
-            &message,
-        );
-        RollError::Failed {
-            message,
-            journal: self.journal_path(),
-        }
-    }
-
-    /// Sets `state` for `server` on every LB.
-    pub(super) fn set_all(
-        &mut self,
-        node: &str,
-        server: &str,
-        state: AdminState,
-    ) -> Result<(), RollError> {
-        for lb in self.lbs.clone() {
-            let t = Instant::now();
-            match lb.set_state(server, state) {
-                Ok(()) => self.log(
-                    Some(node),
-                    Some(&lb.name),
-                    &format!("state {}", state.as_str()),
-                    StepResult::Ok,
-                    t,
-                    "",
-                ),
-                Err(e) => {
-                    self.log(
-                        Some(node),
-                        Some(&lb.name),
-                        &format!("state {}", state.as_str()),
-                        StepResult::Failed,
-                        t,
-                        &e.to_string(),
-                    );
-                    return Err(e.into());
-                }
-            }
-        }
-        match state {
-            AdminState::Ready => self.state.out_of_rotation.retain(|n| n != node),
-            _ => {
-                if !self.state.out_of_rotation.iter().any(|n| n == node) {
-                    self.state.out_of_rotation.push(node.to_string());
-                }
-            }
-        }
-        self.save_state();
-        Ok(())
-    }
-
-    /// What `names` run, asked of all of them at once (`dpkg-query` with the fields `build`
-    /// records).
-    pub(super) fn installed_on(
-        &self,
-        names: &[String],
-    ) -> Result<BTreeMap<String, Installed>, RollError> {
-        let conns: Vec<&Conn> = names.iter().map(|n| self.conn(n)).collect();
-        let mut out = BTreeMap::new();
-        for (n, r) in names
-            .iter()
-            .zip(query_installed(&self.ssh, self.cfg, &conns))
-        {
-            out.insert(n.clone(), r?);
-        }
-        Ok(out)
-    }
-
-    /// Refreshes the site's own apt source only, then installs (or only downloads) `version`.
-    ///
-    /// Another apt on the node (unattended-upgrades) may hold one of apt's locks. apt 2.6 can
-    /// wait for dpkg's lock itself (`DPkg::Lock::Timeout`), but not for the lists' and the
-    /// archives' (measured), and it waits without a word. So each command is tried again
-    /// every 2 s while a lock is what it failed on, up to `[roll] apt_lock_timeout` in all, and
-    /// the first failure of each wait is a [`crate::ssh::NOTE`] line naming the lock and
-    /// who holds it (`run_apt` shows it at once).
-    pub(super) fn apt_install(&self, version: &str, download_only: bool) -> String {
-        let [list, sources] = apt_sources(&self.pkg);
-        format!(
-            "export DEBIAN_FRONTEND=noninteractive LC_ALL=C; end=$(( $(date +%s) + {wait} )); \
-             apt_retry() {{ said=; while :; do out=$(\"$@\" 2>&1) && return 0; \
-             case $out in *'Could not get lock'*) if [ $(date +%s) -lt $end ]; then \
-             [ -n \"$said\" ] || printf '{note}waiting up to %ss for another apt: %s\\n' $(( end - $(date +%s) )) \"$(printf '%s\\n' \"$out\" | grep -m1 'Could not get lock' | sed 's/^E: //')\" >&2; \
-             said=1; sleep 2; continue; fi;; esac; \
-             printf '%s\\n' \"$out\" | grep -v '^W: Unable to read /etc/apt/-/' >&2; return 100; done; }}; \
-             src={list}; [ -e /etc/apt/$src ] || src={sources}; \
-             apt_retry apt-get update -qq -o Dir::Etc::sourcelist=$src -o Dir::Etc::sourceparts=- -o APT::Get::List-Cleanup=0 && \
-             apt_retry apt-get install -y -qq --allow-downgrades{only} -o Dpkg::Options::=--force-confold {what}",
-            note = crate::ssh::NOTE,
-            list = quote(&list),
-            sources = quote(&sources),
-            wait = self.cfg.roll.apt_lock_timeout.as_secs(),
-            only = if download_only { " --download-only" } else { "" },
-            what = quote(&format!("{}={version}", self.pkg)),
-        )
-    }
-
-    pub(super) fn interrupted(&self) -> bool {
-        self.stop.load(Ordering::SeqCst)
-    }
-}
+use super::actions::{self, config_nodes, Failure};
+use super::canary::{self, Verdict};
+use super::code_only::{auto_rollback, guard};
+use super::ctx::Ctx;
+use super::database::{download, maintenance_off, maintenance_on, upgrade};
+use super::health::wait_healthy;
+use super::notice;
+use super::program;
+use super::step::{Group, OnFail, Step};
+use super::{FailedNode, Plan, RollError, RollOptions};
+use crate::cluster::probe::Installed;
+use crate::cluster::{server_name, web_nodes};
+use crate::config::format_duration;
+use crate::haproxy::AdminState;
+use crate::journal::{now_ms, Journal, RollState, RollStatus, StepResult};
 
 /// Runs the plan under the cluster lock: the journal and the state first (so a killed roll
-/// leaves them), then the walk, and what a stopped walk leads to (the canary sent back,
-/// `--auto-rollback`). A few lines over the mark for the state it writes, field by field.
+/// leaves them), then the walk, and what a stopped walk leads to: the canary sent back
+/// ([`OnFail::SendBack`]), `--auto-rollback`. Whatever stopped it, the journal's last line and
+/// the state say so ([`Ctx::stopped`]).
 pub(super) fn run_plan(
     ctx: &mut Ctx,
     plan: &Plan,
@@ -446,13 +36,11 @@ pub(super) fn run_plan(
     known: &notice::Known,
 ) -> Result<Walked, RollError> {
     let id = format!("{}", now_ms());
-    ctx.journal =
-        Some(
-            Journal::create(&ctx.state_dir, &id).map_err(|source| RollError::Journal {
-                dir: ctx.state_dir.clone(),
-                source,
-            })?,
-        );
+    let journal = Journal::create(&ctx.state_dir, &id).map_err(|source| RollError::Journal {
+        dir: ctx.state_dir.clone(),
+        source,
+    })?;
+    ctx.journal = Some(journal);
     ctx.state = RollState {
         id,
         kind: plan.kind,
@@ -472,64 +60,69 @@ pub(super) fn run_plan(
         reason: None,
         upgrade_pending: previous_state.as_ref().is_some_and(|s| s.upgrade_left()),
     };
-    if opts.resume {
-        if let Some(p) = &previous_state {
-            ctx.state.previous = p.previous.clone();
-        }
+    if let Some(p) = previous_state.as_ref().filter(|_| opts.resume) {
+        ctx.state.previous = p.previous.clone();
     }
     ctx.save_state();
+    let begun = format!("{} to {} ({})", plan.kind, plan.target, plan.path);
     ctx.log(
         None,
         None,
-        &format!("{} to {} ({})", plan.kind, plan.target, plan.path),
+        &begun,
         StepResult::Info,
         Instant::now(),
         &plan.why,
     );
     if let Some(window) = &plan.frozen {
+        let why = format!("--force: inside the freeze window {window}");
+        let now = Instant::now();
         ctx.log(
             None,
             None,
             "freeze overridden",
             StepResult::Warning,
-            Instant::now(),
-            &format!("--force: inside the freeze window {window}"),
+            now,
+            &why,
         );
     }
     notice::start(ctx, opts, known);
 
     let stopped = match walk(ctx, plan, opts) {
         Ok(w) => {
-            if plan.database() && ctx.interrupted() {
+            if w.maintenance_secs.is_some() && ctx.interrupted() {
                 // Stopping halfway would leave the site in maintenance, or on code its database
-                // does not match: the database path, once begun, runs to its end.
+                // does not match: once maintenance is on, the program runs to its end.
                 ctx.warn("interrupted (Ctrl-C or SIGTERM) during the database path: it was finished rather than leave the site in maintenance mode".into());
             }
             return Ok(w);
         }
         Err(s) => *s,
     };
-    let step = stopped.step.clone();
-    let error = match stopped {
-        s if matches!(s.error, RollError::Canary { .. }) => {
-            canary::send_back(ctx, plan, &s.upgraded, opts, s.error)
+    let Stopped {
+        error,
+        upgraded,
+        in_batch,
+        step,
+        on_fail,
+    } = stopped;
+    let error = match on_fail {
+        OnFail::SendBack => canary::send_back(ctx, plan, &upgraded, opts, error),
+        _ if in_batch && opts.auto_rollback && !upgraded.is_empty() => {
+            auto_rollback(ctx, plan, &upgraded, opts, error)
         }
-        s if s.in_batch && opts.auto_rollback && !s.upgraded.is_empty() => {
-            auto_rollback(ctx, plan, &s.upgraded, opts, s.error)
-        }
-        s => s.error,
+        _ => error,
     };
     Err(ctx.stopped(&step, &plan.target, error))
 }
 
-/// Why a walk stopped: the error, the nodes it had upgraded (for `--auto-rollback`), and
-/// whether it stopped inside a batch of web nodes.
+/// Why a walk stopped: the error, the nodes it had upgraded (for `--auto-rollback`), whether
+/// it stopped inside a batch of web nodes, the step and its failure rule.
 pub(super) struct Stopped {
     pub error: RollError,
     pub upgraded: Vec<String>,
     pub in_batch: bool,
-    /// The step it stopped at.
     pub step: Step,
+    pub on_fail: OnFail,
 }
 
 /// What a walk did.
@@ -541,55 +134,39 @@ pub(super) struct Walked {
     pub failed: Vec<FailedNode>,
 }
 
-/// Runs `plan.steps` in order: the executor does what the plan says, and nothing else.
-/// Consecutive steps of one kind run together (a batch's installs at once on every node, its
-/// versions checked in one query), as one step would.
+/// Runs the program of `plan`, group by group: the executor does what the plan says, and
+/// nothing else. At a batch's end, failures within the budget have the rest planned again
+/// ([`program::replan`]).
 pub(super) fn walk(ctx: &mut Ctx, plan: &Plan, opts: &RollOptions) -> Result<Walked, Box<Stopped>> {
     let mut run = Run::default();
-    let mut steps = plan.steps.clone();
+    let mut program = plan.program.clone();
     let mut i = 0;
-    while i < steps.len() {
-        let kind = std::mem::discriminant(&steps[i]);
-        let end = steps[i..]
-            .iter()
-            .position(|s| std::mem::discriminant(s) != kind)
-            .map_or(steps.len(), |p| i + p);
-        let mut result = run.step(ctx, plan, opts, &steps[i..end]);
-        if result.is_ok() && std::mem::take(&mut run.replan) {
-            match replan(ctx.cfg, plan, &steps[end..], &run.failed_within_budget) {
-                Some(rest) => {
-                    let said: Vec<String> = rest.iter().map(|s| s.describe(&plan.target)).collect();
-                    ctx.log(
-                        None,
-                        None,
-                        "replanned",
-                        StepResult::Info,
-                        Instant::now(),
-                        &said.join("; "),
-                    );
-                    steps.truncate(end);
-                    steps.extend(rest);
+    while i < program.len() {
+        let group = program[i].clone();
+        let mut result = run.group(ctx, plan, opts, &group);
+        let batch_ends =
+            group.batch.is_some() && program.get(i + 1).map(|g| g.batch) != Some(group.batch);
+        if result.is_ok() && batch_ends {
+            result = match run.end_batch(ctx, plan, &program, i) {
+                Ok(Some(rest)) => {
+                    program.truncate(i + 1);
+                    program.extend(rest);
+                    Ok(())
                 }
-                None => {
-                    let out: Vec<&str> = run
-                        .failed_within_budget
-                        .iter()
-                        .map(|f| f.node.as_str())
-                        .collect();
-                    let resume = ctx.state.resume_command();
-                    result = Err(ctx.fail(None, format!("{} failed and stay out of rotation: with --batch {} no room is left to take another node out (never more than the batch out); fix them and run `{resume}`", out.join(", "), plan.batch)));
-                }
-            }
+                Ok(None) => Ok(()),
+                Err(e) => Err(e),
+            };
         }
         if let Err(error) = result {
             return Err(Box::new(Stopped {
                 error,
                 in_batch: !run.batch.is_empty(),
                 upgraded: run.upgraded,
-                step: steps[i].clone(),
+                step: group.steps[0].clone(),
+                on_fail: group.on_fail,
             }));
         }
-        i = end;
+        i += 1;
     }
     Ok(Walked {
         upgraded: run.upgraded,
@@ -602,10 +179,13 @@ pub(super) fn walk(ctx: &mut Ctx, plan: &Plan, opts: &RollOptions) -> Result<Wal
 /// Where a walk is.
 #[derive(Default)]
 struct Run {
-    /// The web nodes drained by the last `Drain` and not yet back (`Ready`).
-    batch: Vec<Node>,
-    /// The batch's nodes that failed, and why (code-only: they stay out, the others go back).
-    failed: Vec<(String, String)>,
+    /// The web nodes drained in the current batch; emptied at the batch's end (a stop before
+    /// that is a stop inside a batch: `--auto-rollback` applies).
+    batch: Vec<String>,
+    /// The current batch's nodes that failed (left out, within its rule).
+    failed: Vec<Failure>,
+    /// Verified in a batch whose failures leave nodes out: upgraded once the batch is back.
+    verified: Vec<String>,
     /// `--force-drain` switched the batch to maint: back to drain before its health checks.
     forced: bool,
     upgraded: Vec<String>,
@@ -614,497 +194,358 @@ struct Run {
     canary: Option<Verdict>,
     /// Web nodes that failed within `[roll] max_failed_nodes`: out of rotation (maint).
     failed_within_budget: Vec<FailedNode>,
-    /// Set by a batch that ended with failures within the budget: what is left is planned again.
-    replan: bool,
 }
 
 impl Run {
-    /// One step, or a run of steps of one kind (`group`). Long on purpose: one arm per kind of
-    /// step, each a few lines calling the function that does it, so the whole executor reads
-    /// in one place.
-    fn step(
+    fn is_failed(&self, node: &str) -> bool {
+        self.failed.iter().any(|f| f.node == node)
+    }
+
+    /// The group's nodes that have not failed in this batch.
+    fn going_on(&self, group: &Group) -> Vec<String> {
+        group
+            .nodes()
+            .into_iter()
+            .filter(|n| !self.is_failed(n))
+            .collect()
+    }
+
+    /// One group: its steps at once, then its failure rule for the nodes that failed.
+    #[expect(
+        clippy::too_many_lines,
+        reason = "one arm per kind of step, each a few lines calling the function that does it: the whole executor reads in one place"
+    )]
+    fn group(
         &mut self,
         ctx: &mut Ctx,
         plan: &Plan,
         opts: &RollOptions,
-        group: &[Step],
+        g: &Group,
     ) -> Result<(), RollError> {
-        let names: Vec<String> = group
-            .iter()
-            .filter_map(|s| s.node().map(String::from))
-            .collect();
+        let names = g.nodes();
         let target = plan.target.as_str();
-        match &group[0] {
-            Step::PutBack { .. } => {
-                for n in &names {
-                    put_back(ctx, plan, n)?;
+        let failed: Vec<Failure> = match &g.steps[0] {
+            Step::PutBack { node } => {
+                actions::put_back(ctx, plan, node)?;
+                Vec::new()
+            }
+            Step::Guard { nodes } => {
+                if ctx.interrupted() {
+                    let msg = format!(
+                        "stopped before batch {}; every node is in rotation; run again with --resume",
+                        nodes.join(", ")
+                    );
+                    return Err(ctx.interrupt(msg));
                 }
+                if let Some(what) = ctx.unrecorded.clone() {
+                    let msg = format!(
+                        "{what}: stopped before batch {}, with every node in rotation; fix it and run `{}`",
+                        nodes.join(", "),
+                        ctx.state.resume_command()
+                    );
+                    return Err(ctx.fail(None, msg));
+                }
+                let t = Instant::now();
+                guard(ctx, &config_nodes(ctx.cfg, nodes), opts)?;
+                ctx.log_step(&g.steps[0], None, StepResult::Ok, t, "");
+                Vec::new()
             }
             Step::Drain { .. } => {
-                let nodes = config_nodes(ctx.cfg, &names);
-                if !plan.database() {
-                    if ctx.interrupted() {
-                        let msg = format!(
-                            "stopped before batch {}; every node is in rotation; run again with --resume",
-                            names.join(", ")
-                        );
-                        return Err(ctx.interrupt(msg));
-                    }
-                    if let Some(what) = ctx.unrecorded.clone() {
-                        let msg = format!(
-                            "{what}: stopped before batch {}, with every node in rotation; fix it and run `{}`",
-                            names.join(", "),
-                            ctx.state.resume_command()
-                        );
-                        return Err(ctx.fail(None, msg));
-                    }
-                    self.batch = nodes.clone();
-                    self.failed.clear();
-                    self.forced = false;
-                    guard(ctx, &nodes, opts)?;
-                    ctx.reporter.step(&format!(
-                        "draining {} and waiting for their sessions to end",
-                        names.join(", ")
-                    ));
-                } else {
-                    self.batch = nodes.clone();
+                ctx.reporter.step(&format!(
+                    "draining {} and waiting for their sessions to end",
+                    names.join(", ")
+                ));
+                self.forced = false;
+                for n in config_nodes(ctx.cfg, &names) {
+                    self.batch.push(n.name.clone());
+                    ctx.set_all(&n.name, &server_name(&n), AdminState::Drain)?;
                 }
-                for n in &nodes {
-                    ctx.set_all(&n.name, &server_name(n), AdminState::Drain)?;
-                }
+                Vec::new()
             }
-            Step::WaitIdle { .. } => {
-                let batch = self.batch.clone();
-                let (t, busy) = wait_idle(ctx, &batch)?;
+            Step::WaitIdle { nodes } => {
+                let batch = config_nodes(ctx.cfg, nodes);
+                let (t, busy) = actions::wait_idle(ctx, &batch)?;
                 if !busy.is_empty() {
-                    if plan.database() {
-                        // The site is in maintenance: no session is worth waiting longer for.
-                        maint_after_timeout(ctx, &batch, t, "site in maintenance", &busy)?;
-                    } else if opts.force_drain {
-                        maint_after_timeout(ctx, &batch, t, "--force-drain", &busy)?;
-                        self.forced = true;
-                    } else {
-                        for n in &batch {
-                            ctx.set_all(&n.name, &server_name(n), AdminState::Ready)?;
-                        }
-                        ctx.reporter.step_done();
-                        return Err(ctx.fail(
-                            None,
-                            format!("sessions did not end within drain_timeout {}: {}; the nodes are back in rotation; raise drain_timeout or use --force-drain", crate::config::format_duration(ctx.cfg.roll.drain_timeout), busy.join("; ")),
-                        ));
-                    }
+                    self.drain_timeout(ctx, g.on_fail, &batch, t, busy)?;
                 }
-                if !plan.database() {
-                    ctx.reporter.step_done();
-                }
+                ctx.reporter.step_done();
+                Vec::new()
             }
-            Step::Install { .. } => {
-                let failed = install(ctx, &names, target);
-                self.failures(ctx, plan, &names, failed)?;
-            }
+            Step::Install { .. } => actions::install(ctx, &self.going_on(g), target),
             Step::Verify { .. } => {
-                let todo: Vec<String> = names
-                    .iter()
-                    .filter(|n| !self.failed.iter().any(|(f, _)| f == *n))
-                    .cloned()
-                    .collect();
-                let failed = verify(ctx, &todo, target);
-                self.failures(ctx, plan, &names, failed)?;
-                // Web nodes of a code-only batch count once back in rotation (`Ready`).
-                if plan.database() || self.batch.is_empty() {
-                    self.upgraded.extend(todo);
+                let todo = self.going_on(g);
+                let failed = actions::verify(ctx, &todo, target);
+                let ok = todo
+                    .into_iter()
+                    .filter(|n| !failed.iter().any(|f| &f.node == n));
+                // In a batch that leaves failed nodes out, they count once back in rotation.
+                if matches!(g.on_fail, OnFail::LeaveOut { .. }) {
+                    self.verified.extend(ok);
+                } else {
+                    self.upgraded.extend(ok);
                 }
+                failed
+            }
+            Step::Reload { .. } => actions::reload(ctx, &self.going_on(g)),
+            Step::Probe { path, .. } => {
+                let mut failed = Vec::new();
+                for n in config_nodes(ctx.cfg, &self.going_on(g)) {
+                    failed.extend(actions::probe(ctx, &n, path, target));
+                }
+                failed
             }
             Step::HealthDown { .. } => {
-                for n in config_nodes(ctx.cfg, &names) {
-                    if self.failed.iter().any(|(f, _)| f == &n.name) {
-                        continue;
-                    }
+                for n in config_nodes(ctx.cfg, &self.going_on(g)) {
                     // HAProxy does not check a server in maint: back to drain (still no new
                     // traffic), or the checks would never see the new code.
                     if self.forced {
                         ctx.set_all(&n.name, &server_name(&n), AdminState::Drain)?;
                     }
-                    health_down(ctx, &n);
+                    actions::health_down(ctx, &n);
                 }
-            }
-            Step::Reload { .. } => {
-                let todo: Vec<String> = names
-                    .iter()
-                    .filter(|n| !self.failed.iter().any(|(f, _)| f == *n))
-                    .cloned()
-                    .collect();
-                let failed = reload(ctx, &todo);
-                self.failures(ctx, plan, &names, failed)?;
-            }
-            Step::Probe { path, .. } => {
-                for n in config_nodes(ctx.cfg, &names) {
-                    if self.failed.iter().any(|(f, _)| f == &n.name) {
-                        continue;
-                    }
-                    ctx.reporter
-                        .step(&format!("asking {}'s PHP which release it runs", n.name));
-                    let r = wait_release(ctx, &n, path, target);
-                    ctx.reporter.step_done();
-                    if let Err(m) = r {
-                        let failed = vec![(n.name.clone(), format!("{}: {m}", n.name))];
-                        self.failures(ctx, plan, &names, failed)?;
-                    }
-                }
+                Vec::new()
             }
             Step::WaitHealthy { .. } => {
-                for n in config_nodes(ctx.cfg, &names) {
-                    if plan.database() {
-                        // After maintenance off: every web node must serve.
-                        if let Err(m) = wait_healthy(ctx, &n) {
-                            let _ = ctx.set_all(&n.name, &server_name(&n), AdminState::Maint);
-                            return Err(ctx.fail(
-                                Some(&n.name),
-                                format!("{m}; {} is out of rotation (maint)", n.name),
-                            ));
-                        }
-                        continue;
-                    }
-                    if self.failed.iter().any(|(f, _)| f == &n.name) {
-                        continue;
-                    }
+                let mut failed = Vec::new();
+                for n in config_nodes(ctx.cfg, &self.going_on(g)) {
                     ctx.reporter
                         .step(&format!("waiting for {} to be healthy", n.name));
                     if let Err(m) = wait_healthy(ctx, &n) {
-                        self.failed.push((n.name.clone(), m.to_string()));
+                        failed.push(Failure::new(&n.name, m));
                     }
                     ctx.reporter.step_done();
                 }
+                failed
             }
             Step::Ready { .. } => {
-                // The batch stays set until it is back: a stop in it is a stop inside a batch.
-                let batch = self.batch.clone();
-                if plan.database() {
-                    for n in &batch {
-                        ctx.set_all(&n.name, &server_name(n), AdminState::Ready)?;
-                    }
-                } else {
-                    let before = self.failed_within_budget.len();
-                    // The canary's batch has no budget: a canary that fails to install or to
-                    // come up healthy is the release failing its test.
-                    let canary = plan
-                        .canary
-                        .as_ref()
-                        .is_some_and(|c| batch.iter().any(|n| n.name == c.node));
-                    let budget = if canary {
-                        0
+                for n in config_nodes(ctx.cfg, &names) {
+                    // A node of the batch that failed stays out, with no traffic at all.
+                    let state = if self.is_failed(&n.name) {
+                        AdminState::Maint
                     } else {
-                        ctx.cfg.roll.max_failed_nodes as usize
+                        AdminState::Ready
                     };
-                    self.replan = end_batch(ctx, &batch, &self.failed, before, budget)?;
-                    let failed = std::mem::take(&mut self.failed);
-                    let is_failed = |n: &str| failed.iter().any(|(f, _)| f == n);
-                    self.upgraded
-                        .extend(batch.into_iter().map(|n| n.name).filter(|n| !is_failed(n)));
-                    self.failed_within_budget.extend(
-                        failed
-                            .into_iter()
-                            .map(|(node, reason)| FailedNode { node, reason }),
-                    );
+                    ctx.set_all(&n.name, &server_name(&n), state)?;
                 }
-                self.batch.clear();
-                self.failed.clear();
+                Vec::new()
             }
-            Step::Download { .. } => download(ctx, &names, target)?,
+            Step::Download { .. } => {
+                download(ctx, &names, target)?;
+                Vec::new()
+            }
             Step::MaintenanceOn { node } => {
                 self.maintenance_since = Some(Instant::now());
                 maintenance_on(ctx, plan, node)?;
+                Vec::new()
             }
-            Step::Upgrade { node } => upgrade(ctx, node)?,
+            Step::Upgrade { node } => {
+                upgrade(ctx, node)?;
+                Vec::new()
+            }
             Step::MaintenanceOff { node } => {
                 let since = self.maintenance_since.unwrap_or_else(Instant::now);
                 self.maintenance_secs = Some(maintenance_off(ctx, node, since)?);
+                Vec::new()
             }
-            Step::Purge { node } => purge_caches(ctx, node),
-            Step::Canary { .. } => self.canary = Some(canary::watch(ctx, plan, opts)?),
-        }
-        Ok(())
+            Step::Purge { node } => {
+                actions::purge_caches(ctx, node);
+                Vec::new()
+            }
+            step @ Step::Canary { .. } => {
+                let Some(rule) = step.canary_plan() else {
+                    return Ok(());
+                };
+                self.canary = Some(canary::watch(ctx, plan, &rule, opts)?);
+                Vec::new()
+            }
+        };
+        self.failures(ctx, g, failed)
     }
 
-    /// Installs or version checks that failed on `names`: on the database path the roll stops
-    /// there (the failed web node out, the others back), and so it does for a cron node; in a
-    /// code-only batch the failed nodes are kept for the batch's end.
+    /// Sessions still busy at `drain_timeout`: the batch back in rotation and stop, or to maint
+    /// and on, as the plan says.
+    fn drain_timeout(
+        &mut self,
+        ctx: &mut Ctx,
+        on_fail: OnFail,
+        batch: &[crate::config::Node],
+        since: Instant,
+        busy: Vec<String>,
+    ) -> Result<(), RollError> {
+        if on_fail == OnFail::Maint {
+            let why = if ctx.state.upgrade_pending {
+                "site in maintenance"
+            } else {
+                "--force-drain"
+            };
+            actions::maint_after_timeout(ctx, batch, since, why, &busy)?;
+            self.forced = true;
+            return Ok(());
+        }
+        for n in batch {
+            ctx.set_all(&n.name, &server_name(n), AdminState::Ready)?;
+        }
+        self.batch.clear();
+        ctx.reporter.step_done();
+        let timeout = format_duration(ctx.cfg.roll.drain_timeout);
+        Err(ctx.fail(
+            None,
+            format!("sessions did not end within drain_timeout {timeout}: {}; the nodes are back in rotation; raise drain_timeout or use --force-drain", busy.join("; ")),
+        ))
+    }
+
+    /// What the group's rule does with the nodes that failed: kept for the batch's end
+    /// (leave out), a warning, or the roll stops here.
     fn failures(
         &mut self,
         ctx: &mut Ctx,
-        plan: &Plan,
-        names: &[String],
-        failed: Vec<(String, String)>,
+        g: &Group,
+        failed: Vec<Failure>,
     ) -> Result<(), RollError> {
-        let Some((node, why)) = failed.first().cloned() else {
+        if failed.is_empty() {
             return Ok(());
-        };
-        if plan.database() {
-            for w in web_nodes(ctx.cfg) {
-                if !names.contains(&w.name) {
-                    continue;
+        }
+        match g.on_fail {
+            OnFail::LeaveOut { .. } => {
+                self.failed.extend(failed);
+                Ok(())
+            }
+            OnFail::Warn => {
+                for f in failed {
+                    ctx.warn(f.to_string());
                 }
-                if failed.iter().any(|(f, _)| f == &w.name) {
-                    let _ = ctx.set_all(&w.name, &server_name(w), AdminState::Maint);
-                } else if self.batch.iter().any(|b| b.name == w.name) {
-                    let _ = ctx.set_all(&w.name, &server_name(w), AdminState::Ready);
-                }
+                Ok(())
             }
-            self.batch.clear();
-            let resume = ctx.state.resume_command();
-            return Err(ctx.fail(Some(&node), format!("{why}; the site is left in maintenance mode (the database is not upgraded yet): fix {node} and run `{resume}`")));
-        }
-        if self.batch.is_empty() {
-            return Err(ctx.fail(Some(&node), why));
-        }
-        self.failed.extend(failed);
-        Ok(())
-    }
-}
-
-/// The config's nodes named in `names`, in that order.
-fn config_nodes(cfg: &Config, names: &[String]) -> Vec<Node> {
-    names
-        .iter()
-        .filter_map(|n| cfg.nodes.iter().find(|c| &c.name == n).cloned())
-        .collect()
-}
-
-/// A node an earlier run left out of rotation, already on the target: back in when healthy.
-/// One still unhealthy stops the roll: going on would put more than `batch` servers out, and
-/// ending "done" would leave a node out that no later run knows as its own.
-fn put_back(ctx: &mut Ctx, plan: &Plan, node: &str) -> Result<(), RollError> {
-    let Some(n) = ctx.cfg.nodes.iter().find(|n| n.name == node).cloned() else {
-        return Ok(());
-    };
-    // Healthy, and its PHP runs the target (a stale PHP may be why an earlier run left it out).
-    let checked = health_now(ctx.cfg, &n).and_then(|()| match plan.probe.as_deref() {
-        Some(path) if n.http.is_some() => wait_release(ctx, &n, path, &plan.target),
-        _ => Ok(()),
-    });
-    match checked {
-        Ok(()) => {
-            ctx.reporter.step(&format!("{node}: on {} and healthy, left out of rotation by an earlier run: putting it back", plan.target));
-            ctx.set_all(node, &server_name(&n), AdminState::Ready)?;
-            ctx.reporter.step_done();
-            Ok(())
-        }
-        Err(why) => Err(ctx.fail(
-            Some(node),
-            format!(
-                "{node} is on {} but not healthy ({why}); it stays out of rotation, where an earlier run left it: fix it and run again",
-                plan.target
-            ),
-        )),
-    }
-}
-
-/// Marks the (drained, idle) server down on every LB: the LBs' last check may predate the
-/// install, so only checks of the new code can bring it back up. A refusal is a warning.
-fn health_down(ctx: &mut Ctx, n: &Node) {
-    let step = Step::HealthDown {
-        node: n.name.clone(),
-    };
-    for lb in ctx.lbs.clone() {
-        let t = Instant::now();
-        let cmd = format!("set server {}/{} health down", lb.backend, server_name(n));
-        match lb.send(&cmd) {
-            Ok(_) => ctx.log_step(&step, Some(&lb.name), StepResult::Ok, t, ""),
-            Err(e) => ctx.log_step(
-                &step,
-                Some(&lb.name),
-                StepResult::Warning,
-                t,
-                &e.to_string(),
-            ),
+            _ => Err(self.stop_on(ctx, failed)),
         }
     }
-}
 
-/// `purge_command` once, on `node`, with every node on the target. A failure is a warning: the
-/// code is in place and serving; only its caches are stale until the purge is run by hand.
-pub(super) fn purge_caches(ctx: &mut Ctx, node: &str) {
-    let purge = Step::Purge {
-        node: node.to_string(),
-    };
-    let t = Instant::now();
-    let cmd = substitute(&ctx.cfg.roll.purge_command, ctx.cfg);
-    ctx.reporter
-        .step(&format!("purging Moodle's caches on {node}"));
-    let r = ctx.ssh.run_long(ctx.conn(node), &cmd);
-    ctx.reporter.step_done();
-    let failure = match r {
-        Ok(o) if o.success() => None,
-        Ok(o) => Some(format!("{} ({})", o.tail(), o.status())),
-        Err(e) => Some(e.to_string()),
-    };
-    match failure {
-        None => ctx.log_step(&purge, None, StepResult::Ok, t, &cmd),
-        Some(why) => {
-            ctx.log_step(&purge, None, StepResult::Failed, t, &why);
-            ctx.warn(format!(
-                "{node}: purge_command failed: {why}; every node runs the new code, but its caches are stale until `{cmd}` runs"
-            ));
-        }
-    }
-}
-
-/// Installs the target on `nodes` in parallel: the nodes where it failed, and why.
-pub(super) fn install(ctx: &mut Ctx, nodes: &[String], target: &str) -> Vec<(String, String)> {
-    let t = Instant::now();
-    ctx.reporter
-        .step(&format!("installing {target} on {}", nodes.join(", ")));
-    let script = ctx.apt_install(target, false);
-    let results = ctx.run_apt(nodes, &script);
-    let mut failed = Vec::new();
-    for (n, r) in nodes.iter().zip(results) {
-        let step = Step::Install { node: n.clone() };
-        match r {
-            Ok(o) if o.success() => ctx.log_step(&step, None, StepResult::Ok, t, target),
-            Ok(o) => {
-                let m = format!(
-                    "{n}: apt-get install {}={target} failed ({}): {}",
-                    ctx.pkg,
-                    o.status(),
-                    o.tail()
-                );
-                ctx.log_step(&step, None, StepResult::Failed, t, &m);
-                failed.push((n.clone(), m));
-            }
-            Err(e) => {
-                ctx.log_step(&step, None, StepResult::Failed, t, &e.to_string());
-                failed.push((n.clone(), e.to_string()));
-            }
-        }
-    }
-    ctx.reporter.step_done();
-    failed
-}
-
-/// `[roll] reload_command` on `nodes` at once, after their install: what makes their PHP serve
-/// the new code. The nodes where it failed, and why.
-pub(super) fn reload(ctx: &mut Ctx, nodes: &[String]) -> Vec<(String, String)> {
-    let Some(cmd) = ctx.cfg.roll.reload_command.as_deref() else {
-        return Vec::new();
-    };
-    if nodes.is_empty() {
-        return Vec::new();
-    }
-    let cmd = substitute(cmd, ctx.cfg);
-    let t = Instant::now();
-    ctx.reporter
-        .step(&format!("reloading PHP on {}", nodes.join(", ")));
-    let jobs = nodes.iter().map(|n| (&ctx.conns[n], cmd.clone())).collect();
-    let results = ctx.ssh.run_all_long_noting(jobs, |_, _| {});
-    ctx.reporter.step_done();
-    let mut failed = Vec::new();
-    for (n, r) in nodes.iter().zip(results) {
-        let step = Step::Reload { node: n.clone() };
-        let why = match r {
-            Ok(o) if o.success() => {
-                ctx.log_step(&step, None, StepResult::Ok, t, &cmd);
+    /// The roll stops on `failed` nodes: a web node among them goes out of rotation (maint),
+    /// the rest of the batch goes back, and the error says what is left to do.
+    fn stop_on(&mut self, ctx: &mut Ctx, failed: Vec<Failure>) -> RollError {
+        let webs: Vec<crate::config::Node> = web_nodes(ctx.cfg).into_iter().cloned().collect();
+        for w in &webs {
+            let state = if failed.iter().any(|f| f.node == w.name) {
+                AdminState::Maint
+            } else if self.batch.contains(&w.name) {
+                AdminState::Ready
+            } else {
                 continue;
-            }
-            Ok(o) => format!(
-                "{n}: reload_command `{cmd}` failed ({}): {}",
-                o.status(),
-                o.tail()
-            ),
-            Err(e) => format!("{n}: reload_command `{cmd}`: {e}"),
+            };
+            // Best effort: the roll stops either way, and the journal says each.
+            let _ = ctx.set_all(&w.name, &server_name(w), state);
+        }
+        self.batch.clear();
+        let mut failed = failed.into_iter();
+        let Some(first) = failed.next() else {
+            return ctx.fail(None, "stopped".into());
         };
-        ctx.log_step(&step, None, StepResult::Failed, t, &why);
-        failed.push((n.clone(), why));
+        let node = first.node.clone();
+        let resume = ctx.state.resume_command();
+        let then = if ctx.state.upgrade_pending {
+            format!("the site is left in maintenance mode (the database is not upgraded yet): fix {node} and run `{resume}`")
+        } else if webs.iter().any(|w| w.name == node) {
+            format!("{node} is out of rotation (maint); fix it and run `{resume}`")
+        } else {
+            format!("fix it and run `{resume}`")
+        };
+        ctx.node_failed(first, then)
     }
-    failed
-}
 
-/// Checks, in one query per node, that `nodes` run the target: the ones that do not, and why.
-pub(super) fn verify(ctx: &mut Ctx, nodes: &[String], target: &str) -> Vec<(String, String)> {
-    if nodes.is_empty() {
-        return Vec::new();
-    }
-    let t = Instant::now();
-    let now = match ctx.installed_on(nodes) {
-        Ok(now) => now,
-        Err(e) => return vec![(nodes[0].clone(), e.to_string())],
-    };
-    let mut failed = Vec::new();
-    for n in nodes {
-        let step = Step::Verify { node: n.clone() };
-        let v = &now[n];
-        if v.version.as_deref() == Some(target) {
-            ctx.log_step(&step, None, StepResult::Ok, t, target);
-            continue;
-        }
-        let m = format!(
-            "{n}: after install dpkg reports {:?}, not {target}",
-            v.version
+    /// The end of batch `program[i].batch`: the nodes verified in it are upgraded unless they
+    /// failed. Failures within the budget (this roll's failed nodes, at most `budget` of its
+    /// rule) let the roll go on: the rest is planned again, with room for the failed nodes
+    /// out of rotation (`Some`: the new rest). Beyond it, the roll stops.
+    fn end_batch(
+        &mut self,
+        ctx: &mut Ctx,
+        plan: &Plan,
+        program: &[Group],
+        i: usize,
+    ) -> Result<Option<Vec<Group>>, RollError> {
+        let failed = std::mem::take(&mut self.failed);
+        let verified = std::mem::take(&mut self.verified);
+        self.upgraded.extend(
+            verified
+                .into_iter()
+                .filter(|n| !failed.iter().any(|f| &f.node == n)),
         );
-        ctx.log_step(&step, None, StepResult::Failed, t, &m);
-        failed.push((n.clone(), m));
-    }
-    failed
-}
-
-/// Waits, at most `drain_timeout`, until none of the drained `nodes` has a session in flight
-/// or queued on any LB (one read of each LB per poll, whatever the batch size). A server that
-/// left drain by itself (an agent-check, a reload) is drained again, with a warning. Returns
-/// when it started and, at the timeout, what was still busy (empty: drained, logged as such).
-pub(super) fn wait_idle(
-    ctx: &mut Ctx,
-    nodes: &[Node],
-) -> Result<(Instant, Vec<String>), RollError> {
-    let t = Instant::now();
-    let deadline = t + ctx.cfg.roll.drain_timeout;
-    loop {
-        let mut busy = Vec::new();
-        for lb in &ctx.lbs {
-            let servers = lb.servers()?;
-            for n in nodes {
-                let s = lb.find(&servers, &server_name(n))?;
-                if !s.drain && !s.maint {
-                    warn(ctx.reporter, &mut ctx.warnings, format!("{}: {} left drain by itself (an agent-check or a reload?); draining it again", lb.name, s.name));
-                    lb.set_state(&s.name, AdminState::Drain)?;
+        if failed.is_empty() {
+            self.batch.clear();
+            return Ok(None);
+        }
+        let budget = program
+            .iter()
+            .filter(|g| g.batch == program[i].batch)
+            .find_map(|g| match g.on_fail {
+                OnFail::LeaveOut { budget } => Some(budget),
+                _ => None,
+            })
+            .unwrap_or(0);
+        let count = self.failed_within_budget.len() + failed.len();
+        if count > budget {
+            let over = if budget > 0 {
+                format!(" ({count} failed, beyond max_failed_nodes = {budget})")
+            } else {
+                String::new()
+            };
+            let first = failed.into_iter().next().map(Box::new);
+            let resume = ctx.state.resume_command();
+            return Err(match first {
+                Some(f) => {
+                    let node = f.node.clone();
+                    ctx.node_failed(*f, format!("{node} stays out of rotation (maint){over}; fix it and run `{resume}`, or `moodle-release rollback`"))
                 }
-                if s.scur + s.qcur > 0 {
-                    busy.push(format!(
-                        "{} on {} ({} sessions, {} queued)",
-                        n.name, lb.name, s.scur, s.qcur
-                    ));
-                }
+                None => ctx.fail(None, "stopped".into()),
+            });
+        }
+        // Within the budget: the batch is over (its failed nodes out, the others back).
+        self.batch.clear();
+        for f in failed {
+            let msg = format!("{f}; it stays out of rotation (maint); failure budget: {count} of max_failed_nodes = {budget} used, the roll goes on");
+            ctx.log(
+                Some(&f.node),
+                None,
+                "failure budget",
+                StepResult::Warning,
+                Instant::now(),
+                &msg,
+            );
+            ctx.warn(msg);
+            ctx.state.failed_nodes.push(f.node.clone());
+            self.failed_within_budget.push(FailedNode {
+                reason: f.to_string(),
+                node: f.node,
+            });
+        }
+        ctx.save_state();
+        let out: Vec<String> = self
+            .failed_within_budget
+            .iter()
+            .map(|f| f.node.clone())
+            .collect();
+        match program::replan(&plan.layout, &program[i + 1..], &out) {
+            Some(rest) => {
+                let said: Vec<String> = rest
+                    .iter()
+                    .flat_map(|g| &g.steps)
+                    .map(|s| s.describe(&plan.target))
+                    .collect();
+                let now = Instant::now();
+                ctx.log(
+                    None,
+                    None,
+                    "replanned",
+                    StepResult::Info,
+                    now,
+                    &said.join("; "),
+                );
+                Ok(Some(rest))
+            }
+            None => {
+                let resume = ctx.state.resume_command();
+                Err(ctx.fail(None, format!("{} failed and stay out of rotation: with --batch {} no room is left to take another node out (never more than the batch out); fix them and run `{resume}`", out.join(", "), plan.batch)))
             }
         }
-        if busy.is_empty() {
-            let nodes = nodes.iter().map(|n| n.name.clone()).collect();
-            ctx.log_step(&Step::WaitIdle { nodes }, None, StepResult::Ok, t, "");
-            return Ok((t, busy));
-        }
-        if Instant::now() > deadline {
-            return Ok((t, busy));
-        }
-        std::thread::sleep(Duration::from_millis(100));
     }
-}
-
-/// After `drain_timeout`: `nodes` go to maint (no traffic, not even cookie-bound), and the
-/// journal says why and what was still busy.
-pub(super) fn maint_after_timeout(
-    ctx: &mut Ctx,
-    nodes: &[Node],
-    since: Instant,
-    why: &str,
-    busy: &[String],
-) -> Result<(), RollError> {
-    for n in nodes {
-        ctx.set_all(&n.name, &server_name(n), AdminState::Maint)?;
-    }
-    ctx.log(
-        None,
-        None,
-        "drain timeout",
-        StepResult::Warning,
-        since,
-        &format!("{why}: switched to maint: {}", busy.join("; ")),
-    );
-    Ok(())
 }

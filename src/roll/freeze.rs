@@ -2,24 +2,16 @@
 //! (exit 3) naming the window, unless `--force`, which the journal records. `rollback` is never
 //! frozen: going back to a known version is how a bad release is undone, in a freeze or not.
 
-use super::*;
+use super::{warn, RollError, RollOptions};
+use crate::config::Config;
+use crate::report::Reporter;
 
 /// The window `now` is in, if any, for a roll (never for a rollback).
 pub(super) fn window_now(cfg: &Config, opts: &RollOptions) -> Option<String> {
     if opts.rollback {
         return None;
     }
-    frozen_now(cfg)
-}
-
-/// The freeze window the cluster is in now, if any (for `status`).
-pub(crate) fn frozen_now(cfg: &Config) -> Option<String> {
-    let now = jiff::Timestamp::now();
-    cfg.roll
-        .freeze
-        .iter()
-        .find(|f| f.contains(now))
-        .map(|f| f.to_string())
+    crate::cluster::frozen_now(cfg)
 }
 
 /// Refuses a roll inside a freeze window; with `--force`, or for `--plan`, says so and returns

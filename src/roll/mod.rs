@@ -17,47 +17,48 @@
 //! with each path's own rules in [`code_only`] and [`database`] and the health checks in
 //! [`health`]; [`lock`] is the cluster lock and the state kept beside it.
 
+mod actions;
 mod canary;
 mod code_only;
+mod ctx;
 mod database;
+mod drivers;
 mod execute;
-pub(crate) mod freeze;
-pub(crate) mod health;
-mod http;
-pub(crate) mod lock;
+#[cfg(test)]
+mod fake;
+mod freeze;
+mod health;
 mod notice;
 mod plan;
 mod preflight;
-pub(crate) mod probe;
+mod program;
 mod step;
+#[cfg(test)]
+mod tests;
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
 use crate::apt::AptError;
-use crate::config::{Config, Node, Role};
-use crate::haproxy::{AdminState, HaError, Lb};
-use crate::journal::{now_ms, Entry, Journal, RollKind, RollState, RollStatus, StepResult};
+use crate::cluster::lock::{self, newer, remote_state};
+use crate::cluster::{lock_node, web_nodes};
+use crate::config::Config;
+use crate::haproxy::{HaError, Lb};
+use crate::journal::{Entry, RollKind, RollState, RollStatus};
 use crate::report::Reporter;
-use crate::ssh::{quote, Conn, Output, Ssh, SshError};
+use crate::ssh::{Ssh, SshError};
 pub use canary::{CanaryPlan, LbFigures, Verdict};
-use code_only::*;
-use database::*;
-use execute::*;
-use health::*;
-use lock::{newer, remote_state, Lock, REMOTE_STATE};
-use plan::*;
+use ctx::Ctx;
+use drivers::{Balancer, SshNodes};
+use execute::{run_plan, Walked};
+use plan::{choose_target, make_plan};
 pub use plan::{Plan, RollPath};
-use preflight::*;
-pub use probe::Installed;
-use probe::*;
-pub use step::Step;
-use step::*;
+use preflight::{check_locks, preflight, refuse_foreign_out_of_rotation, Before};
+pub use step::{Group, OnFail, Step};
 
 /// What `roll` or `rollback` was asked to do.
 #[derive(Debug, Clone, Default)]
@@ -200,6 +201,14 @@ pub enum RollError {
         cause: Box<RollError>,
         journal: PathBuf,
     },
+    /// A node failed a step (its install, its version check, its reload, its health or
+    /// release probe), with what the roll left behind and what to do (`then`).
+    #[error("the roll stopped: {failure}; {then}\n  journal: {}", journal.display())]
+    NodeFailed {
+        failure: Box<actions::Failure>,
+        then: String,
+        journal: PathBuf,
+    },
     #[error("the roll stopped: {message}\n  journal: {journal}")]
     Failed { message: String, journal: PathBuf },
     #[error("interrupted: {message}\n  journal: {journal}")]
@@ -217,6 +226,7 @@ impl RollError {
     pub fn journal(&self) -> Option<&std::path::Path> {
         match self {
             RollError::Failed { journal, .. }
+            | RollError::NodeFailed { journal, .. }
             | RollError::Stopped { journal, .. }
             | RollError::Interrupted { journal, .. }
             | RollError::Canary { journal, .. } => Some(journal),
@@ -288,15 +298,7 @@ pub struct FailedNode {
     pub reason: String,
 }
 
-pub(crate) fn server_name(n: &Node) -> String {
-    n.server.clone().unwrap_or_else(|| n.name.clone())
-}
-
-fn web_nodes(cfg: &Config) -> Vec<&Node> {
-    cfg.nodes.iter().filter(|n| n.role == Role::Web).collect()
-}
-
-/// [`Ctx::warn`] for code that holds other parts of the context borrowed.
+/// Says `msg` at once (a roll that fails later must not lose it) and keeps it for `--json`.
 fn warn(reporter: &dyn Reporter, warnings: &mut Vec<String>, msg: String) {
     reporter.warn(&msg);
     warnings.push(msg);
@@ -347,10 +349,19 @@ fn checked_roll(
     let state_dir = cfg.base_dir.join(&cfg.roll.state_dir);
     let previous_state = RollState::read(&state_dir).map_err(RollError::State)?;
     let (repo, _mirror) = crate::apt::open(cfg)?;
-    let mut ctx = Ctx::new(cfg, opts, reporter, state_dir, warnings, started)?;
+    let ssh = Ssh::with_masters(&cfg.ssh, Some(state_dir.join("ssh-masters.json")))?;
+    let mut before = Before {
+        cfg,
+        reporter,
+        ssh,
+        lbs: cfg.lb.iter().map(Lb::from_config).collect(),
+        conns: Default::default(),
+        processes: Default::default(),
+        warnings,
+    };
 
     // Nothing changes until every part answers.
-    let installed = preflight(&mut ctx)?;
+    let installed = preflight(&mut before)?;
     // A roll from another machine (another CI job, a colleague) left its state on the lock node.
     let lock_node = lock_node(cfg);
     let remote = installed.get(lock_node).and_then(|i| i.state.as_deref());
@@ -358,51 +369,60 @@ fn checked_roll(
         previous_state,
         remote_state(lock_node, remote).map_err(RollError::State)?,
     );
-    let (target, listed, target_why) =
-        choose_target(&ctx, &repo, opts, &installed, previous_state.as_ref())?;
-    let mut plan = make_plan(
+    let pkg = cfg.site.package.to_string();
+    let chosen = choose_target(&pkg, &repo, opts, &installed, previous_state.as_ref())?;
+    let plan = make_plan(
         cfg,
         opts,
         batch,
-        &target,
-        &listed,
+        &chosen,
         &installed,
         previous_state.as_ref(),
+        frozen,
     )?;
-    plan.target_why = target_why;
-    plan.frozen = frozen;
-    plan.probes = repo
-        .list()?
-        .into_iter()
-        .filter_map(|l| Some((l.version, l.probe?)))
-        .collect();
     known.learn(&plan);
-    refuse_foreign_out_of_rotation(&ctx, opts, previous_state.as_ref())?;
-    warn_about_plan(&mut ctx, opts, &plan);
+    refuse_foreign_out_of_rotation(&before, opts, previous_state.as_ref())?;
+    warn_about_plan(&mut before, opts, &plan);
 
-    check_locks(&mut ctx, opts, &installed)?;
+    check_locks(&mut before, opts, &installed)?;
 
     if opts.plan {
-        return Ok(Outcome::new(plan, None, ctx));
+        return Ok(Outcome::planned(plan, before.warnings, started));
     }
-    let held = take_lock(&ctx, &target, opts)?;
+    let held = take_lock(&before, &plan.target, opts)?;
     known.started = true;
+    let Before {
+        ssh,
+        lbs,
+        conns,
+        processes,
+        warnings,
+        ..
+    } = before;
+    let lbs = lbs
+        .into_iter()
+        .map(|l| Box::new(l) as Box<dyn Balancer>)
+        .collect();
+    let nodes = Box::new(SshNodes { ssh, conns, cfg });
+    let mut ctx = Ctx::new(
+        cfg, opts, reporter, state_dir, warnings, started, lbs, nodes, processes,
+    );
     let result = run_plan(&mut ctx, &plan, &installed, previous_state, opts, known);
-    held.release(&ctx.ssh, ctx.conn(lock_node));
+    held.release(|script| {
+        let _ = ctx.nodes.run(lock_node, script);
+    });
     let walked = result?;
     ctx.state.status = RollStatus::Done;
     ctx.save_state();
-    Ok(Outcome::new(plan, Some(walked), ctx))
+    Ok(Outcome::new(plan, walked, ctx))
 }
 
 impl Outcome {
-    /// What `plan` did (`walked`), or would do (`--plan`: `None`), as the executor left `ctx`.
-    fn new(plan: Plan, walked: Option<Walked>, ctx: Ctx) -> Outcome {
-        let planned_only = walked.is_none();
-        let w = walked.unwrap_or_default();
+    /// What `plan` did, as the executor left `ctx`.
+    fn new(plan: Plan, w: Walked, ctx: Ctx) -> Outcome {
         Outcome {
             plan,
-            planned_only,
+            planned_only: false,
             upgraded: w.upgraded,
             maintenance_secs: w.maintenance_secs,
             canary: w.canary,
@@ -417,12 +437,34 @@ impl Outcome {
             seconds: ctx.started.elapsed().as_secs_f64(),
         }
     }
+
+    /// What `plan` would do (`--plan`).
+    fn planned(plan: Plan, warnings: Vec<String>, started: Instant) -> Outcome {
+        Outcome {
+            plan,
+            planned_only: true,
+            upgraded: Vec::new(),
+            maintenance_secs: None,
+            canary: None,
+            failed: Vec::new(),
+            journal: None,
+            timeline: Vec::new(),
+            warnings,
+            seconds: started.elapsed().as_secs_f64(),
+        }
+    }
 }
 
 /// The cluster lock, on the first node: held by another roll (refused, exit 3) or taken.
-fn take_lock(ctx: &Ctx, target: &str, opts: &RollOptions) -> Result<lock::Held, RollError> {
+fn take_lock(ctx: &Before, target: &str, opts: &RollOptions) -> Result<lock::Held, RollError> {
     let node = lock_node(ctx.cfg);
-    lock::take(&ctx.ssh, ctx.conn(node), target, opts.break_lock).map_err(|e| match e {
+    let Some(conn) = ctx.conn(node) else {
+        return Err(RollError::LockFailed {
+            node: node.to_string(),
+            message: "no connection to it".into(),
+        });
+    };
+    lock::take(&ctx.ssh, conn, target, opts.break_lock).map_err(|e| match e {
         lock::TakeError::Held(l) => RollError::Locked {
             on: format!("on {node}: {l}"),
         },
@@ -436,20 +478,15 @@ fn take_lock(ctx: &Ctx, target: &str, opts: &RollOptions) -> Result<lock::Held, 
 
 /// What the roll says up front about its plan: options that do not apply to its path, a
 /// failure budget that the batch leaves no room for.
-fn warn_about_plan(ctx: &mut Ctx, opts: &RollOptions, plan: &Plan) {
+fn warn_about_plan(ctx: &mut Before, opts: &RollOptions, plan: &Plan) {
     if plan.database() && canary::window(ctx.cfg, opts).is_some() {
         ctx.warn("no canary on the database path: once the database is upgraded, no node can go back to the old code; the roll goes without one".into());
     }
     let budget = ctx.cfg.roll.max_failed_nodes as usize;
-    if !plan.database() && budget > 0 && budget >= plan.batch && plan.batches.len() > 1 {
+    if !plan.database() && budget > 0 && budget >= plan.batch && plan.batches().len() > 1 {
         ctx.warn(format!("max_failed_nodes = {budget} with --batch {}: a failed node left out of rotation fills the batch, so the roll stops at the first failure; use --batch {} or more to go past it", plan.batch, budget + 1));
     }
     if plan.database() && opts.auto_rollback {
         ctx.warn("--auto-rollback does not apply to the database path: the upgraded database cannot go back to older code; a failure stops the roll for --resume".into());
     }
-}
-
-/// The node that holds the cluster lock and the copy of the state: the config's first.
-pub(crate) fn lock_node(cfg: &Config) -> &str {
-    &cfg.nodes[0].name
 }

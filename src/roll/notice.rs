@@ -2,9 +2,14 @@
 //! canary's verdict, the end, success or failure) and where a failed notification goes (a
 //! warning, never the roll's result). The posting is in [`crate::notify`].
 
-use super::*;
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use super::ctx::Ctx;
+use super::{Outcome, Plan, RollError, RollOptions, RollPath, Verdict};
 use crate::config::NotifyEvent;
 use crate::notify::{Event, Notifier};
+use crate::report::Reporter;
 
 /// What the roll has learnt so far, for a notification of its end: a failure may come before
 /// the target is known (a preflight), or after.

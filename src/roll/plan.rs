@@ -2,10 +2,23 @@
 //! and the batches, computed from what the nodes run before anything changes, so `--plan` shows
 //! exactly what a roll would do.
 
-use super::*;
+use std::collections::BTreeMap;
 
-/// The plan, as `--plan` prints it.
-#[derive(Debug, Clone, Serialize)]
+use serde::Serialize;
+
+use super::canary::{self, CanaryPlan};
+use super::program::{self, Layout};
+use super::step::{Group, OnFail, Step};
+use super::{RollError, RollOptions};
+use crate::cluster::probe::Installed;
+use crate::cluster::web_nodes;
+use crate::config::{Config, Node, Role};
+use crate::journal::{RollKind, RollState, RollStatus};
+
+/// The plan, as `--plan` prints it: what the roll decided (target, path, why) and its
+/// program. The summary (`batches`, `cron`, `purge_on`, `canary`) is read from the program,
+/// never kept beside it.
+#[derive(Debug, Clone)]
 pub struct Plan {
     pub kind: RollKind,
     pub target: String,
@@ -15,43 +28,143 @@ pub struct Plan {
     pub why: String,
     /// Web nodes out of rotation at once (`--batch`, else `[roll] batch`), at least 1.
     pub batch: usize,
-    pub batches: Vec<Vec<String>>,
-    pub cron: Vec<String>,
     pub skipped: Vec<String>,
     pub installed: BTreeMap<String, Option<String>>,
-    /// The web node that runs `purge_command` once every node is on the target (code-only path).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub purge_on: Option<String>,
     /// The freeze window this roll is in (`--force`, or `--plan`'s warning).
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub frozen: Option<String>,
     /// The URL path of the target's release probe, asked of each web node before it goes back
     /// into rotation; `None` for a package built before packages carried one.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub probe: Option<String>,
     /// The release probe of each version in the repository that has one: where `--auto-rollback`
     /// and a canary sent back check the version they go back to.
-    #[serde(skip)]
     pub probes: BTreeMap<String, String>,
-    /// The canary: the first batch's one node, watched before the others follow.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub canary: Option<CanaryPlan>,
-    /// Every step, in order (see [`steps`]); in JSON each with the journal `action` it logs.
-    #[serde(serialize_with = "steps_with_actions")]
-    pub steps: Vec<Step>,
+    /// What the program was written from, for the programs written during the walk (the rest
+    /// after failures within the budget, the way back of `--auto-rollback` and the canary).
+    pub(super) layout: Layout,
+    /// The program: every step, in groups that run at once, each with its batch and failure
+    /// rule (see [`program::write`]).
+    pub program: Vec<Group>,
 }
 
-fn steps_with_actions<S: serde::Serializer>(steps: &[Step], s: S) -> Result<S::Ok, S::Error> {
-    #[derive(Serialize)]
-    struct Shown<'a> {
-        #[serde(flatten)]
-        step: &'a Step,
-        action: String,
+impl Plan {
+    /// Every step, in order.
+    pub fn steps(&self) -> impl Iterator<Item = &Step> {
+        self.program.iter().flat_map(|g| &g.steps)
     }
-    s.collect_seq(steps.iter().map(|step| Shown {
-        step,
-        action: step.action(),
-    }))
+
+    /// The web nodes of each batch (a database path batch can hold a cron node too).
+    pub fn batches(&self) -> Vec<Vec<String>> {
+        let mut out: Vec<Vec<String>> = Vec::new();
+        for g in &self.program {
+            let Some(b) = g.batch else { continue };
+            for s in g.steps.iter().filter(|s| matches!(s, Step::Install { .. })) {
+                if out.len() <= b {
+                    out.resize(b + 1, Vec::new());
+                }
+                out[b].extend(s.node().map(String::from));
+            }
+        }
+        out
+    }
+
+    /// The cron nodes the program installs: installed, never health-checked.
+    pub fn cron(&self) -> Vec<String> {
+        let checked: Vec<&str> = self
+            .steps()
+            .filter(|s| matches!(s, Step::WaitHealthy { .. }))
+            .filter_map(Step::node)
+            .collect();
+        self.steps()
+            .filter(|s| matches!(s, Step::Install { .. }))
+            .filter_map(Step::node)
+            .filter(|n| !checked.contains(n))
+            .map(String::from)
+            .collect()
+    }
+
+    /// The node that runs `purge_command` at the end, if the program purges.
+    pub fn purge_on(&self) -> Option<String> {
+        self.steps().find_map(|s| match s {
+            Step::Purge { node } => Some(node.clone()),
+            _ => None,
+        })
+    }
+
+    /// The canary's rule, if the program has a canary.
+    pub fn canary(&self) -> Option<CanaryPlan> {
+        self.steps().find_map(Step::canary_plan)
+    }
+}
+
+impl Serialize for Plan {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        /// A step as `--json` shows it: with the journal `action` it logs, the group that runs
+        /// at once (0-based), its batch and its failure rule.
+        #[derive(Serialize)]
+        struct ShownStep<'a> {
+            #[serde(flatten)]
+            step: &'a Step,
+            action: String,
+            group: usize,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            batch: Option<usize>,
+            on_fail: OnFail,
+        }
+        #[derive(Serialize)]
+        struct Shown<'a> {
+            kind: RollKind,
+            target: &'a str,
+            target_why: &'a str,
+            path: RollPath,
+            why: &'a str,
+            batch: usize,
+            batches: Vec<Vec<String>>,
+            cron: Vec<String>,
+            skipped: &'a [String],
+            installed: &'a BTreeMap<String, Option<String>>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            purge_on: Option<String>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            frozen: &'a Option<String>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            probe: &'a Option<String>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            canary: Option<CanaryPlan>,
+            steps: Vec<ShownStep<'a>>,
+        }
+        let steps = self
+            .program
+            .iter()
+            .enumerate()
+            .flat_map(|(i, g)| {
+                g.steps.iter().map(move |step| ShownStep {
+                    step,
+                    action: step.action(),
+                    group: i,
+                    batch: g.batch,
+                    on_fail: g.on_fail,
+                })
+            })
+            .collect();
+        Shown {
+            kind: self.kind,
+            target: &self.target,
+            target_why: &self.target_why,
+            path: self.path,
+            why: &self.why,
+            batch: self.batch,
+            batches: self.batches(),
+            cron: self.cron(),
+            skipped: &self.skipped,
+            installed: &self.installed,
+            purge_on: self.purge_on(),
+            frozen: &self.frozen,
+            probe: &self.probe,
+            canary: self.canary(),
+            steps,
+        }
+        .serialize(s)
+    }
 }
 
 /// How the nodes get the target: in rotation a batch at a time, or behind maintenance mode with
@@ -120,12 +233,12 @@ pub(super) fn resumed<'a>(
 /// roll's with `--resume`, else `--version`, else the newest (roll) or the one before the
 /// current (rollback: from the last roll's state, else the repository).
 pub(super) fn choose_target(
-    ctx: &Ctx,
+    pkg: &str,
     repo: &crate::apt::Repo,
     opts: &RollOptions,
     installed: &BTreeMap<String, Installed>,
     previous_state: Option<&RollState>,
-) -> Result<(String, crate::apt::Listed, String), RollError> {
+) -> Result<Chosen, RollError> {
     let list = repo.list()?;
     let current_max = installed
         .values()
@@ -147,7 +260,7 @@ pub(super) fn choose_target(
                 .map(|l| l.version.clone())
                 .ok_or_else(|| RollError::EmptyRepo {
                     repo: repo.root.clone(),
-                    package: ctx.pkg.clone(),
+                    package: pkg.to_string(),
                 })?,
             "the newest in the repository".to_string(),
         ),
@@ -158,11 +271,33 @@ pub(super) fn choose_target(
         .find(|l| l.version == target)
         .ok_or_else(|| RollError::NotInRepo {
             version: target.clone(),
-            package: ctx.pkg.clone(),
+            package: pkg.to_string(),
             repo: repo.root.clone(),
             why: why.clone(),
-        })?;
-    Ok((target, listed.clone(), why))
+        })?
+        .clone();
+    let probes = list
+        .into_iter()
+        .filter_map(|l| Some((l.version, l.probe?)))
+        .collect();
+    Ok(Chosen {
+        version: target,
+        listed,
+        why,
+        probes,
+    })
+}
+
+/// The target a roll goes to, as [`choose_target`] found it.
+#[derive(Debug, Clone)]
+pub(super) struct Chosen {
+    pub version: String,
+    /// Its entry in the repository (its hashes, its release probe).
+    pub listed: crate::apt::Listed,
+    /// Why it is the target.
+    pub why: String,
+    /// The release probe of each version in the repository that has one.
+    pub probes: BTreeMap<String, String>,
 }
 
 /// `--resume: the roll to V that failed on web3: why`.
@@ -268,11 +403,12 @@ pub(super) fn make_plan(
     cfg: &Config,
     opts: &RollOptions,
     batch: usize,
-    target: &str,
-    listed: &crate::apt::Listed,
+    chosen: &Chosen,
     installed: &BTreeMap<String, Installed>,
     previous_state: Option<&RollState>,
+    frozen: Option<String>,
 ) -> Result<Plan, RollError> {
+    let (target, listed) = (chosen.version.as_str(), &chosen.listed);
     let to_do: Vec<&Node> = cfg
         .nodes
         .iter()
@@ -322,10 +458,30 @@ pub(super) fn make_plan(
                 min_requests: cfg.roll.canary_min_requests,
             })
         });
-    let mut plan = Plan {
+    let layout = Layout {
+        database,
+        batches: batches(&webs, batch, canary.is_some()),
+        cron: cfg
+            .nodes
+            .iter()
+            .filter(|n| n.role == Role::Cron && to_do.iter().any(|t| t.name == n.name))
+            .map(|n| n.name.clone())
+            .collect(),
+        batch,
+        canary,
+        purge_on: web_nodes(cfg)
+            .first()
+            .filter(|_| !database && !to_do.is_empty() && !cfg.roll.purge_command.trim().is_empty())
+            .map(|n| n.name.clone()),
+        probe: listed.probe.clone(),
+        force_drain: opts.force_drain,
+        put_back: put_back(cfg, previous_state, installed, target),
+        ..Layout::of(cfg)
+    };
+    let plan = Plan {
         kind: opts.kind(),
         target: target.to_string(),
-        target_why: String::new(),
+        target_why: chosen.why.clone(),
         path: match (database, first_install) {
             (false, _) => RollPath::CodeOnly,
             (true, true) => RollPath::FirstInstall,
@@ -337,13 +493,6 @@ pub(super) fn make_plan(
             "no $version and no db/ file differs: nodes are upgraded in rotation".into()
         },
         batch,
-        batches: batches(&webs, batch, canary.is_some()),
-        cron: cfg
-            .nodes
-            .iter()
-            .filter(|n| n.role == Role::Cron && to_do.iter().any(|t| t.name == n.name))
-            .map(|n| n.name.clone())
-            .collect(),
         skipped: cfg
             .nodes
             .iter()
@@ -354,18 +503,12 @@ pub(super) fn make_plan(
             .iter()
             .map(|(k, v)| (k.clone(), v.version.clone()))
             .collect(),
-        purge_on: web_nodes(cfg)
-            .first()
-            .filter(|_| !database && !to_do.is_empty() && !cfg.roll.purge_command.trim().is_empty())
-            .map(|n| n.name.clone()),
-        canary,
-        frozen: None,
+        frozen,
         probe: listed.probe.clone(),
-        probes: BTreeMap::new(),
-        steps: Vec::new(),
+        probes: chosen.probes.clone(),
+        program: program::write(&layout),
+        layout,
     };
-    let shape = Shape::new(cfg, put_back(cfg, previous_state, installed, target));
-    plan.steps = steps(&plan, &shape);
     Ok(plan)
 }
 
@@ -417,6 +560,8 @@ fn batches(webs: &[String], batch: usize, canary: bool) -> Vec<Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::roll::Outcome;
+    use std::time::{Duration, Instant};
 
     #[test]
     fn nodes_an_earlier_run_left_out_are_planned_first() {
@@ -424,9 +569,9 @@ mod tests {
         installed.get_mut("web1").unwrap().version = Some("2".into());
         let opts = RollOptions::default();
         let plan = |state: Option<&RollState>| {
-            make_plan(&cfg, &opts, 1, "2", &listed, &installed, state)
+            make_plan(&cfg, &opts, 1, &listed, &installed, state, None)
                 .unwrap()
-                .batches
+                .batches()
         };
         let names = |b: Vec<Vec<String>>| b.concat();
         assert_eq!(names(plan(None)), ["web2", "web3", "web4"]);
@@ -495,7 +640,7 @@ mod tests {
 
     /// Four web nodes and a cron node, all on version 1 (hashes `v`, `d`); the target, 2,
     /// has `db_hash` `target_db`.
-    fn cluster(target_db: &str) -> (Config, crate::apt::Listed, BTreeMap<String, Installed>) {
+    fn cluster(target_db: &str) -> (Config, Chosen, BTreeMap<String, Installed>) {
         let mut text = String::from(
             "[site]\npackage = \"moodle-site\"\nmaintainer = \"M <m@example.edu>\"\ndescription = \"d\"\ninstall_dir = \"/srv/moodle\"\n[deploy]\nrepo = \".\"\nbranch = \"deploy\"\n",
         );
@@ -516,6 +661,12 @@ mod tests {
             versions_hash: Some("v".into()),
             db_hash: Some(target_db.into()),
             probe: Some("/moodle-release-probe.php".into()),
+        };
+        let listed = Chosen {
+            version: "2".into(),
+            listed,
+            why: "the newest in the repository".into(),
+            probes: BTreeMap::new(),
         };
         let installed = cfg
             .nodes
@@ -538,10 +689,10 @@ mod tests {
         cfg: &Config,
         opts: &RollOptions,
         batch: usize,
-        listed: &crate::apt::Listed,
+        listed: &Chosen,
         installed: &BTreeMap<String, Installed>,
     ) -> Result<Plan, RollError> {
-        make_plan(cfg, opts, batch, "2", listed, installed, None)
+        make_plan(cfg, opts, batch, listed, installed, None, None)
     }
 
     /// The web servers out of rotation after each step, at most.
@@ -578,8 +729,8 @@ mod tests {
         for batch in 1..=3 {
             let plan = planned(&cfg, &RollOptions::default(), batch, &listed, &installed).unwrap();
             assert_eq!(plan.path, RollPath::CodeOnly);
-            assert!(plan.batches.iter().all(|b| b.len() <= batch));
-            let s = &plan.steps;
+            assert!(plan.batches().iter().all(|b| b.len() <= batch));
+            let s = &plan.steps().cloned().collect::<Vec<_>>();
             // Never more than `batch` out, never the last one.
             assert_eq!(most_out(s), batch, "{s:?}");
             // Every web node: drain, wait idle, install, verify, health down, healthy, ready.
@@ -629,16 +780,14 @@ mod tests {
         };
         let plan = planned(&cfg, &opts, 2, &listed, &installed).unwrap();
         assert_eq!(
-            plan.batches,
+            plan.batches(),
             [vec!["web1"], vec!["web2", "web3"], vec!["web4"]]
         );
-        let s = &plan.steps;
-        let canary = position(s, |x| {
-            *x == Step::Canary {
-                node: "web1".into(),
-                window_ms: 90_000,
-            }
-        });
+        let s = &plan.steps().cloned().collect::<Vec<_>>();
+        let canary = position(
+            s,
+            |x| matches!(x, Step::Canary { node, window_ms: 90_000, .. } if node == "web1"),
+        );
         assert_eq!(canary.len(), 1, "{s:?}");
         // After the canary is back in rotation, before any other node is drained.
         let ready = position(s, |x| {
@@ -649,11 +798,11 @@ mod tests {
         let drains = position(s, |x| matches!(x, Step::Drain { node } if node != "web1"));
         assert!(ready[0] < canary[0] && canary[0] < drains[0], "{s:?}");
         assert_eq!(most_out(s), 2);
-        assert_eq!(plan.canary.as_ref().unwrap().min_requests, 100);
+        assert_eq!(plan.canary().unwrap().min_requests, 100);
         // --no-canary, the config's window, no canary on rollback or on the database path.
         let off = |o: RollOptions, db: &str| {
             let (cfg, listed, installed) = cluster(db);
-            planned(&cfg, &o, 2, &listed, &installed).unwrap().canary
+            planned(&cfg, &o, 2, &listed, &installed).unwrap().canary()
         };
         assert!(off(
             RollOptions {
@@ -681,13 +830,13 @@ mod tests {
                 ..RollOptions::default()
             },
             2,
-            "2",
             &listed,
             &installed,
             None,
+            None,
         )
         .unwrap();
-        assert_eq!(plan.canary.unwrap().window, Duration::from_secs(30));
+        assert_eq!(plan.canary().unwrap().window, Duration::from_secs(30));
     }
 
     #[test]
@@ -695,7 +844,7 @@ mod tests {
         let (cfg, listed, installed) = cluster("d2");
         let plan = planned(&cfg, &RollOptions::default(), 2, &listed, &installed).unwrap();
         assert_eq!(plan.path, RollPath::Database);
-        let s = &plan.steps;
+        let s = &plan.steps().cloned().collect::<Vec<_>>();
         let one = |want: &dyn Fn(&Step) -> bool| {
             let p = position(s, want);
             assert_eq!(p.len(), 1, "{s:?}");
@@ -729,18 +878,7 @@ mod tests {
         let (cfg, listed, installed) = cluster("d");
         let mut plan = planned(&cfg, &RollOptions::default(), 2, &listed, &installed).unwrap();
         plan.target_why = "the newest in the repository".into();
-        let outcome = Outcome {
-            plan,
-            planned_only: true,
-            upgraded: Vec::new(),
-            maintenance_secs: None,
-            canary: None,
-            failed: Vec::new(),
-            journal: None,
-            timeline: Vec::new(),
-            warnings: Vec::new(),
-            seconds: 0.0,
-        };
+        let outcome = Outcome::planned(plan, Vec::new(), Instant::now());
         let mut text = Vec::new();
         crate::render::roll(&outcome, &mut text).unwrap();
         insta::assert_snapshot!("code_only_plan", String::from_utf8(text).unwrap());

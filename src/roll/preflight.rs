@@ -1,11 +1,44 @@
 //! Before anything changes: every LB answers and accepts state changes, every node answers over
 //! SSH, the cluster locks and the servers out of rotation are known.
 
-use super::*;
+use std::collections::BTreeMap;
+
+use super::{lock_node, warn, RollError, RollOptions};
+use crate::cluster::lock;
+use crate::cluster::probe::{connect_and_query, Installed};
+use crate::cluster::{server_name, web_nodes};
+use crate::config::Config;
+use crate::haproxy::{Lb, Process};
+use crate::journal::RollState;
+use crate::report::Reporter;
+use crate::ssh::{Conn, Ssh};
+
+/// What a roll has before it changes anything: the LBs, the SSH masters the preflight made,
+/// each LB's process, the warnings so far. The executor's context is made from it.
+pub(super) struct Before<'a> {
+    pub cfg: &'a Config,
+    pub reporter: &'a dyn Reporter,
+    pub ssh: Ssh,
+    pub lbs: Vec<Lb>,
+    pub conns: BTreeMap<String, Conn>,
+    pub processes: BTreeMap<String, Process>,
+    pub warnings: Vec<String>,
+}
+
+impl Before<'_> {
+    /// Says `msg` at once and keeps it for `--json`.
+    pub fn warn(&mut self, msg: String) {
+        warn(self.reporter, &mut self.warnings, msg);
+    }
+
+    pub fn conn(&self, node: &str) -> Option<&Conn> {
+        self.conns.get(node)
+    }
+}
 
 /// Before anything changes: every LB answers, lists every web node's server and takes state
 /// changes; every node answers over SSH. Returns what each node has installed.
-pub(super) fn preflight(ctx: &mut Ctx) -> Result<BTreeMap<String, Installed>, RollError> {
+pub(super) fn preflight(ctx: &mut Before) -> Result<BTreeMap<String, Installed>, RollError> {
     let cfg = ctx.cfg;
     ctx.reporter.step("checking the load balancers");
     for lb in &ctx.lbs {
@@ -73,7 +106,7 @@ pub(super) fn preflight(ctx: &mut Ctx) -> Result<BTreeMap<String, Installed>, Ro
     if !missing.is_empty() {
         return Err(RollError::NoAptSource {
             nodes: missing.iter().map(|s| s.to_string()).collect(),
-            package: ctx.pkg.clone(),
+            package: cfg.site.package.to_string(),
         });
     }
     let relative = nodes_where(|i| i.config_php_relative_setup);
@@ -95,7 +128,7 @@ pub(super) fn preflight(ctx: &mut Ctx) -> Result<BTreeMap<String, Installed>, Ro
 /// cluster: a live one refuses this roll (exit 3), one known dead is a warning, `--break-lock`
 /// removes it.
 pub(super) fn check_locks(
-    ctx: &mut Ctx,
+    ctx: &mut Before,
     opts: &RollOptions,
     installed: &BTreeMap<String, Installed>,
 ) -> Result<(), RollError> {
@@ -129,7 +162,9 @@ pub(super) fn check_locks(
         );
         if opts.break_lock && !opts.plan {
             ctx.warn(format!("--break-lock: removing the cluster lock {what}"));
-            ctx.ssh.run(ctx.conn(node), &lock::remove())?;
+            if let Some(conn) = ctx.conns.get(node) {
+                ctx.ssh.run(conn, &lock::remove())?;
+            }
         } else if l.dead() || opts.plan {
             ctx.warn(format!("a cluster lock is held {what}"));
         } else {
@@ -142,7 +177,7 @@ pub(super) fn check_locks(
 /// Servers out of rotation that this tool did not put there (by the last roll's state) stop
 /// the roll, unless `--force`: someone took them out for a reason.
 pub(super) fn refuse_foreign_out_of_rotation(
-    ctx: &Ctx,
+    ctx: &Before,
     opts: &RollOptions,
     previous_state: Option<&RollState>,
 ) -> Result<(), RollError> {

@@ -1,17 +1,31 @@
-//! The roll's program as data: every step a roll takes, in order, each naming its node (and, for
-//! the steps that go through the load balancers, that it happens on every LB). The planner
-//! writes them ([`steps`]), `--plan` and `--json` show them, the executor walks them
-//! ([`walk`](super::execute::walk)), and the journal names what it did with the same
-//! [`Step::action`]: the plan is the program.
+//! The roll's program as data. The planner ([`super::program`]) writes it, `--plan` and
+//! `--json` show it, the executor ([`walk`](super::execute::walk)) runs it and the journal
+//! names what it did with the same [`Step::action`]: the plan is the program.
+//!
+//! The program is a list of [`Group`]s. A group is steps of one kind that run at once (a
+//! batch's installs, one per node), the batch they belong to (web nodes out of rotation
+//! together), and what a failure of one of them does ([`OnFail`]). The executor asks nothing
+//! else: not which path the roll is on, not which steps are neighbours.
 
-use super::*;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use super::canary::CanaryPlan;
+use crate::config::{format_duration, Percent};
 
 /// One step of a roll.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(tag = "step", rename_all = "kebab-case")]
 pub enum Step {
-    /// A node an earlier run left out of rotation, already on the target: back in once healthy.
+    /// A node an earlier run left out of rotation, already on the target: back in once healthy
+    /// and its PHP runs the target.
     PutBack { node: String },
+    /// Before a batch leaves rotation: the stop point (Ctrl-C, or a journal or state that
+    /// cannot be written, stop the roll here, every node in rotation), then every LB read
+    /// again: states a reload dropped are set again, never the last server, nothing out of
+    /// rotation that this roll did not take out.
+    Guard { nodes: Vec<String> },
     /// `state drain` on every LB: no new requests, in-flight ones finish, checks go on.
     Drain { node: String },
     /// Wait until the batch's servers have no session in flight or queued on any LB.
@@ -33,7 +47,7 @@ pub enum Step {
     HealthDown { node: String },
     /// Its health URL answers 200 and every LB's check passes, while it is still drained.
     WaitHealthy { node: String },
-    /// `state ready` on every LB.
+    /// `state ready` on every LB (a node of the batch that failed goes to `maint` instead).
     Ready { node: String },
     /// `upgrade_command`, once for the site.
     Upgrade { node: String },
@@ -42,15 +56,49 @@ pub enum Step {
     /// `purge_command`, once every node runs the target.
     Purge { node: String },
     /// Watch the canary (in rotation on the target) for its window: its 5xx rate on every LB
-    /// against the other servers'. A failure sends it back and stops the roll.
-    Canary { node: String, window_ms: u64 },
+    /// against the other servers', by the rule it carries.
+    Canary {
+        node: String,
+        window_ms: u64,
+        max_5xx: Percent,
+        min_requests: u64,
+    },
 }
 
 impl Step {
+    /// The canary step of `c`.
+    pub fn canary(c: &CanaryPlan) -> Step {
+        Step::Canary {
+            node: c.node.clone(),
+            window_ms: c.window.as_millis() as u64,
+            max_5xx: c.max_5xx,
+            min_requests: c.min_requests,
+        }
+    }
+
+    /// The canary's rule, for a canary step.
+    pub fn canary_plan(&self) -> Option<CanaryPlan> {
+        match self {
+            Step::Canary {
+                node,
+                window_ms,
+                max_5xx,
+                min_requests,
+            } => Some(CanaryPlan {
+                node: node.clone(),
+                window: Duration::from_millis(*window_ms),
+                max_5xx: *max_5xx,
+                min_requests: *min_requests,
+            }),
+            _ => None,
+        }
+    }
+
     /// The journal's action for this step: what `roll --plan` promises is what the journal says.
     pub fn action(&self) -> String {
         match self {
             Step::PutBack { .. } | Step::Ready { .. } => "state ready".into(),
+            Step::Guard { .. } => "guard".into(),
             Step::Drain { .. } => "state drain".into(),
             Step::WaitIdle { nodes } => format!("drained {}", nodes.join(", ")),
             Step::Download { .. } => "download".into(),
@@ -71,7 +119,7 @@ impl Step {
     /// The node the step is about (the journal's `node`), `None` for a whole batch.
     pub fn node(&self) -> Option<&str> {
         match self {
-            Step::WaitIdle { .. } => None,
+            Step::WaitIdle { .. } | Step::Guard { .. } => None,
             Step::PutBack { node }
             | Step::Drain { node }
             | Step::Download { node }
@@ -87,6 +135,14 @@ impl Step {
             | Step::MaintenanceOff { node }
             | Step::Purge { node }
             | Step::Canary { node, .. } => Some(node),
+        }
+    }
+
+    /// Every node the step is about.
+    pub fn nodes(&self) -> Vec<String> {
+        match self {
+            Step::WaitIdle { nodes } | Step::Guard { nodes } => nodes.clone(),
+            other => other.node().map(String::from).into_iter().collect(),
         }
     }
 
@@ -107,6 +163,10 @@ impl Step {
             Step::PutBack { node } => format!(
                 "{node}: back in rotation if healthy (an earlier run left it out, on {target})"
             ),
+            Step::Guard { nodes } => format!(
+                "{}: stop point, then every LB checked again (states a reload lost, never the last server, nothing out that is not this roll's)",
+                nodes.join(", ")
+            ),
             Step::Drain { node } => format!("{node}: drain"),
             Step::WaitIdle { nodes } => {
                 format!("{}: wait until no session is in flight", nodes.join(", "))
@@ -115,9 +175,7 @@ impl Step {
             Step::MaintenanceOn { node } => format!("{node}: maintenance_on (the whole site)"),
             Step::Install { node } => format!("{node}: install {target}"),
             Step::Verify { node } => format!("{node}: verify {target} is installed"),
-            Step::Reload { node } => {
-                format!("{node}: reload_command (its PHP serves the new code)")
-            }
+            Step::Reload { node } => format!("{node}: reload_command (its PHP serves the new code)"),
             Step::Probe { node, path } => {
                 format!("{node}: its PHP answers {target} at {path} (the release probe)")
             }
@@ -129,142 +187,93 @@ impl Step {
             Step::Upgrade { node } => format!("{node}: upgrade_command (once)"),
             Step::MaintenanceOff { node } => format!("{node}: maintenance_off"),
             Step::Purge { node } => format!("{node}: purge_command (once)"),
-            Step::Canary { node, window_ms } => format!(
-                "{node}: canary: watch its 5xx rate on every LB for {}, against the other servers'",
-                crate::config::format_duration(Duration::from_millis(*window_ms))
+            Step::Canary {
+                node,
+                window_ms,
+                max_5xx,
+                min_requests,
+            } => format!(
+                "{node}: canary: watch its 5xx rate on every LB for {}, against the other servers' (fails above {max_5xx} and above theirs, or with fewer than {min_requests} requests)",
+                format_duration(Duration::from_millis(*window_ms))
             ),
         }
     }
 }
 
-/// What the planner needs to write the steps, beyond the plan's own fields.
-pub(super) struct Shape<'a> {
-    /// Every web node of the config, in its order.
-    pub webs: Vec<&'a str>,
-    /// The node that runs the site-wide commands: the first web node, else the first node.
-    pub first: &'a str,
-    /// Nodes an earlier run left out of rotation that already run the target.
-    pub put_back: Vec<String>,
-    /// `[roll] reload_command` is set: a `Reload` after each web node's install.
-    pub reload: bool,
+/// What a failure of a step does: the planner decides it, per path and step; the executor
+/// only follows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case", tag = "kind")]
+pub enum OnFail {
+    /// The roll stops here. A web node that failed stays out of rotation (maint); the rest of
+    /// its batch goes back.
+    Stop,
+    /// The node that failed stays out of rotation (maint) and its batch goes on without it;
+    /// at the batch's end, more than `budget` nodes failed in this roll stop it (`[roll]
+    /// max_failed_nodes`; the canary's batch has none). Within it, the rest is planned again.
+    LeaveOut { budget: usize },
+    /// The canary: back to the version it ran by the same safe steps, and the roll stops.
+    SendBack,
+    /// A warning; the roll goes on.
+    Warn,
+    /// Sessions that outlast `drain_timeout`: the batch goes back into rotation, the roll stops.
+    BackInAndStop,
+    /// Sessions that outlast `drain_timeout`: the batch goes to maint (no traffic, not even
+    /// cookie-bound) and the roll goes on (`--force-drain`, or the site is in maintenance).
+    Maint,
 }
 
-impl<'a> Shape<'a> {
-    /// The cluster's shape from the config, with the nodes to put back first.
-    pub fn new(cfg: &'a Config, put_back: Vec<String>) -> Shape<'a> {
-        let webs: Vec<&str> = web_nodes(cfg).iter().map(|n| n.name.as_str()).collect();
-        Shape {
-            first: webs.first().copied().unwrap_or(cfg.nodes[0].name.as_str()),
-            webs,
-            put_back,
-            reload: cfg.roll.reload_command.is_some(),
+impl OnFail {
+    /// How `--plan` says it, in a few words beside each step.
+    pub fn tag(&self) -> String {
+        match self {
+            OnFail::Stop => "stop".into(),
+            OnFail::LeaveOut { budget } => format!("leave out, budget {budget}"),
+            OnFail::SendBack => "send back, stop".into(),
+            OnFail::Warn => "warn".into(),
+            OnFail::BackInAndStop => "drain timeout: back in, stop".into(),
+            OnFail::Maint => "drain timeout: maint, go on".into(),
+        }
+    }
+
+    /// How it is said in a sentence.
+    pub fn describe(&self) -> String {
+        match self {
+            OnFail::Stop => "on failure: stop".into(),
+            OnFail::LeaveOut { budget } => format!(
+                "on failure: the node stays out of rotation, the batch goes on; the roll stops beyond {budget} failed node(s)"
+            ),
+            OnFail::SendBack => "on failure: back to the previous version, stop".into(),
+            OnFail::Warn => "on failure: a warning".into(),
+            OnFail::BackInAndStop => {
+                "on drain_timeout: the batch back in rotation, stop".into()
+            }
+            OnFail::Maint => "on drain_timeout: the batch to maint, go on".into(),
         }
     }
 }
 
-/// The whole program of `plan`, in the order the executor runs it.
-///
-/// Code-only: per batch, drain every node, wait until the batch is idle, install and verify
-/// each, then per node health down, wait healthy, and ready; the canary (the first batch, one
-/// node) watched once it is back; cron nodes after every web node;
-/// the purge last. Database: download everywhere, maintenance on, per batch (web nodes drained
-/// while their files are swapped, unless that would leave none), install and verify, the upgrade
-/// once, maintenance off, every web node healthy.
-pub(super) fn steps(plan: &Plan, shape: &Shape) -> Vec<Step> {
-    let node = |n: &String| n.clone();
-    // A node left out already on the target: its PHP reloaded first (a stale PHP may be why it
-    // was left out), when the config says how.
-    let mut out: Vec<Step> = Vec::new();
-    for n in &shape.put_back {
-        if shape.reload && shape.webs.contains(&n.as_str()) {
-            out.push(Step::Reload { node: n.clone() });
-        }
-        out.push(Step::PutBack { node: n.clone() });
-    }
-    let install = |out: &mut Vec<Step>, nodes: &[String]| {
-        out.extend(nodes.iter().map(|n| Step::Install { node: node(n) }));
-        out.extend(nodes.iter().map(|n| Step::Verify { node: node(n) }));
-        // The web nodes' PHP: reloaded if the config says how, then proven to run the target.
-        let webs = nodes.iter().filter(|n| shape.webs.contains(&n.as_str()));
-        if shape.reload {
-            out.extend(webs.clone().map(|n| Step::Reload { node: node(n) }));
-        }
-    };
-    let probe = |n: &String| {
-        plan.probe.as_ref().map(|path| Step::Probe {
-            node: n.clone(),
-            path: path.clone(),
-        })
-    };
-    let drain = |out: &mut Vec<Step>, nodes: &[String]| {
-        out.extend(nodes.iter().map(|n| Step::Drain { node: node(n) }));
-        out.push(Step::WaitIdle {
-            nodes: nodes.to_vec(),
-        });
-    };
-    if !plan.database() {
-        for b in &plan.batches {
-            drain(&mut out, b);
-            install(&mut out, b);
-            for n in b {
-                out.push(Step::HealthDown { node: node(n) });
-                out.extend(probe(n));
-                out.push(Step::WaitHealthy { node: node(n) });
-            }
-            out.extend(b.iter().map(|n| Step::Ready { node: node(n) }));
-            if let Some(c) = plan
-                .canary
-                .as_ref()
-                .filter(|c| b == std::slice::from_ref(&c.node))
-            {
-                out.push(Step::Canary {
-                    node: c.node.clone(),
-                    window_ms: c.window.as_millis() as u64,
-                });
-            }
-        }
-        for c in &plan.cron {
-            install(&mut out, std::slice::from_ref(c));
-        }
-        if let Some(n) = &plan.purge_on {
-            out.push(Step::Purge { node: node(n) });
-        }
-        return out;
-    }
-    let all: Vec<String> = plan
-        .batches
-        .iter()
-        .flatten()
-        .chain(&plan.cron)
-        .cloned()
-        .collect();
-    let first = shape.first.to_string();
-    out.extend(all.iter().map(|n| Step::Download { node: node(n) }));
-    out.push(Step::MaintenanceOn {
-        node: first.clone(),
-    });
-    for chunk in all.chunks(plan.batch) {
-        let web: Vec<String> = chunk
-            .iter()
-            .filter(|n| shape.webs.contains(&n.as_str()))
-            .cloned()
-            .collect();
-        let out_of_rotation = !web.is_empty() && web.len() < shape.webs.len();
-        if out_of_rotation {
-            drain(&mut out, &web);
-        }
-        install(&mut out, chunk);
-        out.extend(web.iter().filter_map(probe));
-        if out_of_rotation {
-            out.extend(web.iter().map(|n| Step::Ready { node: node(n) }));
+/// Steps of one kind that run at once, in one batch (or none), with one failure rule.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Group {
+    /// The batch (0-based) of web nodes out of rotation together it belongs to.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub batch: Option<usize>,
+    pub on_fail: OnFail,
+    pub steps: Vec<Step>,
+}
+
+impl Group {
+    pub fn new(batch: Option<usize>, on_fail: OnFail, steps: Vec<Step>) -> Group {
+        Group {
+            batch,
+            on_fail,
+            steps,
         }
     }
-    out.push(Step::Upgrade {
-        node: first.clone(),
-    });
-    out.push(Step::MaintenanceOff { node: first });
-    out.extend(shape.webs.iter().map(|n| Step::WaitHealthy {
-        node: n.to_string(),
-    }));
-    out
+
+    /// Every node of its steps, in order.
+    pub fn nodes(&self) -> Vec<String> {
+        self.steps.iter().flat_map(Step::nodes).collect()
+    }
 }

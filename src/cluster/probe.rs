@@ -2,7 +2,11 @@
 //! `X-Moodle-*` hashes `build` recorded, its apt source, the cluster lock and the roll state kept
 //! beside it), read in one round trip, for `roll` and `status` alike.
 
-use super::*;
+use serde::Serialize;
+
+use super::lock::{self, Lock};
+use crate::config::Config;
+use crate::ssh::{quote, Conn, Output, Ssh, SshError};
 
 /// What a node runs.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -27,7 +31,7 @@ pub struct Installed {
 
 /// What each of `conns` has installed of `pkg`, asked of all at once; results in the same
 /// order. Used by roll and by status.
-pub(super) fn query_installed(
+pub fn query_installed(
     ssh: &Ssh,
     cfg: &Config,
     conns: &[&Conn],
@@ -43,7 +47,7 @@ pub(super) fn query_installed(
 
 /// Connects to `nodes` and asks each what it has installed in the same round trip (see
 /// [`Ssh::connect_all_then`]); results in the same order. Used by roll and by status.
-pub(crate) fn connect_and_query(
+pub fn connect_and_query(
     ssh: &Ssh,
     cfg: &Config,
     nodes: &[(String, String)],
@@ -64,7 +68,7 @@ pub(crate) fn connect_and_query(
 type Answer = Result<Installed, SshError>;
 
 /// The query of what a node has installed of this site's package.
-pub(super) fn installed_script(cfg: &Config) -> String {
+pub fn installed_script(cfg: &Config) -> String {
     installed_query(
         &cfg.site.package.to_string(),
         cfg.site.config_php_target().as_deref(),
@@ -72,10 +76,7 @@ pub(super) fn installed_script(cfg: &Config) -> String {
 }
 
 /// A node's answer to [`installed_script`].
-pub(super) fn installed_answer(
-    node: &str,
-    r: Result<Output, SshError>,
-) -> Result<Installed, SshError> {
+pub fn installed_answer(node: &str, r: Result<Output, SshError>) -> Result<Installed, SshError> {
     let o = r?;
     // The query itself never fails (`|| true`): a failure is the shell's or sudo's, and must
     // not read as "nothing installed".
@@ -90,7 +91,7 @@ pub(super) fn installed_answer(
 }
 
 /// The query whose answer [`parse_installed`] reads.
-pub(super) fn installed_query(pkg: &str, config_php: Option<&str>) -> String {
+pub fn installed_query(pkg: &str, config_php: Option<&str>) -> String {
     // A config.php copied from a plain install ends with require_once(__DIR__ .
     // '/lib/setup.php'): from the node's config folder that names a file that does not exist,
     // and every page of the site fails (the packaged stub requires setup.php itself).
@@ -115,7 +116,7 @@ pub(super) fn installed_query(pkg: &str, config_php: Option<&str>) -> String {
 
 /// The package's own apt source on a node, the only one roll refreshes: `<package>.list`, else
 /// the deb822 `<package>.sources`. Relative to /etc/apt, as `Dir::Etc::sourcelist` takes it.
-pub(super) fn apt_sources(pkg: &str) -> [String; 2] {
+pub fn apt_sources(pkg: &str) -> [String; 2] {
     [
         format!("sources.list.d/{pkg}.list"),
         format!("sources.list.d/{pkg}.sources"),
@@ -124,7 +125,7 @@ pub(super) fn apt_sources(pkg: &str) -> [String; 2] {
 
 /// `Status|Version|X-Moodle-Versions-Hash|X-Moodle-Db-Hash` from dpkg-query, then a `source
 /// PATH` line for each apt source of the package the node has.
-pub(super) fn parse_installed(stdout: &str) -> Installed {
+pub fn parse_installed(stdout: &str) -> Installed {
     let apt_source = stdout
         .lines()
         .find_map(|l| l.strip_prefix("source "))

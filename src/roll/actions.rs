@@ -1,0 +1,327 @@
+//! The steps that touch a node or the LBs for one node, as the executor runs them: install,
+//! verify, reload PHP, wait until idle, health down, put back, purge. A node that fails one is
+//! a [`Failure`] with a typed [`Cause`]; what the roll does about it is the plan's
+//! ([`super::step::OnFail`]), not theirs.
+
+use std::time::{Duration, Instant};
+
+use super::ctx::Ctx;
+use super::health::wait_release;
+use super::step::Step;
+use super::{warn, Plan, RollError};
+use crate::cluster::health::Unhealthy;
+use crate::cluster::server_name;
+use crate::config::{Config, Node};
+use crate::haproxy::AdminState;
+use crate::journal::StepResult;
+use crate::ssh::SshError;
+
+/// Why a node failed a step.
+#[derive(Debug, thiserror::Error)]
+pub enum Cause {
+    #[error("apt-get install {package}={version} failed ({status}): {tail}")]
+    Install {
+        package: String,
+        version: String,
+        status: String,
+        tail: String,
+    },
+    #[error("after install dpkg reports {found:?}, not {target}")]
+    NotInstalled {
+        found: Option<String>,
+        target: String,
+    },
+    #[error("reload_command `{command}` failed ({status}): {tail}")]
+    Reload {
+        command: String,
+        status: String,
+        tail: String,
+    },
+    #[error(transparent)]
+    Unhealthy(#[from] Unhealthy),
+    #[error(transparent)]
+    Ssh(#[from] SshError),
+}
+
+/// A node that failed a step, and why.
+#[derive(Debug, thiserror::Error)]
+#[error("{node}: {cause}")]
+pub struct Failure {
+    pub node: String,
+    pub cause: Cause,
+}
+
+impl Failure {
+    pub fn new(node: &str, cause: impl Into<Cause>) -> Failure {
+        Failure {
+            node: node.to_string(),
+            cause: cause.into(),
+        }
+    }
+}
+
+/// The config's nodes named in `names`, in that order.
+pub(super) fn config_nodes(cfg: &Config, names: &[String]) -> Vec<Node> {
+    names
+        .iter()
+        .filter_map(|n| cfg.nodes.iter().find(|c| &c.name == n).cloned())
+        .collect()
+}
+
+/// A node an earlier run left out of rotation, already on the target: back in when healthy.
+/// One still unhealthy stops the roll: going on would put more than `batch` servers out, and
+/// ending "done" would leave a node out that no later run knows as its own.
+pub(super) fn put_back(ctx: &mut Ctx, plan: &Plan, node: &str) -> Result<(), RollError> {
+    let Some(n) = ctx.cfg.nodes.iter().find(|n| n.name == node).cloned() else {
+        return Ok(());
+    };
+    // Healthy, and its PHP runs the target (a stale PHP may be why an earlier run left it out).
+    // Right after its reload_command, PHP may take a moment to answer: waited for, within
+    // health_timeout; else one look, as nothing on it is expected to change.
+    let deadline = Instant::now() + ctx.cfg.roll.health_timeout;
+    let mut health = ctx.nodes.health(&n);
+    while health.is_err() && ctx.cfg.roll.reload_command.is_some() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        health = ctx.nodes.health(&n);
+    }
+    let checked = health.and_then(|()| match plan.probe.as_deref() {
+        Some(path) if n.http.is_some() => wait_release(ctx, &n, path, &plan.target),
+        _ => Ok(()),
+    });
+    match checked {
+        Ok(()) => {
+            ctx.reporter.step(&format!("{node}: on {} and healthy, left out of rotation by an earlier run: putting it back", plan.target));
+            ctx.set_all(node, &server_name(&n), AdminState::Ready)?;
+            ctx.reporter.step_done();
+            Ok(())
+        }
+        Err(why) => Err(ctx.fail(
+            Some(node),
+            format!(
+                "{node} is on {} but not healthy ({why}); it stays out of rotation, where an earlier run left it: fix it and run again",
+                plan.target
+            ),
+        )),
+    }
+}
+
+/// Marks the (drained, idle) server down on every LB: the LBs' last check may predate the
+/// install, so only checks of the new code can bring it back up. A refusal is a warning.
+pub(super) fn health_down(ctx: &mut Ctx, n: &Node) {
+    let step = Step::HealthDown {
+        node: n.name.clone(),
+    };
+    for i in 0..ctx.lbs.len() {
+        let t = Instant::now();
+        let name = ctx.lbs[i].name().to_string();
+        match ctx.lbs[i].health_down(&server_name(n)) {
+            Ok(()) => ctx.log_step(&step, Some(&name), StepResult::Ok, t, ""),
+            Err(e) => ctx.log_step(&step, Some(&name), StepResult::Warning, t, &e.to_string()),
+        }
+    }
+}
+
+/// `purge_command` once, on `node`, with every node on the target. A failure is a warning: the
+/// code is in place and serving; only its caches are stale until the purge is run by hand.
+pub(super) fn purge_caches(ctx: &mut Ctx, node: &str) {
+    let purge = Step::Purge {
+        node: node.to_string(),
+    };
+    let t = Instant::now();
+    let cmd = super::substitute(&ctx.cfg.roll.purge_command, ctx.cfg);
+    ctx.reporter
+        .step(&format!("purging Moodle's caches on {node}"));
+    let r = ctx.nodes.run_long(node, &cmd);
+    ctx.reporter.step_done();
+    let failure = match r {
+        Ok(o) if o.success() => None,
+        Ok(o) => Some(format!("{} ({})", o.tail(), o.status())),
+        Err(e) => Some(e.to_string()),
+    };
+    match failure {
+        None => ctx.log_step(&purge, None, StepResult::Ok, t, &cmd),
+        Some(why) => {
+            ctx.log_step(&purge, None, StepResult::Failed, t, &why);
+            ctx.warn(format!(
+                "{node}: purge_command failed: {why}; every node runs the new code, but its caches are stale until `{cmd}` runs"
+            ));
+        }
+    }
+}
+
+/// Installs the target on `nodes` in parallel: the nodes where it failed, and why.
+pub(super) fn install(ctx: &mut Ctx, nodes: &[String], target: &str) -> Vec<Failure> {
+    let t = Instant::now();
+    ctx.reporter
+        .step(&format!("installing {target} on {}", nodes.join(", ")));
+    let script = ctx.apt_install(target, false);
+    let results = ctx.run_apt(nodes, &script);
+    let mut failed = Vec::new();
+    for (n, r) in nodes.iter().zip(results) {
+        let step = Step::Install { node: n.clone() };
+        let f = match r {
+            Ok(o) if o.success() => {
+                ctx.log_step(&step, None, StepResult::Ok, t, target);
+                continue;
+            }
+            Ok(o) => Failure::new(
+                n,
+                Cause::Install {
+                    package: ctx.pkg.clone(),
+                    version: target.to_string(),
+                    status: o.status(),
+                    tail: o.tail(),
+                },
+            ),
+            Err(e) => Failure::new(n, e),
+        };
+        ctx.log_step(&step, None, StepResult::Failed, t, &f.to_string());
+        failed.push(f);
+    }
+    ctx.reporter.step_done();
+    failed
+}
+
+/// `[roll] reload_command` on `nodes` at once, after their install: what makes their PHP serve
+/// the new code. The nodes where it failed, and why.
+pub(super) fn reload(ctx: &mut Ctx, nodes: &[String]) -> Vec<Failure> {
+    let Some(cmd) = ctx.cfg.roll.reload_command.as_deref() else {
+        return Vec::new();
+    };
+    if nodes.is_empty() {
+        return Vec::new();
+    }
+    let cmd = super::substitute(cmd, ctx.cfg);
+    let t = Instant::now();
+    ctx.reporter
+        .step(&format!("reloading PHP on {}", nodes.join(", ")));
+    let results = ctx.nodes.run_all_long(nodes, &cmd, &mut |_, _| {});
+    ctx.reporter.step_done();
+    let mut failed = Vec::new();
+    for (n, r) in nodes.iter().zip(results) {
+        let step = Step::Reload { node: n.clone() };
+        let f = match r {
+            Ok(o) if o.success() => {
+                ctx.log_step(&step, None, StepResult::Ok, t, &cmd);
+                continue;
+            }
+            Ok(o) => Failure::new(
+                n,
+                Cause::Reload {
+                    command: cmd.clone(),
+                    status: o.status(),
+                    tail: o.tail(),
+                },
+            ),
+            Err(e) => Failure::new(n, e),
+        };
+        ctx.log_step(&step, None, StepResult::Failed, t, &f.to_string());
+        failed.push(f);
+    }
+    failed
+}
+
+/// Checks, in one query per node, that `nodes` run the target: the ones that do not, and why.
+pub(super) fn verify(ctx: &mut Ctx, nodes: &[String], target: &str) -> Vec<Failure> {
+    if nodes.is_empty() {
+        return Vec::new();
+    }
+    let t = Instant::now();
+    let answers = ctx.nodes.installed(nodes);
+    let mut failed = Vec::new();
+    for (n, answer) in nodes.iter().zip(answers) {
+        let step = Step::Verify { node: n.clone() };
+        let f = match answer {
+            Ok(i) if i.version.as_deref() == Some(target) => {
+                ctx.log_step(&step, None, StepResult::Ok, t, target);
+                continue;
+            }
+            Ok(i) => Failure::new(
+                n,
+                Cause::NotInstalled {
+                    found: i.version,
+                    target: target.to_string(),
+                },
+            ),
+            Err(e) => Failure::new(n, e),
+        };
+        ctx.log_step(&step, None, StepResult::Failed, t, &f.to_string());
+        failed.push(f);
+    }
+    failed
+}
+
+/// Waits until `n`'s PHP answers for the target at its release probe `path`.
+pub(super) fn probe(ctx: &mut Ctx, n: &Node, path: &str, target: &str) -> Option<Failure> {
+    ctx.reporter
+        .step(&format!("asking {}'s PHP which release it runs", n.name));
+    let r = wait_release(ctx, n, path, target);
+    ctx.reporter.step_done();
+    r.err().map(|e| Failure::new(&n.name, e))
+}
+
+/// Waits, at most `drain_timeout`, until none of the drained `nodes` has a session in flight
+/// or queued on any LB (one read of each LB per poll, whatever the batch size). A server that
+/// left drain by itself (an agent-check, a reload) is drained again, with a warning. Returns
+/// when it started and, at the timeout, what was still busy (empty: drained, logged as such).
+pub(super) fn wait_idle(
+    ctx: &mut Ctx,
+    nodes: &[Node],
+) -> Result<(Instant, Vec<String>), RollError> {
+    let t = Instant::now();
+    let deadline = t + ctx.cfg.roll.drain_timeout;
+    loop {
+        let mut busy = Vec::new();
+        for lb in &ctx.lbs {
+            let servers = lb.servers()?;
+            for n in nodes {
+                let s = lb.find(&servers, &server_name(n))?;
+                if !s.drain && !s.maint {
+                    warn(ctx.reporter, &mut ctx.warnings, format!("{}: {} left drain by itself (an agent-check or a reload?); draining it again", lb.name(), s.name));
+                    lb.set_state(&s.name, AdminState::Drain)?;
+                }
+                if s.scur + s.qcur > 0 {
+                    busy.push(format!(
+                        "{} on {} ({} sessions, {} queued)",
+                        n.name,
+                        lb.name(),
+                        s.scur,
+                        s.qcur
+                    ));
+                }
+            }
+        }
+        if busy.is_empty() {
+            let nodes = nodes.iter().map(|n| n.name.clone()).collect();
+            ctx.log_step(&Step::WaitIdle { nodes }, None, StepResult::Ok, t, "");
+            return Ok((t, busy));
+        }
+        if Instant::now() > deadline {
+            return Ok((t, busy));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// After `drain_timeout`: `nodes` go to maint (no traffic, not even cookie-bound), and the
+/// journal says why and what was still busy.
+pub(super) fn maint_after_timeout(
+    ctx: &mut Ctx,
+    nodes: &[Node],
+    since: Instant,
+    why: &str,
+    busy: &[String],
+) -> Result<(), RollError> {
+    for n in nodes {
+        ctx.set_all(&n.name, &server_name(n), AdminState::Maint)?;
+    }
+    ctx.log(
+        None,
+        None,
+        "drain timeout",
+        StepResult::Warning,
+        since,
+        &format!("{why}: switched to maint: {}", busy.join("; ")),
+    );
+    Ok(())
+}
