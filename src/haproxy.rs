@@ -354,11 +354,6 @@ impl Lb {
         Ok(out)
     }
 
-    /// One server, or an error that lists the backend's servers.
-    pub fn server(&self, name: &str) -> Result<Server, HaError> {
-        self.find(&self.servers()?, name).cloned()
-    }
-
     /// `name` among `servers` (read from this LB), or an error that lists them.
     pub fn find<'a>(&self, servers: &'a [Server], name: &str) -> Result<&'a Server, HaError> {
         servers

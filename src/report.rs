@@ -4,8 +4,6 @@
 //! binary shows them with indicatif on a terminal and as plain lines in CI logs; tests record
 //! them.
 
-use std::sync::Mutex;
-
 /// Receives what the core is doing.
 pub trait Reporter: Sync {
     /// A step begins (`reading tree`, `compressing`).
@@ -20,42 +18,15 @@ pub trait Reporter: Sync {
     fn note(&self, message: &str);
 }
 
-/// Reports nothing.
+/// Reports nothing (the executor's unit tests).
+#[cfg(test)]
 pub struct Silent;
 
+#[cfg(test)]
 impl Reporter for Silent {
     fn step(&self, _: &str) {}
     fn progress(&self, _: u64, _: u64) {}
     fn step_done(&self) {}
     fn warn(&self, _: &str) {}
     fn note(&self, _: &str) {}
-}
-
-/// Keeps steps and warnings, for tests.
-#[derive(Default)]
-pub struct Recorder {
-    pub events: Mutex<Vec<String>>,
-}
-
-impl Reporter for Recorder {
-    fn step(&self, name: &str) {
-        self.events
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(format!("step: {name}"));
-    }
-    fn progress(&self, _: u64, _: u64) {}
-    fn step_done(&self) {}
-    fn warn(&self, message: &str) {
-        self.events
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(format!("warning: {message}"));
-    }
-    fn note(&self, message: &str) {
-        self.events
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(format!("note: {message}"));
-    }
 }

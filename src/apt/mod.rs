@@ -153,7 +153,6 @@ pub struct Repo {
     pub keep: usize,
     pub sign_key: Option<String>,
     pub package: String,
-    pub maintainer: String,
 }
 
 impl Repo {
@@ -179,7 +178,6 @@ impl Repo {
             keep: apt.keep.max(1) as usize,
             sign_key: apt.sign_key.clone().filter(|k| !k.trim().is_empty()),
             package: cfg.site.package.to_string(),
-            maintainer: cfg.site.maintainer.to_string(),
         })
     }
 

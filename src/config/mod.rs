@@ -21,7 +21,7 @@ use duration::{duration_opt, duration_str};
 use locate::{describe, error_line, first_line, line_of, nearest, segments, unknown_field};
 
 pub use duration::{format_duration, parse_duration};
-pub use freeze::{Freeze, FreezeText};
+pub use freeze::Freeze;
 pub use values::{
     AptRepo, Component, HttpBase, InstallDir, Maintainer, PackageName, Percent, Socket, WebhookUrl,
 };

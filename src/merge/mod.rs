@@ -18,18 +18,22 @@
 
 pub mod fetch;
 pub mod lock;
+mod message;
+mod plugins;
 pub mod submodules;
 
+use message::commit_message;
+pub use message::{notes_markdown, summary_lines};
+use plugins::{check_dependencies, check_plugin, plugin_types, read_version_php};
+
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use git2::{FileMode, ObjectType, Oid, Repository, Tree};
+use git2::{FileMode, Oid, Repository, Tree};
 use serde::Serialize;
 
 use crate::config::Config;
 use crate::moodle::versionphp::VersionPhp;
-use crate::moodle::{cmp_version, PLUGIN_TYPES};
 use crate::report::Reporter;
 use fetch::{FetchError, Request};
 use lock::{Lock, LockError, Pin, PluginPin};
@@ -505,115 +509,6 @@ fn check_and_graft(
     Ok(grafted)
 }
 
-/// Moodle's rules for one plugin against upstream: a version.php whose component matches,
-/// a `$plugin->version` not below the locked one, `requires` met, not `incompatible`, and
-/// `supported` (outside it a warning, an error with `--strict`). Returns its version and its
-/// version.php.
-fn check_plugin(
-    repo: &Repository,
-    core: &Core,
-    s: &Source,
-    ptree: &Tree,
-    old_lock: Option<&Lock>,
-    opts: &MergeOptions,
-    warnings: &mut Vec<String>,
-) -> Result<(String, VersionPhp), MergeError> {
-    let (core_version, core_branch) = (&core.version, &core.branch);
-    let what = format!("{} ({} {})", s.component, s.url, s.reference);
-    let v = read_version_php(repo, ptree, "version.php").ok_or_else(|| {
-        MergeError::Moodle(format!(
-            "{what}: no version.php at the top of the repository: not a Moodle plugin"
-        ))
-    })?;
-    let comp = v.plugin("component").unwrap_or("");
-    if comp != s.component {
-        return Err(MergeError::Moodle(format!(
-            "{what}: its version.php says $plugin->component = '{comp}', not '{}'",
-            s.component
-        )));
-    }
-    let version = v.plugin("version").unwrap_or("").to_string();
-    if version.is_empty() {
-        return Err(MergeError::Moodle(format!(
-            "{what}: version.php sets no $plugin->version"
-        )));
-    }
-    if let Some(req) = v.plugin("requires") {
-        if cmp_version(req, core_version).is_gt() {
-            return Err(MergeError::Moodle(format!(
-                "{what}: requires Moodle {req}, newer than upstream's $version {core_version}"
-            )));
-        }
-    }
-    if let Some(inc) = v.plugin("incompatible") {
-        if cmp_version(core_branch, inc).is_ge() {
-            return Err(MergeError::Moodle(format!(
-                "{what}: declares itself incompatible with Moodle branch {inc} and later; upstream is branch {core_branch}"
-            )));
-        }
-    }
-    if let Some((lo, hi)) = v.supported() {
-        if cmp_version(core_branch, &lo).is_lt() || cmp_version(core_branch, &hi).is_gt() {
-            let msg = format!(
-                "{what}: supports Moodle branches {lo} to {hi}; upstream is branch {core_branch}"
-            );
-            if opts.strict {
-                return Err(MergeError::Moodle(msg));
-            }
-            warnings.push(msg);
-        }
-    }
-    if let Some(old) = old_lock.and_then(|l| l.plugin(&s.component)) {
-        if cmp_version(&version, &old.pin.version).is_lt() {
-            return Err(MergeError::Moodle(format!(
-                "{what}: $plugin->version {version} is lower than the locked {}: Moodle refuses to downgrade a plugin",
-                old.pin.version
-            )));
-        }
-    }
-    Ok((version, v))
-}
-
-/// Every plugin's `$plugin->dependencies`, against the grafted tree: present (among the
-/// plugins, else in upstream) and at the version asked for.
-fn check_dependencies(
-    repo: &Repository,
-    core: &Core,
-    grafted: &Grafted,
-    types: &BTreeMap<String, String>,
-) -> Result<(), MergeError> {
-    let prefix = core.prefix;
-    let tree = repo.find_tree(grafted.tree)?;
-    let version_of = |component: &str| -> Option<String> {
-        if let Some(v) = grafted.versions.get(component) {
-            return Some(v.clone());
-        }
-        let (t, n) = component.split_once('_')?;
-        let dir = types.get(t)?;
-        read_version_php(repo, &tree, &format!("{prefix}{dir}/{n}/version.php"))?
-            .plugin("version")
-            .map(String::from)
-    };
-    for (component, v) in &grafted.php {
-        for (dep, need) in v.dependencies() {
-            match version_of(&dep) {
-                None => {
-                    return Err(MergeError::Moodle(format!(
-                    "{component} needs {dep}, which is neither in upstream nor among the plugins"
-                )))
-                }
-                Some(have) if need != "ANY_VERSION" && cmp_version(&have, &need).is_lt() => {
-                    return Err(MergeError::Moodle(format!(
-                        "{component} needs {dep} {need} or later; the tree has {have}"
-                    )))
-                }
-                _ => {}
-            }
-        }
-    }
-    Ok(())
-}
-
 /// Merges each patch branch, three-way, onto `tree`. Its base is where it forked from the
 /// deployment branch's first-parent line (a tip already on it adds nothing), else its merge
 /// base with upstream: never a commit whose history already contains the patch. A conflict
@@ -822,116 +717,6 @@ fn graft(repo: &Repository, base: &Tree, path: &str, subtree: Oid) -> Result<Oid
     b.create_updated(repo, base)
 }
 
-/// Reads `path` of `tree` as a version.php.
-fn read_version_php(repo: &Repository, tree: &Tree, path: &str) -> Option<VersionPhp> {
-    let entry = tree.get_path(Path::new(path)).ok()?;
-    if entry.kind() != Some(ObjectType::Blob) {
-        return None;
-    }
-    let blob = repo.find_blob(entry.id()).ok()?;
-    Some(VersionPhp::parse(blob.content()))
-}
-
-fn read_json(repo: &Repository, tree: &Tree, path: &str) -> Option<serde_json::Value> {
-    let entry = tree.get_path(Path::new(path)).ok()?;
-    let blob = repo.find_blob(entry.id()).ok()?;
-    serde_json::from_slice(blob.content()).ok()
-}
-
-/// Plugin type -> folder (relative to the web root), as upstream declares them: core's
-/// `lib/components.json`, the `db/subplugins.json` of core plugins that have one and of the
-/// configured plugins; the built-in table fills what is missing. Over the mark for a reason:
-/// the three sources are read in the order that lets a later one override, in one place.
-fn plugin_types(
-    repo: &Repository,
-    up: &Tree,
-    prefix: &str,
-    sources: &[Source],
-) -> Result<BTreeMap<String, String>, MergeError> {
-    let mut types: BTreeMap<String, String> = BTreeMap::new();
-    if let Some(j) = read_json(repo, up, &format!("{prefix}lib/components.json")) {
-        if let Some(m) = j.get("plugintypes").and_then(|m| m.as_object()) {
-            for (k, v) in m {
-                if let Some(v) = v.as_str() {
-                    // Folders are relative to the web root; tolerate a `public/` prefix too.
-                    let v = v.trim_matches('/');
-                    let v = if prefix.is_empty() {
-                        v
-                    } else {
-                        v.strip_prefix(prefix).unwrap_or(v)
-                    };
-                    types.insert(k.clone(), v.to_string());
-                }
-            }
-        }
-    }
-    let subplugins =
-        |json: serde_json::Value, plugin_dir: &str, types: &mut BTreeMap<String, String>| {
-            if let Some(m) = json.get("plugintypes").and_then(|m| m.as_object()) {
-                for (k, v) in m {
-                    if let Some(v) = v.as_str() {
-                        types
-                            .entry(k.clone())
-                            .or_insert_with(|| v.trim_matches('/').to_string());
-                    }
-                }
-            }
-            if let Some(m) = json.get("subplugintypes").and_then(|m| m.as_object()) {
-                for (k, v) in m {
-                    if let Some(v) = v.as_str() {
-                        types
-                            .entry(k.clone())
-                            .or_insert_with(|| format!("{plugin_dir}/{}", v.trim_matches('/')));
-                    }
-                }
-            }
-        };
-    let missing = |types: &BTreeMap<String, String>| {
-        sources
-            .iter()
-            .any(|s| !types.contains_key(s.component.split_once('_').map(|x| x.0).unwrap_or("")))
-    };
-    // Configured plugins can declare subplugin types (their own children come after them).
-    for s in sources {
-        let (t, n) = s.component.split_once('_').unwrap_or(("", ""));
-        let tree = repo.find_commit(s.commit)?.tree()?;
-        if let (Some(json), Some(dir)) = (
-            read_json(repo, &tree, "db/subplugins.json"),
-            types.get(t).cloned(),
-        ) {
-            subplugins(json, &format!("{dir}/{n}"), &mut types);
-        }
-    }
-    if missing(&types) {
-        // Core plugins with subplugins (mod_assign, tool_log, editor_tiny...).
-        let dirs: Vec<String> = types.values().cloned().collect();
-        for dir in dirs {
-            let Ok(entry) = up.get_path(Path::new(&format!("{prefix}{dir}"))) else {
-                continue;
-            };
-            let Ok(t) = repo.find_tree(entry.id()) else {
-                continue;
-            };
-            for child in t.iter() {
-                if child.kind() != Some(ObjectType::Tree) {
-                    continue;
-                }
-                let name = child.name().unwrap_or("");
-                let path = format!("{prefix}{dir}/{name}/db/subplugins.json");
-                if let Some(json) = read_json(repo, up, &path) {
-                    subplugins(json, &format!("{dir}/{name}"), &mut types);
-                }
-            }
-        }
-    }
-    for (t, dir) in PLUGIN_TYPES {
-        types
-            .entry(t.to_string())
-            .or_insert_with(|| dir.to_string());
-    }
-    Ok(types)
-}
-
 /// The first-parent history of `tip`, newest first (bounded: fork points older than that are
 /// found through upstream instead).
 fn first_parents(repo: &Repository, tip: Oid) -> Result<Vec<Oid>, git2::Error> {
@@ -950,93 +735,8 @@ fn first_parents(repo: &Repository, tip: Oid) -> Result<Vec<Oid>, git2::Error> {
     Ok(out)
 }
 
-fn short(id: &str) -> &str {
+pub(super) fn short(id: &str) -> &str {
     &id[..id.len().min(12)]
-}
-
-/// The deployment commit's message: a summary line, what changed, and the pins as trailers.
-fn commit_message(m: &Merged, lock: &Lock) -> String {
-    let mut s = String::new();
-    let release = m.core_release.clone().unwrap_or_default();
-    let _ = write!(s, "Moodle {release}");
-    let n = lock.plugins.len();
-    let _ = writeln!(s, " with {n} plugin{}\n", if n == 1 { "" } else { "s" });
-    for line in summary_lines(m) {
-        let _ = writeln!(s, "{line}");
-    }
-    let _ = writeln!(s);
-    if let Some(u) = &lock.upstream {
-        let _ = writeln!(
-            s,
-            "Moodle-Release-Upstream: {} {} {}",
-            u.url, u.reference, u.commit
-        );
-    }
-    for p in &lock.plugins {
-        let _ = writeln!(
-            s,
-            "Moodle-Release-Plugin: {} {} {} {}",
-            p.component, p.pin.url, p.pin.reference, p.pin.commit
-        );
-    }
-    for p in &m.patches {
-        let _ = writeln!(s, "Moodle-Release-Patch: {} {}", p.branch, p.commit);
-    }
-    s
-}
-
-/// One line per change, for people: core, each plugin, patches.
-pub fn summary_lines(m: &Merged) -> Vec<String> {
-    let mut out = Vec::new();
-    let c = &m.core;
-    match (&c.from, &c.to) {
-        (Some(f), Some(t)) if f != t => out.push(format!(
-            "- core: {} ({f}) -> {} ({t})",
-            m.previous_release.clone().unwrap_or_default(),
-            m.core_release.clone().unwrap_or_default()
-        )),
-        (None, Some(t)) => out.push(format!(
-            "- core: {} ({t})",
-            m.core_release.clone().unwrap_or_default()
-        )),
-        _ => {}
-    }
-    for p in &m.plugins {
-        match (&p.from, &p.to) {
-            (None, Some(t)) => out.push(format!("- {}: added, version {t}", p.component)),
-            (Some(f), None) => out.push(format!("- {}: removed (was {f})", p.component)),
-            (Some(f), Some(t)) if f != t => out.push(format!("- {}: {f} -> {t}", p.component)),
-            _ => {}
-        }
-    }
-    for p in &m.patches {
-        out.push(format!(
-            "- patch {} ({}) merged",
-            p.branch,
-            short(&p.commit)
-        ));
-    }
-    out
-}
-
-/// `--notes FILE`: the change summary as Markdown.
-pub fn notes_markdown(m: &Merged) -> String {
-    let mut s = format!(
-        "## Moodle {}\n\n",
-        m.core_release.clone().unwrap_or_default()
-    );
-    let lines = summary_lines(m);
-    if lines.is_empty() || !m.changed {
-        s.push_str("No change.\n");
-    }
-    for l in lines {
-        s.push_str(&l);
-        s.push('\n');
-    }
-    for w in &m.warnings {
-        let _ = writeln!(s, "\n> warning: {w}");
-    }
-    s
 }
 
 /// A lock file in the repository's git folder: a second merge on the same repository refuses

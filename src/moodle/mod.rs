@@ -27,16 +27,6 @@ pub enum Layout {
     Public,
 }
 
-impl Layout {
-    /// The folder web code and plugins live in, relative to dirroot (`""` or `"public/"`).
-    pub fn prefix(self) -> &'static str {
-        match self {
-            Layout::Classic => "",
-            Layout::Public => "public/",
-        }
-    }
-}
-
 /// Core's `version.php`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Core {

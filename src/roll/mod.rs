@@ -33,6 +33,7 @@ mod plan;
 mod preflight;
 mod program;
 mod step;
+mod target;
 #[cfg(test)]
 mod tests;
 
@@ -51,14 +52,14 @@ use crate::haproxy::{HaError, Lb};
 use crate::journal::{Entry, RollKind, RollState, RollStatus};
 use crate::report::Reporter;
 use crate::ssh::{Ssh, SshError};
-pub use canary::{CanaryPlan, LbFigures, Verdict};
+pub use canary::Verdict;
 use ctx::Ctx;
 use drivers::{Balancer, SshNodes};
 use execute::{run_plan, Walked};
-use plan::{choose_target, make_plan};
+use plan::make_plan;
 pub use plan::{Plan, RollPath};
 use preflight::{check_locks, preflight, refuse_foreign_out_of_rotation, Before};
-pub use step::{Group, OnFail, Step};
+use target::choose_target;
 
 /// What `roll` or `rollback` was asked to do.
 #[derive(Debug, Clone, Default)]

@@ -9,11 +9,12 @@ use serde::Serialize;
 use super::canary::{self, CanaryPlan};
 use super::program::{self, Layout};
 use super::step::{Group, OnFail, Step};
+use super::target::Chosen;
 use super::{RollError, RollOptions};
 use crate::cluster::probe::Installed;
 use crate::cluster::web_nodes;
 use crate::config::{Config, Node, Role};
-use crate::journal::{RollKind, RollState, RollStatus};
+use crate::journal::{RollKind, RollState};
 
 /// The plan, as `--plan` prints it: what the roll decided (target, path, why) and its
 /// program. The summary (`batches`, `cron`, `purge_on`, `canary`) is read from the program,
@@ -193,172 +194,6 @@ impl Plan {
     pub fn database(&self) -> bool {
         self.path != RollPath::CodeOnly
     }
-}
-
-/// The stopped roll that `--resume` continues: the newer of the local and the lock node's
-/// state, unfinished, of the same command, and going to the version asked for (if any).
-/// Anything else is refused before the cluster is touched: resuming must never pick a target
-/// nobody chose for this deploy (the repository's newest, say).
-pub(super) fn resumed<'a>(
-    opts: &RollOptions,
-    previous: Option<&'a RollState>,
-) -> Result<&'a RollState, RollError> {
-    let kind = opts.kind();
-    let Some(s) = previous.filter(|s| s.unfinished()) else {
-        return Err(RollError::NothingToResume {
-            kind,
-            last: previous.map(|s| (s.kind, s.target.clone())),
-        });
-    };
-    if s.kind != kind {
-        return Err(RollError::ResumeOtherKind {
-            stopped: s.kind,
-            target: s.target.clone(),
-            kind,
-        });
-    }
-    let flag = if opts.rollback { "--to" } else { "--version" };
-    if let Some(v) = opts.version.as_ref().filter(|v| **v != s.target) {
-        return Err(RollError::ResumeOtherVersion {
-            kind,
-            target: s.target.clone(),
-            flag,
-            asked: v.clone(),
-        });
-    }
-    Ok(s)
-}
-
-/// The version to roll to, its entry in the repository, and why it is the target: the stopped
-/// roll's with `--resume`, else `--version`, else the newest (roll) or the one before the
-/// current (rollback: from the last roll's state, else the repository).
-pub(super) fn choose_target(
-    pkg: &str,
-    repo: &crate::apt::Repo,
-    opts: &RollOptions,
-    installed: &BTreeMap<String, Installed>,
-    previous_state: Option<&RollState>,
-) -> Result<Chosen, RollError> {
-    let list = repo.list()?;
-    let current_max = installed
-        .values()
-        .filter_map(|i| i.version.as_deref())
-        .filter_map(|v| v.parse::<debversion::Version>().ok())
-        .max();
-    let resumed = opts
-        .resume
-        .then(|| resumed(opts, previous_state))
-        .transpose()?;
-    let (target, why) = match (resumed, &opts.version, opts.rollback) {
-        (Some(s), _, _) => (s.target.clone(), resume_why(s)),
-        (None, Some(v), rollback) => (
-            v.clone(),
-            if rollback { "--to" } else { "--version" }.to_string(),
-        ),
-        (None, None, false) => (
-            list.first()
-                .map(|l| l.version.clone())
-                .ok_or_else(|| RollError::EmptyRepo {
-                    repo: repo.root.clone(),
-                    package: pkg.to_string(),
-                })?,
-            "the newest in the repository".to_string(),
-        ),
-        (None, None, true) => rollback_target(&list, current_max, previous_state)?,
-    };
-    let listed = list
-        .iter()
-        .find(|l| l.version == target)
-        .ok_or_else(|| RollError::NotInRepo {
-            version: target.clone(),
-            package: pkg.to_string(),
-            repo: repo.root.clone(),
-            why: why.clone(),
-        })?
-        .clone();
-    let probes = list
-        .into_iter()
-        .filter_map(|l| Some((l.version, l.probe?)))
-        .collect();
-    Ok(Chosen {
-        version: target,
-        listed,
-        why,
-        probes,
-    })
-}
-
-/// The target a roll goes to, as [`choose_target`] found it.
-#[derive(Debug, Clone)]
-pub(super) struct Chosen {
-    pub version: String,
-    /// Its entry in the repository (its hashes, its release probe).
-    pub listed: crate::apt::Listed,
-    /// Why it is the target.
-    pub why: String,
-    /// The release probe of each version in the repository that has one.
-    pub probes: BTreeMap<String, String>,
-}
-
-/// `--resume: the roll to V that failed on web3: why`.
-fn resume_why(s: &RollState) -> String {
-    format!(
-        "--resume: the {} to {} that {}{}{}",
-        s.kind,
-        s.target,
-        match s.status {
-            RollStatus::Running => "was killed".to_string(),
-            other => other.to_string(),
-        },
-        s.failed_node
-            .as_ref()
-            .map(|n| format!(" on {n}"))
-            .unwrap_or_default(),
-        s.reason
-            .as_ref()
-            .map(|r| format!(": {r}"))
-            .unwrap_or_default()
-    )
-}
-
-/// The version a rollback goes back to when none is given, and why: what every node ran before
-/// the last roll (its state), when that is one version, differs from now and is still in the
-/// repository; else the repository's newest below what the nodes run (`current_max`).
-fn rollback_target(
-    list: &[crate::apt::Listed],
-    current_max: Option<debversion::Version>,
-    previous_state: Option<&RollState>,
-) -> Result<(String, String), RollError> {
-    let current = current_max.as_ref().map(|c| c.to_string());
-    // The version every node ran before the last roll (from its journal state), when that
-    // is one version, differs from now, and is still in the repository...
-    let before_last = previous_state.and_then(|s| {
-        let versions: std::collections::BTreeSet<String> = s.previous.values().cloned().collect();
-        let only = versions.into_iter().collect::<Vec<_>>();
-        (only.len() == 1).then(|| only[0].clone())
-    });
-    let from_journal = before_last
-        .filter(|v| Some(v) != current.as_ref() && list.iter().any(|l| &l.version == v))
-        .map(|v| (v, "what every node ran before the last roll".to_string()));
-    // ... else the newest version of the repository below what the nodes run.
-    let below = list
-        .iter()
-        .find(
-            |l| match (&current_max, l.version.parse::<debversion::Version>()) {
-                (Some(c), Ok(v)) => v < *c,
-                _ => false,
-            },
-        )
-        .map(|l| {
-            (
-                l.version.clone(),
-                format!(
-                    "the newest in the repository below {}",
-                    current.clone().unwrap_or_default()
-                ),
-            )
-        });
-    from_journal.or(below).ok_or(RollError::NothingEarlier)
 }
 
 /// Why the nodes in `to_do` need the database path to get `target`, if they do: one has nothing
@@ -560,6 +395,8 @@ fn batches(webs: &[String], batch: usize, canary: bool) -> Vec<Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::journal::RollStatus;
+    use crate::roll::target::resumed;
     use crate::roll::Outcome;
     use std::time::{Duration, Instant};
 

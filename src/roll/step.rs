@@ -235,22 +235,6 @@ impl OnFail {
             OnFail::Maint => "drain timeout: maint, go on".into(),
         }
     }
-
-    /// How it is said in a sentence.
-    pub fn describe(&self) -> String {
-        match self {
-            OnFail::Stop => "on failure: stop".into(),
-            OnFail::LeaveOut { budget } => format!(
-                "on failure: the node stays out of rotation, the batch goes on; the roll stops beyond {budget} failed node(s)"
-            ),
-            OnFail::SendBack => "on failure: back to the previous version, stop".into(),
-            OnFail::Warn => "on failure: a warning".into(),
-            OnFail::BackInAndStop => {
-                "on drain_timeout: the batch back in rotation, stop".into()
-            }
-            OnFail::Maint => "on drain_timeout: the batch to maint, go on".into(),
-        }
-    }
 }
 
 /// Steps of one kind that run at once, in one batch (or none), with one failure rule.
