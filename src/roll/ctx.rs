@@ -297,10 +297,9 @@ impl<'a> Ctx<'a> {
             .as_ref()
             .and_then(|j| j.entries.last())
             .is_some_and(|e| e.action == "stop" || e.action == "interrupt");
-        let node = step.node().map(String::from).or_else(|| match step {
-            Step::WaitIdle { nodes } if nodes.len() == 1 => Some(nodes[0].clone()),
-            _ => None,
-        });
+        // The step's node; for a batch's step (guard, wait idle), its node when it is one.
+        let nodes = step.nodes();
+        let node = (nodes.len() == 1).then(|| nodes[0].clone());
         if self.state.status == RollStatus::Running {
             self.state.status = RollStatus::Failed;
             self.state.failed_node = node.clone();
