@@ -98,6 +98,24 @@ impl std::fmt::Display for RollStatus {
     }
 }
 
+/// Why the state of the last roll cannot be read. It may hold the only record of a stopped roll
+/// (which servers it took out, an upgrade left to finish), so it is never taken for "no roll".
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("{}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// Not the JSON a roll writes (`at`: the file, or `node:path` for the lock node's copy).
+    #[error("{at}: damaged ({source}); it records the last roll (servers it took out, an upgrade left to finish): check it by hand, or {remedy} to start afresh")]
+    Damaged {
+        at: String,
+        source: serde_json::Error,
+        remedy: &'static str,
+    },
+}
+
 /// What a roll left behind, for `--resume` and `status`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct RollState {
@@ -159,19 +177,20 @@ impl RollState {
     /// The state an earlier roll left, `None` when there is none. A file that cannot be read
     /// or parsed is an error naming it: it may hold the only record of a stopped roll (which
     /// servers it took out, an upgrade left to finish), so it is never taken for "no roll".
-    pub fn read(state_dir: &Path) -> Result<Option<RollState>, String> {
+    pub fn read(state_dir: &Path) -> Result<Option<RollState>, StateError> {
         let path = Self::path(state_dir);
         let bytes = match fs::read(&path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(format!("{}: {e}", path.display())),
+            Err(source) => return Err(StateError::Read { path, source }),
         };
-        serde_json::from_slice(&bytes).map(Some).map_err(|e| {
-            format!(
-                "{}: damaged ({e}); it records the last roll (servers it took out, an upgrade left to finish): check it by hand, or move it away to start afresh",
-                path.display()
-            )
-        })
+        serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|source| StateError::Damaged {
+                at: path.display().to_string(),
+                source,
+                remedy: "move it away",
+            })
     }
 
     pub fn write(&self, state_dir: &Path) -> std::io::Result<()> {

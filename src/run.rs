@@ -59,7 +59,8 @@ pub fn run(cli: Cli, reporter: &dyn Reporter, out: &mut dyn Write) -> Result<(),
                     .map(|c| c.deploy_repo())
                     .unwrap_or_else(|_| ".".into())
             });
-            let items = merge::submodules::import(&path).map_err(Error::Usage)?;
+            let items =
+                merge::submodules::import(&path).map_err(|e| Error::Usage(e.to_string()))?;
             out.emit(&items, |o| {
                 write!(o, "{}", merge::submodules::to_toml(&items))
             })

@@ -186,8 +186,7 @@ pub fn status(cfg: &Config) -> Result<Status, RollError> {
     let there = remote_state(lock_node(cfg), remote.as_deref());
     let (roll, roll_error) = match (here, there) {
         (Ok(h), Ok(t)) => (newer(h, t), None),
-        (Err(e), _) => (None, Some(e)),
-        (_, Err(e)) => (None, Some(e)),
+        (Err(e), _) | (_, Err(e)) => (None, Some(e.to_string())),
     };
     Ok(Status {
         newest,

@@ -69,8 +69,11 @@ pub enum AptError {
     },
     #[error("{0} holds something other than an apt repository made by moodle-release; give [apt] repo an empty or new folder")]
     NotARepo(PathBuf),
-    #[error("the repository index {path} cannot be read: {message}")]
-    BadIndex { path: PathBuf, message: String },
+    #[error("the repository index {} cannot be read: {source}", path.display())]
+    BadIndex {
+        path: PathBuf,
+        source: stanza::StanzaError,
+    },
     #[error("signing with gpg key {key} failed: {message}")]
     Sign { key: String, message: String },
     #[error("another publish holds {0}; try again when it is done")]
@@ -235,7 +238,7 @@ impl Repo {
         let path = self.binary_dir(arch).join("Packages");
         match fs::read_to_string(&path) {
             Ok(text) => {
-                stanza::parse_all(&text).map_err(|message| AptError::BadIndex { path, message })
+                stanza::parse_all(&text).map_err(|source| AptError::BadIndex { path, source })
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
             Err(e) => Err(io_err(&path)(e)),

@@ -49,16 +49,29 @@ impl Stanza {
     }
 }
 
+/// Why a control file or an index is not RFC 822 stanzas (`line` is 1-based).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StanzaError {
+    #[error("no fields")]
+    Empty,
+    #[error("line {line}: continuation line without a field")]
+    Continuation { line: usize },
+    #[error("line {line}: `{text}` is not `Field: value`")]
+    NotAField { line: usize, text: String },
+    #[error("line {line}: `{name}` is not a field name")]
+    BadName { line: usize, name: String },
+}
+
 /// Parses one stanza (the first of `text`).
-pub fn parse(text: &str) -> Result<Stanza, String> {
+pub fn parse(text: &str) -> Result<Stanza, StanzaError> {
     parse_all(text)?
         .into_iter()
         .next()
-        .ok_or_else(|| "no fields".to_string())
+        .ok_or(StanzaError::Empty)
 }
 
 /// Parses every stanza of `text`.
-pub fn parse_all(text: &str) -> Result<Vec<Stanza>, String> {
+pub fn parse_all(text: &str) -> Result<Vec<Stanza>, StanzaError> {
     let mut out = Vec::new();
     let mut cur = Stanza::default();
     for (n, line) in text.lines().enumerate() {
@@ -74,16 +87,22 @@ pub fn parse_all(text: &str) -> Result<Vec<Stanza>, String> {
                     v.push('\n');
                     v.push_str(line);
                 }
-                None => return Err(format!("line {}: continuation line without a field", n + 1)),
+                None => return Err(StanzaError::Continuation { line: n + 1 }),
             }
             continue;
         }
         let Some((k, v)) = line.split_once(':') else {
-            return Err(format!("line {}: `{line}` is not `Field: value`", n + 1));
+            return Err(StanzaError::NotAField {
+                line: n + 1,
+                text: line.to_string(),
+            });
         };
         let k = k.trim();
         if k.is_empty() || k.contains(' ') {
-            return Err(format!("line {}: `{k}` is not a field name", n + 1));
+            return Err(StanzaError::BadName {
+                line: n + 1,
+                name: k.to_string(),
+            });
         }
         cur.fields.push((k.to_string(), v.trim().to_string()));
     }
@@ -107,7 +126,17 @@ mod tests {
             Some("short\n long line\n .\n more")
         );
         assert_eq!(all[0].to_text() + "\n" + &all[1].to_text(), text);
-        assert!(parse_all("no colon here\n").is_err());
-        assert!(parse_all(" leading continuation\n").is_err());
+        assert_eq!(
+            parse_all("Package: x\nno colon here\n"),
+            Err(StanzaError::NotAField {
+                line: 2,
+                text: "no colon here".into()
+            })
+        );
+        assert_eq!(
+            parse_all(" leading continuation\n"),
+            Err(StanzaError::Continuation { line: 1 })
+        );
+        assert_eq!(parse(""), Err(StanzaError::Empty));
     }
 }

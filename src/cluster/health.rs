@@ -75,7 +75,10 @@ pub fn health_now(cfg: &Config, n: &Node) -> Result<(), Unhealthy> {
         Ok(200) => Ok(()),
         Ok(code @ 301..=308) => Err(Unhealthy::Redirect { url, code }),
         Ok(code) => Err(Unhealthy::Status { url, code }),
-        Err(message) => Err(Unhealthy::Unreachable { url, message }),
+        Err(e) => Err(Unhealthy::Unreachable {
+            url,
+            message: e.to_string(),
+        }),
     }
 }
 
@@ -115,7 +118,10 @@ pub fn probe_now(cfg: &Config, n: &Node, path: &str) -> Result<ProbeAnswer, Unhe
         }),
         Ok((code @ 301..=308, _)) => Err(Unhealthy::Redirect { url, code }),
         Ok((code, _)) => Err(Unhealthy::Status { url, code }),
-        Err(message) => Err(Unhealthy::Unreachable { url, message }),
+        Err(e) => Err(Unhealthy::Unreachable {
+            url,
+            message: e.to_string(),
+        }),
     }
 }
 

@@ -9,6 +9,23 @@ use std::time::Duration;
 
 use crate::config::HttpBase;
 
+/// Why a node did not answer over HTTP.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    #[error("{hostport}: {source}")]
+    Resolve {
+        hostport: String,
+        source: std::io::Error,
+    },
+    #[error("{hostport}: no address")]
+    NoAddress { hostport: String },
+    /// Connecting, writing or reading failed (refused, reset, timed out).
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("not an HTTP answer: {first_line:?}")]
+    NotHttp { first_line: String },
+}
+
 /// GETs `path` on the node at `base` and returns the status code.
 ///
 /// Without `host_header`, the request has no Host header, as HAProxy's `option httpchk` sends it:
@@ -20,7 +37,7 @@ pub fn get_status(
     path: &str,
     host_header: Option<&str>,
     timeout: Duration,
-) -> Result<u16, String> {
+) -> Result<u16, HttpError> {
     request(base, path, host_header, timeout, false).map(|(code, _)| code)
 }
 
@@ -30,7 +47,7 @@ pub fn get(
     path: &str,
     host_header: Option<&str>,
     timeout: Duration,
-) -> Result<(u16, Vec<u8>), String> {
+) -> Result<(u16, Vec<u8>), HttpError> {
     request(base, path, host_header, timeout, true)
 }
 
@@ -43,14 +60,17 @@ fn request(
     host_header: Option<&str>,
     timeout: Duration,
     body: bool,
-) -> Result<(u16, Vec<u8>), String> {
+) -> Result<(u16, Vec<u8>), HttpError> {
     let hostport = format!("{}:{}", base.host(), base.port());
     let addr = (base.host(), base.port())
         .to_socket_addrs()
-        .map_err(|e| format!("{hostport}: {e}"))?
+        .map_err(|source| HttpError::Resolve {
+            hostport: hostport.clone(),
+            source,
+        })?
         .next()
-        .ok_or_else(|| format!("{hostport}: no address"))?;
-    let mut s = TcpStream::connect_timeout(&addr, timeout).map_err(|e| e.to_string())?;
+        .ok_or(HttpError::NoAddress { hostport })?;
+    let mut s = TcpStream::connect_timeout(&addr, timeout)?;
     s.set_read_timeout(Some(timeout)).ok();
     s.set_write_timeout(Some(timeout)).ok();
     // One write: some servers (PHP's built-in one) mishandle a request that arrives in pieces.
@@ -60,7 +80,7 @@ fn request(
     let request = format!(
         "GET {path} HTTP/1.0\r\n{host_line}User-Agent: moodle-release\r\nConnection: close\r\n\r\n"
     );
-    s.write_all(request.as_bytes()).map_err(|e| e.to_string())?;
+    s.write_all(request.as_bytes())?;
     let mut head = Vec::new();
     let mut buf = [0u8; 4096];
     let done = |head: &[u8]| {
@@ -71,7 +91,7 @@ fn request(
         }
     };
     while !done(&head) {
-        let n = s.read(&mut buf).map_err(|e| e.to_string())?;
+        let n = s.read(&mut buf)?;
         if n == 0 {
             break;
         }
@@ -82,11 +102,8 @@ fn request(
         .split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
-        .ok_or_else(|| {
-            format!(
-                "not an HTTP answer: {:?}",
-                text.lines().next().unwrap_or("")
-            )
+        .ok_or_else(|| HttpError::NotHttp {
+            first_line: text.lines().next().unwrap_or("").to_string(),
         })?;
     let content = head
         .windows(4)
@@ -120,8 +137,8 @@ mod tests {
         let base: HttpBase = format!("http://127.0.0.1:{port}").parse().unwrap();
         let path = "/admin/tool/heartbeat/index.php";
         assert_eq!(
-            get_status(&base, path, None, Duration::from_secs(5)),
-            Ok(503)
+            get_status(&base, path, None, Duration::from_secs(5)).unwrap(),
+            503
         );
         let request = server.join().unwrap();
         assert_eq!(
@@ -152,8 +169,9 @@ mod tests {
                 "/",
                 Some("moodle.example.edu"),
                 Duration::from_secs(5)
-            ),
-            Ok(200)
+            )
+            .unwrap(),
+            200
         );
         let request = server.join().unwrap();
         assert!(

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::journal::{now_ms, RollState};
+use crate::journal::{now_ms, RollState, StateError};
 use crate::ssh::{quote, Conn, Heartbeat, Ssh, SshError};
 
 const DIR: &str = "/var/lib/moodle-release";
@@ -125,15 +125,17 @@ pub fn state_text(answer: &str) -> Option<&str> {
 }
 
 /// The state the lock node keeps, from its answer to [`query`].
-pub fn remote_state(node: &str, text: Option<&str>) -> Result<Option<RollState>, String> {
+pub fn remote_state(node: &str, text: Option<&str>) -> Result<Option<RollState>, StateError> {
     let Some(text) = text else {
         return Ok(None);
     };
-    serde_json::from_str(text).map(Some).map_err(|e| {
-        format!(
-            "{node}:{REMOTE_STATE}: damaged ({e}); it records the last roll (servers it took out, an upgrade left to finish): check it by hand, or remove it to start afresh"
-        )
-    })
+    serde_json::from_str(text)
+        .map(Some)
+        .map_err(|source| StateError::Damaged {
+            at: format!("{node}:{REMOTE_STATE}"),
+            source,
+            remedy: "remove it",
+        })
 }
 
 /// The shell line that writes `state` on the lock node, atomically.

@@ -19,7 +19,28 @@ pub struct FetchError {
     pub source_name: String,
     pub url: String,
     pub reference: String,
-    pub detail: String,
+    pub detail: FetchFailure,
+}
+
+/// What went wrong fetching one source.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchFailure {
+    /// The git CLI failed: what it said, its lines joined.
+    #[error("{0}")]
+    Git(String),
+    #[error("cannot run git: {0} (install git, or set [deploy] fetch = \"libgit2\")")]
+    NoGit(std::io::Error),
+    #[error("{}", .0.message())]
+    Libgit2(git2::Error),
+    #[error("`{reference}` is not a commit: {}", source.message())]
+    NotACommit {
+        reference: String,
+        source: git2::Error,
+    },
+    #[error("the lock pins {0}, which the source no longer has")]
+    PinGone(Oid),
+    #[error("the fetch did not run")]
+    DidNotRun,
 }
 
 /// What to fetch.
@@ -77,7 +98,7 @@ pub fn fetch_all(
     ssh: &Ssh,
     reporter: &dyn Reporter,
 ) -> Vec<Result<Oid, FetchError>> {
-    let err = |req: &Request, detail: String| FetchError {
+    let err = |req: &Request, detail: FetchFailure| FetchError {
         source_name: req.name.to_string(),
         url: req.url.clone(),
         reference: req.reference.to_string(),
@@ -91,7 +112,7 @@ pub fn fetch_all(
             Some(
                 repo.reference(&req.local_ref, pin, true, "moodle-release: pinned")
                     .map(|_| pin)
-                    .map_err(|e| err(req, e.message().to_string())),
+                    .map_err(|e| err(req, FetchFailure::Libgit2(e))),
             )
         })
         .collect();
@@ -116,7 +137,7 @@ pub fn fetch_all(
     let git_dir = repo.path().to_path_buf();
     let next = std::sync::atomic::AtomicUsize::new(0);
     let ended = std::sync::atomic::AtomicUsize::new(0);
-    let transfers: Vec<std::sync::Mutex<Option<Result<(), String>>>> =
+    let transfers: Vec<std::sync::Mutex<Option<Result<(), FetchFailure>>>> =
         todo.iter().map(|_| std::sync::Mutex::new(None)).collect();
     std::thread::scope(|scope| {
         for _ in 0..JOBS.min(todo.len()) {
@@ -127,7 +148,7 @@ pub fn fetch_all(
                 let r = match backend {
                     FetchBackend::Git => fetch_cli(&git_dir, &req.url, &refspec, ssh),
                     FetchBackend::Libgit2 => Repository::open(&git_dir)
-                        .map_err(|e| e.message().to_string())
+                        .map_err(FetchFailure::Libgit2)
                         .and_then(|r| fetch_libgit2(&r, &req.url, &refspec)),
                 };
                 *transfers[k].lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
@@ -149,7 +170,7 @@ pub fn fetch_all(
                 transfers
                     .next()
                     .flatten()
-                    .unwrap_or_else(|| Err("the fetch did not run".into()))
+                    .unwrap_or(Err(FetchFailure::DidNotRun))
                     .and_then(|()| settle(repo, req))
                     .map_err(|detail| err(req, detail))
             })
@@ -171,23 +192,24 @@ fn tmp_ref(req: &Request) -> String {
 
 /// After a fetch: the commit it brought, checked against the pin and kept under the source's
 /// ref; the temporary ref is removed.
-fn settle(repo: &Repository, req: &Request) -> Result<Oid, String> {
+fn settle(repo: &Repository, req: &Request) -> Result<Oid, FetchFailure> {
     let tmp = tmp_ref(req);
     let commit = (|| -> Result<Oid, git2::Error> {
         let r = repo.find_reference(&tmp)?;
         let c = r.peel_to_commit()?;
         Ok(c.id())
     })()
-    .map_err(|e| format!("`{}` is not a commit: {}", req.reference, e.message()))?;
+    .map_err(|source| FetchFailure::NotACommit {
+        reference: req.reference.to_string(),
+        source,
+    })?;
     if let Some(pin) = req.pinned {
         if pin != commit {
-            return Err(format!(
-                "the lock pins {pin}, which the source no longer has"
-            ));
+            return Err(FetchFailure::PinGone(pin));
         }
     }
     repo.reference(&req.local_ref, commit, true, "moodle-release: fetched")
-        .map_err(|e| e.message().to_string())?;
+        .map_err(FetchFailure::Libgit2)?;
     if let Ok(mut r) = repo.find_reference(&tmp) {
         let _ = r.delete();
     }
@@ -196,7 +218,7 @@ fn settle(repo: &Repository, req: &Request) -> Result<Oid, String> {
 
 /// The git CLI: honours `~/.ssh/config` (or `[ssh] config`), checks host keys against
 /// `[ssh] known_hosts`, never prompts.
-fn fetch_cli(git_dir: &Path, url: &str, refspec: &str, ssh: &Ssh) -> Result<(), String> {
+fn fetch_cli(git_dir: &Path, url: &str, refspec: &str, ssh: &Ssh) -> Result<(), FetchFailure> {
     let mut cmd = Command::new("git");
     cmd.arg("--git-dir")
         .arg(git_dir)
@@ -218,15 +240,13 @@ fn fetch_cli(git_dir: &Path, url: &str, refspec: &str, ssh: &Ssh) -> Result<(), 
         }
         cmd.env("GIT_SSH_COMMAND", ssh_cmd);
     }
-    let out = cmd.output().map_err(|e| {
-        format!("cannot run git: {e} (install git, or set [deploy] fetch = \"libgit2\")")
-    })?;
+    let out = cmd.output().map_err(FetchFailure::NoGit)?;
     if out.status.success() {
         Ok(())
     } else {
         let text = String::from_utf8_lossy(&out.stderr);
         let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-        Err(lines.join("; "))
+        Err(FetchFailure::Git(lines.join("; ")))
     }
 }
 
@@ -236,22 +256,22 @@ fn fetch_cli(git_dir: &Path, url: &str, refspec: &str, ssh: &Ssh) -> Result<(), 
 /// not, under a lock it does not wait for: two fetches into one repository at once (see
 /// [`JOBS`]) can fail on it. That happens once the pack is in, so the next try finds every
 /// object here and downloads nothing.
-fn fetch_libgit2(repo: &Repository, url: &str, refspec: &str) -> Result<(), String> {
+fn fetch_libgit2(repo: &Repository, url: &str, refspec: &str) -> Result<(), FetchFailure> {
     let mut tries = 0;
     loop {
         match fetch_libgit2_once(repo, url, refspec) {
-            Err(e) if e.contains("shallow.lock") && tries < 50 => {
+            Err(e) if e.message().contains("shallow.lock") && tries < 50 => {
                 tries += 1;
                 std::thread::sleep(std::time::Duration::from_millis(10 * tries));
             }
-            r => return r,
+            r => return r.map_err(FetchFailure::Libgit2),
         }
     }
 }
 
 /// One libgit2 fetch. Credentials come from ssh-agent, then the usual key files, a bounded
 /// number of times (libgit2 calls the callback again after every refusal).
-fn fetch_libgit2_once(repo: &Repository, url: &str, refspec: &str) -> Result<(), String> {
+fn fetch_libgit2_once(repo: &Repository, url: &str, refspec: &str) -> Result<(), git2::Error> {
     let mut attempts = 0;
     let mut cb = git2::RemoteCallbacks::new();
     cb.credentials(move |_url, user, allowed| {
@@ -288,12 +308,8 @@ fn fetch_libgit2_once(repo: &Repository, url: &str, refspec: &str) -> Result<(),
     opts.remote_callbacks(cb)
         .download_tags(git2::AutotagOption::None)
         .update_fetchhead(false);
-    let mut remote = repo
-        .remote_anonymous(url)
-        .map_err(|e| e.message().to_string())?;
-    remote
-        .fetch(&[refspec], Some(&mut opts), None)
-        .map_err(|e| e.message().to_string())
+    let mut remote = repo.remote_anonymous(url)?;
+    remote.fetch(&[refspec], Some(&mut opts), None)
 }
 
 #[cfg(test)]

@@ -2,7 +2,7 @@
 //! `git submodule add` (the common practice before this tool) into `[[plugins]]` entries.
 
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use git2::Repository;
 
@@ -18,28 +18,58 @@ pub struct Imported {
     pub reference: String,
 }
 
+/// Why the submodules of a repository cannot be read (each names the repository).
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    #[error("{}: {}", repo.display(), source.message())]
+    Open { repo: PathBuf, source: git2::Error },
+    #[error("{}: no HEAD tree: {}", repo.display(), source.message())]
+    NoHead { repo: PathBuf, source: git2::Error },
+    #[error("{}: HEAD has no .gitmodules", repo.display())]
+    NoGitmodules { repo: PathBuf },
+    #[error("{}: .gitmodules cannot be read: {}", repo.display(), source.message())]
+    Gitmodules { repo: PathBuf, source: git2::Error },
+    #[error("{}: a temporary copy of .gitmodules: {source}", repo.display())]
+    Temp {
+        repo: PathBuf,
+        source: std::io::Error,
+    },
+}
+
 /// Reads the submodules of `repo` (its HEAD tree and `.gitmodules`).
-pub fn import(repo_path: &Path) -> Result<Vec<Imported>, String> {
-    let repo = Repository::open(repo_path)
-        .map_err(|e| format!("{}: {}", repo_path.display(), e.message()))?;
+pub fn import(repo_path: &Path) -> Result<Vec<Imported>, ImportError> {
+    let repo_buf = || repo_path.to_path_buf();
+    let repo = Repository::open(repo_path).map_err(|source| ImportError::Open {
+        repo: repo_buf(),
+        source,
+    })?;
     let head = repo
         .head()
         .and_then(|h| h.peel_to_tree())
-        .map_err(|e| format!("{}: no HEAD tree: {}", repo_path.display(), e.message()))?;
+        .map_err(|source| ImportError::NoHead {
+            repo: repo_buf(),
+            source,
+        })?;
     let entry = head
         .get_path(Path::new(".gitmodules"))
-        .map_err(|_| format!("{}: HEAD has no .gitmodules", repo_path.display()))?;
-    let blob = repo
-        .find_blob(entry.id())
-        .map_err(|e| e.message().to_string())?;
+        .map_err(|_| ImportError::NoGitmodules { repo: repo_buf() })?;
+    let gitmodules = |source| ImportError::Gitmodules {
+        repo: repo_buf(),
+        source,
+    };
+    let blob = repo.find_blob(entry.id()).map_err(gitmodules)?;
     // .gitmodules is git-config syntax: let git2 parse it from a temporary file.
-    let tmp = tempfile::NamedTempFile::new().map_err(|e| e.to_string())?;
-    std::fs::write(tmp.path(), blob.content()).map_err(|e| e.to_string())?;
-    let cfg = git2::Config::open(tmp.path()).map_err(|e| e.message().to_string())?;
+    let temp = |source| ImportError::Temp {
+        repo: repo_buf(),
+        source,
+    };
+    let tmp = tempfile::NamedTempFile::new().map_err(temp)?;
+    std::fs::write(tmp.path(), blob.content()).map_err(temp)?;
+    let cfg = git2::Config::open(tmp.path()).map_err(gitmodules)?;
     let mut names = Vec::new();
     let mut entries = cfg
         .entries(Some(r"submodule\..*\.path"))
-        .map_err(|e| e.message().to_string())?;
+        .map_err(gitmodules)?;
     while let Some(Ok(e)) = entries.next() {
         if let Ok(name) = e.name() {
             let sub = name

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use super::ctx::Ctx;
 use super::health::wait_release;
 use super::step::Step;
-use super::{warn, Plan, RollError};
+use super::{Plan, RollError};
 use crate::cluster::health::Unhealthy;
 use crate::cluster::server_name;
 use crate::config::{Config, Node};
@@ -43,18 +43,21 @@ pub enum Cause {
     Ssh(#[from] SshError),
 }
 
-/// A node that failed a step, and why.
+/// A node that failed a step (its journal action: `install`, `release probe`...), and why.
 #[derive(Debug, thiserror::Error)]
 #[error("{node}: {cause}")]
 pub struct Failure {
     pub node: String,
+    pub step: String,
     pub cause: Cause,
 }
 
 impl Failure {
-    pub fn new(node: &str, cause: impl Into<Cause>) -> Failure {
+    /// `step` (of one node) failed with `cause`.
+    pub fn of(step: &Step, cause: impl Into<Cause>) -> Failure {
         Failure {
-            node: node.to_string(),
+            node: step.node().unwrap_or_default().to_string(),
+            step: step.action(),
             cause: cause.into(),
         }
     }
@@ -72,17 +75,17 @@ pub(super) fn config_nodes(cfg: &Config, names: &[String]) -> Vec<Node> {
 /// One still unhealthy stops the roll: going on would put more than `batch` servers out, and
 /// ending "done" would leave a node out that no later run knows as its own.
 pub(super) fn put_back(ctx: &mut Ctx, plan: &Plan, node: &str) -> Result<(), RollError> {
-    let Some(n) = ctx.cfg.nodes.iter().find(|n| n.name == node).cloned() else {
+    let Some(n) = ctx.cfg().nodes.iter().find(|n| n.name == node).cloned() else {
         return Ok(());
     };
     // Healthy, and its PHP runs the target (a stale PHP may be why an earlier run left it out).
     // Right after its reload_command, PHP may take a moment to answer: waited for, within
     // health_timeout; else one look, as nothing on it is expected to change.
-    let deadline = Instant::now() + ctx.cfg.roll.health_timeout;
-    let mut health = ctx.nodes.health(&n);
-    while health.is_err() && ctx.cfg.roll.reload_command.is_some() && Instant::now() < deadline {
+    let deadline = Instant::now() + ctx.cfg().roll.health_timeout;
+    let mut health = ctx.nodes().health(&n);
+    while health.is_err() && ctx.cfg().roll.reload_command.is_some() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
-        health = ctx.nodes.health(&n);
+        health = ctx.nodes().health(&n);
     }
     let checked = health.and_then(|()| match plan.probe.as_deref() {
         Some(path) if n.http.is_some() => wait_release(ctx, &n, path, &plan.target),
@@ -90,9 +93,9 @@ pub(super) fn put_back(ctx: &mut Ctx, plan: &Plan, node: &str) -> Result<(), Rol
     });
     match checked {
         Ok(()) => {
-            ctx.reporter.step(&format!("{node}: on {} and healthy, left out of rotation by an earlier run: putting it back", plan.target));
+            ctx.reporter().step(&format!("{node}: on {} and healthy, left out of rotation by an earlier run: putting it back", plan.target));
             ctx.set_all(node, &server_name(&n), AdminState::Ready)?;
-            ctx.reporter.step_done();
+            ctx.reporter().step_done();
             Ok(())
         }
         Err(why) => Err(ctx.fail(
@@ -111,10 +114,10 @@ pub(super) fn health_down(ctx: &mut Ctx, n: &Node) {
     let step = Step::HealthDown {
         node: n.name.clone(),
     };
-    for i in 0..ctx.lbs.len() {
+    for i in 0..ctx.lbs().len() {
         let t = Instant::now();
-        let name = ctx.lbs[i].name().to_string();
-        match ctx.lbs[i].health_down(&server_name(n)) {
+        let name = ctx.lbs()[i].name().to_string();
+        match ctx.lbs()[i].health_down(&server_name(n)) {
             Ok(()) => ctx.log_step(&step, Some(&name), StepResult::Ok, t, ""),
             Err(e) => ctx.log_step(&step, Some(&name), StepResult::Warning, t, &e.to_string()),
         }
@@ -128,11 +131,11 @@ pub(super) fn purge_caches(ctx: &mut Ctx, node: &str) {
         node: node.to_string(),
     };
     let t = Instant::now();
-    let cmd = super::substitute(&ctx.cfg.roll.purge_command, ctx.cfg);
-    ctx.reporter
+    let cmd = super::substitute(&ctx.cfg().roll.purge_command, ctx.cfg());
+    ctx.reporter()
         .step(&format!("purging Moodle's caches on {node}"));
-    let r = ctx.nodes.run_long(node, &cmd);
-    ctx.reporter.step_done();
+    let r = ctx.nodes().run_long(node, &cmd);
+    ctx.reporter().step_done();
     let failure = match r {
         Ok(o) if o.success() => None,
         Ok(o) => Some(format!("{} ({})", o.tail(), o.status())),
@@ -152,7 +155,7 @@ pub(super) fn purge_caches(ctx: &mut Ctx, node: &str) {
 /// Installs the target on `nodes` in parallel: the nodes where it failed, and why.
 pub(super) fn install(ctx: &mut Ctx, nodes: &[String], target: &str) -> Vec<Failure> {
     let t = Instant::now();
-    ctx.reporter
+    ctx.reporter()
         .step(&format!("installing {target} on {}", nodes.join(", ")));
     let script = ctx.apt_install(target, false);
     let results = ctx.run_apt(nodes, &script);
@@ -164,39 +167,39 @@ pub(super) fn install(ctx: &mut Ctx, nodes: &[String], target: &str) -> Vec<Fail
                 ctx.log_step(&step, None, StepResult::Ok, t, target);
                 continue;
             }
-            Ok(o) => Failure::new(
-                n,
+            Ok(o) => Failure::of(
+                &step,
                 Cause::Install {
-                    package: ctx.pkg.clone(),
+                    package: ctx.pkg().to_string(),
                     version: target.to_string(),
                     status: o.status(),
                     tail: o.tail(),
                 },
             ),
-            Err(e) => Failure::new(n, e),
+            Err(e) => Failure::of(&step, e),
         };
         ctx.log_step(&step, None, StepResult::Failed, t, &f.to_string());
         failed.push(f);
     }
-    ctx.reporter.step_done();
+    ctx.reporter().step_done();
     failed
 }
 
 /// `[roll] reload_command` on `nodes` at once, after their install: what makes their PHP serve
 /// the new code. The nodes where it failed, and why.
 pub(super) fn reload(ctx: &mut Ctx, nodes: &[String]) -> Vec<Failure> {
-    let Some(cmd) = ctx.cfg.roll.reload_command.as_deref() else {
+    let Some(cmd) = ctx.cfg().roll.reload_command.as_deref() else {
         return Vec::new();
     };
     if nodes.is_empty() {
         return Vec::new();
     }
-    let cmd = super::substitute(cmd, ctx.cfg);
+    let cmd = super::substitute(cmd, ctx.cfg());
     let t = Instant::now();
-    ctx.reporter
+    ctx.reporter()
         .step(&format!("reloading PHP on {}", nodes.join(", ")));
-    let results = ctx.nodes.run_all_long(nodes, &cmd, &mut |_, _| {});
-    ctx.reporter.step_done();
+    let results = ctx.nodes().run_all_long(nodes, &cmd, &mut |_, _| {});
+    ctx.reporter().step_done();
     let mut failed = Vec::new();
     for (n, r) in nodes.iter().zip(results) {
         let step = Step::Reload { node: n.clone() };
@@ -205,15 +208,15 @@ pub(super) fn reload(ctx: &mut Ctx, nodes: &[String]) -> Vec<Failure> {
                 ctx.log_step(&step, None, StepResult::Ok, t, &cmd);
                 continue;
             }
-            Ok(o) => Failure::new(
-                n,
+            Ok(o) => Failure::of(
+                &step,
                 Cause::Reload {
                     command: cmd.clone(),
                     status: o.status(),
                     tail: o.tail(),
                 },
             ),
-            Err(e) => Failure::new(n, e),
+            Err(e) => Failure::of(&step, e),
         };
         ctx.log_step(&step, None, StepResult::Failed, t, &f.to_string());
         failed.push(f);
@@ -227,7 +230,7 @@ pub(super) fn verify(ctx: &mut Ctx, nodes: &[String], target: &str) -> Vec<Failu
         return Vec::new();
     }
     let t = Instant::now();
-    let answers = ctx.nodes.installed(nodes);
+    let answers = ctx.nodes().installed(nodes);
     let mut failed = Vec::new();
     for (n, answer) in nodes.iter().zip(answers) {
         let step = Step::Verify { node: n.clone() };
@@ -236,14 +239,14 @@ pub(super) fn verify(ctx: &mut Ctx, nodes: &[String], target: &str) -> Vec<Failu
                 ctx.log_step(&step, None, StepResult::Ok, t, target);
                 continue;
             }
-            Ok(i) => Failure::new(
-                n,
+            Ok(i) => Failure::of(
+                &step,
                 Cause::NotInstalled {
                     found: i.version,
                     target: target.to_string(),
                 },
             ),
-            Err(e) => Failure::new(n, e),
+            Err(e) => Failure::of(&step, e),
         };
         ctx.log_step(&step, None, StepResult::Failed, t, &f.to_string());
         failed.push(f);
@@ -253,11 +256,15 @@ pub(super) fn verify(ctx: &mut Ctx, nodes: &[String], target: &str) -> Vec<Failu
 
 /// Waits until `n`'s PHP answers for the target at its release probe `path`.
 pub(super) fn probe(ctx: &mut Ctx, n: &Node, path: &str, target: &str) -> Option<Failure> {
-    ctx.reporter
+    ctx.reporter()
         .step(&format!("asking {}'s PHP which release it runs", n.name));
     let r = wait_release(ctx, n, path, target);
-    ctx.reporter.step_done();
-    r.err().map(|e| Failure::new(&n.name, e))
+    ctx.reporter().step_done();
+    let step = Step::Probe {
+        node: n.name.clone(),
+        path: path.to_string(),
+    };
+    r.err().map(|e| Failure::of(&step, e))
 }
 
 /// Waits, at most `drain_timeout`, until none of the drained `nodes` has a session in flight
@@ -269,15 +276,16 @@ pub(super) fn wait_idle(
     nodes: &[Node],
 ) -> Result<(Instant, Vec<String>), RollError> {
     let t = Instant::now();
-    let deadline = t + ctx.cfg.roll.drain_timeout;
+    let deadline = t + ctx.cfg().roll.drain_timeout;
     loop {
         let mut busy = Vec::new();
-        for lb in &ctx.lbs {
+        let mut said = Vec::new();
+        for lb in ctx.lbs() {
             let servers = lb.servers()?;
             for n in nodes {
                 let s = lb.find(&servers, &server_name(n))?;
                 if !s.drain && !s.maint {
-                    warn(ctx.reporter, &mut ctx.warnings, format!("{}: {} left drain by itself (an agent-check or a reload?); draining it again", lb.name(), s.name));
+                    said.push(format!("{}: {} left drain by itself (an agent-check or a reload?); draining it again", lb.name(), s.name));
                     lb.set_state(&s.name, AdminState::Drain)?;
                 }
                 if s.scur + s.qcur > 0 {
@@ -290,6 +298,9 @@ pub(super) fn wait_idle(
                     ));
                 }
             }
+        }
+        for w in said {
+            ctx.warn(w);
         }
         if busy.is_empty() {
             let nodes = nodes.iter().map(|n| n.name.clone()).collect();

@@ -256,7 +256,7 @@ fn figures(
 fn sample(ctx: &Ctx) -> Result<(Sample, Duration), HaError> {
     let t = Instant::now();
     let all = ctx
-        .lbs
+        .lbs()
         .iter()
         .map(|lb| Ok((lb.name().to_string(), lb.counters()?)))
         .collect::<Result<_, HaError>>()?;
@@ -275,7 +275,7 @@ pub(super) fn watch(
     let canary = canary.clone();
     let step = Step::canary(&canary);
     let server = ctx
-        .cfg
+        .cfg()
         .nodes
         .iter()
         .find(|n| n.name == canary.node)
@@ -283,7 +283,7 @@ pub(super) fn watch(
         .unwrap_or_else(|| canary.node.clone());
     let t = Instant::now();
     let verdict = observe(ctx, plan, &canary, &server, opts.force)?;
-    ctx.reporter.step_done();
+    ctx.reporter().step_done();
     let figures = serde_json::to_string(&verdict).unwrap_or_default();
     let result = if verdict.passed {
         StepResult::Ok
@@ -296,11 +296,11 @@ pub(super) fn watch(
         ctx.warn(verdict.reason.clone());
     }
     if verdict.passed {
-        ctx.reporter
+        ctx.reporter()
             .note(&format!("canary passed: {}", verdict.reason));
         Ok(verdict)
     } else {
-        ctx.reporter.note(&format!(
+        ctx.reporter().note(&format!(
             "canary FAILED: {}; sending it back",
             verdict.reason
         ));
@@ -324,14 +324,14 @@ fn observe(
     let t = Instant::now();
     let mut samples = 1u32;
     let mut last_note = 0;
-    ctx.reporter.step(&format!(
+    ctx.reporter().step(&format!(
         "canary {}: watching its 5xx rate on every LB for {}",
         canary.node,
         format_duration(canary.window)
     ));
     // An LB that cannot be read leaves the canary unjudged: the roll stops there.
     let unread = |ctx: &mut Ctx, e: HaError| {
-        ctx.reporter.step_done();
+        ctx.reporter().step_done();
         let msg = format!(
             "canary: {e}; {} is on {} and in rotation, not judged",
             canary.node, plan.target
@@ -347,7 +347,7 @@ fn observe(
                 "stopped during the canary window of {} (on {}, in rotation, not judged); run again with --resume",
                 canary.node, plan.target
             );
-            ctx.reporter.step_done();
+            ctx.reporter().step_done();
             return Err(ctx.interrupt(msg));
         }
         let (now, took) = sample(ctx).map_err(|e| unread(ctx, e))?;
@@ -365,14 +365,14 @@ fn observe(
             return Ok(v);
         }
         let window_ms = canary.window.as_millis() as u64;
-        ctx.reporter
+        ctx.reporter()
             .progress((t.elapsed().as_millis() as u64).min(window_ms), window_ms);
         // The figures so far, every 10 s: a CI log gets a line, not one a second.
         let secs = t.elapsed().as_secs();
         if secs / 10 > last_note {
             last_note = secs / 10;
             if let Some(v) = judge(canary, server, &lbs, t.elapsed(), true, true) {
-                ctx.reporter.note(&format!(
+                ctx.reporter().note(&format!(
                     "canary {}: {} requests, {} 5xx ({:.2}%; others {:.2}%), {} left",
                     canary.node,
                     v.requests,
@@ -412,9 +412,9 @@ pub(super) fn send_back(
         Ok(back) => format!("back on its previous version: {}", back.join(", ")),
         Err(e) => format!("going back to its previous version failed: {e}"),
     };
-    ctx.state.status = RollStatus::Failed;
-    ctx.state.failed_node = Some(verdict.node.clone());
-    ctx.state.reason = Some(verdict.reason.clone());
+    ctx.state_mut().status = RollStatus::Failed;
+    ctx.state_mut().failed_node = Some(verdict.node.clone());
+    ctx.state_mut().reason = Some(verdict.reason.clone());
     ctx.save_state();
     RollError::Canary {
         verdict,

@@ -18,10 +18,13 @@ use crate::journal::{RollStatus, StepResult};
 pub(super) fn guard(ctx: &mut Ctx, batch: &[Node], opts: &RollOptions) -> Result<(), RollError> {
     ctx.reapply_after_reload()?;
     let names: Vec<&str> = batch.iter().map(|n| n.name.as_str()).collect();
-    let web_servers: Vec<String> = web_nodes(ctx.cfg).iter().map(|n| server_name(n)).collect();
-    for i in 0..ctx.lbs.len() {
-        let servers = ctx.lbs[i].servers()?;
-        let lb = ctx.lbs[i].name().to_string();
+    let web_servers: Vec<String> = web_nodes(ctx.cfg())
+        .iter()
+        .map(|n| server_name(n))
+        .collect();
+    for i in 0..ctx.lbs().len() {
+        let servers = ctx.lbs()[i].servers()?;
+        let lb = ctx.lbs()[i].name().to_string();
         let in_rotation = servers
             .iter()
             .filter(|s| web_servers.contains(&s.name) && s.in_rotation())
@@ -37,7 +40,7 @@ pub(super) fn guard(ctx: &mut Ctx, batch: &[Node], opts: &RollOptions) -> Result
             ));
         }
         for s in &servers {
-            let ours = ctx.state.out_of_rotation.contains(&s.name)
+            let ours = ctx.state().out_of_rotation.contains(&s.name)
                 || batch.iter().any(|n| server_name(n) == s.name);
             if (s.drain || s.maint) && !ours && !opts.force {
                 return Err(ctx.fail(None, format!("{lb}: server {} went out of rotation during the roll, not by this tool: stopping", s.name)));
@@ -67,7 +70,7 @@ pub(super) fn auto_rollback(
         &format!("after: {cause}"),
     );
     let result = back_to_previous(ctx, plan, upgraded, opts);
-    ctx.state.status = RollStatus::Failed;
+    ctx.state_mut().status = RollStatus::Failed;
     ctx.save_state();
     match result {
         Ok(back) => RollError::Failed {
@@ -95,7 +98,7 @@ pub(super) fn back_to_previous(
 ) -> Result<Vec<String>, RollError> {
     let mut by_version: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for n in upgraded {
-        if let Some(v) = ctx.state.previous.get(n) {
+        if let Some(v) = ctx.state().previous.get(n) {
             by_version.entry(v.clone()).or_default().push(n.clone());
         }
     }

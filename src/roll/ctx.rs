@@ -23,29 +23,99 @@ use crate::ssh::{quote, Output, SshError};
 
 /// Where a roll is, as the executor walks it.
 pub(super) struct Ctx<'a> {
-    pub(super) cfg: &'a Config,
-    pub(super) reporter: &'a dyn Reporter,
-    pub(super) lbs: Vec<Box<dyn Balancer + 'a>>,
-    pub(super) nodes: Box<dyn Nodes + 'a>,
-    pub(super) journal: Option<Journal>,
-    pub(super) state_dir: PathBuf,
-    pub(super) state: RollState,
-    pub(super) stop: Arc<AtomicBool>,
-    pub(super) warnings: Vec<String>,
-    pub(super) pkg: String,
+    cfg: &'a Config,
+    reporter: &'a dyn Reporter,
+    lbs: Vec<Box<dyn Balancer + 'a>>,
+    nodes: Box<dyn Nodes + 'a>,
+    journal: Option<Journal>,
+    state_dir: PathBuf,
+    state: RollState,
+    stop: Arc<AtomicBool>,
+    warnings: Vec<String>,
+    pkg: String,
     /// Each LB's process as first seen: a change means HAProxy was reloaded and dropped the
     /// runtime states this tool set.
-    pub(super) processes: BTreeMap<String, Process>,
+    processes: BTreeMap<String, Process>,
     /// A copy of the state could not be written on the lock node (said once).
-    pub(super) remote_state_failed: std::cell::Cell<bool>,
-    pub(super) notifier: Option<Arc<crate::notify::Notifier>>,
+    remote_state_failed: std::cell::Cell<bool>,
+    notifier: Option<Arc<crate::notify::Notifier>>,
     /// When the roll began (for notifications' durations).
-    pub(super) started: Instant,
+    started: Instant,
     /// A journal or state write that failed: the roll stops at its next stop point.
-    pub(super) unrecorded: Option<String>,
+    unrecorded: Option<String>,
 }
 
 impl<'a> Ctx<'a> {
+    pub(super) fn cfg(&self) -> &'a Config {
+        self.cfg
+    }
+
+    pub(super) fn reporter(&self) -> &'a dyn Reporter {
+        self.reporter
+    }
+
+    pub(super) fn lbs(&self) -> &[Box<dyn Balancer + 'a>] {
+        &self.lbs
+    }
+
+    pub(super) fn nodes(&self) -> &dyn Nodes {
+        self.nodes.as_ref()
+    }
+
+    /// The site's package name.
+    pub(super) fn pkg(&self) -> &str {
+        &self.pkg
+    }
+
+    pub(super) fn notifier(&self) -> Option<&Arc<crate::notify::Notifier>> {
+        self.notifier.as_ref()
+    }
+
+    /// When the roll began.
+    pub(super) fn started(&self) -> Instant {
+        self.started
+    }
+
+    /// The roll's state, as written so far.
+    pub(super) fn state(&self) -> &RollState {
+        &self.state
+    }
+
+    /// The roll's state, to change; [`Ctx::save_state`] writes it.
+    pub(super) fn state_mut(&mut self) -> &mut RollState {
+        &mut self.state
+    }
+
+    /// A journal or state write that failed (the roll stops at its next stop point).
+    pub(super) fn unrecorded(&self) -> Option<String> {
+        self.unrecorded.clone()
+    }
+
+    pub(super) fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+
+    /// Opens this roll's journal, `roll-<id>.jsonl` in the state folder.
+    pub(super) fn open_journal(&mut self, id: &str) -> Result<(), RollError> {
+        let journal =
+            Journal::create(&self.state_dir, id).map_err(|source| RollError::Journal {
+                dir: self.state_dir.clone(),
+                source,
+            })?;
+        self.journal = Some(journal);
+        Ok(())
+    }
+
+    /// The journal's file, once open.
+    pub(super) fn journal_file(&self) -> Option<PathBuf> {
+        self.journal.as_ref().map(|j| j.path.clone())
+    }
+
+    /// Every line journalled so far.
+    pub(super) fn journal_entries(&self) -> &[Entry] {
+        self.journal.as_ref().map_or(&[], |j| &j.entries)
+    }
+
     /// The executor's context over `lbs` and `nodes` (each LB's process as the preflight saw
     /// it in `processes`), with no journal yet ([`super::execute::run_plan`] opens it).
     #[expect(
@@ -156,14 +226,14 @@ impl<'a> Ctx<'a> {
         });
         if let Err(e) = written {
             let what = format!("cannot write the journal {}: {e}", j.path.display());
-            self.unrecorded(what);
+            self.said_unrecorded(what);
         }
     }
 
     /// A write of the journal or of the state failed: said at once (the first time), and the
     /// roll stops at its next stop point ([`Ctx::must_stop`]): a roll that cannot record what it
     /// does would leave `--resume` and `status` guessing.
-    fn unrecorded(&mut self, what: String) {
+    fn said_unrecorded(&mut self, what: String) {
         if self.unrecorded.is_none() {
             warn(
                 self.reporter,
@@ -219,7 +289,7 @@ impl<'a> Ctx<'a> {
             }
         });
         if let Some(what) = failed_write {
-            self.unrecorded(what);
+            self.said_unrecorded(what);
         }
         results
     }
@@ -237,7 +307,7 @@ impl<'a> Ctx<'a> {
                 "cannot write the roll's state {}: {e}",
                 RollState::path(&self.state_dir).display()
             );
-            self.unrecorded(what);
+            self.said_unrecorded(what);
         }
         let node = lock_node(self.cfg);
         let script = lock::write_state(&self.state);
@@ -345,19 +415,38 @@ impl<'a> Ctx<'a> {
         self.state.reason = Some(message.clone());
         self.save_state();
         let node = failure.node.clone();
-        self.log(
-            Some(&node),
-            None,
-            "stop",
-            StepResult::Failed,
-            Instant::now(),
-            &message,
-        );
+        let detail = format!("at {}: {message}", failure.step);
+        let now = Instant::now();
+        self.log(Some(&node), None, "stop", StepResult::Failed, now, &detail);
         RollError::NodeFailed {
             failure: Box::new(failure),
             then,
             journal: self.journal_path(),
         }
+    }
+
+    /// The roll stops with `error` (one that names the journal): the state and the journal's
+    /// last line say so.
+    pub(super) fn stop_with(&mut self, node: Option<&str>, error: RollError) -> RollError {
+        let text = error.to_string();
+        let reason = text
+            .split("\n  journal: ")
+            .next()
+            .unwrap_or(&text)
+            .to_string();
+        self.state.status = RollStatus::Failed;
+        self.state.failed_node = node.map(String::from);
+        self.state.reason = Some(reason.clone());
+        self.save_state();
+        self.log(
+            node,
+            None,
+            "stop",
+            StepResult::Failed,
+            Instant::now(),
+            &reason,
+        );
+        error
     }
 
     pub(super) fn fail(&mut self, node: Option<&str>, message: String) -> RollError {

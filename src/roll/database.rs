@@ -13,7 +13,7 @@ use crate::journal::StepResult;
 /// anything changed.
 pub(super) fn download(ctx: &mut Ctx, nodes: &[String], target: &str) -> Result<(), RollError> {
     let t = Instant::now();
-    ctx.reporter
+    ctx.reporter()
         .step(&format!("downloading {target} on {}", nodes.join(", ")));
     let script = ctx.apt_install(target, true);
     for (n, r) in nodes.iter().zip(ctx.run_apt(nodes, &script)) {
@@ -28,14 +28,18 @@ pub(super) fn download(ctx: &mut Ctx, nodes: &[String], target: &str) -> Result<
                 );
                 continue;
             }
-            Ok(o) => format!("{n}: downloading {}={target} failed: {}", ctx.pkg, o.tail()),
+            Ok(o) => format!(
+                "{n}: downloading {}={target} failed: {}",
+                ctx.pkg(),
+                o.tail()
+            ),
             Err(e) => e.to_string(),
         };
-        ctx.reporter.step_done();
+        ctx.reporter().step_done();
         let untouched = ctx.untouched();
         return Err(ctx.fail(Some(n), format!("{failure}; {untouched}")));
     }
-    ctx.reporter.step_done();
+    ctx.reporter().step_done();
     Ok(())
 }
 
@@ -49,10 +53,10 @@ pub(super) fn maintenance_on(ctx: &mut Ctx, plan: &Plan, node: &str) -> Result<(
     let step = Step::MaintenanceOn {
         node: node.to_string(),
     };
-    let on = substitute(&ctx.cfg.roll.maintenance_on, ctx.cfg);
+    let on = substitute(&ctx.cfg().roll.maintenance_on, ctx.cfg());
     let t = Instant::now();
     if plan.installed.get(node).is_some_and(|v| v.is_some()) {
-        let out = ctx.nodes.run_long(node, &on)?;
+        let out = ctx.nodes().run_long(node, &on)?;
         if !out.success() {
             let untouched = ctx.untouched();
             return Err(ctx.fail(
@@ -65,21 +69,21 @@ pub(super) fn maintenance_on(ctx: &mut Ctx, plan: &Plan, node: &str) -> Result<(
         // A first install: no code on the node yet, so nothing to put in maintenance.
         ctx.log_step(&step, None, StepResult::Skipped, t, "no code installed yet");
     }
-    ctx.state.upgrade_pending = true;
+    ctx.state_mut().upgrade_pending = true;
     ctx.save_state();
     Ok(())
 }
 
 /// `upgrade_command`, once, on `node`.
 pub(super) fn upgrade(ctx: &mut Ctx, node: &str) -> Result<(), RollError> {
-    let up = substitute(&ctx.cfg.roll.upgrade_command, ctx.cfg);
+    let up = substitute(&ctx.cfg().roll.upgrade_command, ctx.cfg());
     let t = Instant::now();
-    ctx.reporter
+    ctx.reporter()
         .step(&format!("upgrading the database on {node}"));
-    let out = ctx.nodes.run_long(node, &up)?;
-    ctx.reporter.step_done();
+    let out = ctx.nodes().run_long(node, &up)?;
+    ctx.reporter().step_done();
     if !out.success() {
-        let resume = ctx.state.resume_command();
+        let resume = ctx.state().resume_command();
         return Err(ctx.fail(
             Some(node),
             format!(
@@ -99,16 +103,16 @@ pub(super) fn upgrade(ctx: &mut Ctx, node: &str) -> Result<(), RollError> {
 /// `maintenance_off` on `node`: the site serves again. Returns how long it was in maintenance
 /// (since `since`).
 pub(super) fn maintenance_off(ctx: &mut Ctx, node: &str, since: Instant) -> Result<f64, RollError> {
-    let off = substitute(&ctx.cfg.roll.maintenance_off, ctx.cfg);
+    let off = substitute(&ctx.cfg().roll.maintenance_off, ctx.cfg());
     let t = Instant::now();
-    let out = ctx.nodes.run_long(node, &off)?;
+    let out = ctx.nodes().run_long(node, &off)?;
     if !out.success() {
         return Err(ctx.fail(
             Some(node),
             format!("maintenance_off failed: {}", out.tail()),
         ));
     }
-    ctx.state.upgrade_pending = false;
+    ctx.state_mut().upgrade_pending = false;
     ctx.save_state();
     let secs = since.elapsed().as_secs_f64();
     ctx.log_step(

@@ -21,7 +21,7 @@ use crate::cluster::probe::Installed;
 use crate::cluster::{server_name, web_nodes};
 use crate::config::format_duration;
 use crate::haproxy::AdminState;
-use crate::journal::{now_ms, Journal, RollState, RollStatus, StepResult};
+use crate::journal::{now_ms, RollState, RollStatus, StepResult};
 
 /// Runs the plan under the cluster lock: the journal and the state first (so a killed roll
 /// leaves them), then the walk, and what a stopped walk leads to: the canary sent back
@@ -36,12 +36,8 @@ pub(super) fn run_plan(
     known: &notice::Known,
 ) -> Result<Walked, RollError> {
     let id = format!("{}", now_ms());
-    let journal = Journal::create(&ctx.state_dir, &id).map_err(|source| RollError::Journal {
-        dir: ctx.state_dir.clone(),
-        source,
-    })?;
-    ctx.journal = Some(journal);
-    ctx.state = RollState {
+    ctx.open_journal(&id)?;
+    *ctx.state_mut() = RollState {
         id,
         kind: plan.kind,
         target: plan.target.clone(),
@@ -61,7 +57,7 @@ pub(super) fn run_plan(
         upgrade_pending: previous_state.as_ref().is_some_and(|s| s.upgrade_left()),
     };
     if let Some(p) = previous_state.as_ref().filter(|_| opts.resume) {
-        ctx.state.previous = p.previous.clone();
+        ctx.state_mut().previous = p.previous.clone();
     }
     ctx.save_state();
     let begun = format!("{} to {} ({})", plan.kind, plan.target, plan.path);
@@ -237,38 +233,38 @@ impl Run {
                     );
                     return Err(ctx.interrupt(msg));
                 }
-                if let Some(what) = ctx.unrecorded.clone() {
+                if let Some(what) = ctx.unrecorded().clone() {
                     let msg = format!(
                         "{what}: stopped before batch {}, with every node in rotation; fix it and run `{}`",
                         nodes.join(", "),
-                        ctx.state.resume_command()
+                        ctx.state().resume_command()
                     );
                     return Err(ctx.fail(None, msg));
                 }
                 let t = Instant::now();
-                guard(ctx, &config_nodes(ctx.cfg, nodes), opts)?;
+                guard(ctx, &config_nodes(ctx.cfg(), nodes), opts)?;
                 ctx.log_step(&g.steps[0], None, StepResult::Ok, t, "");
                 Vec::new()
             }
             Step::Drain { .. } => {
-                ctx.reporter.step(&format!(
+                ctx.reporter().step(&format!(
                     "draining {} and waiting for their sessions to end",
                     names.join(", ")
                 ));
                 self.forced = false;
-                for n in config_nodes(ctx.cfg, &names) {
+                for n in config_nodes(ctx.cfg(), &names) {
                     self.batch.push(n.name.clone());
                     ctx.set_all(&n.name, &server_name(&n), AdminState::Drain)?;
                 }
                 Vec::new()
             }
             Step::WaitIdle { nodes } => {
-                let batch = config_nodes(ctx.cfg, nodes);
+                let batch = config_nodes(ctx.cfg(), nodes);
                 let (t, busy) = actions::wait_idle(ctx, &batch)?;
                 if !busy.is_empty() {
                     self.drain_timeout(ctx, g.on_fail, &batch, t, busy)?;
                 }
-                ctx.reporter.step_done();
+                ctx.reporter().step_done();
                 Vec::new()
             }
             Step::Install { .. } => actions::install(ctx, &self.going_on(g), target),
@@ -289,13 +285,13 @@ impl Run {
             Step::Reload { .. } => actions::reload(ctx, &self.going_on(g)),
             Step::Probe { path, .. } => {
                 let mut failed = Vec::new();
-                for n in config_nodes(ctx.cfg, &self.going_on(g)) {
+                for n in config_nodes(ctx.cfg(), &self.going_on(g)) {
                     failed.extend(actions::probe(ctx, &n, path, target));
                 }
                 failed
             }
             Step::HealthDown { .. } => {
-                for n in config_nodes(ctx.cfg, &self.going_on(g)) {
+                for n in config_nodes(ctx.cfg(), &self.going_on(g)) {
                     // HAProxy does not check a server in maint: back to drain (still no new
                     // traffic), or the checks would never see the new code.
                     if self.forced {
@@ -307,18 +303,21 @@ impl Run {
             }
             Step::WaitHealthy { .. } => {
                 let mut failed = Vec::new();
-                for n in config_nodes(ctx.cfg, &self.going_on(g)) {
-                    ctx.reporter
+                for n in config_nodes(ctx.cfg(), &self.going_on(g)) {
+                    ctx.reporter()
                         .step(&format!("waiting for {} to be healthy", n.name));
                     if let Err(m) = wait_healthy(ctx, &n) {
-                        failed.push(Failure::new(&n.name, m));
+                        let step = Step::WaitHealthy {
+                            node: n.name.clone(),
+                        };
+                        failed.push(Failure::of(&step, m));
                     }
-                    ctx.reporter.step_done();
+                    ctx.reporter().step_done();
                 }
                 failed
             }
             Step::Ready { .. } => {
-                for n in config_nodes(ctx.cfg, &names) {
+                for n in config_nodes(ctx.cfg(), &names) {
                     // A node of the batch that failed stays out, with no traffic at all.
                     let state = if self.is_failed(&n.name) {
                         AdminState::Maint
@@ -373,7 +372,7 @@ impl Run {
         busy: Vec<String>,
     ) -> Result<(), RollError> {
         if on_fail == OnFail::Maint {
-            let why = if ctx.state.upgrade_pending {
+            let why = if ctx.state().upgrade_pending {
                 "site in maintenance"
             } else {
                 "--force-drain"
@@ -386,12 +385,13 @@ impl Run {
             ctx.set_all(&n.name, &server_name(n), AdminState::Ready)?;
         }
         self.batch.clear();
-        ctx.reporter.step_done();
-        let timeout = format_duration(ctx.cfg.roll.drain_timeout);
-        Err(ctx.fail(
-            None,
-            format!("sessions did not end within drain_timeout {timeout}: {}; the nodes are back in rotation; raise drain_timeout or use --force-drain", busy.join("; ")),
-        ))
+        ctx.reporter().step_done();
+        let error = RollError::DrainTimeout {
+            timeout: format_duration(ctx.cfg().roll.drain_timeout),
+            busy,
+            journal: ctx.journal_path(),
+        };
+        Err(ctx.stop_with(None, error))
     }
 
     /// What the group's rule does with the nodes that failed: kept for the batch's end
@@ -423,7 +423,7 @@ impl Run {
     /// The roll stops on `failed` nodes: a web node among them goes out of rotation (maint),
     /// the rest of the batch goes back, and the error says what is left to do.
     fn stop_on(&mut self, ctx: &mut Ctx, failed: Vec<Failure>) -> RollError {
-        let webs: Vec<crate::config::Node> = web_nodes(ctx.cfg).into_iter().cloned().collect();
+        let webs: Vec<crate::config::Node> = web_nodes(ctx.cfg()).into_iter().cloned().collect();
         for w in &webs {
             let state = if failed.iter().any(|f| f.node == w.name) {
                 AdminState::Maint
@@ -441,8 +441,8 @@ impl Run {
             return ctx.fail(None, "stopped".into());
         };
         let node = first.node.clone();
-        let resume = ctx.state.resume_command();
-        let then = if ctx.state.upgrade_pending {
+        let resume = ctx.state().resume_command();
+        let then = if ctx.state().upgrade_pending {
             format!("the site is left in maintenance mode (the database is not upgraded yet): fix {node} and run `{resume}`")
         } else if webs.iter().any(|w| w.name == node) {
             format!("{node} is out of rotation (maint); fix it and run `{resume}`")
@@ -490,7 +490,7 @@ impl Run {
                 String::new()
             };
             let first = failed.into_iter().next().map(Box::new);
-            let resume = ctx.state.resume_command();
+            let resume = ctx.state().resume_command();
             return Err(match first {
                 Some(f) => {
                     let node = f.node.clone();
@@ -512,7 +512,7 @@ impl Run {
                 &msg,
             );
             ctx.warn(msg);
-            ctx.state.failed_nodes.push(f.node.clone());
+            ctx.state_mut().failed_nodes.push(f.node.clone());
             self.failed_within_budget.push(FailedNode {
                 reason: f.to_string(),
                 node: f.node,
@@ -543,8 +543,13 @@ impl Run {
                 Ok(Some(rest))
             }
             None => {
-                let resume = ctx.state.resume_command();
-                Err(ctx.fail(None, format!("{} failed and stay out of rotation: with --batch {} no room is left to take another node out (never more than the batch out); fix them and run `{resume}`", out.join(", "), plan.batch)))
+                let error = RollError::BudgetSpent {
+                    failed: out,
+                    batch: plan.batch,
+                    resume: ctx.state().resume_command(),
+                    journal: ctx.journal_path(),
+                };
+                Err(ctx.stop_with(None, error))
             }
         }
     }

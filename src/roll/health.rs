@@ -18,14 +18,14 @@ pub(super) fn wait_healthy(ctx: &mut Ctx, n: &Node) -> Result<(), Unhealthy> {
         node: n.name.clone(),
     };
     let t = Instant::now();
-    let deadline = t + ctx.cfg.roll.health_timeout;
-    let url = health_url(ctx.cfg, n);
+    let deadline = t + ctx.cfg().roll.health_timeout;
+    let url = health_url(ctx.cfg(), n);
     let mut last = None;
     loop {
         if let Err(RollError::Ha(e)) = ctx.reapply_after_reload() {
             last = Some(Unhealthy::Lb(e));
         }
-        let own = match ctx.nodes.health(n) {
+        let own = match ctx.nodes().health(n) {
             Ok(()) => true,
             Err(why) => {
                 last = Some(why);
@@ -34,7 +34,7 @@ pub(super) fn wait_healthy(ctx: &mut Ctx, n: &Node) -> Result<(), Unhealthy> {
         };
         let mut lbs_ok = own;
         if own {
-            for lb in &ctx.lbs {
+            for lb in ctx.lbs() {
                 match lb.server(&server_name(n)) {
                     Ok(s) if s.check_ok() && !s.status.starts_with("DOWN") => {}
                     Ok(s) => {
@@ -59,7 +59,7 @@ pub(super) fn wait_healthy(ctx: &mut Ctx, n: &Node) -> Result<(), Unhealthy> {
         if Instant::now() > deadline {
             let e = Unhealthy::Timeout {
                 node: n.name.clone(),
-                after: crate::config::format_duration(ctx.cfg.roll.health_timeout),
+                after: crate::config::format_duration(ctx.cfg().roll.health_timeout),
                 last: Box::new(last.unwrap_or(Unhealthy::Unreachable {
                     url: url.clone().unwrap_or_default(),
                     message: "no answer".into(),
@@ -91,10 +91,10 @@ pub(super) fn wait_release(
         path: path.to_string(),
     };
     let t = Instant::now();
-    let deadline = t + ctx.cfg.roll.health_timeout;
+    let deadline = t + ctx.cfg().roll.health_timeout;
     let mut wrong_since = None;
     loop {
-        let last = match ctx.nodes.probe(n, path) {
+        let last = match ctx.nodes().probe(n, path) {
             Ok(a) if a.version == target => {
                 let detail = format!("{} {} (commit {})", a.package, a.version, a.commit);
                 ctx.log_step(&step, None, StepResult::Ok, t, &detail);
@@ -108,7 +108,7 @@ pub(super) fn wait_release(
                     runs: a.version,
                     target: target.to_string(),
                 };
-                if since.elapsed() >= STALE_AFTER.min(ctx.cfg.roll.health_timeout) {
+                if since.elapsed() >= STALE_AFTER.min(ctx.cfg().roll.health_timeout) {
                     ctx.log_step(&step, None, StepResult::Failed, t, &stale.to_string());
                     return Err(stale);
                 }
@@ -122,7 +122,7 @@ pub(super) fn wait_release(
         if Instant::now() > deadline {
             let e = Unhealthy::Timeout {
                 node: n.name.clone(),
-                after: crate::config::format_duration(ctx.cfg.roll.health_timeout),
+                after: crate::config::format_duration(ctx.cfg().roll.health_timeout),
                 last: Box::new(last),
             };
             ctx.log_step(&step, None, StepResult::Failed, t, &e.to_string());

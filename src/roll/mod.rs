@@ -49,7 +49,7 @@ use crate::cluster::lock::{self, newer, remote_state};
 use crate::cluster::{lock_node, web_nodes};
 use crate::config::Config;
 use crate::haproxy::{HaError, Lb};
-use crate::journal::{Entry, RollKind, RollState, RollStatus};
+use crate::journal::{Entry, RollKind, RollState, RollStatus, StateError};
 use crate::report::Reporter;
 use crate::ssh::{Ssh, SshError};
 pub use canary::Verdict;
@@ -106,7 +106,7 @@ pub enum RollError {
     ZeroBatch,
     /// The roll state (local file or the lock node's copy) cannot be read.
     #[error("before changing anything: {0}")]
-    State(String),
+    State(#[from] StateError),
     /// An LB does not answer, or answers what the tool cannot read.
     #[error("before changing anything: {0}")]
     LbUnreachable(HaError),
@@ -210,6 +210,22 @@ pub enum RollError {
         then: String,
         journal: PathBuf,
     },
+    /// Sessions outlasted `drain_timeout`: the batch went back into rotation.
+    #[error("the roll stopped: sessions did not end within drain_timeout {timeout}: {}; the nodes are back in rotation; raise drain_timeout or use --force-drain\n  journal: {}", busy.join("; "), journal.display())]
+    DrainTimeout {
+        timeout: String,
+        /// `web1 on lb1 (2 sessions, 0 queued)`, for each server still busy.
+        busy: Vec<String>,
+        journal: PathBuf,
+    },
+    /// Nodes failed within the failure budget fill the batch: no room to take another out.
+    #[error("the roll stopped: {} failed and stay out of rotation: with --batch {batch} no room is left to take another node out (never more than the batch out); fix them and run `{resume}`\n  journal: {}", failed.join(", "), journal.display())]
+    BudgetSpent {
+        failed: Vec<String>,
+        batch: usize,
+        resume: String,
+        journal: PathBuf,
+    },
     #[error("the roll stopped: {message}\n  journal: {journal}")]
     Failed { message: String, journal: PathBuf },
     #[error("interrupted: {message}\n  journal: {journal}")]
@@ -228,6 +244,8 @@ impl RollError {
         match self {
             RollError::Failed { journal, .. }
             | RollError::NodeFailed { journal, .. }
+            | RollError::DrainTimeout { journal, .. }
+            | RollError::BudgetSpent { journal, .. }
             | RollError::Stopped { journal, .. }
             | RollError::Interrupted { journal, .. }
             | RollError::Canary { journal, .. } => Some(journal),
@@ -348,7 +366,7 @@ fn checked_roll(
     }
     let frozen = freeze::check(cfg, opts, reporter, &mut warnings)?;
     let state_dir = cfg.base_dir.join(&cfg.roll.state_dir);
-    let previous_state = RollState::read(&state_dir).map_err(RollError::State)?;
+    let previous_state = RollState::read(&state_dir)?;
     let (repo, _mirror) = crate::apt::open(cfg)?;
     let ssh = Ssh::with_masters(&cfg.ssh, Some(state_dir.join("ssh-masters.json")))?;
     let mut before = Before {
@@ -366,10 +384,7 @@ fn checked_roll(
     // A roll from another machine (another CI job, a colleague) left its state on the lock node.
     let lock_node = lock_node(cfg);
     let remote = installed.get(lock_node).and_then(|i| i.state.as_deref());
-    let previous_state = newer(
-        previous_state,
-        remote_state(lock_node, remote).map_err(RollError::State)?,
-    );
+    let previous_state = newer(previous_state, remote_state(lock_node, remote)?);
     let pkg = cfg.site.package.to_string();
     let chosen = choose_target(&pkg, &repo, opts, &installed, previous_state.as_ref())?;
     let plan = make_plan(
@@ -410,10 +425,10 @@ fn checked_roll(
     );
     let result = run_plan(&mut ctx, &plan, &installed, previous_state, opts, known);
     held.release(|script| {
-        let _ = ctx.nodes.run(lock_node, script);
+        let _ = ctx.nodes().run(lock_node, script);
     });
     let walked = result?;
-    ctx.state.status = RollStatus::Done;
+    ctx.state_mut().status = RollStatus::Done;
     ctx.save_state();
     Ok(Outcome::new(plan, walked, ctx))
 }
@@ -428,14 +443,10 @@ impl Outcome {
             maintenance_secs: w.maintenance_secs,
             canary: w.canary,
             failed: w.failed,
-            journal: ctx.journal.as_ref().map(|j| j.path.clone()),
-            timeline: ctx
-                .journal
-                .as_ref()
-                .map(|j| j.entries.clone())
-                .unwrap_or_default(),
-            warnings: ctx.warnings,
-            seconds: ctx.started.elapsed().as_secs_f64(),
+            journal: ctx.journal_file(),
+            timeline: ctx.journal_entries().to_vec(),
+            warnings: ctx.warnings().to_vec(),
+            seconds: ctx.started().elapsed().as_secs_f64(),
         }
     }
 

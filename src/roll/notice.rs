@@ -64,11 +64,15 @@ fn set_canary(e: &mut Event, verdict: Option<&Verdict>) {
 
 /// The roll begins changing the cluster.
 pub(super) fn start(ctx: &mut Ctx, opts: &RollOptions, known: &Known) {
-    let Some(n) = ctx.notifier.clone().filter(|n| n.wants(NotifyEvent::Start)) else {
+    let Some(n) = ctx
+        .notifier()
+        .cloned()
+        .filter(|n| n.wants(NotifyEvent::Start))
+    else {
         return;
     };
-    let e = event(&n, NotifyEvent::Start, opts, known, ctx.started);
-    for w in send(ctx.reporter, &n, e) {
+    let e = event(&n, NotifyEvent::Start, opts, known, ctx.started());
+    for w in send(ctx.reporter(), &n, e) {
         ctx.warn(w);
     }
 }
@@ -76,8 +80,8 @@ pub(super) fn start(ctx: &mut Ctx, opts: &RollOptions, known: &Known) {
 /// The canary was judged.
 pub(super) fn canary(ctx: &mut Ctx, plan: &Plan, opts: &RollOptions, verdict: &Verdict) {
     let Some(n) = ctx
-        .notifier
-        .clone()
+        .notifier()
+        .cloned()
         .filter(|n| n.wants(NotifyEvent::Canary))
     else {
         return;
@@ -87,10 +91,10 @@ pub(super) fn canary(ctx: &mut Ctx, plan: &Plan, opts: &RollOptions, verdict: &V
         ..Known::default()
     };
     known.learn(plan);
-    let mut e = event(&n, NotifyEvent::Canary, opts, &known, ctx.started);
+    let mut e = event(&n, NotifyEvent::Canary, opts, &known, ctx.started());
     e.reason = Some(verdict.reason.clone());
     set_canary(&mut e, Some(verdict));
-    for w in send(ctx.reporter, &n, e) {
+    for w in send(ctx.reporter(), &n, e) {
         ctx.warn(w);
     }
 }

@@ -131,7 +131,7 @@ impl Site {
         let result = run_plan(&mut ctx, plan, &installed, None, opts, &Known::default());
         Walk {
             result,
-            journal: ctx.journal.map(|j| j.entries).unwrap_or_default(),
+            journal: ctx.journal_entries().to_vec(),
             state: RollState::read(&self.tmp.path().join("state"))
                 .unwrap()
                 .unwrap(),
@@ -231,6 +231,25 @@ fn sessions_past_the_drain_timeout_put_the_batch_back_and_stop() {
     );
     assert!(WEBS.iter().all(|n| site.state(n) == "ready"));
     assert!(WEBS.iter().all(|n| site.installed_on(n) == "1"));
+    match &w.result {
+        Err(RollError::DrainTimeout { busy, .. }) => {
+            assert_eq!(
+                busy,
+                &[
+                    "web1 on lb1 (1 sessions, 0 queued)",
+                    "web1 on lb2 (1 sessions, 0 queued)"
+                ]
+            );
+        }
+        other => panic!(
+            "{}",
+            other
+                .as_ref()
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        ),
+    }
     assert_eq!(w.last().action, "stop", "{:#?}", w.journal);
     assert_eq!(w.state.status, RollStatus::Failed);
     // The plan up to the drain, then the stop.
@@ -287,6 +306,35 @@ fn a_failure_within_the_budget_leaves_the_node_out_and_the_rest_is_replanned() {
 }
 
 #[test]
+fn a_failed_node_that_fills_the_batch_leaves_no_room_and_stops_the_roll() {
+    let site = Site::new("max_failed_nodes = 1");
+    site.fake.world().fail_install.insert("web1".into());
+    let opts = RollOptions::default();
+    let plan = site.plan(&opts, 1);
+    let w = site.walk(&plan, &opts);
+    match &w.result {
+        Err(RollError::BudgetSpent { failed, batch, .. }) => {
+            assert_eq!((failed.as_slice(), *batch), (&["web1".to_string()][..], 1));
+        }
+        other => panic!(
+            "{}",
+            other
+                .as_ref()
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        ),
+    }
+    assert_eq!(site.state("web1"), "maint");
+    assert!(["web2", "web3", "web4"]
+        .iter()
+        .all(|n| site.state(n) == "ready" && site.installed_on(n) == "1"));
+    assert_eq!(site.fake.world().most_out, 1);
+    assert_eq!(w.last().action, "stop");
+    assert_eq!(w.state.status, RollStatus::Failed);
+}
+
+#[test]
 fn a_failure_beyond_the_budget_stops_with_the_node_out() {
     let site = Site::new("");
     site.fake.world().fail_install.insert("web2".into());
@@ -305,6 +353,13 @@ fn a_failure_beyond_the_budget_stops_with_the_node_out() {
     assert!(matches!(w.result, Err(RollError::NodeFailed { .. })));
     assert_eq!(w.last().action, "stop");
     assert_eq!(w.last().node.as_deref(), Some("web2"));
+    assert!(
+        w.last()
+            .detail
+            .starts_with("at install: web2: apt-get install"),
+        "{:?}",
+        w.last()
+    );
     assert_eq!(w.state.status, RollStatus::Failed);
     assert_eq!(w.state.failed_node.as_deref(), Some("web2"));
 }
