@@ -175,3 +175,34 @@ fn init_writes_a_config_that_checks_and_a_pipeline() {
     assert_eq!(again.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&again.stderr).contains("--force"));
 }
+
+/// `[site] layout = "releases"`: `config check` shows it and where the releases go; a
+/// `releases_dir` inside `install_dir` is a config error; `roll` says, before anything, that it
+/// does not switch releases yet (exit 2).
+#[test]
+fn the_releases_layout_is_checked_and_roll_says_it_cannot_switch_yet() {
+    let site = Site::new();
+    let with = |site_keys: &str| {
+        let text = format!(
+            "[site]\npackage = \"moodle-test\"\nmaintainer = \"M <m@example.edu>\"\ndescription = \"d\"\ninstall_dir = \"/srv/moodle-test/html\"\n{site_keys}\n[deploy]\nrepo = \"repo\"\nbranch = \"deploy\"\n[[lb]]\nname = \"lb1\"\nsocket = \"unix:/nonexistent.sock\"\nbackend = \"moodle\"\n[[nodes]]\nname = \"web1\"\nssh = \"web1\"\nhttp = \"http://127.0.0.1:1\"\n"
+        );
+        fs::write(site.config_path(), text).unwrap();
+    };
+    with("layout = \"releases\"\n");
+    let out = run(site.cmd().args(["config", "check"]));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("layout = \"releases\""), "{text}");
+    let (code, err) = stderr_of(&site, &["roll", "--plan"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("layout = \"releases\"") && err.contains("does not roll them yet"),
+        "{err}"
+    );
+    with("layout = \"releases\"\nreleases_dir = \"/srv/moodle-test/html/releases\"\n");
+    let (code, err) = stderr_of(&site, &["config", "check"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("[site] releases_dir") && err.contains("must not hold one another"),
+        "{err}"
+    );
+}

@@ -542,3 +542,99 @@ fn a_full_disk_leaves_the_repository_as_it_was() {
         .collect();
     assert_eq!(stray.len(), 1, "{stray:?}");
 }
+
+/// `[site] layout = "releases"`: each version is a package of its own
+/// (`moodle-test-release-<version>`) whose tree is in `releases_dir/<version>/`, with its own
+/// config.php stub (lib/setup.php by the release's own path) and release probe, and a postinst
+/// that leaves PHP alone (the release is not live yet). Two releases publish to one repository,
+/// `repo list` shows both, a package of the other layout is refused, and the real dpkg installs
+/// both side by side.
+#[test]
+fn releases_are_packages_of_their_own_installed_side_by_side() {
+    let lab = Lab::new(5);
+    let text = fs::read_to_string(lab.site.config_path()).unwrap().replace(
+        "install_dir = \"/srv/moodle-test/html\"\n",
+        "install_dir = \"/srv/moodle-test/html\"\nlayout = \"releases\"\n",
+    );
+    fs::write(lab.site.config_path(), text).unwrap();
+    let one = lab.build(1);
+    let two = lab.build(2);
+    assert_eq!(
+        one.file_name().unwrap(),
+        "moodle-test-release-4.1.10+1-1_4.1.10+1-1_all.deb"
+    );
+    assert_eq!(deb_field(&two, "Package"), "moodle-test-release-4.1.10+2-1");
+    assert_eq!(deb_field(&two, "Version"), "4.1.10+2-1");
+    let rows = deb_contents(&two);
+    let root = "./srv/moodle-test/releases/4.1.10+2-1/";
+    for f in ["index.php", "moodle-release-probe.php", "config.php"] {
+        assert!(
+            rows.iter().any(|r| r.2 == format!("{root}{f}")),
+            "{f}: {rows:#?}"
+        );
+    }
+    assert!(
+        !rows
+            .iter()
+            .any(|r| r.2.starts_with("./srv/moodle-test/html")),
+        "nothing in install_dir, which becomes the symlink: {rows:#?}"
+    );
+    let stub = stdout(Command::new("sh").arg("-c").arg(format!(
+        "dpkg-deb --fsys-tarfile {} | tar -xOf - {root}config.php",
+        two.display()
+    )));
+    assert!(
+        stub.contains("/srv/moodle-test/releases/4.1.10+2-1/lib/setup.php"),
+        "{stub}"
+    );
+    let control = tempfile::tempdir().unwrap();
+    run(Command::new("dpkg-deb")
+        .arg("--control")
+        .arg(&two)
+        .arg(control.path()));
+    let postinst = fs::read_to_string(control.path().join("postinst")).unwrap();
+    assert!(
+        postinst.contains(": # a release: roll reloads PHP"),
+        "{postinst}"
+    );
+
+    lab.publish(&[&one, &two], &[]);
+    assert_eq!(lab.listed(), ["4.1.10+2-1", "4.1.10+1-1"]);
+    // A package of the in-place layout is not one of this site's releases.
+    fs::write(
+        lab.site.config_path(),
+        fs::read_to_string(lab.site.config_path())
+            .unwrap()
+            .replace("layout = \"releases\"\n", ""),
+    )
+    .unwrap();
+    let in_place = lab.build(3);
+    fs::write(
+        lab.site.config_path(),
+        fs::read_to_string(lab.site.config_path()).unwrap().replace(
+            "install_dir = \"/srv/moodle-test/html\"\n",
+            "install_dir = \"/srv/moodle-test/html\"\nlayout = \"releases\"\n",
+        ),
+    )
+    .unwrap();
+    let (_, err) = lab.publish_fails(&[&in_place]);
+    assert!(err.contains("moodle-test-release-4.1.10+3-1"), "{err}");
+
+    // Both installed at once: dpkg knows each release.
+    let node = tempfile::tempdir().unwrap();
+    dpkg_root(node.path());
+    run(dpkg(node.path()).arg("-i").arg(&one).arg(&two));
+    let status = fs::read_to_string(node.path().join("var/lib/dpkg/status")).unwrap();
+    for v in ["4.1.10+1-1", "4.1.10+2-1"] {
+        assert!(
+            status.contains(&format!(
+                "Package: moodle-test-release-{v}\nStatus: install ok installed"
+            )),
+            "{status}"
+        );
+        let probe = node.path().join(format!(
+            "srv/moodle-test/releases/{v}/moodle-release-probe.php"
+        ));
+        assert!(fs::read_to_string(probe).unwrap().contains(v));
+    }
+}

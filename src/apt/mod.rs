@@ -156,6 +156,8 @@ pub struct Repo {
     pub keep: usize,
     pub sign_key: Option<String>,
     pub package: String,
+    /// The site's `[site]` (its layout names the package of each version).
+    pub site: crate::config::Site,
 }
 
 impl Repo {
@@ -181,6 +183,7 @@ impl Repo {
             keep: apt.keep.max(1) as usize,
             sign_key: apt.sign_key.clone().filter(|k| !k.trim().is_empty()),
             package: cfg.site.package.to_string(),
+            site: cfg.site.clone(),
         })
     }
 
@@ -309,7 +312,8 @@ impl Repo {
                     new: sha256,
                 });
             }
-            let name = format!("{}_{}_all.deb", self.package, version.replace(':', "%3a"));
+            let pkg = info.control.get("Package").unwrap_or(&self.package);
+            let name = format!("{pkg}_{}_all.deb", version.replace(':', "%3a"));
             let dest = pool.join(&name);
             crate::fsutil::set_mode_0644(tmp.path()).map_err(io_err(&dest))?;
             to_persist.push((tmp, dest.clone()));
@@ -367,14 +371,19 @@ impl Repo {
             .map(|path| {
                 let info = deb::read(path)?;
                 let pkg = info.control.get("Package").unwrap_or_default().to_string();
-                if pkg != self.package {
+                let version = info.control.get("Version").unwrap_or_default().to_string();
+                // In the releases layout each version is a package of its own.
+                let expected = match self.site.layout {
+                    crate::config::SiteLayout::InPlace => self.package.clone(),
+                    crate::config::SiteLayout::Releases => self.site.release_package(&version),
+                };
+                if pkg != expected {
                     return Err(AptError::OtherPackage {
                         path: path.clone(),
                         found: pkg,
-                        expected: self.package.clone(),
+                        expected,
                     });
                 }
-                let version = info.control.get("Version").unwrap_or_default().to_string();
                 debversion::Version::from_str(&version).map_err(|_| AptError::BadDeb {
                     path: path.clone(),
                     message: format!("`{version}` is not a Debian version"),

@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
-use crate::config::Config;
+use crate::config::{Config, InstallDir, PackageName, SiteLayout};
 use crate::deb::control::{self, Control};
 use crate::deb::data::{self, Content, DataEntry, DataSummary};
 use crate::deb::md5cache::Md5Cache;
@@ -153,6 +153,14 @@ pub fn build(
     })?;
     let read = read_tree(cfg, opts, reporter, &lap)?;
     let (epoch, version) = stamp(cfg, opts, &read)?;
+    // The releases layout: the package of this version, its tree in releases_dir/<version>.
+    let release_cfg;
+    let cfg = if cfg.site.layout == SiteLayout::Releases {
+        release_cfg = for_release(cfg, &version);
+        &release_cfg
+    } else {
+        cfg
+    };
     let package = cfg.site.package.0.clone();
     let file_name = format!("{package}_{version}_all.deb");
     let final_path = opts.out_dir.join(&file_name);
@@ -238,6 +246,16 @@ pub fn build(
         site: read.info,
         content_bytes: summary.content_bytes,
     })
+}
+
+/// The config as the package of `version` sees it in the releases layout: its name
+/// `<package>-release-<version>`, its dirroot `releases_dir/<version>`. Every path the package
+/// writes (the tree, its docs, its metadata) is then its own, so releases install side by side.
+fn for_release(cfg: &Config, version: &str) -> Config {
+    let mut c = cfg.clone();
+    c.site.install_dir = InstallDir(format!("{}/{version}", cfg.site.releases_dir()));
+    c.site.package = PackageName(cfg.site.release_package(version));
+    c
 }
 
 /// Reads the tree (a ref of the deployment repository, or a folder), leaves out a root
@@ -382,11 +400,18 @@ fn control_member(
 ) -> std::io::Result<Vec<u8>> {
     let site = &cfg.site;
     let config_php = site.config_php_target().unwrap_or_default();
+    // A release is installed while another serves: PHP is reloaded when `roll` switches to it,
+    // not by its postinst.
+    let reload = match site.layout {
+        SiteLayout::InPlace => "reload_php_fpm; reload_apache_mod_php",
+        SiteLayout::Releases => ": # a release: roll reloads PHP when it switches to it",
+    };
     let vars = [
         ("package", site.package.0.as_str()),
         ("version", version),
         ("install_dir", site.install_dir.0.as_str()),
         ("config_php", config_php.as_str()),
+        ("reload", reload),
     ];
     let scripts: Vec<(&str, String)> = control::SCRIPTS
         .iter()

@@ -56,6 +56,16 @@ impl Config {
                 ));
             }
         }
+        let (dir, releases) = (&self.site.install_dir.0, self.site.releases_dir());
+        let inside = |a: &str, b: &str| a == b || a.starts_with(&format!("{b}/"));
+        if self.site.layout == super::SiteLayout::Releases
+            && (inside(&releases, dir) || inside(dir, &releases))
+        {
+            return Err((
+                vec![k("site"), k("releases_dir")],
+                format!("`{releases}` and install_dir `{dir}` must not hold one another: install_dir becomes a symlink to a release under it"),
+            ));
+        }
         if let Some(t) = self.site.config_php_target() {
             if !t.starts_with('/') || t.contains(['\'', '\\', '\n']) {
                 return Err((

@@ -177,9 +177,54 @@ pub struct Site {
     /// (`"non-free-flash" = "old player in mod/x, not served"`).
     #[serde(default)]
     pub lintian_overrides: BTreeMap<String, String>,
+    /// `in-place` (one package, its tree in `install_dir`) or `releases` (a package per
+    /// version, `<package>-release-<version>`, its tree in `releases_dir/<version>/`, installed
+    /// side by side; `install_dir` becomes a symlink to the live one).
+    #[serde(default)]
+    pub layout: SiteLayout,
+    /// Where the releases live (`layout = "releases"`); default `releases` beside `install_dir`
+    /// (`/srv/moodle/html` -> `/srv/moodle/releases`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub releases_dir: Option<InstallDir>,
+}
+
+/// How the site's code is laid out on a node.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SiteLayout {
+    /// One package; `apt-get install` replaces the tree in `install_dir`.
+    #[default]
+    InPlace,
+    /// A package per version, side by side under `releases_dir`; `install_dir` is a symlink.
+    Releases,
 }
 
 impl Site {
+    /// Where the releases live (`layout = "releases"`): `releases_dir`, else `releases` beside
+    /// `install_dir`.
+    pub fn releases_dir(&self) -> String {
+        match &self.releases_dir {
+            Some(d) => d.0.clone(),
+            None => {
+                let parent = self.install_dir.0.rsplit_once('/').map_or("", |(p, _)| p);
+                format!("{parent}/releases")
+            }
+        }
+    }
+
+    /// The package of `version` in the releases layout: `<package>-release-<version>`, the
+    /// version's characters a package name cannot hold (`:`, `~`, capitals) made `.` or lower.
+    pub fn release_package(&self, version: &str) -> String {
+        let v: String = version
+            .chars()
+            .map(|c| match c.to_ascii_lowercase() {
+                c @ ('a'..='z' | '0'..='9' | '+' | '.' | '-') => c,
+                _ => '.',
+            })
+            .collect();
+        format!("{}-release-{v}", self.package)
+    }
+
     /// The node-local config.php the shipped stub includes, if any.
     pub fn config_php_target(&self) -> Option<String> {
         match &self.config_php {

@@ -123,6 +123,7 @@ mod tests {
             ("version", "1"),
             ("install_dir", "/srv/m"),
             ("config_php", "/etc/m.php"),
+            ("reload", "reload_php_fpm; reload_apache_mod_php"),
         ];
         for t in &SCRIPTS {
             let r = render(t.text, &vars);

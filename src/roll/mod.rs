@@ -104,6 +104,10 @@ pub enum RollError {
     NoLb,
     #[error("--batch must be at least 1")]
     ZeroBatch,
+    /// `[site] layout = "releases"`: its packages build, publish and install side by side, but
+    /// the roll that switches between them is not in this version.
+    #[error("[site] layout = \"releases\": this version of moodle-release builds and publishes release packages (installed side by side) but does not roll them yet (no switch of install_dir): roll with layout = \"in-place\" for now")]
+    ReleasesLayout,
     /// The roll state (local file or the lock node's copy) cannot be read.
     #[error("before changing anything: {0}")]
     State(#[from] StateError),
@@ -275,6 +279,7 @@ impl RollError {
             RollError::NoNodes
             | RollError::NoLb
             | RollError::ZeroBatch
+            | RollError::ReleasesLayout
             | RollError::Journal { .. }
             | RollError::NothingToResume { .. }
             | RollError::ResumeOtherKind { .. }
@@ -351,6 +356,9 @@ fn checked_roll(
 ) -> Result<Outcome, RollError> {
     if cfg.nodes.is_empty() {
         return Err(RollError::NoNodes);
+    }
+    if cfg.site.layout == crate::config::SiteLayout::Releases {
+        return Err(RollError::ReleasesLayout);
     }
     if cfg.lb.is_empty() && !web_nodes(cfg).is_empty() {
         return Err(RollError::NoLb);
