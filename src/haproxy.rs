@@ -58,6 +58,28 @@ impl HaError {
     }
 }
 
+/// `name` among `servers` (read from LB `lb`'s `backend`), or an error that lists them.
+pub fn find_server<'a>(
+    lb: &str,
+    backend: &str,
+    servers: &'a [Server],
+    name: &str,
+) -> Result<&'a Server, HaError> {
+    servers
+        .iter()
+        .find(|s| s.name == name)
+        .ok_or_else(|| HaError::NoServer {
+            lb: lb.to_string(),
+            backend: backend.to_string(),
+            server: name.to_string(),
+            known: servers
+                .iter()
+                .map(|s| s.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", "),
+        })
+}
+
 /// The admin state a roll sets.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -356,19 +378,7 @@ impl Lb {
 
     /// `name` among `servers` (read from this LB), or an error that lists them.
     pub fn find<'a>(&self, servers: &'a [Server], name: &str) -> Result<&'a Server, HaError> {
-        servers
-            .iter()
-            .find(|s| s.name == name)
-            .ok_or_else(|| HaError::NoServer {
-                lb: self.name.clone(),
-                backend: self.backend.clone(),
-                server: name.to_string(),
-                known: servers
-                    .iter()
-                    .map(|s| s.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            })
+        find_server(&self.name, &self.backend, servers, name)
     }
 
     /// `set server BACKEND/SERVER state ...`.

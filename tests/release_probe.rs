@@ -32,10 +32,6 @@ fn set_reload_command(c: &Cluster) {
     fs::write(&path, text).unwrap();
 }
 
-#[expect(
-    clippy::too_many_lines,
-    reason = "one scenario on one lab, in the order a release engineer lives it: split, the order would be lost"
-)]
 #[test]
 fn a_node_whose_php_runs_the_old_release_stays_out_until_php_is_reloaded() {
     require_root("scripts/lab uses mount namespaces");
@@ -101,13 +97,7 @@ fn a_node_whose_php_runs_the_old_release_stays_out_until_php_is_reloaded() {
     let text = stdout(c.cmd().arg("status"));
     assert!(text.contains(&format!("php STALE {v1}")), "{text}");
     // The journal: the probe's step failed, with the reason.
-    let journal = fs::read_dir(c.lab().join("state"))
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
-        .max()
-        .unwrap();
+    let journal = c.newest_journal();
     let failed_probe = fs::read_to_string(journal).unwrap().lines().any(|l| {
         let v: serde_json::Value = serde_json::from_str(l).unwrap();
         v["action"] == "release probe" && v["result"] == "failed" && v["node"] == "web1"

@@ -1421,15 +1421,7 @@ fn an_lb_on_ipv6_is_reached() {
 
 /// The last line of the newest journal of the lab, as JSON.
 fn last_journal_line(c: &Cluster) -> serde_json::Value {
-    let state = c.lab().join("state");
-    let newest = fs::read_dir(&state)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
-        .max()
-        .unwrap();
-    let text = fs::read_to_string(newest).unwrap();
+    let text = fs::read_to_string(c.newest_journal()).unwrap();
     serde_json::from_str(text.lines().last().unwrap()).unwrap()
 }
 

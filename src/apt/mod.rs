@@ -122,6 +122,25 @@ pub struct Listed {
     pub probe: Option<String>,
 }
 
+#[cfg(test)]
+impl Listed {
+    /// Version `version` of `moodle-site` with the hashes `build` records and a release probe,
+    /// as the roll's unit tests list it.
+    pub fn sample(version: &str, versions_hash: &str, db_hash: &str) -> Listed {
+        Listed {
+            package: "moodle-site".into(),
+            version: version.into(),
+            filename: String::new(),
+            size: 0,
+            sha256: String::new(),
+            moodle_release: None,
+            versions_hash: Some(versions_hash.into()),
+            db_hash: Some(db_hash.into()),
+            probe: Some("/moodle-release-probe.php".into()),
+        }
+    }
+}
+
 /// What `publish` did.
 #[derive(Debug, Clone, Serialize)]
 pub struct Published {

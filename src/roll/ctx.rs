@@ -449,23 +449,13 @@ impl<'a> Ctx<'a> {
         error
     }
 
+    /// The roll stops with `message` (about `node`, if one): the state and the journal say so.
     pub(super) fn fail(&mut self, node: Option<&str>, message: String) -> RollError {
-        self.state.status = RollStatus::Failed;
-        self.state.failed_node = node.map(String::from);
-        self.state.reason = Some(message.clone());
-        self.save_state();
-        self.log(
-            node,
-            None,
-            "stop",
-            StepResult::Failed,
-            Instant::now(),
-            &message,
-        );
-        RollError::Failed {
+        let error = RollError::Failed {
             message,
             journal: self.journal_path(),
-        }
+        };
+        self.stop_with(node, error)
     }
 
     /// Sets `state` for `server` on every LB.

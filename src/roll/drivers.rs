@@ -28,19 +28,7 @@ pub(crate) trait Balancer: Send + Sync {
 
     /// `name` among `servers` (read from this LB), or an error that lists them.
     fn find<'a>(&self, servers: &'a [Server], name: &str) -> Result<&'a Server, HaError> {
-        servers
-            .iter()
-            .find(|s| s.name == name)
-            .ok_or_else(|| HaError::NoServer {
-                lb: self.name().to_string(),
-                backend: String::new(),
-                server: name.to_string(),
-                known: servers
-                    .iter()
-                    .map(|s| s.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-            })
+        crate::haproxy::find_server(self.name(), "", servers, name)
     }
 
     /// One server.

@@ -488,17 +488,7 @@ mod tests {
         }
         text.push_str("[[nodes]]\nname = \"cron1\"\nssh = \"cron1\"\nrole = \"cron\"\n");
         let cfg = Config::parse(&text, std::path::Path::new("moodle-release.toml")).unwrap();
-        let listed = crate::apt::Listed {
-            package: "moodle-site".into(),
-            version: "2".into(),
-            filename: String::new(),
-            size: 0,
-            sha256: String::new(),
-            moodle_release: None,
-            versions_hash: Some("v".into()),
-            db_hash: Some(target_db.into()),
-            probe: Some("/moodle-release-probe.php".into()),
-        };
+        let listed = crate::apt::Listed::sample("2", "v", target_db);
         let listed = Chosen {
             version: "2".into(),
             listed,

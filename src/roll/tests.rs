@@ -73,17 +73,7 @@ impl Site {
 
     /// The plan to version 2 with `opts` and `batch`.
     fn plan(&self, opts: &RollOptions, batch: usize) -> Plan {
-        let listed = crate::apt::Listed {
-            package: "moodle-site".into(),
-            version: "2".into(),
-            filename: String::new(),
-            size: 0,
-            sha256: String::new(),
-            moodle_release: None,
-            versions_hash: Some("v".into()),
-            db_hash: Some("d".into()),
-            probe: Some("/moodle-release-probe.php".into()),
-        };
+        let listed = crate::apt::Listed::sample("2", "v", "d");
         let probes = [
             ("1", "/moodle-release-probe.php"),
             ("2", "/moodle-release-probe.php"),

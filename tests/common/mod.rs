@@ -699,6 +699,19 @@ pub fn http_get(url: &str) -> Result<u16, String> {
         .ok_or_else(|| format!("bad answer {:?}", text.lines().next()))
 }
 
+impl Cluster {
+    /// The newest journal of the lab's rolls.
+    pub fn newest_journal(&self) -> PathBuf {
+        fs::read_dir(self.lab().join("state"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
+            .max()
+            .unwrap()
+    }
+}
+
 /// GET `url` (HTTP/1.0, no Host header, as HAProxy's checks): the status and the body.
 pub fn http_body(url: &str) -> Result<(u16, String), String> {
     use std::io::{Read, Write};
