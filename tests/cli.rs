@@ -176,11 +176,10 @@ fn init_writes_a_config_that_checks_and_a_pipeline() {
     assert!(String::from_utf8_lossy(&again.stderr).contains("--force"));
 }
 
-/// `[site] layout = "releases"`: `config check` shows it and where the releases go; a
-/// `releases_dir` inside `install_dir` is a config error; `roll` says, before anything, that it
-/// does not switch releases yet (exit 2).
+/// `[site] layout = "releases"`: `config check` shows it; a `releases_dir` inside
+/// `install_dir` (or the other way round) is a config error.
 #[test]
-fn the_releases_layout_is_checked_and_roll_says_it_cannot_switch_yet() {
+fn the_releases_layout_is_checked() {
     let site = Site::new();
     let with = |site_keys: &str| {
         let text = format!(
@@ -192,12 +191,6 @@ fn the_releases_layout_is_checked_and_roll_says_it_cannot_switch_yet() {
     let out = run(site.cmd().args(["config", "check"]));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("layout = \"releases\""), "{text}");
-    let (code, err) = stderr_of(&site, &["roll", "--plan"]);
-    assert_eq!(code, Some(2), "{err}");
-    assert!(
-        err.contains("layout = \"releases\"") && err.contains("does not roll them yet"),
-        "{err}"
-    );
     with("layout = \"releases\"\nreleases_dir = \"/srv/moodle-test/html/releases\"\n");
     let (code, err) = stderr_of(&site, &["config", "check"]);
     assert_eq!(code, Some(2), "{err}");

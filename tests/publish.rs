@@ -584,8 +584,9 @@ fn releases_are_packages_of_their_own_installed_side_by_side() {
         two.display()
     )));
     assert!(
-        stub.contains("/srv/moodle-test/releases/4.1.10+2-1/lib/setup.php"),
-        "{stub}"
+        stub.contains("/srv/moodle-test/releases/4.1.10+2-1/lib/setup.php")
+            && stub.contains("require('/etc/moodle-test/config.php')"),
+        "the site's config.php, whatever the release's package is called: {stub}"
     );
     let control = tempfile::tempdir().unwrap();
     run(Command::new("dpkg-deb")

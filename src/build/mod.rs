@@ -253,6 +253,8 @@ pub fn build(
 /// writes (the tree, its docs, its metadata) is then its own, so releases install side by side.
 fn for_release(cfg: &Config, version: &str) -> Config {
     let mut c = cfg.clone();
+    // The node's config.php is the site's, whatever the release's package is called.
+    c.site.config_php = Some(cfg.site.config_php_target().unwrap_or_default());
     c.site.install_dir = InstallDir(format!("{}/{version}", cfg.site.releases_dir()));
     c.site.package = PackageName(cfg.site.release_package(version));
     c

@@ -27,6 +27,21 @@ pub struct Installed {
     /// The roll state kept on this node ([`REMOTE_STATE`]), as JSON.
     #[serde(skip)]
     pub state: Option<String>,
+    /// The releases layout: every release installed on the node (its version), newest last by
+    /// dpkg's listing; `version` is then the live one (where `install_dir` points).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub releases: Vec<String>,
+    /// The releases layout: `install_dir` is a folder with files, not a release's symlink (an
+    /// in-place install).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub in_place_dir: bool,
+}
+
+impl Installed {
+    /// `version`'s code is on the node: installed (in-place), or one of its releases.
+    pub fn has(&self, version: &str) -> bool {
+        self.version.as_deref() == Some(version) || self.releases.iter().any(|r| r == version)
+    }
 }
 
 /// What each of `conns` has installed of `pkg`, asked of all at once; results in the same
@@ -69,9 +84,23 @@ type Answer = Result<Installed, SshError>;
 
 /// The query of what a node has installed of this site's package.
 pub fn installed_script(cfg: &Config) -> String {
-    installed_query(
+    let query = installed_query(
         &cfg.site.package.to_string(),
         cfg.site.config_php_target().as_deref(),
+    );
+    if cfg.site.layout == crate::config::SiteLayout::InPlace {
+        return query;
+    }
+    // The releases layout: the live release is where install_dir points; each release is a
+    // package `<package>-release-<version>`.
+    let pkg = cfg.site.package.to_string();
+    format!(
+        "{query}; live=$(readlink {dir} 2>/dev/null || true); \
+         [ -n \"$live\" ] && dpkg-query -W -f='${{Status}}|${{Version}}|${{X-Moodle-Versions-Hash}}|${{X-Moodle-Db-Hash}}\\n' \"{pkg}-release-${{live##*/}}\" 2>/dev/null | sed 's/^/live /'; \
+         dpkg-query -W -f='release ${{Status}}|${{Version}}\\n' {glob} 2>/dev/null; \
+         if [ -d {dir} ] && [ ! -L {dir} ] && [ -n \"$(ls -A {dir} 2>/dev/null)\" ]; then echo in-place-dir; fi; true",
+        dir = quote(&cfg.site.install_dir.0),
+        glob = quote(&format!("{pkg}-release-*")),
     )
 }
 
@@ -131,9 +160,27 @@ pub fn parse_installed(stdout: &str) -> Installed {
         .find_map(|l| l.strip_prefix("source "))
         .map(str::to_string);
     let config_php_relative_setup = stdout.lines().any(|l| l == "relative-setup");
+    let in_place_dir = stdout.lines().any(|l| l == "in-place-dir");
     let lock = Lock::parse(stdout);
     let state = lock::state_text(stdout).map(str::to_string);
-    let line = stdout.lines().find(|l| l.contains('|')).unwrap_or("");
+    let releases: Vec<String> = stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("release "))
+        .filter_map(|l| l.split_once('|'))
+        .filter(|(status, _)| status.ends_with("ok installed"))
+        .map(|(_, v)| v.to_string())
+        .collect();
+    // The releases layout answers its live release with a `live ` prefix; the in-place package
+    // (the query's first line) is then not installed.
+    let line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("live "))
+        .or_else(|| {
+            stdout
+                .lines()
+                .find(|l| l.contains('|') && !l.starts_with("release "))
+        })
+        .unwrap_or("");
     let parts: Vec<&str> = line.split('|').collect();
     if parts.len() < 4 || !parts[0].ends_with("ok installed") {
         return Installed {
@@ -141,6 +188,8 @@ pub fn parse_installed(stdout: &str) -> Installed {
             config_php_relative_setup,
             lock,
             state,
+            releases,
+            in_place_dir,
             ..Installed::default()
         };
     }
@@ -159,6 +208,8 @@ pub fn parse_installed(stdout: &str) -> Installed {
         config_php_relative_setup,
         lock,
         state,
+        releases,
+        in_place_dir,
     }
 }
 
@@ -185,6 +236,14 @@ mod tests {
             })
         );
         assert_eq!(i.state.as_deref(), Some("{\"id\":\"1\"}"));
+        // The releases layout: the live one's fields, and every release installed.
+        let i = parse_installed(
+            "live install ok installed|2-1|vh2|dh2\nrelease install ok installed|1-1\nrelease install ok installed|2-1\nrelease deinstall ok config-files|0-1\n",
+        );
+        assert_eq!(i.version.as_deref(), Some("2-1"));
+        assert_eq!(i.db_hash.as_deref(), Some("dh2"));
+        assert_eq!(i.releases, ["1-1", "2-1"]);
+        assert!(i.has("1-1") && i.has("2-1") && !i.has("0-1"));
         // Removed (config files left): nothing installed, and no lock.
         let i = parse_installed("deinstall ok config-files|4.1.9+2-1|vh|dh\n");
         assert_eq!((i.version, i.lock), (None, None));

@@ -11,10 +11,10 @@ use super::step::Step;
 use super::{Plan, RollError};
 use crate::cluster::health::Unhealthy;
 use crate::cluster::server_name;
-use crate::config::{Config, Node};
+use crate::config::{Config, Node, SiteLayout};
 use crate::haproxy::AdminState;
 use crate::journal::StepResult;
-use crate::ssh::SshError;
+use crate::ssh::{quote, SshError};
 
 /// Why a node failed a step.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +34,12 @@ pub enum Cause {
     #[error("reload_command `{command}` failed ({status}): {tail}")]
     Reload {
         command: String,
+        status: String,
+        tail: String,
+    },
+    #[error("the switch to {release} failed ({status}): {tail}")]
+    Switch {
+        release: String,
         status: String,
         tail: String,
     },
@@ -185,16 +191,27 @@ pub(super) fn install(ctx: &mut Ctx, nodes: &[String], target: &str) -> Vec<Fail
     failed
 }
 
-/// `[roll] reload_command` on `nodes` at once, after their install: what makes their PHP serve
-/// the new code. The nodes where it failed, and why.
+/// What reloads PHP after a switch when `[roll] reload_command` is not set: the package's
+/// postinst's own way (php-fpm, Apache with mod_php, whichever runs), as no package is installed
+/// at a switch. The release probe then says whether it was enough.
+const RELOAD_RUNNING_PHP: &str = "command -v invoke-rc.d >/dev/null 2>&1 || exit 0; \
+     for s in /etc/init.d/php*-fpm; do [ -e \"$s\" ] || continue; n=${s##*/}; \
+     invoke-rc.d --quiet \"$n\" status >/dev/null 2>&1 || continue; invoke-rc.d --quiet \"$n\" reload; done; \
+     if [ -e /etc/init.d/apache2 ] && ls /etc/apache2/mods-enabled/php*.load >/dev/null 2>&1 \
+     && invoke-rc.d --quiet apache2 status >/dev/null 2>&1; then invoke-rc.d --quiet apache2 reload; fi; true";
+
+/// `[roll] reload_command` on `nodes` at once, after their install (or their switch, where
+/// without one the running php-fpm or Apache is reloaded): what makes their PHP serve the new
+/// code. The nodes where it failed, and why.
 pub(super) fn reload(ctx: &mut Ctx, nodes: &[String]) -> Vec<Failure> {
-    let Some(cmd) = ctx.cfg().roll.reload_command.as_deref() else {
-        return Vec::new();
+    let cmd = match ctx.cfg().roll.reload_command.as_deref() {
+        Some(cmd) => super::substitute(cmd, ctx.cfg()),
+        None if ctx.cfg().site.layout == SiteLayout::Releases => RELOAD_RUNNING_PHP.to_string(),
+        None => return Vec::new(),
     };
     if nodes.is_empty() {
         return Vec::new();
     }
-    let cmd = super::substitute(cmd, ctx.cfg());
     let t = Instant::now();
     ctx.reporter()
         .step(&format!("reloading PHP on {}", nodes.join(", ")));
@@ -235,7 +252,7 @@ pub(super) fn verify(ctx: &mut Ctx, nodes: &[String], target: &str) -> Vec<Failu
     for (n, answer) in nodes.iter().zip(answers) {
         let step = Step::Verify { node: n.clone() };
         let f = match answer {
-            Ok(i) if i.version.as_deref() == Some(target) => {
+            Ok(i) if i.has(target) => {
                 ctx.log_step(&step, None, StepResult::Ok, t, target);
                 continue;
             }
@@ -244,6 +261,48 @@ pub(super) fn verify(ctx: &mut Ctx, nodes: &[String], target: &str) -> Vec<Failu
                 Cause::NotInstalled {
                     found: i.version,
                     target: target.to_string(),
+                },
+            ),
+            Err(e) => Failure::of(&step, e),
+        };
+        ctx.log_step(&step, None, StepResult::Failed, t, &f.to_string());
+        failed.push(f);
+    }
+    failed
+}
+
+/// The releases layout: `nodes` switch to the target's release at once: a new symlink renamed
+/// over `install_dir` (a rename is atomic: no request finds no path). An empty folder there
+/// (a node never installed) gives way; one with files (an in-place install) is refused.
+pub(super) fn switch(ctx: &mut Ctx, nodes: &[String], target: &str) -> Vec<Failure> {
+    let dir = ctx.cfg().site.install_dir.0.clone();
+    let release = format!("{}/{target}", ctx.cfg().site.releases_dir());
+    let script = format!(
+        "set -e; d={d}; t={t}; [ -d \"$t\" ] || {{ echo \"$t is not installed\" >&2; exit 1; }}; \
+         if [ -d \"$d\" ] && [ ! -L \"$d\" ]; then rmdir \"$d\" 2>/dev/null || {{ echo \"$d is a folder with files (an in-place install), not a release's symlink\" >&2; exit 1; }}; fi; \
+         mkdir -p \"$(dirname \"$d\")\"; ln -sfn \"$t\" \"$d.switch\"; mv -T \"$d.switch\" \"$d\"; [ \"$(readlink \"$d\")\" = \"$t\" ]",
+        d = quote(&dir),
+        t = quote(&release),
+    );
+    let t = Instant::now();
+    ctx.reporter()
+        .step(&format!("switching {} to {target}", nodes.join(", ")));
+    let results = ctx.nodes().run_all_long(nodes, &script, &mut |_, _| {});
+    ctx.reporter().step_done();
+    let mut failed = Vec::new();
+    for (n, r) in nodes.iter().zip(results) {
+        let step = Step::Switch { node: n.clone() };
+        let f = match r {
+            Ok(o) if o.success() => {
+                ctx.log_step(&step, None, StepResult::Ok, t, &release);
+                continue;
+            }
+            Ok(o) => Failure::of(
+                &step,
+                Cause::Switch {
+                    release: release.clone(),
+                    status: o.status(),
+                    tail: o.tail(),
                 },
             ),
             Err(e) => Failure::of(&step, e),

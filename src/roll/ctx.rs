@@ -15,7 +15,7 @@ use super::{warn, RollError, RollOptions};
 use crate::cluster::lock::{self, REMOTE_STATE};
 use crate::cluster::probe::apt_sources;
 use crate::cluster::{lock_node, server_name};
-use crate::config::Config;
+use crate::config::{Config, SiteLayout};
 use crate::haproxy::{AdminState, Process};
 use crate::journal::{now_ms, Entry, Journal, RollState, RollStatus, StepResult};
 use crate::report::Reporter;
@@ -65,6 +65,14 @@ impl<'a> Ctx<'a> {
     /// The site's package name.
     pub(super) fn pkg(&self) -> &str {
         &self.pkg
+    }
+
+    /// The package that holds `version`: the site's, or in the releases layout its own.
+    pub(super) fn package_of(&self, version: &str) -> String {
+        match self.cfg.site.layout {
+            SiteLayout::InPlace => self.pkg.clone(),
+            SiteLayout::Releases => self.cfg.site.release_package(version),
+        }
     }
 
     pub(super) fn notifier(&self) -> Option<&Arc<crate::notify::Notifier>> {
@@ -527,7 +535,7 @@ impl<'a> Ctx<'a> {
             sources = quote(&sources),
             wait = self.cfg.roll.apt_lock_timeout.as_secs(),
             only = if download_only { " --download-only" } else { "" },
-            what = quote(&format!("{}={version}", self.pkg)),
+            what = quote(&format!("{}={version}", self.package_of(version))),
         )
     }
 

@@ -19,7 +19,7 @@ use super::step::{Group, OnFail, Step};
 use super::{FailedNode, Plan, RollError, RollOptions};
 use crate::cluster::probe::Installed;
 use crate::cluster::{server_name, web_nodes};
-use crate::config::format_duration;
+use crate::config::{format_duration, SiteLayout};
 use crate::haproxy::AdminState;
 use crate::journal::{now_ms, RollState, RollStatus, StepResult};
 
@@ -274,8 +274,10 @@ impl Run {
                 let ok = todo
                     .into_iter()
                     .filter(|n| !failed.iter().any(|f| &f.node == n));
-                // In a batch that leaves failed nodes out, they count once back in rotation.
-                if matches!(g.on_fail, OnFail::LeaveOut { .. }) {
+                // In a batch that leaves failed nodes out, they count once back in rotation; a
+                // release installed beside the live one counts when the node switches to it.
+                if ctx.cfg().site.layout == SiteLayout::Releases {
+                } else if matches!(g.on_fail, OnFail::LeaveOut { .. }) {
                     self.verified.extend(ok);
                 } else {
                     self.upgraded.extend(ok);
@@ -283,6 +285,21 @@ impl Run {
                 failed
             }
             Step::Reload { .. } => actions::reload(ctx, &self.going_on(g)),
+            Step::Switch { .. } => {
+                let todo = self.going_on(g);
+                let failed = actions::switch(ctx, &todo, target);
+                let ok = todo
+                    .into_iter()
+                    .filter(|n| !failed.iter().any(|f| &f.node == n));
+                // A node switched is upgraded (once back in rotation, in a batch that leaves
+                // failed nodes out).
+                if matches!(g.on_fail, OnFail::LeaveOut { .. }) {
+                    self.verified.extend(ok);
+                } else {
+                    self.upgraded.extend(ok);
+                }
+                failed
+            }
             Step::Probe { path, .. } => {
                 let mut failed = Vec::new();
                 for n in config_nodes(ctx.cfg(), &self.going_on(g)) {

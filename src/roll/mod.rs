@@ -104,10 +104,7 @@ pub enum RollError {
     NoLb,
     #[error("--batch must be at least 1")]
     ZeroBatch,
-    /// `[site] layout = "releases"`: its packages build, publish and install side by side, but
-    /// the roll that switches between them is not in this version.
-    #[error("[site] layout = \"releases\": this version of moodle-release builds and publishes release packages (installed side by side) but does not roll them yet (no switch of install_dir): roll with layout = \"in-place\" for now")]
-    ReleasesLayout,
+
     /// The roll state (local file or the lock node's copy) cannot be read.
     #[error("before changing anything: {0}")]
     State(#[from] StateError),
@@ -129,6 +126,12 @@ pub enum RollError {
     RelativeSetup {
         nodes: Vec<String>,
         config_php: String,
+        install_dir: String,
+    },
+    /// The releases layout on nodes whose install_dir is an in-place install.
+    #[error("before changing anything: {}: {install_dir} is a folder with files (an in-place install), not a release's symlink: moving an in-place site to layout = \"releases\" is not in this version of moodle-release; keep layout = \"in-place\" for this site", nodes.join(", "))]
+    InPlaceToReleases {
+        nodes: Vec<String>,
         install_dir: String,
     },
     #[error("before changing anything: the apt repository {} holds no version of {package}", repo.display())]
@@ -277,9 +280,9 @@ impl RollError {
     pub fn exit_code(&self) -> i32 {
         match self {
             RollError::NoNodes
+            | RollError::InPlaceToReleases { .. }
             | RollError::NoLb
             | RollError::ZeroBatch
-            | RollError::ReleasesLayout
             | RollError::Journal { .. }
             | RollError::NothingToResume { .. }
             | RollError::ResumeOtherKind { .. }
@@ -357,9 +360,7 @@ fn checked_roll(
     if cfg.nodes.is_empty() {
         return Err(RollError::NoNodes);
     }
-    if cfg.site.layout == crate::config::SiteLayout::Releases {
-        return Err(RollError::ReleasesLayout);
-    }
+
     if cfg.lb.is_empty() && !web_nodes(cfg).is_empty() {
         return Err(RollError::NoLb);
     }

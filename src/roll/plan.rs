@@ -311,6 +311,11 @@ pub(super) fn make_plan(
         probe: listed.probe.clone(),
         force_drain: opts.force_drain,
         put_back: put_back(cfg, previous_state, installed, target),
+        have_target: installed
+            .iter()
+            .filter(|(_, i)| i.has(target))
+            .map(|(n, _)| n.clone())
+            .collect(),
         ..Layout::of(cfg)
     };
     let plan = Plan {

@@ -35,6 +35,12 @@ pub(super) struct Layout {
     pub put_back: Vec<String>,
     /// `[roll] reload_command` is set: a `Reload` after each web node's install.
     pub reload: bool,
+    /// The releases layout: the target is installed on every node first, while it serves, and
+    /// each node then switches to it (and its PHP is reloaded).
+    pub releases: bool,
+    /// Nodes that have the target installed already (the releases layout: a rollback to a
+    /// release still there is a switch, no apt).
+    pub have_target: Vec<String>,
 }
 
 impl Layout {
@@ -55,6 +61,8 @@ impl Layout {
             webs,
             put_back: Vec::new(),
             reload: cfg.roll.reload_command.is_some(),
+            releases: cfg.site.layout == crate::config::SiteLayout::Releases,
+            have_target: Vec::new(),
         }
     }
 }
@@ -71,6 +79,9 @@ impl Layout {
 pub(super) fn write(l: &Layout) -> Vec<Group> {
     let mut w = Writer { l, out: Vec::new() };
     w.put_back();
+    if l.releases {
+        w.install_releases();
+    }
     if l.database {
         w.database();
     } else {
@@ -133,6 +144,37 @@ impl Writer<'_> {
         }
     }
 
+    /// The releases layout: the target installed (and checked) on every node that lacks it, at
+    /// once, before any node leaves rotation.
+    fn install_releases(&mut self) {
+        let l = self.l;
+        let all: Vec<String> = l
+            .batches
+            .iter()
+            .flatten()
+            .chain(&l.cron)
+            .filter(|n| !l.have_target.contains(n))
+            .cloned()
+            .collect();
+        self.each(None, OnFail::Stop, &all, |n| Step::Install {
+            node: n.clone(),
+        });
+        self.each(None, OnFail::Stop, &all, |n| Step::Verify {
+            node: n.clone(),
+        });
+    }
+
+    /// Bring `nodes` to the target: install and verify (in place), or switch (releases); then
+    /// their web nodes' PHP reloaded (always after a switch: no package reloads it then).
+    fn take(&mut self, batch: Option<usize>, on_fail: OnFail, nodes: &[String]) {
+        if !self.l.releases {
+            return self.install(batch, on_fail, nodes);
+        }
+        self.each(batch, on_fail, nodes, |n| Step::Switch { node: n.clone() });
+        let webs = self.webs_of(nodes);
+        self.each(batch, on_fail, &webs, |n| Step::Reload { node: n.clone() });
+    }
+
     fn probe(&mut self, batch: Option<usize>, on_fail: OnFail, node: &str) {
         if let Some(path) = self.l.probe.clone() {
             let step = Step::Probe {
@@ -164,7 +206,7 @@ impl Writer<'_> {
                 OnFail::BackInAndStop
             };
             self.one(batch, idle, Step::WaitIdle { nodes: b.clone() });
-            self.install(batch, leave_out, b);
+            self.take(batch, leave_out, b);
             for n in b {
                 self.one(batch, OnFail::Warn, Step::HealthDown { node: n.clone() });
                 self.probe(batch, leave_out, n);
@@ -176,7 +218,7 @@ impl Writer<'_> {
             }
         }
         for c in &l.cron {
-            self.install(None, OnFail::Stop, std::slice::from_ref(c));
+            self.take(None, OnFail::Stop, std::slice::from_ref(c));
         }
         if let Some(n) = &l.purge_on {
             self.one(None, OnFail::Warn, Step::Purge { node: n.clone() });
@@ -187,16 +229,23 @@ impl Writer<'_> {
         let l = self.l;
         let all: Vec<String> = l.batches.iter().flatten().chain(&l.cron).cloned().collect();
         let first = l.first.clone();
-        self.each(None, OnFail::Stop, &all, |n| Step::Download {
-            node: n.clone(),
-        });
-        self.one(
-            None,
-            OnFail::Stop,
-            Step::MaintenanceOn {
-                node: first.clone(),
-            },
-        );
+        if !l.releases {
+            self.each(None, OnFail::Stop, &all, |n| Step::Download {
+                node: n.clone(),
+            });
+        }
+        let on = Step::MaintenanceOn {
+            node: first.clone(),
+        };
+        self.one(None, OnFail::Stop, on);
+        if l.releases {
+            // Installed already, while serving: the window is the switch and the upgrade.
+            self.take(None, OnFail::Stop, &all);
+            for n in self.webs_of(&all) {
+                self.probe(None, OnFail::Stop, &n);
+            }
+            return self.upgrade(&first);
+        }
         for (i, chunk) in all.chunks(l.batch.max(1)).enumerate() {
             let batch = Some(i);
             let web = self.webs_of(chunk);
@@ -218,15 +267,20 @@ impl Writer<'_> {
                 });
             }
         }
-        self.one(
-            None,
-            OnFail::Stop,
-            Step::Upgrade {
-                node: first.clone(),
-            },
-        );
-        self.one(None, OnFail::Stop, Step::MaintenanceOff { node: first });
-        for n in l.webs.clone() {
+        self.upgrade(&first);
+    }
+
+    /// The database path's end: `upgrade_command` once, maintenance off, every web node healthy.
+    fn upgrade(&mut self, first: &str) {
+        let up = Step::Upgrade {
+            node: first.to_string(),
+        };
+        self.one(None, OnFail::Stop, up);
+        let off = Step::MaintenanceOff {
+            node: first.to_string(),
+        };
+        self.one(None, OnFail::Stop, off);
+        for n in self.l.webs.clone() {
             self.one(None, OnFail::Stop, Step::WaitHealthy { node: n });
         }
     }
@@ -268,6 +322,8 @@ pub(super) fn replan(l: &Layout, rest: &[Group], failed: &[String]) -> Option<Ve
 /// purge.
 pub(super) fn back(l: &Layout, nodes: &[String], probe: Option<String>) -> Vec<Group> {
     let back = Layout {
+        // Going back, a release is still installed where the node ran it.
+        have_target: nodes.to_vec(),
         database: false,
         batches: nodes
             .chunks(l.batch.max(1))

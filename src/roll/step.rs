@@ -38,6 +38,9 @@ pub enum Step {
     Install { node: String },
     /// `dpkg-query` says the target is installed.
     Verify { node: String },
+    /// The releases layout: `install_dir` now points to the target's release (a new symlink
+    /// renamed over it: there is no instant without a path).
+    Switch { node: String },
     /// `[roll] reload_command`: what makes the node's PHP serve the code just installed.
     Reload { node: String },
     /// The node's PHP answers for the target at the package's release probe (`path`): the code
@@ -105,6 +108,7 @@ impl Step {
             Step::MaintenanceOn { .. } => "maintenance on".into(),
             Step::Install { .. } => "install".into(),
             Step::Verify { .. } => "verify version".into(),
+            Step::Switch { .. } => "switch".into(),
             Step::Reload { .. } => "reload".into(),
             Step::Probe { .. } => "release probe".into(),
             Step::HealthDown { .. } => "health down until checked".into(),
@@ -126,6 +130,7 @@ impl Step {
             | Step::MaintenanceOn { node }
             | Step::Install { node }
             | Step::Verify { node }
+            | Step::Switch { node }
             | Step::Reload { node }
             | Step::Probe { node, .. }
             | Step::HealthDown { node }
@@ -175,6 +180,7 @@ impl Step {
             Step::MaintenanceOn { node } => format!("{node}: maintenance_on (the whole site)"),
             Step::Install { node } => format!("{node}: install {target}"),
             Step::Verify { node } => format!("{node}: verify {target} is installed"),
+            Step::Switch { node } => format!("{node}: switch install_dir to release {target}"),
             Step::Reload { node } => format!("{node}: reload_command (its PHP serves the new code)"),
             Step::Probe { node, path } => {
                 format!("{node}: its PHP answers {target} at {path} (the release probe)")
