@@ -32,6 +32,10 @@ fn positions(t: &[serde_json::Value], action: &str) -> Vec<usize> {
         .collect()
 }
 
+#[expect(
+    clippy::too_many_lines,
+    reason = "one scenario on one lab, in the order a release engineer lives it: split, the order would be lost"
+)]
 #[test]
 fn releases_install_while_serving_switch_per_batch_and_roll_back_without_apt() {
     require_root("scripts/lab uses mount namespaces");
@@ -123,4 +127,99 @@ fn releases_install_while_serving_switch_per_batch_and_roll_back_without_apt() {
         assert_eq!(php_runs(&c, n), v1, "{n}");
     }
     assert!(c.lb_servers().iter().all(|(_, s)| s.starts_with("UP")));
+
+    // A release that changes $version and db/: installed while the site serves, then inside the
+    // maintenance window only the switch, the reload, the probe and the upgrade.
+    let cfg = fs::read_to_string(c.config_path())
+        .unwrap()
+        .replace("ref = \"v4.1.9\"", "ref = \"v4.1.10\"");
+    fs::write(c.config_path(), cfg).unwrap();
+    let v3 = c.release(3, &["--update", "upstream"]);
+    let out = run(c.cmd().args(["--json", "roll", "--batch", "2"]));
+    let o: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(o["plan"]["path"], "database", "{o}");
+    let t = timeline(&out);
+    let on = positions(&t, "maintenance on")[0];
+    assert!(
+        positions(&t, "install").iter().all(|i| *i < on),
+        "installed before the window: {t:#?}"
+    );
+    assert!(positions(&t, "switch").iter().all(|i| *i > on));
+    let window = o["maintenance_secs"].as_f64().unwrap();
+    let upgrade = t[positions(&t, "upgrade")[0]]["duration_ms"]
+        .as_f64()
+        .unwrap()
+        / 1000.0;
+    eprintln!("database window {window:.2}s, of which upgrade_command {upgrade:.2}s");
+    assert!(
+        window > 0.0 && window < upgrade + 10.0,
+        "{window} {upgrade}"
+    );
+    for n in ["web1", "web2", "web3"] {
+        assert_eq!(php_runs(&c, n), v3, "{n}");
+    }
+}
+
+/// A web server that passes PHP the symlinked path (`$document_root`, not `$realpath_root`):
+/// PHP's realpath cache keeps resolving install_dir to the old release for a while. Without a
+/// reload the release probe catches it, and the node stays out of rotation; with the reload it
+/// goes through.
+#[test]
+fn a_switch_that_php_does_not_see_keeps_the_node_out() {
+    require_root("scripts/lab uses mount namespaces");
+    let c = Cluster::up_with(2, "nginx-fpm", &[("LAB_FASTCGI_ROOT", "$document_root")]);
+    let set = |reload: &str| {
+        let text = fs::read_to_string(c.config_path()).unwrap();
+        let text = match text.find("reload_command = ") {
+            Some(_) => text
+                .lines()
+                .map(|l| {
+                    if l.starts_with("reload_command = ") {
+                        format!("reload_command = \"{reload}\"")
+                    } else {
+                        l.to_string()
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("\n"),
+            None => text
+                .replacen(
+                    "install_dir = \"/srv/moodle/html\"\n",
+                    "install_dir = \"/srv/moodle/html\"\nlayout = \"releases\"\n",
+                    1,
+                )
+                .replacen(
+                    "[roll]\n",
+                    &format!("[roll]\nreload_command = \"{reload}\"\n"),
+                    1,
+                ),
+        };
+        fs::write(c.config_path(), text + "\n").unwrap();
+    };
+    let reload = c.lab().join("reload-php").display().to_string();
+    set(&reload);
+    let v1 = c.release(1, &[]);
+    run(c.cmd().arg("roll"));
+    // Warm every worker's realpath cache on release 1.
+    for _ in 0..40 {
+        assert_eq!(php_runs(&c, "web1"), v1);
+    }
+    let v2 = c.release(2, &[]);
+    set("true");
+    let (_, err) = exits(c.cmd().args(["roll", "--batch", "1"]), 1);
+    assert!(
+        err.contains(&format!("its PHP runs {v1}, not {v2}")),
+        "the stale path must be caught: {err}"
+    );
+    let web1 = c
+        .lb_servers()
+        .into_iter()
+        .find(|(n, _)| n == "web1")
+        .unwrap();
+    assert!(web1.1.starts_with("MAINT"), "{web1:?}");
+    set(&reload);
+    run(c.cmd().args(["roll", "--resume", "--batch", "1"]));
+    for n in ["web1", "web2"] {
+        assert_eq!(php_runs(&c, n), v2, "{n}");
+    }
 }

@@ -457,6 +457,11 @@ impl Cluster {
     /// [`Cluster::up`] with the web nodes served by `web` (`scripts/lab --web`: `php`, or
     /// `nginx-fpm`: nginx + php-fpm with OPcache and `validate_timestamps=0`).
     pub fn up_web(web_nodes: u32, web: &str) -> Cluster {
+        Cluster::up_with(web_nodes, web, &[])
+    }
+
+    /// [`Cluster::up_web`] with `scripts/lab`'s environment `env` (`LAB_FASTCGI_ROOT`...).
+    pub fn up_with(web_nodes: u32, web: &str, env: &[(&str, &str)]) -> Cluster {
         let tmp = tempfile::Builder::new()
             .prefix("mr-lab-")
             .tempdir_in("/tmp")
@@ -465,7 +470,8 @@ impl Cluster {
         run(Command::new(project_root().join("scripts/lab"))
             .arg("up")
             .arg(&lab)
-            .args(["--nodes", &web_nodes.to_string(), "--web", web]));
+            .args(["--nodes", &web_nodes.to_string(), "--web", web])
+            .envs(env.iter().copied()));
         let c = Cluster {
             tmp,
             env: Default::default(),
