@@ -152,7 +152,7 @@ fn releases_install_while_serving_switch_per_batch_and_roll_back_without_apt() {
         / 1000.0;
     eprintln!("database window {window:.2}s, of which upgrade_command {upgrade:.2}s");
     assert!(
-        window > 0.0 && window < upgrade + 10.0,
+        window > 0.0 && window < upgrade + 5.0,
         "{window} {upgrade}"
     );
     for n in ["web1", "web2", "web3"] {
