@@ -50,7 +50,7 @@ fn releases_install_while_serving_switch_per_batch_and_roll_back_without_apt() {
         .replacen(
             "[roll]\n",
             &format!(
-                "[roll]\nreload_command = \"{}\"\n",
+                "[roll]\nreload_command = \"{}\"\nkeep_releases = 2\n",
                 c.lab().join("reload-php").display()
             ),
             1,
@@ -151,13 +151,29 @@ fn releases_install_while_serving_switch_per_batch_and_roll_back_without_apt() {
         .unwrap()
         / 1000.0;
     eprintln!("database window {window:.2}s, of which upgrade_command {upgrade:.2}s");
-    assert!(
-        window > 0.0 && window < upgrade + 5.0,
-        "{window} {upgrade}"
-    );
+    assert!(window > 0.0 && window < upgrade + 5.0, "{window} {upgrade}");
     for n in ["web1", "web2", "web3"] {
         assert_eq!(php_runs(&c, n), v3, "{n}");
     }
+
+    // keep_releases = 2: after the roll to release 4, each node keeps 4 and 3 (the live one and
+    // the one a rollback goes back to); 1 and 2 are removed.
+    let v4 = c.release(4, &[]);
+    let out = run(c.cmd().args(["--json", "roll", "--batch", "2"]));
+    let t = timeline(&out);
+    assert_eq!(positions(&t, "remove old releases").len(), 4, "{t:#?}");
+    for n in ["web1", "cron1"] {
+        let listed = c.ssh_ok(
+            n,
+            "dpkg-query -W -f='${Version} ${Status}\\n' 'moodle-sample-release-*' | grep 'ok installed' | cut -d' ' -f1 | sort",
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&listed.stdout).trim(),
+            format!("{v3}\n{v4}"),
+            "{n}"
+        );
+    }
+    assert_eq!(php_runs(&c, "web2"), v4);
 }
 
 /// A web server that passes PHP the symlinked path (`$document_root`, not `$realpath_root`):

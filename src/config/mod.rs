@@ -497,6 +497,10 @@ pub struct Roll {
     /// stops. A failed node out of rotation takes a place in the batch.
     #[serde(default)]
     pub max_failed_nodes: u32,
+    /// The releases layout: releases each node keeps after a roll (the newest; the live one
+    /// and the one before it are never removed), so that a rollback is a switch.
+    #[serde(default = "default_keep_releases")]
+    pub keep_releases: u32,
     /// Windows in which `roll` refuses to start (exit 3; `--force` overrides). `rollback` is
     /// never frozen.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -522,6 +526,7 @@ impl Default for Roll {
             canary_max_5xx: default_canary_max_5xx(),
             canary_min_requests: default_canary_min_requests(),
             max_failed_nodes: 0,
+            keep_releases: default_keep_releases(),
             freeze: Vec::new(),
         }
     }
@@ -555,6 +560,10 @@ fn default_upgrade_command() -> String {
 fn default_maintenance_on() -> String {
     "php {install_dir}/admin/cli/maintenance.php --enable".into()
 }
+fn default_keep_releases() -> u32 {
+    3
+}
+
 fn default_purge_command() -> String {
     "php {install_dir}/admin/cli/purge_caches.php".into()
 }

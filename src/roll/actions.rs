@@ -43,6 +43,12 @@ pub enum Cause {
         status: String,
         tail: String,
     },
+    #[error("removing the releases {versions} failed ({status}): {tail}")]
+    Prune {
+        versions: String,
+        status: String,
+        tail: String,
+    },
     #[error(transparent)]
     Unhealthy(#[from] Unhealthy),
     #[error(transparent)]
@@ -273,16 +279,22 @@ pub(super) fn verify(ctx: &mut Ctx, nodes: &[String], target: &str) -> Vec<Failu
 
 /// The releases layout: `nodes` switch to the target's release at once: a new symlink renamed
 /// over `install_dir` (a rename is atomic: no request finds no path). An empty folder there
-/// (a node never installed) gives way; one with files (an in-place install) is refused.
+/// (a node never installed) gives way; one with files (an in-place install) is refused. A site
+/// whose config.php sets `$CFG->alternative_component_cache` has that per-node cache rebuilt
+/// from the new release first (Moodle's component cache follows dirroot).
 pub(super) fn switch(ctx: &mut Ctx, nodes: &[String], target: &str) -> Vec<Failure> {
     let dir = ctx.cfg().site.install_dir.0.clone();
     let release = format!("{}/{target}", ctx.cfg().site.releases_dir());
+    let config_php = ctx.cfg().site.config_php_target().unwrap_or_default();
     let script = format!(
-        "set -e; d={d}; t={t}; [ -d \"$t\" ] || {{ echo \"$t is not installed\" >&2; exit 1; }}; \
+        "set -e; d={d}; t={t}; c={c}; [ -d \"$t\" ] || {{ echo \"$t is not installed\" >&2; exit 1; }}; \
+         if [ -n \"$c\" ] && grep -q alternative_component_cache \"$c\" 2>/dev/null; then \
+         php \"$t/admin/cli/alternative_component_cache.php\" --rebuild >/dev/null || {{ echo \"alternative_component_cache.php --rebuild failed\" >&2; exit 1; }}; fi; \
          if [ -d \"$d\" ] && [ ! -L \"$d\" ]; then rmdir \"$d\" 2>/dev/null || {{ echo \"$d is a folder with files (an in-place install), not a release's symlink\" >&2; exit 1; }}; fi; \
          mkdir -p \"$(dirname \"$d\")\"; ln -sfn \"$t\" \"$d.switch\"; mv -T \"$d.switch\" \"$d\"; [ \"$(readlink \"$d\")\" = \"$t\" ]",
         d = quote(&dir),
         t = quote(&release),
+        c = quote(&config_php),
     );
     let t = Instant::now();
     ctx.reporter()
@@ -309,6 +321,62 @@ pub(super) fn switch(ctx: &mut Ctx, nodes: &[String], target: &str) -> Vec<Failu
         };
         ctx.log_step(&step, None, StepResult::Failed, t, &f.to_string());
         failed.push(f);
+    }
+    failed
+}
+
+/// The releases layout: each `Prune` step's node removes its releases beyond `keep_releases`
+/// (`apt-get purge`), the nodes with the same releases to remove at once. A failure is the
+/// group's rule's (a warning): the new release serves either way.
+pub(super) fn prune(ctx: &mut Ctx, steps: &[Step]) -> Vec<Failure> {
+    let mut by_versions: std::collections::BTreeMap<Vec<String>, Vec<String>> = Default::default();
+    for s in steps {
+        if let Step::Prune { node, versions } = s {
+            by_versions
+                .entry(versions.clone())
+                .or_default()
+                .push(node.clone());
+        }
+    }
+    let mut failed = Vec::new();
+    for (versions, nodes) in by_versions {
+        let packages: Vec<String> = versions.iter().map(|v| ctx.package_of(v)).collect();
+        let script = format!(
+            "export DEBIAN_FRONTEND=noninteractive LC_ALL=C; apt-get purge -y -qq {} 2>&1 | grep -v '^(Reading database' || true; ! dpkg-query -W -f='${{Status}}\\n' {} 2>/dev/null | grep -q 'ok installed'",
+            packages.iter().map(|p| quote(p)).collect::<Vec<_>>().join(" "),
+            packages.iter().map(|p| quote(p)).collect::<Vec<_>>().join(" "),
+        );
+        let t = Instant::now();
+        ctx.reporter().step(&format!(
+            "removing releases {} on {}",
+            versions.join(", "),
+            nodes.join(", ")
+        ));
+        let results = ctx.nodes().run_all_long(&nodes, &script, &mut |_, _| {});
+        ctx.reporter().step_done();
+        for (n, r) in nodes.iter().zip(results) {
+            let step = Step::Prune {
+                node: n.clone(),
+                versions: versions.clone(),
+            };
+            let f = match r {
+                Ok(o) if o.success() => {
+                    ctx.log_step(&step, None, StepResult::Ok, t, &versions.join(", "));
+                    continue;
+                }
+                Ok(o) => Failure::of(
+                    &step,
+                    Cause::Prune {
+                        versions: versions.join(", "),
+                        status: o.status(),
+                        tail: o.tail(),
+                    },
+                ),
+                Err(e) => Failure::of(&step, e),
+            };
+            ctx.log_step(&step, None, StepResult::Failed, t, &f.to_string());
+            failed.push(f);
+        }
     }
     failed
 }

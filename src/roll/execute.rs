@@ -367,6 +367,7 @@ impl Run {
                 actions::purge_caches(ctx, node);
                 Vec::new()
             }
+            Step::Prune { .. } => actions::prune(ctx, &g.steps),
             step @ Step::Canary { .. } => {
                 let Some(rule) = step.canary_plan() else {
                     return Ok(());

@@ -316,6 +316,7 @@ pub(super) fn make_plan(
             .filter(|(_, i)| i.has(target))
             .map(|(n, _)| n.clone())
             .collect(),
+        prune: prune(cfg, installed, target),
         ..Layout::of(cfg)
     };
     let plan = Plan {
@@ -385,6 +386,39 @@ fn put_back(
         .collect()
 }
 
+/// The releases layout: for each node, the releases to remove once it runs `target`: all but
+/// the newest `keep_releases` (at least 2), and never the target nor the release it runs now
+/// (the one a rollback goes back to).
+fn prune(
+    cfg: &Config,
+    installed: &BTreeMap<String, Installed>,
+    target: &str,
+) -> Vec<(String, Vec<String>)> {
+    if cfg.site.layout != crate::config::SiteLayout::Releases {
+        return Vec::new();
+    }
+    let keep = (cfg.roll.keep_releases as usize).max(2);
+    let order = |v: &String| v.parse::<debversion::Version>().ok();
+    let mut out = Vec::new();
+    for (node, i) in installed {
+        let mut all: Vec<String> = i.releases.clone();
+        if !all.iter().any(|v| v == target) {
+            all.push(target.to_string());
+        }
+        all.sort_by_key(|v| std::cmp::Reverse(order(v)));
+        let gone: Vec<String> = all
+            .iter()
+            .skip(keep)
+            .filter(|v| *v != target && Some(v.as_str()) != i.version.as_deref())
+            .cloned()
+            .collect();
+        if !gone.is_empty() {
+            out.push((node.clone(), gone));
+        }
+    }
+    out
+}
+
 /// The web nodes in batches of `batch`; with a canary, the first batch is the canary alone.
 fn batches(webs: &[String], batch: usize, canary: bool) -> Vec<Vec<String>> {
     let (first, rest) = match (canary, webs.split_first()) {
@@ -404,6 +438,43 @@ mod tests {
     use crate::roll::target::resumed;
     use crate::roll::Outcome;
     use std::time::{Duration, Instant};
+
+    /// keep_releases: the newest are kept, and never the target nor the release a node runs.
+    #[test]
+    fn old_releases_go_but_never_the_target_nor_the_live_one() {
+        let (mut cfg, _, _) = cluster("d");
+        cfg.site.layout = crate::config::SiteLayout::Releases;
+        cfg.roll.keep_releases = 2;
+        let node = |live: &str, releases: &[&str]| Installed {
+            version: Some(live.into()),
+            releases: releases.iter().map(|r| r.to_string()).collect(),
+            ..Installed::default()
+        };
+        let installed: BTreeMap<String, Installed> = [
+            (
+                "web1".to_string(),
+                node("3-1", &["1-1", "2-1", "3-1", "4-1"]),
+            ),
+            ("web2".to_string(), node("1-1", &["1-1", "2-1", "3-1"])),
+            ("web3".to_string(), node("3-1", &["3-1"])),
+        ]
+        .into_iter()
+        .collect();
+        let gone = prune(&cfg, &installed, "4-1");
+        assert_eq!(
+            gone,
+            [
+                (
+                    "web1".to_string(),
+                    vec!["2-1".to_string(), "1-1".to_string()]
+                ),
+                ("web2".to_string(), vec!["2-1".to_string()]),
+            ]
+        );
+        // keep_releases below 2 keeps 2: the live one and the one before it.
+        cfg.roll.keep_releases = 0;
+        assert_eq!(prune(&cfg, &installed, "4-1")[0].1, ["2-1", "1-1"]);
+    }
 
     #[test]
     fn nodes_an_earlier_run_left_out_are_planned_first() {

@@ -41,6 +41,8 @@ pub(super) struct Layout {
     /// Nodes that have the target installed already (the releases layout: a rollback to a
     /// release still there is a switch, no apt).
     pub have_target: Vec<String>,
+    /// The releases layout: the releases each node removes at the end (`keep_releases`).
+    pub prune: Vec<(String, Vec<String>)>,
 }
 
 impl Layout {
@@ -63,6 +65,7 @@ impl Layout {
             reload: cfg.roll.reload_command.is_some(),
             releases: cfg.site.layout == crate::config::SiteLayout::Releases,
             have_target: Vec::new(),
+            prune: Vec::new(),
         }
     }
 }
@@ -86,6 +89,17 @@ pub(super) fn write(l: &Layout) -> Vec<Group> {
         w.database();
     } else {
         w.code_only();
+    }
+    let prune: Vec<Step> = l
+        .prune
+        .iter()
+        .map(|(node, versions)| Step::Prune {
+            node: node.clone(),
+            versions: versions.clone(),
+        })
+        .collect();
+    if !prune.is_empty() {
+        w.out.push(Group::new(None, OnFail::Warn, prune));
     }
     w.out
 }
@@ -305,6 +319,8 @@ pub(super) fn replan(l: &Layout, rest: &[Group], failed: &[String]) -> Option<Ve
         return None;
     }
     let left = Layout {
+        // The rest of the roll removes no release: some nodes are left out, on what they ran.
+        prune: Vec::new(),
         batches: webs.chunks(room.max(1)).map(<[String]>::to_vec).collect(),
         canary: None,
         put_back: Vec::new(),
@@ -333,6 +349,7 @@ pub(super) fn back(l: &Layout, nodes: &[String], probe: Option<String>) -> Vec<G
         canary: None,
         purge_on: None,
         put_back: Vec::new(),
+        prune: Vec::new(),
         probe,
         ..l.clone()
     };

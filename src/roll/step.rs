@@ -58,6 +58,9 @@ pub enum Step {
     MaintenanceOff { node: String },
     /// `purge_command`, once every node runs the target.
     Purge { node: String },
+    /// The releases layout: the node's releases beyond `[roll] keep_releases` removed
+    /// (`apt-get purge`), never the live one nor the one before it.
+    Prune { node: String, versions: Vec<String> },
     /// Watch the canary (in rotation on the target) for its window: its 5xx rate on every LB
     /// against the other servers', by the rule it carries.
     Canary {
@@ -116,6 +119,7 @@ impl Step {
             Step::Upgrade { .. } => "upgrade".into(),
             Step::MaintenanceOff { .. } => "maintenance off".into(),
             Step::Purge { .. } => "purge caches".into(),
+            Step::Prune { .. } => "remove old releases".into(),
             Step::Canary { .. } => "canary".into(),
         }
     }
@@ -139,6 +143,7 @@ impl Step {
             | Step::Upgrade { node }
             | Step::MaintenanceOff { node }
             | Step::Purge { node }
+            | Step::Prune { node, .. }
             | Step::Canary { node, .. } => Some(node),
         }
     }
@@ -193,6 +198,10 @@ impl Step {
             Step::Upgrade { node } => format!("{node}: upgrade_command (once)"),
             Step::MaintenanceOff { node } => format!("{node}: maintenance_off"),
             Step::Purge { node } => format!("{node}: purge_command (once)"),
+            Step::Prune { node, versions } => format!(
+                "{node}: remove the releases beyond keep_releases: {}",
+                versions.join(", ")
+            ),
             Step::Canary {
                 node,
                 window_ms,
