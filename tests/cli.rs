@@ -164,6 +164,8 @@ fn init_writes_a_config_that_checks_and_a_pipeline() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["site"]["package"], "moodle-example");
     assert_eq!(v["plugins"][0]["path"], "admin/tool/heartbeat");
+    // A new site gets the releases layout; existing ones keep in-place (the default).
+    assert_eq!(v["site"]["layout"], "releases");
     let ci = fs::read_to_string(dir.path().join(".gitlab-ci.yml")).unwrap();
     assert!(ci.contains("resource_group") && ci.contains("merge --locked"));
     // A second init does not overwrite.
