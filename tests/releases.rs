@@ -239,3 +239,63 @@ fn a_switch_that_php_does_not_see_keeps_the_node_out() {
         assert_eq!(php_runs(&c, n), v2, "{n}");
     }
 }
+
+/// An in-place site moves to the releases layout in one roll, under load: each node's first
+/// switch sets the in-place folder aside and purges the in-place package before the symlink
+/// exists (so dpkg cannot reach the release's files through it); the folder goes at the end.
+#[test]
+fn an_in_place_site_moves_to_releases_in_one_roll() {
+    require_root("scripts/lab uses mount namespaces");
+    let c = Cluster::up_web(3, "nginx-fpm");
+    let reload = c.lab().join("reload-php").display().to_string();
+    let text = fs::read_to_string(c.config_path()).unwrap().replacen(
+        "[roll]\n",
+        &format!("[roll]\nreload_command = \"{reload}\"\n"),
+        1,
+    );
+    fs::write(c.config_path(), &text).unwrap();
+    let v1 = c.release(1, &[]);
+    run(c.cmd().arg("roll"));
+    c.ssh_ok("web1", "test -d /srv/moodle/html -a ! -L /srv/moodle/html");
+    assert_eq!(php_runs(&c, "web1"), v1);
+
+    let text = text.replacen(
+        "install_dir = \"/srv/moodle/html\"\n",
+        "install_dir = \"/srv/moodle/html\"\nlayout = \"releases\"\n",
+        1,
+    );
+    fs::write(c.config_path(), text).unwrap();
+    let v2 = c.release(2, &[]);
+    let urls = vec![
+        format!("{}/", c.env["LAB_LB1"]),
+        format!("{}/", c.env["LAB_LB2"]),
+    ];
+    let load = Load::start(urls, 4, 5000);
+    let out = run(c.cmd().args(["--json", "roll", "--batch", "1"]));
+    let (requests, failures) = load.stop();
+    assert!(requests > 50);
+    assert!(failures.is_empty(), "{failures:?}");
+    let o: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(o["plan"]["path"], "code-only", "{o}");
+    for n in ["web1", "web2", "web3", "cron1"] {
+        let link = c.ssh_ok(n, "readlink /srv/moodle/html");
+        assert_eq!(
+            String::from_utf8_lossy(&link.stdout).trim(),
+            format!("/srv/moodle/releases/{v2}"),
+            "{n}"
+        );
+        let left = c.ssh(
+            n,
+            "dpkg-query -W -f='${Status}' moodle-sample 2>/dev/null | grep -q 'ok installed' || test -e /srv/moodle/html.in-place",
+        );
+        assert!(
+            !left.status.success(),
+            "{n}: the in-place package or its folder is still there"
+        );
+        // The release's files are whole: dpkg did not remove them through the symlink.
+        c.ssh_ok(n, &format!("dpkg --verify moodle-sample-release-{v2}"));
+    }
+    for n in ["web1", "web2", "web3"] {
+        assert_eq!(php_runs(&c, n), v2, "{n}");
+    }
+}

@@ -279,7 +279,10 @@ pub(super) fn verify(ctx: &mut Ctx, nodes: &[String], target: &str) -> Vec<Failu
 
 /// The releases layout: `nodes` switch to the target's release at once: a new symlink renamed
 /// over `install_dir` (a rename is atomic: no request finds no path). An empty folder there
-/// (a node never installed) gives way; one with files (an in-place install) is refused. A site
+/// (a node never installed) gives way. One with files is an in-place install, moved to the
+/// releases layout: the folder is renamed aside (`install_dir.in-place`, removed with the old
+/// releases at the end) and the in-place package purged, both before the symlink exists, so
+/// that dpkg, removing the old package's files, cannot reach the release's through it. A site
 /// whose config.php sets `$CFG->alternative_component_cache` has that per-node cache rebuilt
 /// from the new release first (Moodle's component cache follows dirroot).
 pub(super) fn switch(ctx: &mut Ctx, nodes: &[String], target: &str) -> Vec<Failure> {
@@ -290,11 +293,15 @@ pub(super) fn switch(ctx: &mut Ctx, nodes: &[String], target: &str) -> Vec<Failu
         "set -e; d={d}; t={t}; c={c}; [ -d \"$t\" ] || {{ echo \"$t is not installed\" >&2; exit 1; }}; \
          if [ -n \"$c\" ] && grep -q alternative_component_cache \"$c\" 2>/dev/null; then \
          php \"$t/admin/cli/alternative_component_cache.php\" --rebuild >/dev/null || {{ echo \"alternative_component_cache.php --rebuild failed\" >&2; exit 1; }}; fi; \
-         if [ -d \"$d\" ] && [ ! -L \"$d\" ]; then rmdir \"$d\" 2>/dev/null || {{ echo \"$d is a folder with files (an in-place install), not a release's symlink\" >&2; exit 1; }}; fi; \
+         if [ -d \"$d\" ] && [ ! -L \"$d\" ] && ! rmdir \"$d\" 2>/dev/null; then \
+         old=\"$d.in-place\"; rm -rf \"$old\"; mv -T \"$d\" \"$old\"; \
+         if dpkg-query -W -f='${{Status}}' {p} 2>/dev/null | grep -q 'ok installed'; then \
+         DEBIAN_FRONTEND=noninteractive dpkg --purge {p} >/dev/null || {{ mv -T \"$old\" \"$d\"; echo \"dpkg --purge {p} failed: $d is back\" >&2; exit 1; }}; fi; fi; \
          mkdir -p \"$(dirname \"$d\")\"; ln -sfn \"$t\" \"$d.switch\"; mv -T \"$d.switch\" \"$d\"; [ \"$(readlink \"$d\")\" = \"$t\" ]",
         d = quote(&dir),
         t = quote(&release),
         c = quote(&config_php),
+        p = quote(ctx.pkg()),
     );
     let t = Instant::now();
     ctx.reporter()
@@ -341,11 +348,19 @@ pub(super) fn prune(ctx: &mut Ctx, steps: &[Step]) -> Vec<Failure> {
     let mut failed = Vec::new();
     for (versions, nodes) in by_versions {
         let packages: Vec<String> = versions.iter().map(|v| ctx.package_of(v)).collect();
-        let script = format!(
-            "export DEBIAN_FRONTEND=noninteractive LC_ALL=C; apt-get purge -y -qq {} 2>&1 | grep -v '^(Reading database' || true; ! dpkg-query -W -f='${{Status}}\\n' {} 2>/dev/null | grep -q 'ok installed'",
-            packages.iter().map(|p| quote(p)).collect::<Vec<_>>().join(" "),
-            packages.iter().map(|p| quote(p)).collect::<Vec<_>>().join(" "),
-        );
+        let leftover = quote(&format!("{}.in-place", ctx.cfg().site.install_dir));
+        let listed = packages
+            .iter()
+            .map(|p| quote(p))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let script = if packages.is_empty() {
+            format!("rm -rf {leftover}")
+        } else {
+            format!(
+                "export DEBIAN_FRONTEND=noninteractive LC_ALL=C; rm -rf {leftover}; apt-get purge -y -qq {listed} 2>&1 | grep -v '^(Reading database' || true; ! dpkg-query -W -f='${{Status}}\\n' {listed} 2>/dev/null | grep -q 'ok installed'"
+            )
+        };
         let t = Instant::now();
         ctx.reporter().step(&format!(
             "removing releases {} on {}",

@@ -128,12 +128,6 @@ pub enum RollError {
         config_php: String,
         install_dir: String,
     },
-    /// The releases layout on nodes whose install_dir is an in-place install.
-    #[error("before changing anything: {}: {install_dir} is a folder with files (an in-place install), not a release's symlink: moving an in-place site to layout = \"releases\" is not in this version of moodle-release; keep layout = \"in-place\" for this site", nodes.join(", "))]
-    InPlaceToReleases {
-        nodes: Vec<String>,
-        install_dir: String,
-    },
     #[error("before changing anything: the apt repository {} holds no version of {package}", repo.display())]
     EmptyRepo { repo: PathBuf, package: String },
     #[error("before changing anything: no earlier version in the repository to roll back to")]
@@ -280,7 +274,6 @@ impl RollError {
     pub fn exit_code(&self) -> i32 {
         match self {
             RollError::NoNodes
-            | RollError::InPlaceToReleases { .. }
             | RollError::NoLb
             | RollError::ZeroBatch
             | RollError::Journal { .. }

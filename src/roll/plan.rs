@@ -412,7 +412,8 @@ fn prune(
             .filter(|v| *v != target && Some(v.as_str()) != i.version.as_deref())
             .cloned()
             .collect();
-        if !gone.is_empty() {
+        // A node moved from the in-place layout also removes the old folder, set aside.
+        if !gone.is_empty() || i.in_place_dir {
             out.push((node.clone(), gone));
         }
     }

@@ -109,13 +109,6 @@ pub(super) fn preflight(ctx: &mut Before) -> Result<BTreeMap<String, Installed>,
             package: cfg.site.package.to_string(),
         });
     }
-    let in_place = nodes_where(|i| i.in_place_dir);
-    if !in_place.is_empty() {
-        return Err(RollError::InPlaceToReleases {
-            nodes: in_place.iter().map(|s| s.to_string()).collect(),
-            install_dir: cfg.site.install_dir.to_string(),
-        });
-    }
     let relative = nodes_where(|i| i.config_php_relative_setup);
     if let (false, Some(c)) = (relative.is_empty(), cfg.site.config_php_target()) {
         return Err(RollError::RelativeSetup {

@@ -198,6 +198,9 @@ impl Step {
             Step::Upgrade { node } => format!("{node}: upgrade_command (once)"),
             Step::MaintenanceOff { node } => format!("{node}: maintenance_off"),
             Step::Purge { node } => format!("{node}: purge_command (once)"),
+            Step::Prune { node, versions } if versions.is_empty() => {
+                format!("{node}: remove the in-place folder set aside by the move to releases")
+            }
             Step::Prune { node, versions } => format!(
                 "{node}: remove the releases beyond keep_releases: {}",
                 versions.join(", ")
