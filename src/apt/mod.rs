@@ -120,6 +120,9 @@ pub struct Listed {
     /// built before it existed do not have.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub probe: Option<String>,
+    /// `Installed-Size`, in KiB: what the package takes on a node.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub installed_kib: Option<u64>,
 }
 
 #[cfg(test)]
@@ -137,6 +140,7 @@ impl Listed {
             versions_hash: Some(versions_hash.into()),
             db_hash: Some(db_hash.into()),
             probe: Some("/moodle-release-probe.php".into()),
+            installed_kib: Some(1024),
         }
     }
 }
@@ -281,6 +285,7 @@ impl Repo {
                 versions_hash: s.get("X-Moodle-Versions-Hash").map(String::from),
                 db_hash: s.get("X-Moodle-Db-Hash").map(String::from),
                 probe: s.get("X-Moodle-Release-Probe").map(String::from),
+                installed_kib: s.get("Installed-Size").and_then(|v| v.parse().ok()),
             })
             .collect())
     }

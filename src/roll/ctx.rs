@@ -43,6 +43,8 @@ pub(super) struct Ctx<'a> {
     started: Instant,
     /// A journal or state write that failed: the roll stops at its next stop point.
     unrecorded: Option<String>,
+    /// What each version's package takes on a node (KiB), for the releases layout's check.
+    space_needed: BTreeMap<String, Option<u64>>,
 }
 
 impl<'a> Ctx<'a> {
@@ -157,6 +159,7 @@ impl<'a> Ctx<'a> {
             processes,
             remote_state_failed: Default::default(),
             unrecorded: None,
+            space_needed: BTreeMap::new(),
         }
     }
 
@@ -520,7 +523,7 @@ impl<'a> Ctx<'a> {
     /// who holds it (`run_apt` shows it at once).
     pub(super) fn apt_install(&self, version: &str, download_only: bool) -> String {
         let [list, sources] = apt_sources(&self.pkg);
-        format!(
+        self.space_check(version) + &format!(
             "export DEBIAN_FRONTEND=noninteractive LC_ALL=C; end=$(( $(date +%s) + {wait} )); \
              apt_retry() {{ said=; while :; do out=$(\"$@\" 2>&1) && return 0; \
              case $out in *'Could not get lock'*) if [ $(date +%s) -lt $end ]; then \
@@ -539,7 +542,67 @@ impl<'a> Ctx<'a> {
         )
     }
 
+    /// The releases layout: a release goes beside the live one, so the disk under `releases_dir`
+    /// must hold it (its `Installed-Size`, plus a tenth) before apt starts. Empty otherwise.
+    fn space_check(&self, version: &str) -> String {
+        let Some(kib) = self.space_needed.get(version).copied().flatten() else {
+            return String::new();
+        };
+        if self.cfg.site.layout != SiteLayout::Releases {
+            return String::new();
+        }
+        space_check_script(&self.cfg.site.releases_dir(), version, kib)
+    }
+
+    /// What each version's package takes on a node (KiB), for [`Ctx::space_check`].
+    pub(super) fn know_sizes(&mut self, sizes: BTreeMap<String, Option<u64>>) {
+        self.space_needed = sizes;
+    }
+
     pub(super) fn interrupted(&self) -> bool {
         self.stop.load(Ordering::SeqCst)
+    }
+}
+
+/// The shell lines that stop (exit 100, saying why) when the disk under `dir` (or its nearest
+/// existing parent) has less than `kib` and a tenth free.
+fn space_check_script(dir: &str, version: &str, kib: u64) -> String {
+    let need = kib + kib / 10;
+    format!(
+        "p={d}; while [ ! -d \"$p\" ]; do p=$(dirname \"$p\"); done; \
+         free=$(df -Pk \"$p\" | awk 'NR==2 {{print $4}}'); \
+         if [ \"$free\" -lt {need} ]; then echo \"not enough space for release {version} under {dir}: {need} KiB needed (its Installed-Size and a tenth), $free KiB free\" >&2; exit 100; fi; ",
+        d = quote(dir),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::space_check_script;
+
+    /// The check run by the real shell and df: a folder not made yet is measured by its parent;
+    /// more than the disk holds stops with the figures, less goes on.
+    #[test]
+    fn a_release_that_does_not_fit_is_refused_before_apt() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("not/made/releases");
+        let dir = dir.to_str().unwrap();
+        let run = |kib| {
+            std::process::Command::new("sh")
+                .arg("-c")
+                .arg(space_check_script(dir, "2-1", kib) + "echo fits")
+                .output()
+                .unwrap()
+        };
+        let small = run(1);
+        assert!(small.status.success());
+        assert_eq!(String::from_utf8_lossy(&small.stdout).trim(), "fits");
+        let huge = run(1 << 50);
+        assert_eq!(huge.status.code(), Some(100));
+        let err = String::from_utf8_lossy(&huge.stderr);
+        assert!(
+            err.contains("not enough space for release 2-1") && err.contains("KiB free"),
+            "{err}"
+        );
     }
 }

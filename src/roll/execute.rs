@@ -37,6 +37,11 @@ pub(super) fn run_plan(
 ) -> Result<Walked, RollError> {
     let id = format!("{}", now_ms());
     ctx.open_journal(&id)?;
+    ctx.know_sizes(
+        [(plan.target.clone(), plan.installed_kib)]
+            .into_iter()
+            .collect(),
+    );
     *ctx.state_mut() = RollState {
         id,
         kind: plan.kind,

@@ -39,6 +39,9 @@ pub struct Plan {
     /// The release probe of each version in the repository that has one: where `--auto-rollback`
     /// and a canary sent back check the version they go back to.
     pub probes: BTreeMap<String, String>,
+    /// What the target's package takes on a node (KiB): the releases layout checks the space
+    /// for it before installing beside the live release.
+    pub installed_kib: Option<u64>,
     /// What the program was written from, for the programs written during the walk (the rest
     /// after failures within the budget, the way back of `--auto-rollback` and the canary).
     pub(super) layout: Layout,
@@ -347,6 +350,7 @@ pub(super) fn make_plan(
         frozen,
         probe: listed.probe.clone(),
         probes: chosen.probes.clone(),
+        installed_kib: listed.installed_kib,
         program: program::write(&layout),
         layout,
     };
