@@ -164,6 +164,33 @@ pub(super) fn purge_caches(ctx: &mut Ctx, node: &str) {
     }
 }
 
+/// Each node's result of a command run on `nodes` at once (since `t`) as its `step`: journalled
+/// ok (with `detail`), or failed with the cause `cause` makes of the command's output.
+fn journal_each(
+    ctx: &mut Ctx,
+    nodes: &[String],
+    results: Vec<Result<crate::ssh::Output, SshError>>,
+    t: Instant,
+    (step, detail): (&dyn Fn(&String) -> Step, &str),
+    cause: &dyn Fn(&crate::ssh::Output) -> Cause,
+) -> Vec<Failure> {
+    let mut failed = Vec::new();
+    for (n, r) in nodes.iter().zip(results) {
+        let step = step(n);
+        let f = match r {
+            Ok(o) if o.success() => {
+                ctx.log_step(&step, None, StepResult::Ok, t, detail);
+                continue;
+            }
+            Ok(o) => Failure::of(&step, cause(&o)),
+            Err(e) => Failure::of(&step, e),
+        };
+        ctx.log_step(&step, None, StepResult::Failed, t, &f.to_string());
+        failed.push(f);
+    }
+    failed
+}
+
 /// Installs the target on `nodes` in parallel: the nodes where it failed, and why.
 pub(super) fn install(ctx: &mut Ctx, nodes: &[String], target: &str) -> Vec<Failure> {
     let t = Instant::now();
@@ -171,28 +198,20 @@ pub(super) fn install(ctx: &mut Ctx, nodes: &[String], target: &str) -> Vec<Fail
         .step(&format!("installing {target} on {}", nodes.join(", ")));
     let script = ctx.apt_install(target, false);
     let results = ctx.run_apt(nodes, &script);
-    let mut failed = Vec::new();
-    for (n, r) in nodes.iter().zip(results) {
-        let step = Step::Install { node: n.clone() };
-        let f = match r {
-            Ok(o) if o.success() => {
-                ctx.log_step(&step, None, StepResult::Ok, t, target);
-                continue;
-            }
-            Ok(o) => Failure::of(
-                &step,
-                Cause::Install {
-                    package: ctx.pkg().to_string(),
-                    version: target.to_string(),
-                    status: o.status(),
-                    tail: o.tail(),
-                },
-            ),
-            Err(e) => Failure::of(&step, e),
-        };
-        ctx.log_step(&step, None, StepResult::Failed, t, &f.to_string());
-        failed.push(f);
-    }
+    let package = ctx.package_of(target);
+    let failed = journal_each(
+        ctx,
+        nodes,
+        results,
+        t,
+        (&|n| Step::Install { node: n.clone() }, target),
+        &|o| Cause::Install {
+            package: package.clone(),
+            version: target.to_string(),
+            status: o.status(),
+            tail: o.tail(),
+        },
+    );
     ctx.reporter().step_done();
     failed
 }
@@ -223,28 +242,18 @@ pub(super) fn reload(ctx: &mut Ctx, nodes: &[String]) -> Vec<Failure> {
         .step(&format!("reloading PHP on {}", nodes.join(", ")));
     let results = ctx.nodes().run_all_long(nodes, &cmd, &mut |_, _| {});
     ctx.reporter().step_done();
-    let mut failed = Vec::new();
-    for (n, r) in nodes.iter().zip(results) {
-        let step = Step::Reload { node: n.clone() };
-        let f = match r {
-            Ok(o) if o.success() => {
-                ctx.log_step(&step, None, StepResult::Ok, t, &cmd);
-                continue;
-            }
-            Ok(o) => Failure::of(
-                &step,
-                Cause::Reload {
-                    command: cmd.clone(),
-                    status: o.status(),
-                    tail: o.tail(),
-                },
-            ),
-            Err(e) => Failure::of(&step, e),
-        };
-        ctx.log_step(&step, None, StepResult::Failed, t, &f.to_string());
-        failed.push(f);
-    }
-    failed
+    journal_each(
+        ctx,
+        nodes,
+        results,
+        t,
+        (&|n| Step::Reload { node: n.clone() }, &cmd),
+        &|o| Cause::Reload {
+            command: cmd.clone(),
+            status: o.status(),
+            tail: o.tail(),
+        },
+    )
 }
 
 /// Checks, in one query per node, that `nodes` run the target: the ones that do not, and why.
@@ -308,28 +317,18 @@ pub(super) fn switch(ctx: &mut Ctx, nodes: &[String], target: &str) -> Vec<Failu
         .step(&format!("switching {} to {target}", nodes.join(", ")));
     let results = ctx.nodes().run_all_long(nodes, &script, &mut |_, _| {});
     ctx.reporter().step_done();
-    let mut failed = Vec::new();
-    for (n, r) in nodes.iter().zip(results) {
-        let step = Step::Switch { node: n.clone() };
-        let f = match r {
-            Ok(o) if o.success() => {
-                ctx.log_step(&step, None, StepResult::Ok, t, &release);
-                continue;
-            }
-            Ok(o) => Failure::of(
-                &step,
-                Cause::Switch {
-                    release: release.clone(),
-                    status: o.status(),
-                    tail: o.tail(),
-                },
-            ),
-            Err(e) => Failure::of(&step, e),
-        };
-        ctx.log_step(&step, None, StepResult::Failed, t, &f.to_string());
-        failed.push(f);
-    }
-    failed
+    journal_each(
+        ctx,
+        nodes,
+        results,
+        t,
+        (&|n| Step::Switch { node: n.clone() }, &release),
+        &|o| Cause::Switch {
+            release: release.clone(),
+            status: o.status(),
+            tail: o.tail(),
+        },
+    )
 }
 
 /// The releases layout: each `Prune` step's node removes its releases beyond `keep_releases`
@@ -369,29 +368,25 @@ pub(super) fn prune(ctx: &mut Ctx, steps: &[Step]) -> Vec<Failure> {
         ));
         let results = ctx.nodes().run_all_long(&nodes, &script, &mut |_, _| {});
         ctx.reporter().step_done();
-        for (n, r) in nodes.iter().zip(results) {
-            let step = Step::Prune {
-                node: n.clone(),
-                versions: versions.clone(),
-            };
-            let f = match r {
-                Ok(o) if o.success() => {
-                    ctx.log_step(&step, None, StepResult::Ok, t, &versions.join(", "));
-                    continue;
-                }
-                Ok(o) => Failure::of(
-                    &step,
-                    Cause::Prune {
-                        versions: versions.join(", "),
-                        status: o.status(),
-                        tail: o.tail(),
-                    },
-                ),
-                Err(e) => Failure::of(&step, e),
-            };
-            ctx.log_step(&step, None, StepResult::Failed, t, &f.to_string());
-            failed.push(f);
-        }
+        let said = versions.join(", ");
+        failed.extend(journal_each(
+            ctx,
+            &nodes,
+            results,
+            t,
+            (
+                &|n| Step::Prune {
+                    node: n.clone(),
+                    versions: versions.clone(),
+                },
+                &said,
+            ),
+            &|o| Cause::Prune {
+                versions: said.clone(),
+                status: o.status(),
+                tail: o.tail(),
+            },
+        ));
     }
     failed
 }
