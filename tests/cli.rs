@@ -193,6 +193,13 @@ fn the_releases_layout_is_checked() {
     let out = run(site.cmd().args(["config", "check"]));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("layout = \"releases\""), "{text}");
+    with("layout = \"releases\"\nconfig_php = \"\"\n");
+    let (code, err) = stderr_of(&site, &["config", "check"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("[site] config_php") && err.contains("ships no config.php stub"),
+        "{err}"
+    );
     with("layout = \"releases\"\nreleases_dir = \"/srv/moodle-test/html/releases\"\n");
     let (code, err) = stderr_of(&site, &["config", "check"]);
     assert_eq!(code, Some(2), "{err}");

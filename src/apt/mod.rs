@@ -178,12 +178,16 @@ pub struct Repo {
     pub architectures: Vec<String>,
     pub keep: usize,
     pub sign_key: Option<String>,
-    pub package: String,
-    /// The site's `[site]` (its layout names the package of each version).
+    /// The site's `[site]`: its package, and its layout, which names the package of each version.
     pub site: crate::config::Site,
 }
 
 impl Repo {
+    /// The site's package name (in the releases layout, each version's is `<it>-release-<v>`).
+    pub fn package(&self) -> &str {
+        &self.site.package.0
+    }
+
     /// The repository of a local `[apt] repo` (for `ssh://`, see [`open`] and [`publish`]).
     pub fn from_config(cfg: &Config) -> Result<Repo, AptError> {
         let apt = cfg.apt.as_ref().ok_or(AptError::NoApt)?;
@@ -205,7 +209,6 @@ impl Repo {
             architectures: apt.architectures.clone(),
             keep: apt.keep.max(1) as usize,
             sign_key: apt.sign_key.clone().filter(|k| !k.trim().is_empty()),
-            package: cfg.site.package.to_string(),
             site: cfg.site.clone(),
         })
     }
@@ -221,7 +224,7 @@ impl Repo {
     }
 
     fn pool_dir(&self) -> PathBuf {
-        let p = &self.package;
+        let p = self.package();
         let prefix = if p.starts_with("lib") && p.len() > 3 {
             &p[..4]
         } else {
@@ -316,7 +319,7 @@ impl Repo {
         // New pool files go in only once every package of the batch is known to be acceptable.
         let mut to_persist = Vec::new();
         for (path, version, info) in incoming {
-            reporter.step(&format!("adding {} {version}", self.package));
+            reporter.step(&format!("adding {} {version}", self.package()));
             // One pass over the package: copied next to its final place and hashed.
             let (tmp, size, sha256) = deb::copy_hashing(&path, &pool)?;
             if let Some(existing) = entries
@@ -330,13 +333,13 @@ impl Repo {
                     continue;
                 }
                 return Err(AptError::Immutable {
-                    package: self.package.clone(),
+                    package: self.package().to_string(),
                     version,
                     existing: sha.to_string(),
                     new: sha256,
                 });
             }
-            let pkg = info.control.get("Package").unwrap_or(&self.package);
+            let pkg = info.control.get("Package").unwrap_or(self.package());
             let name = format!("{pkg}_{}_all.deb", version.replace(':', "%3a"));
             let dest = pool.join(&name);
             crate::fsutil::set_mode_0644(tmp.path()).map_err(io_err(&dest))?;
@@ -398,7 +401,7 @@ impl Repo {
                 let version = info.control.get("Version").unwrap_or_default().to_string();
                 // In the releases layout each version is a package of its own.
                 let expected = match self.site.layout {
-                    crate::config::SiteLayout::InPlace => self.package.clone(),
+                    crate::config::SiteLayout::InPlace => self.package().to_string(),
                     crate::config::SiteLayout::Releases => self.site.release_package(&version),
                 };
                 if pkg != expected {
@@ -469,7 +472,10 @@ impl Repo {
                 format!("{rel}/Release"),
                 format!(
                     "Archive: {}\nComponent: {}\nOrigin: {}\nLabel: {}\nArchitecture: {arch}\n",
-                    self.suite, self.component, self.package, self.package
+                    self.suite,
+                    self.component,
+                    self.package(),
+                    self.package()
                 )
                 .into_bytes(),
             ));
@@ -520,8 +526,8 @@ impl Repo {
 
     fn release_text(&self, listed: &[(String, Vec<u8>)]) -> String {
         let mut s = String::new();
-        s.push_str(&format!("Origin: {}\n", self.package));
-        s.push_str(&format!("Label: {}\n", self.package));
+        s.push_str(&format!("Origin: {}\n", self.package()));
+        s.push_str(&format!("Label: {}\n", self.package()));
         s.push_str(&format!("Suite: {}\n", self.suite));
         s.push_str(&format!("Codename: {}\n", self.suite));
         s.push_str(&format!("Date: {}\n", rfc2822_now()));
@@ -532,7 +538,7 @@ impl Repo {
         s.push_str(&format!("Components: {}\n", self.component));
         s.push_str(&format!(
             "Description: Moodle site packages of {}\n",
-            self.package
+            self.package()
         ));
         s.push_str("Acquire-By-Hash: yes\n");
         s.push_str("MD5Sum:\n");

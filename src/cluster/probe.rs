@@ -82,6 +82,10 @@ pub fn connect_and_query(
 /// What a node answered to [`installed_script`].
 type Answer = Result<Installed, SshError>;
 
+/// What dpkg-query says of a package: `Status|Version|X-Moodle-Versions-Hash|X-Moodle-Db-Hash`,
+/// the fields `build` records and [`parse_installed`] reads.
+const FIELDS: &str = "${Status}|${Version}|${X-Moodle-Versions-Hash}|${X-Moodle-Db-Hash}\\n";
+
 /// The query of what a node has installed of this site's package.
 pub fn installed_script(cfg: &Config) -> String {
     let query = installed_query(
@@ -96,7 +100,7 @@ pub fn installed_script(cfg: &Config) -> String {
     let pkg = cfg.site.package.to_string();
     format!(
         "{query}; live=$(readlink {dir} 2>/dev/null || true); \
-         [ -n \"$live\" ] && dpkg-query -W -f='${{Status}}|${{Version}}|${{X-Moodle-Versions-Hash}}|${{X-Moodle-Db-Hash}}\\n' \"{pkg}-release-${{live##*/}}\" 2>/dev/null | sed 's/^/live /'; \
+         [ -n \"$live\" ] && dpkg-query -W -f='{FIELDS}' \"{pkg}-release-${{live##*/}}\" 2>/dev/null | sed 's/^/live /'; \
          dpkg-query -W -f='release ${{Status}}|${{Version}}\\n' {glob} 2>/dev/null; \
          if [ -d {dir} ] && [ ! -L {dir} ] && [ -n \"$(ls -A {dir} 2>/dev/null)\" ]; then echo in-place-dir; fi; true",
         dir = quote(&cfg.site.install_dir.0),
@@ -133,7 +137,7 @@ pub fn installed_query(pkg: &str, config_php: Option<&str>) -> String {
         })
         .unwrap_or_default();
     format!(
-        "dpkg-query -W -f='${{Status}}|${{Version}}|${{X-Moodle-Versions-Hash}}|${{X-Moodle-Db-Hash}}\\n' {q} 2>/dev/null || true; \
+        "dpkg-query -W -f='{FIELDS}' {q} 2>/dev/null || true; \
          for f in {list} {sources}; do if [ -e \"$f\" ]; then echo \"source $f\"; fi; done{relative_setup}; \
          {lock}; true",
         lock = lock::query(),
@@ -181,36 +185,23 @@ pub fn parse_installed(stdout: &str) -> Installed {
                 .find(|l| l.contains('|') && !l.starts_with("release "))
         })
         .unwrap_or("");
-    let parts: Vec<&str> = line.split('|').collect();
-    if parts.len() < 4 || !parts[0].ends_with("ok installed") {
-        return Installed {
-            apt_source,
-            config_php_relative_setup,
-            lock,
-            state,
-            releases,
-            in_place_dir,
-            ..Installed::default()
-        };
-    }
-    let opt = |s: &str| {
-        if s.is_empty() {
-            None
-        } else {
-            Some(s.to_string())
-        }
-    };
-    Installed {
-        version: opt(parts[1]),
-        versions_hash: opt(parts[2]),
-        db_hash: opt(parts[3]),
+    let mut installed = Installed {
         apt_source,
         config_php_relative_setup,
         lock,
         state,
         releases,
         in_place_dir,
+        ..Installed::default()
+    };
+    let parts: Vec<&str> = line.split('|').collect();
+    if parts.len() >= 4 && parts[0].ends_with("ok installed") {
+        let opt = |s: &str| (!s.is_empty()).then(|| s.to_string());
+        installed.version = opt(parts[1]);
+        installed.versions_hash = opt(parts[2]);
+        installed.db_hash = opt(parts[3]);
     }
+    installed
 }
 
 #[cfg(test)]

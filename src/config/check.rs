@@ -66,6 +66,14 @@ impl Config {
                 format!("`{releases}` and install_dir `{dir}` must not hold one another: install_dir becomes a symlink to a release under it"),
             ));
         }
+        if self.site.layout == super::SiteLayout::Releases
+            && self.site.config_php_target().is_none()
+        {
+            return Err((
+                vec![k("site"), k("config_php")],
+                "`\"\"` ships no config.php stub, and with layout = \"releases\" a release folder holds only what its package ships: give the node's settings file (default /etc/<package>/config.php)".into(),
+            ));
+        }
         if let Some(t) = self.site.config_php_target() {
             if !t.starts_with('/') || t.contains(['\'', '\\', '\n']) {
                 return Err((

@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use super::ctx::Ctx;
-use super::health::wait_release;
+use super::health::{wait_own_health, wait_release};
 use super::step::Step;
 use super::{Plan, RollError};
 use crate::cluster::health::Unhealthy;
@@ -91,15 +91,9 @@ pub(super) fn put_back(ctx: &mut Ctx, plan: &Plan, node: &str) -> Result<(), Rol
         return Ok(());
     };
     // Healthy, and its PHP runs the target (a stale PHP may be why an earlier run left it out).
-    // Right after its reload_command, PHP may take a moment to answer: waited for, within
-    // health_timeout; else one look, as nothing on it is expected to change.
-    let deadline = Instant::now() + ctx.cfg().roll.health_timeout;
-    let mut health = ctx.nodes().health(&n);
-    while health.is_err() && ctx.cfg().roll.reload_command.is_some() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-        health = ctx.nodes().health(&n);
-    }
-    let checked = health.and_then(|()| match plan.probe.as_deref() {
+    // Its health URL is waited for within health_timeout, as after an install: PHP may have
+    // just been reloaded. (The LBs' checks are not: they do not check a server in maint.)
+    let checked = wait_own_health(ctx, &n).and_then(|()| match plan.probe().as_deref() {
         Some(path) if n.http.is_some() => wait_release(ctx, &n, path, &plan.target),
         _ => Ok(()),
     });
@@ -192,11 +186,16 @@ fn journal_each(
 }
 
 /// Installs the target on `nodes` in parallel: the nodes where it failed, and why.
-pub(super) fn install(ctx: &mut Ctx, nodes: &[String], target: &str) -> Vec<Failure> {
+pub(super) fn install(
+    ctx: &mut Ctx,
+    nodes: &[String],
+    target: &str,
+    need_kib: Option<u64>,
+) -> Vec<Failure> {
     let t = Instant::now();
     ctx.reporter()
         .step(&format!("installing {target} on {}", nodes.join(", ")));
-    let script = ctx.apt_install(target, false);
+    let script = ctx.apt_install(target, false, need_kib);
     let results = ctx.run_apt(nodes, &script);
     let package = ctx.package_of(target);
     let failed = journal_each(
@@ -256,19 +255,25 @@ pub(super) fn reload(ctx: &mut Ctx, nodes: &[String]) -> Vec<Failure> {
     )
 }
 
-/// Checks, in one query per node, that `nodes` run the target: the ones that do not, and why.
-pub(super) fn verify(ctx: &mut Ctx, nodes: &[String], target: &str) -> Vec<Failure> {
+/// Checks, in one query per node, that `nodes` have the target installed: the ones that do
+/// not, and why; and the ones whose live code it is (in place, the package installed; in the
+/// releases layout, where install_dir points).
+pub(super) fn verify(ctx: &mut Ctx, nodes: &[String], target: &str) -> (Vec<Failure>, Vec<String>) {
     if nodes.is_empty() {
-        return Vec::new();
+        return (Vec::new(), Vec::new());
     }
     let t = Instant::now();
     let answers = ctx.nodes().installed(nodes);
     let mut failed = Vec::new();
+    let mut live = Vec::new();
     for (n, answer) in nodes.iter().zip(answers) {
         let step = Step::Verify { node: n.clone() };
         let f = match answer {
             Ok(i) if i.has(target) => {
                 ctx.log_step(&step, None, StepResult::Ok, t, target);
+                if i.version.as_deref() == Some(target) {
+                    live.push(n.clone());
+                }
                 continue;
             }
             Ok(i) => Failure::of(
@@ -283,7 +288,7 @@ pub(super) fn verify(ctx: &mut Ctx, nodes: &[String], target: &str) -> Vec<Failu
         ctx.log_step(&step, None, StepResult::Failed, t, &f.to_string());
         failed.push(f);
     }
-    failed
+    (failed, live)
 }
 
 /// The releases layout: `nodes` switch to the target's release at once: a new symlink renamed

@@ -118,12 +118,11 @@ pub(super) fn back_to_previous(
 /// The plan that takes `nodes` (web nodes) back to `version`, batch by batch as `plan` did,
 /// checked by that version's release probe (if its package has one).
 fn back_plan(plan: &Plan, version: &str, nodes: &[String]) -> Plan {
-    let probe = plan.probes.get(version).cloned();
-    Plan {
+    let mut back = Plan {
         target: version.to_string(),
         path: super::RollPath::CodeOnly,
-        program: program::back(&plan.layout, nodes, probe.clone()),
-        probe,
         ..plan.clone()
-    }
+    };
+    back.program = program::back(&plan.layout, nodes, back.probe());
+    back
 }

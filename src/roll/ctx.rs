@@ -32,19 +32,16 @@ pub(super) struct Ctx<'a> {
     state: RollState,
     stop: Arc<AtomicBool>,
     warnings: Vec<String>,
-    pkg: String,
     /// Each LB's process as first seen: a change means HAProxy was reloaded and dropped the
     /// runtime states this tool set.
     processes: BTreeMap<String, Process>,
     /// A copy of the state could not be written on the lock node (said once).
-    remote_state_failed: std::cell::Cell<bool>,
+    remote_state_failed: bool,
     notifier: Option<Arc<crate::notify::Notifier>>,
     /// When the roll began (for notifications' durations).
     started: Instant,
     /// A journal or state write that failed: the roll stops at its next stop point.
     unrecorded: Option<String>,
-    /// What each version's package takes on a node (KiB), for the releases layout's check.
-    space_needed: BTreeMap<String, Option<u64>>,
 }
 
 impl<'a> Ctx<'a> {
@@ -66,13 +63,13 @@ impl<'a> Ctx<'a> {
 
     /// The site's package name.
     pub(super) fn pkg(&self) -> &str {
-        &self.pkg
+        &self.cfg.site.package.0
     }
 
     /// The package that holds `version`: the site's, or in the releases layout its own.
     pub(super) fn package_of(&self, version: &str) -> String {
         match self.cfg.site.layout {
-            SiteLayout::InPlace => self.pkg.clone(),
+            SiteLayout::InPlace => self.pkg().to_string(),
             SiteLayout::Releases => self.cfg.site.release_package(version),
         }
     }
@@ -155,11 +152,9 @@ impl<'a> Ctx<'a> {
             warnings,
             notifier: opts.notifier.clone(),
             started,
-            pkg: cfg.site.package.to_string(),
             processes,
-            remote_state_failed: Default::default(),
+            remote_state_failed: false,
             unrecorded: None,
-            space_needed: BTreeMap::new(),
         }
     }
 
@@ -242,8 +237,8 @@ impl<'a> Ctx<'a> {
     }
 
     /// A write of the journal or of the state failed: said at once (the first time), and the
-    /// roll stops at its next stop point ([`Ctx::must_stop`]): a roll that cannot record what it
-    /// does would leave `--resume` and `status` guessing.
+    /// roll stops at its next stop point (the next batch's `Guard` step): a roll that cannot
+    /// record what it does would leave `--resume` and `status` guessing.
     fn said_unrecorded(&mut self, what: String) {
         if self.unrecorded.is_none() {
             warn(
@@ -323,7 +318,7 @@ impl<'a> Ctx<'a> {
         let node = lock_node(self.cfg);
         let script = lock::write_state(&self.state);
         let ok = matches!(self.nodes.run(node, &script), Ok(o) if o.success());
-        if !ok && !self.remote_state_failed.replace(true) {
+        if !ok && !std::mem::replace(&mut self.remote_state_failed, true) {
             self.reporter.warn(&format!(
                 "{node}: cannot keep a copy of the roll's state in {REMOTE_STATE}: a run from another machine will not know what this one did (the copy in {} is kept)",
                 self.state_dir.display()
@@ -384,9 +379,7 @@ impl<'a> Ctx<'a> {
         if self.state.status == RollStatus::Running {
             self.state.status = RollStatus::Failed;
             self.state.failed_node = node.clone();
-            let text = error.to_string();
-            let reason = text.split("\n  journal: ").next().unwrap_or(&text);
-            self.state.reason = Some(reason.to_string());
+            self.state.reason = Some(error.reason());
         }
         let at = step.describe(target);
         if !recorded {
@@ -439,12 +432,7 @@ impl<'a> Ctx<'a> {
     /// The roll stops with `error` (one that names the journal): the state and the journal's
     /// last line say so.
     pub(super) fn stop_with(&mut self, node: Option<&str>, error: RollError) -> RollError {
-        let text = error.to_string();
-        let reason = text
-            .split("\n  journal: ")
-            .next()
-            .unwrap_or(&text)
-            .to_string();
+        let reason = error.reason();
         self.state.status = RollStatus::Failed;
         self.state.failed_node = node.map(String::from);
         self.state.reason = Some(reason.clone());
@@ -521,9 +509,23 @@ impl<'a> Ctx<'a> {
     /// every 2 s while a lock is what it failed on, up to `[roll] apt_lock_timeout` in all, and
     /// the first failure of each wait is a [`crate::ssh::NOTE`] line naming the lock and
     /// who holds it (`run_apt` shows it at once).
-    pub(super) fn apt_install(&self, version: &str, download_only: bool) -> String {
-        let [list, sources] = apt_sources(&self.pkg);
-        self.space_check(version) + &format!(
+    ///
+    /// In the releases layout a release goes beside the live one: with `need_kib` (its
+    /// `Installed-Size`), the disk under `releases_dir` is checked first.
+    pub(super) fn apt_install(
+        &self,
+        version: &str,
+        download_only: bool,
+        need_kib: Option<u64>,
+    ) -> String {
+        let [list, sources] = apt_sources(self.pkg());
+        let space = match (self.cfg.site.layout, need_kib) {
+            (SiteLayout::Releases, Some(kib)) => {
+                space_check_script(&self.cfg.site.releases_dir(), version, kib)
+            }
+            _ => String::new(),
+        };
+        space + &format!(
             "export DEBIAN_FRONTEND=noninteractive LC_ALL=C; end=$(( $(date +%s) + {wait} )); \
              apt_retry() {{ said=; while :; do out=$(\"$@\" 2>&1) && return 0; \
              case $out in *'Could not get lock'*) if [ $(date +%s) -lt $end ]; then \
@@ -540,23 +542,6 @@ impl<'a> Ctx<'a> {
             only = if download_only { " --download-only" } else { "" },
             what = quote(&format!("{}={version}", self.package_of(version))),
         )
-    }
-
-    /// The releases layout: a release goes beside the live one, so the disk under `releases_dir`
-    /// must hold it (its `Installed-Size`, plus a tenth) before apt starts. Empty otherwise.
-    fn space_check(&self, version: &str) -> String {
-        let Some(kib) = self.space_needed.get(version).copied().flatten() else {
-            return String::new();
-        };
-        if self.cfg.site.layout != SiteLayout::Releases {
-            return String::new();
-        }
-        space_check_script(&self.cfg.site.releases_dir(), version, kib)
-    }
-
-    /// What each version's package takes on a node (KiB), for [`Ctx::space_check`].
-    pub(super) fn know_sizes(&mut self, sizes: BTreeMap<String, Option<u64>>) {
-        self.space_needed = sizes;
     }
 
     pub(super) fn interrupted(&self) -> bool {

@@ -15,7 +15,7 @@ pub(super) fn download(ctx: &mut Ctx, nodes: &[String], target: &str) -> Result<
     let t = Instant::now();
     ctx.reporter()
         .step(&format!("downloading {target} on {}", nodes.join(", ")));
-    let script = ctx.apt_install(target, true);
+    let script = ctx.apt_install(target, true, None);
     for (n, r) in nodes.iter().zip(ctx.run_apt(nodes, &script)) {
         let failure = match r {
             Ok(o) if o.success() => {

@@ -19,7 +19,7 @@ use super::step::{Group, OnFail, Step};
 use super::{FailedNode, Plan, RollError, RollOptions};
 use crate::cluster::probe::Installed;
 use crate::cluster::{server_name, web_nodes};
-use crate::config::{format_duration, SiteLayout};
+use crate::config::format_duration;
 use crate::haproxy::AdminState;
 use crate::journal::{now_ms, RollState, RollStatus, StepResult};
 
@@ -37,11 +37,6 @@ pub(super) fn run_plan(
 ) -> Result<Walked, RollError> {
     let id = format!("{}", now_ms());
     ctx.open_journal(&id)?;
-    ctx.know_sizes(
-        [(plan.target.clone(), plan.installed_kib)]
-            .into_iter()
-            .collect(),
-    );
     *ctx.state_mut() = RollState {
         id,
         kind: plan.kind,
@@ -202,6 +197,16 @@ impl Run {
         self.failed.iter().any(|f| f.node == node)
     }
 
+    /// `nodes` run the target now: upgraded, or, in a batch that leaves failed nodes out, once
+    /// the batch is back in rotation.
+    fn reached(&mut self, g: &Group, nodes: Vec<String>) {
+        if matches!(g.on_fail, OnFail::LeaveOut { .. }) {
+            self.verified.extend(nodes);
+        } else {
+            self.upgraded.extend(nodes);
+        }
+    }
+
     /// The group's nodes that have not failed in this batch.
     fn going_on(&self, group: &Group) -> Vec<String> {
         group
@@ -272,37 +277,24 @@ impl Run {
                 ctx.reporter().step_done();
                 Vec::new()
             }
-            Step::Install { .. } => actions::install(ctx, &self.going_on(g), target),
+            Step::Install { .. } => {
+                actions::install(ctx, &self.going_on(g), target, plan.installed_kib())
+            }
             Step::Verify { .. } => {
-                let todo = self.going_on(g);
-                let failed = actions::verify(ctx, &todo, target);
-                let ok = todo
-                    .into_iter()
-                    .filter(|n| !failed.iter().any(|f| &f.node == n));
-                // In a batch that leaves failed nodes out, they count once back in rotation; a
-                // release installed beside the live one counts when the node switches to it.
-                if ctx.cfg().site.layout == SiteLayout::Releases {
-                } else if matches!(g.on_fail, OnFail::LeaveOut { .. }) {
-                    self.verified.extend(ok);
-                } else {
-                    self.upgraded.extend(ok);
-                }
+                let (failed, live) = actions::verify(ctx, &self.going_on(g), target);
+                // A release installed beside the live one is not live: it counts when the node
+                // switches to it.
+                self.reached(g, live);
                 failed
             }
             Step::Reload { .. } => actions::reload(ctx, &self.going_on(g)),
             Step::Switch { .. } => {
                 let todo = self.going_on(g);
                 let failed = actions::switch(ctx, &todo, target);
-                let ok = todo
+                let live = todo
                     .into_iter()
                     .filter(|n| !failed.iter().any(|f| &f.node == n));
-                // A node switched is upgraded (once back in rotation, in a batch that leaves
-                // failed nodes out).
-                if matches!(g.on_fail, OnFail::LeaveOut { .. }) {
-                    self.verified.extend(ok);
-                } else {
-                    self.upgraded.extend(ok);
-                }
+                self.reached(g, live.collect());
                 failed
             }
             Step::Probe { path, .. } => {

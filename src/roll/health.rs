@@ -72,6 +72,18 @@ pub(super) fn wait_healthy(ctx: &mut Ctx, n: &Node) -> Result<(), Unhealthy> {
     }
 }
 
+/// Waits, at most `health_timeout`, until the node's own health URL answers 200 (not the
+/// LBs' checks: they do not check a server in maint); the last answer if it never does.
+pub(super) fn wait_own_health(ctx: &Ctx, n: &Node) -> Result<(), Unhealthy> {
+    let deadline = Instant::now() + ctx.cfg().roll.health_timeout;
+    loop {
+        match ctx.nodes().health(n) {
+            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
+            r => return r,
+        }
+    }
+}
+
 /// How long a node's PHP may go on answering for another release after its install before it
 /// is called stale: PHP's default `opcache.revalidate_freq` is 2 s, and a php-fpm reload lets
 /// its old workers finish their requests first.

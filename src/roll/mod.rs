@@ -254,6 +254,16 @@ impl RollError {
         }
     }
 
+    /// What the state's `reason` and the journal's stop line say: the message without the
+    /// `journal: ...` line the errors of a roll that began end with.
+    pub fn reason(&self) -> String {
+        let text = self.to_string();
+        match text.split_once("\n  journal: ") {
+            Some((reason, _)) => reason.to_string(),
+            None => text,
+        }
+    }
+
     /// The load balancer the error is about, when it is an LB's.
     pub fn lb(&self) -> Option<&str> {
         match self {

@@ -33,15 +33,9 @@ pub struct Plan {
     pub installed: BTreeMap<String, Option<String>>,
     /// The freeze window this roll is in (`--force`, or `--plan`'s warning).
     pub frozen: Option<String>,
-    /// The URL path of the target's release probe, asked of each web node before it goes back
-    /// into rotation; `None` for a package built before packages carried one.
-    pub probe: Option<String>,
-    /// The release probe of each version in the repository that has one: where `--auto-rollback`
-    /// and a canary sent back check the version they go back to.
-    pub probes: BTreeMap<String, String>,
-    /// What the target's package takes on a node (KiB): the releases layout checks the space
-    /// for it before installing beside the live release.
-    pub installed_kib: Option<u64>,
+    /// Every version in the repository with its entry (release probe, `Installed-Size`): what
+    /// the target's steps, and those of the way back, read of their version.
+    pub repo: BTreeMap<String, crate::apt::Listed>,
     /// What the program was written from, for the programs written during the walk (the rest
     /// after failures within the budget, the way back of `--auto-rollback` and the canary).
     pub(super) layout: Layout,
@@ -51,6 +45,17 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// The URL path of the target's release probe, asked of each web node before it goes back
+    /// into rotation; `None` for a package built before packages carried one.
+    pub fn probe(&self) -> Option<String> {
+        self.repo.get(&self.target).and_then(|l| l.probe.clone())
+    }
+
+    /// What the target's package takes on a node (KiB), if the repository says.
+    pub fn installed_kib(&self) -> Option<u64> {
+        self.repo.get(&self.target).and_then(|l| l.installed_kib)
+    }
+
     /// Every step, in order.
     pub fn steps(&self) -> impl Iterator<Item = &Step> {
         self.program.iter().flat_map(|g| &g.steps)
@@ -131,7 +136,7 @@ impl Serialize for Plan {
             #[serde(skip_serializing_if = "Option::is_none")]
             frozen: &'a Option<String>,
             #[serde(skip_serializing_if = "Option::is_none")]
-            probe: &'a Option<String>,
+            probe: Option<String>,
             #[serde(skip_serializing_if = "Option::is_none")]
             canary: Option<CanaryPlan>,
             steps: Vec<ShownStep<'a>>,
@@ -163,7 +168,7 @@ impl Serialize for Plan {
             installed: &self.installed,
             purge_on: self.purge_on(),
             frozen: &self.frozen,
-            probe: &self.probe,
+            probe: self.probe(),
             canary: self.canary(),
             steps,
         }
@@ -348,9 +353,7 @@ pub(super) fn make_plan(
             .map(|(k, v)| (k.clone(), v.version.clone()))
             .collect(),
         frozen,
-        probe: listed.probe.clone(),
-        probes: chosen.probes.clone(),
-        installed_kib: listed.installed_kib,
+        repo: chosen.repo.clone(),
         program: program::write(&layout),
         layout,
     };
@@ -574,7 +577,12 @@ mod tests {
             version: "2".into(),
             listed,
             why: "the newest in the repository".into(),
-            probes: BTreeMap::new(),
+            repo: [(
+                "2".to_string(),
+                crate::apt::Listed::sample("2", "v", target_db),
+            )]
+            .into_iter()
+            .collect(),
         };
         let installed = cfg
             .nodes

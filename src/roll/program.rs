@@ -70,7 +70,9 @@ impl Layout {
     }
 }
 
-/// The program of `l`, in the order the executor runs it.
+/// The program of `l`, in the order the executor runs it. In the releases layout, "install"
+/// below is "switch" (then the PHP reload), and the target is installed on every node that
+/// lacks it first, while they all serve; old releases are removed last.
 ///
 /// Code-only: nodes left out by an earlier run put back first; per batch, the guard, drain
 /// every node, wait until the batch is idle, install and verify each (then reload PHP), then
@@ -137,10 +139,11 @@ impl Writer<'_> {
     }
 
     /// A node left out already on the target: its PHP reloaded first (a stale PHP may be why
-    /// it was left out), when the config says how.
+    /// it was left out), as after taking it to the target: with `reload_command`, or always in
+    /// the releases layout.
     fn put_back(&mut self) {
         for n in self.l.put_back.clone() {
-            if self.l.reload && self.l.webs.contains(&n) {
+            if (self.l.reload || self.l.releases) && self.l.webs.contains(&n) {
                 self.one(None, OnFail::Stop, Step::Reload { node: n.clone() });
             }
             self.one(None, OnFail::Stop, Step::PutBack { node: n });

@@ -89,15 +89,11 @@ pub(super) fn choose_target(
             why: why.clone(),
         })?
         .clone();
-    let probes = list
-        .into_iter()
-        .filter_map(|l| Some((l.version, l.probe?)))
-        .collect();
     Ok(Chosen {
         version: target,
         listed,
         why,
-        probes,
+        repo: list.into_iter().map(|l| (l.version.clone(), l)).collect(),
     })
 }
 
@@ -109,8 +105,8 @@ pub(super) struct Chosen {
     pub listed: crate::apt::Listed,
     /// Why it is the target.
     pub why: String,
-    /// The release probe of each version in the repository that has one.
-    pub probes: BTreeMap<String, String>,
+    /// Every version in the repository, with its entry.
+    pub repo: BTreeMap<String, crate::apt::Listed>,
 }
 
 /// `--resume: the roll to V that failed on web3: why`.

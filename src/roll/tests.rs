@@ -74,18 +74,16 @@ impl Site {
     /// The plan to version 2 with `opts` and `batch`.
     fn plan(&self, opts: &RollOptions, batch: usize) -> Plan {
         let listed = crate::apt::Listed::sample("2", "v", "d");
-        let probes = [
-            ("1", "/moodle-release-probe.php"),
-            ("2", "/moodle-release-probe.php"),
-        ]
-        .into_iter()
-        .map(|(v, p)| (v.to_string(), p.to_string()))
-        .collect();
+        // Versions 1 and 2 in the repository, each with a release probe.
+        let repo = ["1", "2"]
+            .into_iter()
+            .map(|v| (v.to_string(), crate::apt::Listed::sample(v, "v", "d")))
+            .collect();
         let chosen = Chosen {
             version: "2".into(),
             listed,
             why: "the newest in the repository".into(),
-            probes,
+            repo,
         };
         make_plan(
             &self.cfg,
@@ -97,6 +95,13 @@ impl Site {
             None,
         )
         .unwrap()
+    }
+
+    /// The plan to version 2 with `opts` and `batch`, and its walk on the fake cluster.
+    fn rolled(&self, opts: &RollOptions, batch: usize) -> (Plan, Walk) {
+        let plan = self.plan(opts, batch);
+        let walk = self.walk(&plan, opts);
+        (plan, walk)
     }
 
     /// Walks `plan` on the fake cluster: its result, the journal, the state it left.
@@ -187,8 +192,7 @@ fn follows<'a>(steps: impl IntoIterator<Item = &'a Step>, journal: &[Entry]) {
 fn a_roll_walks_its_plan_on_the_fake_cluster() {
     let site = Site::new("");
     let opts = RollOptions::default();
-    let plan = site.plan(&opts, 2);
-    let w = site.walk(&plan, &opts);
+    let (plan, w) = site.rolled(&opts, 2);
     let walked = w.result.as_ref().unwrap();
     follows(plan.steps(), &w.journal);
     for n in WEBS.iter().chain(&["cron1"]) {
@@ -211,8 +215,7 @@ fn sessions_past_the_drain_timeout_put_the_batch_back_and_stop() {
     let site = Site::new("");
     site.fake.world().busy.insert("web1".into());
     let opts = RollOptions::default();
-    let plan = site.plan(&opts, 2);
-    let w = site.walk(&plan, &opts);
+    let (plan, w) = site.rolled(&opts, 2);
     let err = w.error();
     assert!(
         err.contains("sessions did not end within drain_timeout 1s")
@@ -258,8 +261,7 @@ fn force_drain_sends_a_busy_batch_to_maint_and_goes_on() {
         force_drain: true,
         ..RollOptions::default()
     };
-    let plan = site.plan(&opts, 2);
-    let w = site.walk(&plan, &opts);
+    let (plan, w) = site.rolled(&opts, 2);
     assert!(w.result.is_ok(), "{}", w.error());
     assert_eq!(w.actions("drain timeout").len(), 1);
     assert!(w.actions("state maint").len() >= 2 * LBS.len());
@@ -275,8 +277,7 @@ fn a_failure_within_the_budget_leaves_the_node_out_and_the_rest_is_replanned() {
     let site = Site::new("max_failed_nodes = 1");
     site.fake.world().fail_install.insert("web2".into());
     let opts = RollOptions::default();
-    let plan = site.plan(&opts, 2);
-    let w = site.walk(&plan, &opts);
+    let (_, w) = site.rolled(&opts, 2);
     let walked = w.result.as_ref().unwrap();
     assert_eq!(walked.failed.len(), 1);
     assert_eq!(walked.failed[0].node, "web2");
@@ -300,8 +301,7 @@ fn a_failed_node_that_fills_the_batch_leaves_no_room_and_stops_the_roll() {
     let site = Site::new("max_failed_nodes = 1");
     site.fake.world().fail_install.insert("web1".into());
     let opts = RollOptions::default();
-    let plan = site.plan(&opts, 1);
-    let w = site.walk(&plan, &opts);
+    let (_, w) = site.rolled(&opts, 1);
     match &w.result {
         Err(RollError::BudgetSpent { failed, batch, .. }) => {
             assert_eq!((failed.as_slice(), *batch), (&["web1".to_string()][..], 1));
@@ -329,8 +329,7 @@ fn a_failure_beyond_the_budget_stops_with_the_node_out() {
     let site = Site::new("");
     site.fake.world().fail_install.insert("web2".into());
     let opts = RollOptions::default();
-    let plan = site.plan(&opts, 2);
-    let w = site.walk(&plan, &opts);
+    let (_, w) = site.rolled(&opts, 2);
     let err = w.error();
     assert!(
         err.contains("web2: apt-get install moodle-site=2 failed")
@@ -359,8 +358,7 @@ fn a_stale_php_fails_the_node_unless_reload_command_reloads_it() {
     let site = Site::new("");
     site.fake.world().stale.insert("web1".into());
     let opts = RollOptions::default();
-    let plan = site.plan(&opts, 1);
-    let w = site.walk(&plan, &opts);
+    let (_, w) = site.rolled(&opts, 1);
     let err = w.error();
     assert!(
         err.contains("its PHP runs 1, not 2") && err.contains("stale opcode cache"),
@@ -371,8 +369,7 @@ fn a_stale_php_fails_the_node_unless_reload_command_reloads_it() {
 
     let site = Site::new("reload_command = \"systemctl reload php8.2-fpm\"");
     site.fake.world().stale.insert("web1".into());
-    let plan = site.plan(&opts, 1);
-    let w = site.walk(&plan, &opts);
+    let (plan, w) = site.rolled(&opts, 1);
     assert!(w.result.is_ok(), "{}", w.error());
     follows(plan.steps(), &w.journal);
     assert_eq!(w.actions("reload").len(), 4);
@@ -387,8 +384,7 @@ fn a_canary_that_serves_errors_is_sent_back_and_the_roll_stops() {
         canary: Some(Some(Duration::from_secs(5))),
         ..RollOptions::default()
     };
-    let plan = site.plan(&opts, 2);
-    let w = site.walk(&plan, &opts);
+    let (_, w) = site.rolled(&opts, 2);
     let err = w.error();
     assert!(
         err.contains("the canary failed") && err.contains("back on its previous version: web1 (1)"),
@@ -413,8 +409,7 @@ fn auto_rollback_sends_the_upgraded_nodes_back() {
         auto_rollback: true,
         ..RollOptions::default()
     };
-    let plan = site.plan(&opts, 2);
-    let w = site.walk(&plan, &opts);
+    let (_, w) = site.rolled(&opts, 2);
     let err = w.error();
     assert!(
         err.contains("--auto-rollback: back on their previous version: web1 (1), web2 (1)"),
@@ -435,8 +430,7 @@ fn ctrl_c_stops_between_batches_with_every_node_in_rotation() {
         stop,
         ..RollOptions::default()
     };
-    let plan = site.plan(&opts, 1);
-    let w = site.walk(&plan, &opts);
+    let (plan, w) = site.rolled(&opts, 1);
     assert!(
         matches!(w.result, Err(RollError::Interrupted { .. })),
         "{}",
@@ -464,8 +458,7 @@ fn a_haproxy_reload_mid_roll_is_noticed_and_its_states_set_again() {
     // lb2 reloads right after web1 was drained on both LBs.
     site.fake.world().reload_after = Some(("lb2".into(), 2));
     let opts = RollOptions::default();
-    let plan = site.plan(&opts, 1);
-    let w = site.walk(&plan, &opts);
+    let (plan, w) = site.rolled(&opts, 1);
     assert!(w.result.is_ok(), "{}", w.error());
     assert_eq!(w.actions("reload detected").len(), 1, "{:#?}", w.journal);
     assert!(!w.actions("state drain (again)").is_empty());
