@@ -18,6 +18,28 @@ fn php_runs(c: &Cluster, node: &str) -> String {
     v["version"].as_str().unwrap().to_string()
 }
 
+/// The folders of releases `versions` on a lab node.
+fn release_folders(versions: &[&str]) -> std::collections::BTreeSet<String> {
+    versions
+        .iter()
+        .map(|v| format!("/srv/moodle/releases/{v}"))
+        .collect()
+}
+
+/// The load's check of "no response from a mixed release" can fail: a front page whose entry
+/// script and `$CFG->dirroot` code come from two releases is refused, one release is read.
+#[test]
+fn a_front_page_from_a_mixed_release_is_caught() {
+    let one = "Moodle 4.1.9 on web1 from /srv/moodle/releases/1-1 with /srv/moodle/releases/1-1\n";
+    assert_eq!(served_release(one).unwrap(), "/srv/moodle/releases/1-1");
+    let mixed =
+        "Moodle 4.1.9 on web1 from /srv/moodle/releases/2-1 with /srv/moodle/releases/1-1\n";
+    assert!(served_release(mixed)
+        .unwrap_err()
+        .contains("a mixed release"));
+    assert!(served_release("Moodle under maintenance\n").is_err());
+}
+
 /// The journal's entries of a `--json` roll or rollback.
 fn timeline(out: &std::process::Output) -> Vec<serde_json::Value> {
     let o: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -82,9 +104,11 @@ fn releases_install_while_serving_switch_per_batch_and_roll_back_without_apt() {
     ];
     let load = Load::start(urls.clone(), 4, 5000);
     let out = run(c.cmd().args(["--json", "roll", "--batch", "1"]));
-    let (requests, failures) = load.stop();
-    assert!(requests > 50, "{requests}");
-    assert!(failures.is_empty(), "{failures:?}");
+    let served = load.stop_served();
+    assert!(served.requests > 50, "{}", served.requests);
+    assert!(served.failures.is_empty(), "{:?}", served.failures);
+    // Every front page came whole from release 1 or release 2, and the load saw both.
+    assert_eq!(served.releases, release_folders(&[&v1, &v2]));
     let t = timeline(&out);
     let installs = positions(&t, "install");
     let drains = positions(&t, "state drain");
@@ -118,8 +142,9 @@ fn releases_install_while_serving_switch_per_batch_and_roll_back_without_apt() {
     // A rollback to release 1, still installed: a switch back, no apt, under load.
     let load = Load::start(urls, 4, 5000);
     let out = run(c.cmd().args(["--json", "rollback", "--batch", "1"]));
-    let (_, failures) = load.stop();
-    assert!(failures.is_empty(), "{failures:?}");
+    let served = load.stop_served();
+    assert!(served.failures.is_empty(), "{:?}", served.failures);
+    assert_eq!(served.releases, release_folders(&[&v1, &v2]));
     let t = timeline(&out);
     assert!(positions(&t, "install").is_empty(), "{t:#?}");
     assert_eq!(positions(&t, "switch").len(), 4, "{t:#?}");
@@ -272,9 +297,13 @@ fn an_in_place_site_moves_to_releases_in_one_roll() {
     ];
     let load = Load::start(urls, 4, 5000);
     let out = run(c.cmd().args(["--json", "roll", "--batch", "1"]));
-    let (requests, failures) = load.stop();
-    assert!(requests > 50);
-    assert!(failures.is_empty(), "{failures:?}");
+    let served = load.stop_served();
+    assert!(served.requests > 50);
+    assert!(served.failures.is_empty(), "{:?}", served.failures);
+    // Front pages from the in-place folder, then from release 2: never both in one.
+    let mut both = release_folders(&[&v2]);
+    both.insert("/srv/moodle/html".to_string());
+    assert_eq!(served.releases, both);
     let o: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(o["plan"]["path"], "code-only", "{o}");
     for n in ["web1", "web2", "web3", "cron1"] {

@@ -607,10 +607,20 @@ impl Drop for Cluster {
 }
 
 /// A bounded load: `threads` clients GET `urls` in turn until `stop`, at most `max` requests
-/// each; returns (requests, failures: `[time_ms] url: answer`).
+/// each. A failure is an answer other than 200, or a front page from a mixed release
+/// ([`served_release`]).
 pub struct Load {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    handles: Vec<std::thread::JoinHandle<(u64, Vec<String>)>>,
+    handles: Vec<std::thread::JoinHandle<Served>>,
+}
+
+/// What a [`Load`] saw: its requests, its failures (`[time_ms] url: answer`, time as the
+/// journal's `time_ms`) and the release folders its front pages came from.
+#[derive(Default)]
+pub struct Served {
+    pub requests: u64,
+    pub failures: Vec<String>,
+    pub releases: std::collections::BTreeSet<String>,
 }
 
 impl Load {
@@ -621,46 +631,61 @@ impl Load {
                 let stop = stop.clone();
                 let urls = urls.clone();
                 std::thread::spawn(move || {
-                    let mut n = 0u64;
-                    let mut failures = Vec::new();
+                    let mut seen = Served::default();
                     let started = std::time::Instant::now();
-                    while n < max
+                    while seen.requests < max
                         && !stop.load(std::sync::atomic::Ordering::SeqCst)
                         && started.elapsed() < std::time::Duration::from_secs(300)
                     {
-                        let url = &urls[(n as usize + t) % urls.len()];
-                        // When (ms since the epoch, as the journal's time_ms), what, and its answer.
+                        let url = &urls[(seen.requests as usize + t) % urls.len()];
                         let at = || {
                             std::time::SystemTime::now()
                                 .duration_since(std::time::UNIX_EPOCH)
                                 .unwrap()
                                 .as_millis()
                         };
-                        match http_get(url) {
-                            Ok(200) => {}
-                            Ok(code) => failures.push(format!("[{}] {url}: {code}", at())),
-                            Err(e) => failures.push(format!("[{}] {url}: {e}", at())),
+                        match http_answer(url, Some("127.0.0.1")) {
+                            Ok((200, body)) if body.starts_with("Moodle ") => {
+                                match served_release(&body) {
+                                    Ok(release) => {
+                                        seen.releases.insert(release);
+                                    }
+                                    Err(e) => seen.failures.push(format!("[{}] {url}: {e}", at())),
+                                }
+                            }
+                            Ok((200, _)) => {}
+                            Ok((code, _)) => {
+                                seen.failures.push(format!("[{}] {url}: {code}", at()))
+                            }
+                            Err(e) => seen.failures.push(format!("[{}] {url}: {e}", at())),
                         }
-                        n += 1;
+                        seen.requests += 1;
                         std::thread::sleep(std::time::Duration::from_millis(5));
                     }
-                    (n, failures)
+                    seen
                 })
             })
             .collect();
         Load { stop, handles }
     }
 
+    /// Stops the clients: (requests, failures).
     pub fn stop(self) -> (u64, Vec<String>) {
+        let seen = self.stop_served();
+        (seen.requests, seen.failures)
+    }
+
+    /// Stops the clients: all they saw.
+    pub fn stop_served(self) -> Served {
         self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
-        let mut total = 0;
-        let mut failures = Vec::new();
+        let mut all = Served::default();
         for h in self.handles {
-            let (n, f) = h.join().unwrap();
-            total += n;
-            failures.extend(f);
+            let seen = h.join().unwrap();
+            all.requests += seen.requests;
+            all.failures.extend(seen.failures);
+            all.releases.extend(seen.releases);
         }
-        (total, failures)
+        all
     }
 }
 
@@ -687,6 +712,12 @@ pub fn rfc3339_from_now(secs: i64) -> String {
 
 /// GET `http://host:port/path` → status code.
 pub fn http_get(url: &str) -> Result<u16, String> {
+    http_answer(url, Some("127.0.0.1")).map(|(code, _)| code)
+}
+
+/// GET `url` with HTTP/1.0, with `host` as its Host header (none: as HAProxy's checks): the
+/// status and the body.
+fn http_answer(url: &str, host: Option<&str>) -> Result<(u16, String), String> {
     use std::io::{Read, Write};
     let rest = url.strip_prefix("http://").unwrap();
     let (hostport, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
@@ -694,15 +725,36 @@ pub fn http_get(url: &str) -> Result<u16, String> {
     let mut s = std::net::TcpStream::connect(hostport).map_err(|e| e.to_string())?;
     s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
         .unwrap();
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").as_bytes())
+    let host = host.map(|h| format!("Host: {h}\r\n")).unwrap_or_default();
+    s.write_all(format!("GET {path} HTTP/1.0\r\n{host}\r\n").as_bytes())
         .map_err(|e| e.to_string())?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).map_err(|e| e.to_string())?;
-    let text = String::from_utf8_lossy(&buf);
-    text.split_whitespace()
+    let text = String::from_utf8_lossy(&buf).into_owned();
+    let code = text
+        .split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
-        .ok_or_else(|| format!("bad answer {:?}", text.lines().next()))
+        .ok_or_else(|| format!("bad answer {:?}", text.lines().next()))?;
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    Ok((code, body.to_string()))
+}
+
+/// The release folder that a 200 from the sample site's front page (scripts/make-sample-site)
+/// ran, or why the answer is wrong: the folder of its entry script and the one of the code it
+/// loaded by `$CFG->dirroot` differ (a response from a mixed release), or it is not that page.
+pub fn served_release(body: &str) -> Result<String, String> {
+    let line = body.lines().next().unwrap_or("");
+    let (_, folders) = line
+        .split_once(" from ")
+        .ok_or_else(|| format!("not the front page: {line:?}"))?;
+    let (entry, code) = folders
+        .split_once(" with ")
+        .ok_or_else(|| format!("not the front page: {line:?}"))?;
+    if entry != code {
+        return Err(format!("a mixed release: {line:?}"));
+    }
+    Ok(entry.to_string())
 }
 
 impl Cluster {
@@ -720,24 +772,7 @@ impl Cluster {
 
 /// GET `url` (HTTP/1.0, no Host header, as HAProxy's checks): the status and the body.
 pub fn http_body(url: &str) -> Result<(u16, String), String> {
-    use std::io::{Read, Write};
-    let rest = url.strip_prefix("http://").unwrap();
-    let (hostport, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-    let mut s = std::net::TcpStream::connect(hostport).map_err(|e| e.to_string())?;
-    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
-        .unwrap();
-    s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
-        .map_err(|e| e.to_string())?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf).map_err(|e| e.to_string())?;
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let code = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .ok_or_else(|| format!("bad answer {:?}", text.lines().next()))?;
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    Ok((code, body.to_string()))
+    http_answer(url, None)
 }
 
 /// A real sshd on 127.0.0.1 with its own host key, accepting one client key for root; stopped
