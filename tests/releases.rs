@@ -268,6 +268,7 @@ fn a_switch_that_php_does_not_see_keeps_the_node_out() {
 /// An in-place site moves to the releases layout in one roll, under load: each node's first
 /// switch sets the in-place folder aside and purges the in-place package before the symlink
 /// exists (so dpkg cannot reach the release's files through it); the folder goes at the end.
+/// The way back to the in-place version goes through that version rebuilt as a release.
 #[test]
 fn an_in_place_site_moves_to_releases_in_one_roll() {
     require_root("scripts/lab uses mount namespaces");
@@ -326,5 +327,55 @@ fn an_in_place_site_moves_to_releases_in_one_roll() {
     }
     for n in ["web1", "web2", "web3"] {
         assert_eq!(php_runs(&c, n), v2, "{n}");
+    }
+
+    // The way back to release 1, published only as the in-place package: refused before
+    // anything changes, with the commands that build that version as a release. Run as said,
+    // the release takes the in-place package's place in the repository and the rollback goes.
+    let (_, err) = exits(c.cmd().arg("rollback"), 1);
+    assert!(
+        err.contains(&format!(
+            "version {v1} is in the apt repository only as moodle-sample, the in-place layout's package"
+        )),
+        "{err}"
+    );
+    for n in ["web1", "web2", "web3"] {
+        assert_eq!(php_runs(&c, n), v2, "{n}");
+    }
+    assert!(c.lb_servers().iter().all(|(_, s)| s.starts_with("UP")));
+    let rebuild = err
+        .split("`moodle-release ")
+        .nth(1)
+        .and_then(|r| r.split('`').next())
+        .unwrap_or_else(|| panic!("no command in: {err}"));
+    let deb = last_line(&run(c
+        .cmd()
+        .args(rebuild.split_whitespace())
+        .args(["--out", "dist"])));
+    assert!(
+        deb.contains(&format!("moodle-sample-release-{v1}_")),
+        "{rebuild}: {deb}"
+    );
+    run(c.cmd().arg("publish").arg(c.site().join(&deb)));
+    let listed = stdout(c.cmd().args(["repo", "list"]));
+    assert_eq!(
+        listed.matches(&v1).count(),
+        1,
+        "one entry for {v1}: {listed}"
+    );
+    let load = Load::start(
+        vec![
+            format!("{}/", c.env["LAB_LB1"]),
+            format!("{}/", c.env["LAB_LB2"]),
+        ],
+        4,
+        5000,
+    );
+    run(c.cmd().args(["rollback", "--batch", "1"]));
+    let served = load.stop_served();
+    assert!(served.failures.is_empty(), "{:?}", served.failures);
+    assert_eq!(served.releases, release_folders(&[&v1, &v2]));
+    for n in ["web1", "web2", "web3"] {
+        assert_eq!(php_runs(&c, n), v1, "{n}");
     }
 }

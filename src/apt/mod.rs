@@ -123,6 +123,10 @@ pub struct Listed {
     /// `Installed-Size`, in KiB: what the package takes on a node.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub installed_kib: Option<u64>,
+    /// The deployment branch's commit it was built from (`X-Moodle-Source-Commit`; none for a
+    /// package built from a folder): what builds the same version again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source_commit: Option<String>,
 }
 
 #[cfg(test)]
@@ -141,6 +145,7 @@ impl Listed {
             db_hash: Some(db_hash.into()),
             probe: Some("/moodle-release-probe.php".into()),
             installed_kib: Some(1024),
+            source_commit: None,
         }
     }
 }
@@ -289,6 +294,7 @@ impl Repo {
                 db_hash: s.get("X-Moodle-Db-Hash").map(String::from),
                 probe: s.get("X-Moodle-Release-Probe").map(String::from),
                 installed_kib: s.get("Installed-Size").and_then(|v| v.parse().ok()),
+                source_commit: s.get("X-Moodle-Source-Commit").map(String::from),
             })
             .collect())
     }
@@ -318,10 +324,21 @@ impl Repo {
         let pool = self.pool_dir();
         // New pool files go in only once every package of the batch is known to be acceptable.
         let mut to_persist = Vec::new();
+        let mut replaced = Vec::new();
         for (path, version, info) in incoming {
             reporter.step(&format!("adding {} {version}", self.package()));
             // One pass over the package: copied next to its final place and hashed.
             let (tmp, size, sha256) = deb::copy_hashing(&path, &pool)?;
+            let pkg = info.control.get("Package").unwrap_or(self.package());
+            // A release of a version published before the site moved to the releases layout
+            // takes the place of that version's in-place package, which no roll installs now.
+            if let Some(i) = entries.iter().position(|s| {
+                s.get("Version") == Some(version.as_str())
+                    && s.get("Package") == Some(self.package())
+                    && pkg != self.package()
+            }) {
+                replaced.push(entries.remove(i));
+            }
             if let Some(existing) = entries
                 .iter()
                 .find(|s| s.get("Version") == Some(version.as_str()))
@@ -339,7 +356,6 @@ impl Repo {
                     new: sha256,
                 });
             }
-            let pkg = info.control.get("Package").unwrap_or(self.package());
             let name = format!("{pkg}_{}_all.deb", version.replace(':', "%3a"));
             let dest = pool.join(&name);
             crate::fsutil::set_mode_0644(tmp.path()).map_err(io_err(&dest))?;
@@ -357,13 +373,17 @@ impl Repo {
         let (kept, removed) = self.prune(entries, opts);
         let mut state = State::read(&self.state_path());
         let now = now_secs();
-        for s in &removed {
+        for s in removed.iter().chain(&replaced) {
             if let Some(f) = s.get("Filename") {
                 state.retired.insert(f.to_string(), now);
             }
         }
 
-        if !added.is_empty() || !removed.is_empty() || !self.dist().join("Release").exists() {
+        if !added.is_empty()
+            || !removed.is_empty()
+            || !replaced.is_empty()
+            || !self.dist().join("Release").exists()
+        {
             reporter.step("writing the indices");
             self.write_indices(&kept, &mut state, now)?;
             reporter.step_done();

@@ -139,6 +139,14 @@ pub enum RollError {
         repo: PathBuf,
         why: String,
     },
+    /// In the releases layout, the target is in the repository only as the in-place layout's
+    /// package (published before the site moved): `rebuild` is how to make it a release.
+    #[error("before changing anything: version {version} is in the apt repository only as {package}, the in-place layout's package (published before the site moved to layout = \"releases\"), and a node in the releases layout runs releases: build that version as a release, publish it, and run this again: {rebuild}")]
+    NotARelease {
+        version: String,
+        package: String,
+        rebuild: String,
+    },
     /// Another roll holds the cluster lock (`on`: where, and who).
     #[error(
         "another roll holds the cluster lock ({on}); wait for it, or use --break-lock if it is dead"

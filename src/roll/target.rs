@@ -89,11 +89,47 @@ pub(super) fn choose_target(
             why: why.clone(),
         })?
         .clone();
+    if let Some(e) = not_a_release(&repo.site, &listed) {
+        return Err(e);
+    }
     Ok(Chosen {
         version: target,
         listed,
         why,
         repo: list.into_iter().map(|l| (l.version.clone(), l)).collect(),
+    })
+}
+
+/// Why `listed` cannot be installed on a site in the releases layout, if it cannot: it is the
+/// in-place layout's package of that version (published before the site moved), which would
+/// write its files through `install_dir`, the symlink, into the live release. The same commit
+/// and build number make the same version as a release; the error says the commands.
+fn not_a_release(site: &crate::config::Site, listed: &crate::apt::Listed) -> Option<RollError> {
+    if site.layout != crate::config::SiteLayout::Releases
+        || listed.package == site.release_package(&listed.version)
+    {
+        return None;
+    }
+    let build = listed
+        .version
+        .rsplit_once('+')
+        .and_then(|(_, b)| b.strip_suffix("-1"))
+        .filter(|b| b.parse::<u64>().is_ok())
+        .map(|b| format!(" --build-number {b}"))
+        .unwrap_or_default();
+    let rebuild = match &listed.source_commit {
+        Some(commit) => format!(
+            "`moodle-release build --ref {commit}{build}`, then `moodle-release publish` of the .deb it writes ({})",
+            site.release_package(&listed.version)
+        ),
+        None => format!(
+            "it was built from a folder: `moodle-release build --dir DIR{build}` of that tree, then `moodle-release publish` of the .deb it writes"
+        ),
+    };
+    Some(RollError::NotARelease {
+        version: listed.version.clone(),
+        package: listed.package.clone(),
+        rebuild,
     })
 }
 
