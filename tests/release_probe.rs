@@ -1,8 +1,8 @@
 //! A node goes back into rotation only when its PHP runs the new release: each package carries
 //! a release probe, and `roll` asks it on every web node before the node is back. Against a
 //! lab whose web nodes run nginx + php-fpm with OPcache on and `opcache.validate_timestamps=0`
-//! (production tuning), whose php-fpm the package's postinst does not reload (it runs under a
-//! pid file of the lab's own, as a pool under another service name would).
+//! (production tuning), whose php-fpm the package's postinst does not reload (`LAB_FPM=private`:
+//! it runs under a pid file of the lab's own, as a pool under another service name would).
 
 mod common;
 
@@ -35,7 +35,7 @@ fn set_reload_command(c: &Cluster) {
 #[test]
 fn a_node_whose_php_runs_the_old_release_stays_out_until_php_is_reloaded() {
     require_root("scripts/lab uses mount namespaces");
-    let c = Cluster::up_web(3, "nginx-fpm");
+    let c = Cluster::up_with(3, "nginx-fpm", &[("LAB_FPM", "private")]);
     let v1 = c.release(1, &[]);
     run(c.cmd().arg("roll"));
     for n in ["web1", "web2", "web3"] {

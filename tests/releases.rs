@@ -203,8 +203,8 @@ fn releases_install_while_serving_switch_per_batch_and_roll_back_without_apt() {
 
 /// A web server that passes PHP the symlinked path (`$document_root`, not `$realpath_root`):
 /// PHP's realpath cache keeps resolving install_dir to the old release for a while. Without a
-/// reload the release probe catches it, and the node stays out of rotation; with the reload it
-/// goes through.
+/// reload the release probe catches it, and the node stays out of rotation; a reload that fails
+/// keeps it out too; with the reload it goes through.
 #[test]
 fn a_switch_that_php_does_not_see_keeps_the_node_out() {
     require_root("scripts/lab uses mount namespaces");
@@ -258,6 +258,26 @@ fn a_switch_that_php_does_not_see_keeps_the_node_out() {
         .find(|(n, _)| n == "web1")
         .unwrap();
     assert!(web1.1.starts_with("MAINT"), "{web1:?}");
+    // A reload that fails (php-fpm not running, a typo) keeps the node out the same way.
+    set("false");
+    let (_, err) = exits(c.cmd().args(["roll", "--resume", "--batch", "1"]), 1);
+    assert!(
+        err.contains("reload_command `false` failed"),
+        "a failed reload must stop the roll: {err}"
+    );
+    let servers = c.lb_servers();
+    assert!(
+        servers
+            .iter()
+            .any(|(n, s)| n == "web1" && s.starts_with("MAINT")),
+        "{servers:?}"
+    );
+    assert!(
+        servers
+            .iter()
+            .any(|(n, s)| n == "web2" && s.starts_with("UP")),
+        "{servers:?}"
+    );
     set(&reload);
     run(c.cmd().args(["roll", "--resume", "--batch", "1"]));
     for n in ["web1", "web2"] {

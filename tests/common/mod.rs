@@ -450,12 +450,15 @@ pub struct Cluster {
 }
 
 impl Cluster {
+    /// `web_nodes` web nodes + 1 cron node, each web node served by nginx + php-fpm with
+    /// OPcache and `validate_timestamps=0`, php-fpm as the node's php8.2-fpm service (which a
+    /// package's postinst reloads), as on a production node.
     pub fn up(web_nodes: u32) -> Cluster {
-        Cluster::up_web(web_nodes, "php")
+        Cluster::up_web(web_nodes, "nginx-fpm")
     }
 
-    /// [`Cluster::up`] with the web nodes served by `web` (`scripts/lab --web`: `php`, or
-    /// `nginx-fpm`: nginx + php-fpm with OPcache and `validate_timestamps=0`).
+    /// [`Cluster::up`] with the web nodes served by `web` (`scripts/lab --web`: `nginx-fpm`, or
+    /// `php`: `php -S` without OPcache).
     pub fn up_web(web_nodes: u32, web: &str) -> Cluster {
         Cluster::up_with(web_nodes, web, &[])
     }
