@@ -121,6 +121,15 @@ impl Release {
         })
     }
 
+    /// The build number of a Debian version that [`Release::debian_version`] made (its last
+    /// `+N-1`), what builds that version again; `None` for another form.
+    pub fn build_of(debian_version: &str) -> Option<u64> {
+        debian_version
+            .rsplit_once('+')
+            .and_then(|(_, b)| b.strip_suffix("-1"))
+            .and_then(|b| b.parse().ok())
+    }
+
     /// The Debian version of build number `build` of this release. `fallback_date` (YYYYMMDD)
     /// stands in for a weekly release that gave no build date.
     pub fn debian_version(&self, build: u64, fallback_date: u32) -> String {
@@ -186,6 +195,19 @@ mod tests {
         assert_eq!(deb("4.5RC1", 3), "4.5.0~rc1+3-1");
         assert_eq!(deb("4.4+", 3), "4.4.0+20240101+3-1");
         assert_eq!(deb("3.11.18 (Build: 20231211)", 1), "3.11.18+1-1");
+    }
+
+    #[test]
+    fn reads_the_build_number_back() {
+        for (s, build) in [
+            ("4.1.10 (Build: 20240422)", 58),
+            ("4.1.9+ (Build: 20240412)", 57),
+            ("4.6dev+ (Build: 20250101)", 3),
+        ] {
+            assert_eq!(Release::build_of(&deb(s, build)), Some(build), "{s}");
+        }
+        assert_eq!(Release::build_of("1.0-1"), None);
+        assert_eq!(Release::build_of("4.1.9+x-1"), None);
     }
 
     #[test]

@@ -110,11 +110,7 @@ fn not_a_release(site: &crate::config::Site, listed: &crate::apt::Listed) -> Opt
     {
         return None;
     }
-    let build = listed
-        .version
-        .rsplit_once('+')
-        .and_then(|(_, b)| b.strip_suffix("-1"))
-        .filter(|b| b.parse::<u64>().is_ok())
+    let build = crate::moodle::Release::build_of(&listed.version)
         .map(|b| format!(" --build-number {b}"))
         .unwrap_or_default();
     let rebuild = match &listed.source_commit {
