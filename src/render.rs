@@ -129,9 +129,21 @@ pub fn status(st: &Status, out: &mut dyn Write) -> std::io::Result<()> {
             (Some(p), _) if p.starts_with('?') => "php ? ".into(),
             (Some(p), _) => format!("php STALE {p} "),
         };
+        // The releases layout: the releases beside the live one, each a rollback by switch.
+        let others: Vec<&str> = n
+            .releases
+            .iter()
+            .filter(|r| Some(*r) != n.version.as_ref())
+            .map(String::as_str)
+            .collect();
+        let others = if others.is_empty() {
+            String::new()
+        } else {
+            format!(" (also installed: {})", others.join(", "))
+        };
         writeln!(
             out,
-            "{:<10} {:<5} {:<28} {:<10} {php}{}{}",
+            "{:<10} {:<5} {:<28} {:<10} {php}{}{others}{}",
             n.name,
             n.role,
             n.version.clone().unwrap_or_else(|| "(none)".into()),

@@ -52,6 +52,10 @@ pub struct NodeStatus {
     pub php: Option<String>,
     pub lbs: BTreeMap<String, String>,
     pub error: Option<String>,
+    /// The releases layout: every release installed on the node, oldest first, the live one
+    /// (`version`) among them; a rollback to one of the others is a switch, with no apt.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub releases: Vec<String>,
 }
 
 /// How each LB sees `n`'s server: `UP, drain (L7OK)`, or why it cannot say.
@@ -159,6 +163,7 @@ pub fn status(cfg: &Config) -> Result<Status, RollError> {
             php,
             lbs: BTreeMap::new(),
             error: None,
+            releases: Vec::new(),
         };
         match answers.remove(&n.name) {
             Some(Ok(i)) => {
@@ -172,7 +177,10 @@ pub fn status(cfg: &Config) -> Result<Status, RollError> {
                         lock: l,
                     });
                 }
-                st.version = i.version
+                st.version = i.version;
+                st.releases = i.releases;
+                st.releases
+                    .sort_by_cached_key(|v| v.parse::<debversion::Version>().ok());
             }
             Some(Err(e)) => st.error = Some(e),
             None => st.error = Some("no answer".into()),

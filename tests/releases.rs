@@ -137,7 +137,15 @@ fn releases_install_while_serving_switch_per_batch_and_roll_back_without_apt() {
         serde_json::from_slice(&run(c.cmd().args(["--json", "status"])).stdout).unwrap();
     for node in st["nodes"].as_array().unwrap() {
         assert_eq!(node["version"], v2.as_str(), "{st}");
+        assert_eq!(node["releases"], serde_json::json!([v1, v2]), "{st}");
     }
+    // status says which releases a rollback can switch to.
+    let text = stdout(c.cmd().arg("status"));
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("web2 ") && l.contains(&format!("(also installed: {v1})"))),
+        "{text}"
+    );
 
     // A rollback to release 1, still installed: a switch back, no apt, under load.
     let load = Load::start(urls, 4, 5000);
