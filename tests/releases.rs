@@ -37,6 +37,12 @@ fn a_front_page_from_a_mixed_release_is_caught() {
     assert!(served_release(mixed)
         .unwrap_err()
         .contains("a mixed release"));
+    let stale = "Moodle 4.1.9 on web1 from /r/2-1 with /r/2-1 and components from /r/1-1\n";
+    assert!(served_release(stale)
+        .unwrap_err()
+        .contains("a mixed release"));
+    let whole = "Moodle 4.1.9 on web1 from /r/2-1 with /r/2-1 and components from /r/2-1\n";
+    assert_eq!(served_release(whole).unwrap(), "/r/2-1");
     assert!(served_release("Moodle under maintenance\n").is_err());
 }
 
@@ -106,7 +112,7 @@ fn releases_install_while_serving_switch_per_batch_and_roll_back_without_apt() {
     let out = run(c.cmd().args(["--json", "roll", "--batch", "1"]));
     let served = load.stop_served();
     assert!(served.requests > 50, "{}", served.requests);
-    assert!(served.failures.is_empty(), "{:?}", served.failures);
+    assert!(served.failures.is_empty(), "{}", served.failed());
     // Every front page came whole from release 1 or release 2, and the load saw both.
     assert_eq!(served.releases, release_folders(&[&v1, &v2]));
     let t = timeline(&out);
@@ -151,7 +157,7 @@ fn releases_install_while_serving_switch_per_batch_and_roll_back_without_apt() {
     let load = Load::start(urls, 4, 5000);
     let out = run(c.cmd().args(["--json", "rollback", "--batch", "1"]));
     let served = load.stop_served();
-    assert!(served.failures.is_empty(), "{:?}", served.failures);
+    assert!(served.failures.is_empty(), "{}", served.failed());
     assert_eq!(served.releases, release_folders(&[&v1, &v2]));
     let t = timeline(&out);
     assert!(positions(&t, "install").is_empty(), "{t:#?}");
@@ -328,7 +334,7 @@ fn an_in_place_site_moves_to_releases_in_one_roll() {
     let out = run(c.cmd().args(["--json", "roll", "--batch", "1"]));
     let served = load.stop_served();
     assert!(served.requests > 50);
-    assert!(served.failures.is_empty(), "{:?}", served.failures);
+    assert!(served.failures.is_empty(), "{}", served.failed());
     // Front pages from the in-place folder, then from release 2: never both in one.
     let mut both = release_folders(&[&v2]);
     both.insert("/srv/moodle/html".to_string());
@@ -401,9 +407,81 @@ fn an_in_place_site_moves_to_releases_in_one_roll() {
     );
     run(c.cmd().args(["rollback", "--batch", "1"]));
     let served = load.stop_served();
-    assert!(served.failures.is_empty(), "{:?}", served.failures);
+    assert!(served.failures.is_empty(), "{}", served.failed());
     assert_eq!(served.releases, release_folders(&[&v1, &v2]));
     for n in ["web1", "web2", "web3"] {
         assert_eq!(php_runs(&c, n), v1, "{n}");
     }
+}
+
+/// A site with `$CFG->alternative_component_cache` (a file of each node's own, from which Moodle
+/// takes its plugins' folders, however stale): each switch rebuilds it from the new release
+/// before the link moves, and PHP is reloaded (here by the default reload, no `reload_command`),
+/// so no page loads its plugins from the release before.
+#[test]
+fn the_component_cache_is_rebuilt_at_each_switch() {
+    require_root("scripts/lab uses mount namespaces");
+    let c = Cluster::up(2);
+    let text = fs::read_to_string(c.config_path()).unwrap().replacen(
+        "install_dir = \"/srv/moodle/html\"\n",
+        "install_dir = \"/srv/moodle/html\"\nlayout = \"releases\"\n",
+        1,
+    );
+    fs::write(c.config_path(), text).unwrap();
+    let cache = "/var/cache/moodle-sample/core_component.php";
+    for n in ["web1", "web2", "cron1"] {
+        c.ssh_ok(
+            n,
+            &format!(
+                "mkdir -p -m 777 /var/cache/moodle-sample && printf '%s\\n' '$CFG->alternative_component_cache = \"{cache}\";' >>/etc/moodle-sample/config.php"
+            ),
+        );
+    }
+    let cached = |n: &str| {
+        String::from_utf8_lossy(&c.ssh_ok(n, &format!("cat {cache}")).stdout).into_owned()
+    };
+    let v1 = c.release(1, &[]);
+    run(c.cmd().arg("roll"));
+    assert!(
+        cached("web1").contains(&format!("/srv/moodle/releases/{v1}")),
+        "{}",
+        cached("web1")
+    );
+
+    let v2 = c.release(2, &[]);
+    let load = Load::start(
+        vec![
+            format!("{}/", c.env["LAB_LB1"]),
+            format!("{}/", c.env["LAB_LB2"]),
+        ],
+        4,
+        5000,
+    );
+    run(c.cmd().args(["roll", "--batch", "1"]));
+    let served = load.stop_served();
+    assert!(served.failures.is_empty(), "{}", served.failed());
+    assert_eq!(served.releases, release_folders(&[&v1, &v2]));
+    for n in ["web1", "web2", "cron1"] {
+        assert!(
+            cached(n).contains(&format!("/srv/moodle/releases/{v2}")),
+            "{n}: {}",
+            cached(n)
+        );
+    }
+
+    // The check sees a stale cache on a real node: web1's put back to release 1's folders (as a
+    // switch without the rebuild would leave it) makes its front page a mixed release.
+    c.ssh_ok(
+        "web1",
+        &format!(
+            "sed -i 's#/srv/moodle/releases/{v2}#/srv/moodle/releases/{v1}#' {cache} && {}",
+            c.lab().join("reload-php").display()
+        ),
+    );
+    let (code, body) = http_body(&format!("{}/", c.node_http("web1"))).unwrap();
+    assert_eq!(code, 200, "{body}");
+    assert!(
+        served_release(&body).is_err_and(|e| e.contains("a mixed release")),
+        "{body}"
+    );
 }

@@ -626,6 +626,18 @@ pub struct Served {
     pub releases: std::collections::BTreeSet<String>,
 }
 
+impl Served {
+    /// How many failed, and the first few: what an assertion shows.
+    pub fn failed(&self) -> String {
+        format!(
+            "{} of {} failed, first: {:#?}",
+            self.failures.len(),
+            self.requests,
+            &self.failures[..self.failures.len().min(3)]
+        )
+    }
+}
+
 impl Load {
     pub fn start(urls: Vec<String>, threads: usize, max: u64) -> Load {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -744,17 +756,21 @@ fn http_answer(url: &str, host: Option<&str>) -> Result<(u16, String), String> {
 }
 
 /// The release folder that a 200 from the sample site's front page (scripts/make-sample-site)
-/// ran, or why the answer is wrong: the folder of its entry script and the one of the code it
-/// loaded by `$CFG->dirroot` differ (a response from a mixed release), or it is not that page.
+/// ran, or why the answer is wrong: the folder of its entry script, the one of the code it
+/// loaded by `$CFG->dirroot` and (with an alternative component cache) the one its plugins come
+/// from are not all one (a response from a mixed release), or it is not that page.
 pub fn served_release(body: &str) -> Result<String, String> {
     let line = body.lines().next().unwrap_or("");
     let (_, folders) = line
         .split_once(" from ")
         .ok_or_else(|| format!("not the front page: {line:?}"))?;
-    let (entry, code) = folders
+    let (entry, rest) = folders
         .split_once(" with ")
         .ok_or_else(|| format!("not the front page: {line:?}"))?;
-    if entry != code {
+    let (code, components) = rest
+        .split_once(" and components from ")
+        .unwrap_or((rest, entry));
+    if entry != code || entry != components {
         return Err(format!("a mixed release: {line:?}"));
     }
     Ok(entry.to_string())
