@@ -104,17 +104,10 @@ fn releases_install_while_serving_switch_per_batch_and_roll_back_without_apt() {
     // Release 2, code-only, under load through both LBs: installed on every node while they
     // all serve, then each batch switched, reloaded, proven, put back.
     let v2 = c.release(2, &[]);
-    let urls = vec![
-        format!("{}/", c.env["LAB_LB1"]),
-        format!("{}/", c.env["LAB_LB2"]),
-    ];
-    let load = Load::start(urls.clone(), 4, 5000);
-    let out = run(c.cmd().args(["--json", "roll", "--batch", "1"]));
-    let served = load.stop_served();
+    let (out, served) = c.under_load(&["--json", "roll", "--batch", "1"]);
     assert!(served.requests > 50, "{}", served.requests);
-    assert!(served.failures.is_empty(), "{}", served.failed());
     // Every front page came whole from release 1 or release 2, and the load saw both.
-    assert_eq!(served.releases, release_folders(&[&v1, &v2]));
+    served.assert_whole(&release_folders(&[&v1, &v2]));
     let t = timeline(&out);
     let installs = positions(&t, "install");
     let drains = positions(&t, "state drain");
@@ -154,11 +147,8 @@ fn releases_install_while_serving_switch_per_batch_and_roll_back_without_apt() {
     );
 
     // A rollback to release 1, still installed: a switch back, no apt, under load.
-    let load = Load::start(urls, 4, 5000);
-    let out = run(c.cmd().args(["--json", "rollback", "--batch", "1"]));
-    let served = load.stop_served();
-    assert!(served.failures.is_empty(), "{}", served.failed());
-    assert_eq!(served.releases, release_folders(&[&v1, &v2]));
+    let (out, served) = c.under_load(&["--json", "rollback", "--batch", "1"]);
+    served.assert_whole(&release_folders(&[&v1, &v2]));
     let t = timeline(&out);
     assert!(positions(&t, "install").is_empty(), "{t:#?}");
     assert_eq!(positions(&t, "switch").len(), 4, "{t:#?}");
@@ -326,19 +316,12 @@ fn an_in_place_site_moves_to_releases_in_one_roll() {
     );
     fs::write(c.config_path(), text).unwrap();
     let v2 = c.release(2, &[]);
-    let urls = vec![
-        format!("{}/", c.env["LAB_LB1"]),
-        format!("{}/", c.env["LAB_LB2"]),
-    ];
-    let load = Load::start(urls, 4, 5000);
-    let out = run(c.cmd().args(["--json", "roll", "--batch", "1"]));
-    let served = load.stop_served();
+    let (out, served) = c.under_load(&["--json", "roll", "--batch", "1"]);
     assert!(served.requests > 50);
-    assert!(served.failures.is_empty(), "{}", served.failed());
     // Front pages from the in-place folder, then from release 2: never both in one.
     let mut both = release_folders(&[&v2]);
     both.insert("/srv/moodle/html".to_string());
-    assert_eq!(served.releases, both);
+    served.assert_whole(&both);
     let o: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(o["plan"]["path"], "code-only", "{o}");
     for n in ["web1", "web2", "web3", "cron1"] {
@@ -397,18 +380,8 @@ fn an_in_place_site_moves_to_releases_in_one_roll() {
         1,
         "one entry for {v1}: {listed}"
     );
-    let load = Load::start(
-        vec![
-            format!("{}/", c.env["LAB_LB1"]),
-            format!("{}/", c.env["LAB_LB2"]),
-        ],
-        4,
-        5000,
-    );
-    run(c.cmd().args(["rollback", "--batch", "1"]));
-    let served = load.stop_served();
-    assert!(served.failures.is_empty(), "{}", served.failed());
-    assert_eq!(served.releases, release_folders(&[&v1, &v2]));
+    let (_, served) = c.under_load(&["rollback", "--batch", "1"]);
+    served.assert_whole(&release_folders(&[&v1, &v2]));
     for n in ["web1", "web2", "web3"] {
         assert_eq!(php_runs(&c, n), v1, "{n}");
     }
@@ -449,18 +422,8 @@ fn the_component_cache_is_rebuilt_at_each_switch() {
     );
 
     let v2 = c.release(2, &[]);
-    let load = Load::start(
-        vec![
-            format!("{}/", c.env["LAB_LB1"]),
-            format!("{}/", c.env["LAB_LB2"]),
-        ],
-        4,
-        5000,
-    );
-    run(c.cmd().args(["roll", "--batch", "1"]));
-    let served = load.stop_served();
-    assert!(served.failures.is_empty(), "{}", served.failed());
-    assert_eq!(served.releases, release_folders(&[&v1, &v2]));
+    let (_, served) = c.under_load(&["roll", "--batch", "1"]);
+    served.assert_whole(&release_folders(&[&v1, &v2]));
     for n in ["web1", "web2", "cron1"] {
         assert!(
             cached(n).contains(&format!("/srv/moodle/releases/{v2}")),

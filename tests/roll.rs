@@ -249,10 +249,7 @@ fn first_install_code_only_roll_under_load_rollback_and_database_upgrade() {
 
     // 2. Same code, new build: code-only, batch 1, under load through both LBs.
     let v2 = c.release(2, &[]);
-    let urls = vec![
-        format!("{}/", c.env["LAB_LB1"]),
-        format!("{}/", c.env["LAB_LB2"]),
-    ];
+    let urls = c.front_pages();
     let load = Load::start(urls.clone(), 4, 5000);
     let stop = Arc::new(AtomicBool::new(false));
     let sampler = sample_out_of_rotation(&c, stop.clone());

@@ -583,6 +583,22 @@ impl Cluster {
             .to_string()
     }
 
+    /// Runs the binary with `args` (it must succeed) while 4 clients load the front page through
+    /// both LBs: its output and what the load saw.
+    pub fn under_load(&self, args: &[&str]) -> (Output, Served) {
+        let load = Load::start(self.front_pages(), 4, 5000);
+        let out = run(self.cmd().args(args));
+        (out, load.stop_served())
+    }
+
+    /// The site's front page through each LB: what users load.
+    pub fn front_pages(&self) -> Vec<String> {
+        vec![
+            format!("{}/", self.env["LAB_LB1"]),
+            format!("{}/", self.env["LAB_LB2"]),
+        ]
+    }
+
     /// The servers of the backend on LB 2 (TCP API): (name, status, drain, maint).
     pub fn lb_servers(&self) -> Vec<(String, String)> {
         let addr = &self.env["LAB_LB2_API"];
@@ -627,6 +643,13 @@ pub struct Served {
 }
 
 impl Served {
+    /// Every request answered 200, every front page whole, and from each of `releases` (folders)
+    /// and no other.
+    pub fn assert_whole(&self, releases: &std::collections::BTreeSet<String>) {
+        assert!(self.failures.is_empty(), "{}", self.failed());
+        assert_eq!(&self.releases, releases, "the releases the load saw");
+    }
+
     /// How many failed, and the first few: what an assertion shows.
     pub fn failed(&self) -> String {
         format!(
