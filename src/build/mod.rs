@@ -414,6 +414,7 @@ fn control_member(
         ("install_dir", site.install_dir.0.as_str()),
         ("config_php", config_php.as_str()),
         ("reload", reload),
+        ("reload_php", control::RELOAD_PHP),
     ];
     let scripts: Vec<(&str, String)> = control::SCRIPTS
         .iter()

@@ -27,6 +27,11 @@ pub const SCRIPTS: [Template; 2] = [
     },
 ];
 
+/// The sh functions that reload the PHP serving the site (`reload_php_fpm`,
+/// `reload_apache_mod_php`): the postinst's (`{{reload_php}}`), and what `roll` runs after a
+/// switch when `[roll] reload_command` is not set.
+pub const RELOAD_PHP: &str = include_str!("../../debian-skel/reload-php.sh");
+
 /// The `config.php` stub shipped in dirroot.
 pub const CONFIG_PHP: &str = include_str!("../../debian-skel/config.php");
 /// The release probe shipped in the web root (see [`PROBE_PATH`]).
@@ -124,6 +129,7 @@ mod tests {
             ("install_dir", "/srv/m"),
             ("config_php", "/etc/m.php"),
             ("reload", "reload_php_fpm; reload_apache_mod_php"),
+            ("reload_php", RELOAD_PHP),
         ];
         for t in &SCRIPTS {
             let r = render(t.text, &vars);

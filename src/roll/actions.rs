@@ -215,22 +215,18 @@ pub(super) fn install(
     failed
 }
 
-/// What reloads PHP after a switch when `[roll] reload_command` is not set: the package's
-/// postinst's own way (php-fpm, Apache with mod_php, whichever runs), as no package is installed
-/// at a switch. The release probe then says whether it was enough.
-const RELOAD_RUNNING_PHP: &str = "command -v invoke-rc.d >/dev/null 2>&1 || exit 0; \
-     for s in /etc/init.d/php*-fpm; do [ -e \"$s\" ] || continue; n=${s##*/}; \
-     invoke-rc.d --quiet \"$n\" status >/dev/null 2>&1 || continue; invoke-rc.d --quiet \"$n\" reload; done; \
-     if [ -e /etc/init.d/apache2 ] && ls /etc/apache2/mods-enabled/php*.load >/dev/null 2>&1 \
-     && invoke-rc.d --quiet apache2 status >/dev/null 2>&1; then invoke-rc.d --quiet apache2 reload; fi; true";
-
 /// `[roll] reload_command` on `nodes` at once, after their install (or their switch, where
 /// without one the running php-fpm or Apache is reloaded): what makes their PHP serve the new
 /// code. The nodes where it failed, and why.
 pub(super) fn reload(ctx: &mut Ctx, nodes: &[String]) -> Vec<Failure> {
     let cmd = match ctx.cfg().roll.reload_command.as_deref() {
         Some(cmd) => super::substitute(cmd, ctx.cfg()),
-        None if ctx.cfg().site.layout == SiteLayout::Releases => RELOAD_RUNNING_PHP.to_string(),
+        // No package is installed at a switch to reload PHP: its postinst's own way (php-fpm,
+        // Apache with mod_php, whichever runs). The release probe then says if it was enough.
+        None if ctx.cfg().site.layout == SiteLayout::Releases => format!(
+            "{}\nreload_php_fpm; reload_apache_mod_php",
+            crate::deb::control::RELOAD_PHP
+        ),
         None => return Vec::new(),
     };
     if nodes.is_empty() {
