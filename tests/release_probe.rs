@@ -19,19 +19,6 @@ fn php_runs(c: &Cluster, node: &str) -> String {
     v["version"].as_str().unwrap().to_string()
 }
 
-/// Adds `[roll] reload_command` to the site's config (the lab's php-fpm reload).
-fn set_reload_command(c: &Cluster) {
-    let path = c.config_path();
-    let text = fs::read_to_string(&path).unwrap().replace(
-        "[roll]\n",
-        &format!(
-            "[roll]\nreload_command = \"{}\"\n",
-            c.lab().join("reload-php").display()
-        ),
-    );
-    fs::write(&path, text).unwrap();
-}
-
 #[test]
 fn a_node_whose_php_runs_the_old_release_stays_out_until_php_is_reloaded() {
     require_root("scripts/lab uses mount namespaces");
@@ -106,7 +93,7 @@ fn a_node_whose_php_runs_the_old_release_stays_out_until_php_is_reloaded() {
 
     // With reload_command, --resume reloads web1's PHP, proves it, puts it back, and finishes:
     // every node's PHP runs v2, every server UP.
-    set_reload_command(&c);
+    c.set_reload(None);
     let out = run(c.cmd().args(["--json", "roll", "--resume", "--batch", "1"]));
     let o: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(o["plan"]["target"], v2.as_str(), "{o}");

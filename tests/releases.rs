@@ -7,7 +7,6 @@
 mod common;
 
 use common::*;
-use std::fs;
 
 /// What `node`'s PHP answers at the release probe: the version it runs.
 fn php_runs(c: &Cluster, node: &str) -> String {
@@ -16,6 +15,12 @@ fn php_runs(c: &Cluster, node: &str) -> String {
     assert_eq!(code, 200, "{node}: {body}");
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     v["version"].as_str().unwrap().to_string()
+}
+
+/// Where `node`'s install_dir points: its live release's folder.
+fn live_release(c: &Cluster, node: &str) -> String {
+    let link = c.ssh_ok(node, "readlink /srv/moodle/html");
+    String::from_utf8_lossy(&link.stdout).trim().to_string()
 }
 
 /// The folders of releases `versions` on a lab node.
@@ -68,31 +73,16 @@ fn positions(t: &[serde_json::Value], action: &str) -> Vec<usize> {
 fn releases_install_while_serving_switch_per_batch_and_roll_back_without_apt() {
     require_root("scripts/lab uses mount namespaces");
     let c = Cluster::up_web(3, "nginx-fpm");
-    let text = fs::read_to_string(c.config_path()).unwrap();
-    let text = text
-        .replacen(
-            "install_dir = \"/srv/moodle/html\"\n",
-            "install_dir = \"/srv/moodle/html\"\nlayout = \"releases\"\n",
-            1,
-        )
-        .replacen(
-            "[roll]\n",
-            &format!(
-                "[roll]\nreload_command = \"{}\"\nkeep_releases = 2\n",
-                c.lab().join("reload-php").display()
-            ),
-            1,
-        );
-    assert!(text.contains("layout = \"releases\""), "{text}");
-    fs::write(c.config_path(), text).unwrap();
+    c.use_releases();
+    c.set_reload(None);
+    c.set_config("roll", "keep_releases", "2");
 
     // The first install: every node gets release 1, then switches to it.
     let v1 = c.release(1, &[]);
     run(c.cmd().arg("roll"));
     for n in ["web1", "web2", "web3", "cron1"] {
-        let link = c.ssh_ok(n, "readlink /srv/moodle/html");
         assert_eq!(
-            String::from_utf8_lossy(&link.stdout).trim(),
+            live_release(&c, n),
             format!("/srv/moodle/releases/{v1}"),
             "{n}"
         );
@@ -159,10 +149,7 @@ fn releases_install_while_serving_switch_per_batch_and_roll_back_without_apt() {
 
     // A release that changes $version and db/: installed while the site serves, then inside the
     // maintenance window only the switch, the reload, the probe and the upgrade.
-    let cfg = fs::read_to_string(c.config_path())
-        .unwrap()
-        .replace("ref = \"v4.1.9\"", "ref = \"v4.1.10\"");
-    fs::write(c.config_path(), cfg).unwrap();
+    c.set_config("upstream", "ref", "\"v4.1.10\"");
     let v3 = c.release(3, &["--update", "upstream"]);
     let out = run(c.cmd().args(["--json", "roll", "--batch", "2"]));
     let o: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -213,36 +200,8 @@ fn releases_install_while_serving_switch_per_batch_and_roll_back_without_apt() {
 fn a_switch_that_php_does_not_see_keeps_the_node_out() {
     require_root("scripts/lab uses mount namespaces");
     let c = Cluster::up_with(2, "nginx-fpm", &[("LAB_FASTCGI_ROOT", "$document_root")]);
-    let set = |reload: &str| {
-        let text = fs::read_to_string(c.config_path()).unwrap();
-        let text = match text.find("reload_command = ") {
-            Some(_) => text
-                .lines()
-                .map(|l| {
-                    if l.starts_with("reload_command = ") {
-                        format!("reload_command = \"{reload}\"")
-                    } else {
-                        l.to_string()
-                    }
-                })
-                .collect::<Vec<_>>()
-                .join("\n"),
-            None => text
-                .replacen(
-                    "install_dir = \"/srv/moodle/html\"\n",
-                    "install_dir = \"/srv/moodle/html\"\nlayout = \"releases\"\n",
-                    1,
-                )
-                .replacen(
-                    "[roll]\n",
-                    &format!("[roll]\nreload_command = \"{reload}\"\n"),
-                    1,
-                ),
-        };
-        fs::write(c.config_path(), text + "\n").unwrap();
-    };
-    let reload = c.lab().join("reload-php").display().to_string();
-    set(&reload);
+    c.use_releases();
+    c.set_reload(None);
     let v1 = c.release(1, &[]);
     run(c.cmd().arg("roll"));
     // Warm every worker's realpath cache on release 1.
@@ -250,7 +209,7 @@ fn a_switch_that_php_does_not_see_keeps_the_node_out() {
         assert_eq!(php_runs(&c, "web1"), v1);
     }
     let v2 = c.release(2, &[]);
-    set("true");
+    c.set_reload(Some("true"));
     let (_, err) = exits(c.cmd().args(["roll", "--batch", "1"]), 1);
     assert!(
         err.contains(&format!("its PHP runs {v1}, not {v2}")),
@@ -263,7 +222,7 @@ fn a_switch_that_php_does_not_see_keeps_the_node_out() {
         .unwrap();
     assert!(web1.1.starts_with("MAINT"), "{web1:?}");
     // A reload that fails (php-fpm not running, a typo) keeps the node out the same way.
-    set("false");
+    c.set_reload(Some("false"));
     let (_, err) = exits(c.cmd().args(["roll", "--resume", "--batch", "1"]), 1);
     assert!(
         err.contains("reload_command `false` failed"),
@@ -282,7 +241,7 @@ fn a_switch_that_php_does_not_see_keeps_the_node_out() {
             .any(|(n, s)| n == "web2" && s.starts_with("UP")),
         "{servers:?}"
     );
-    set(&reload);
+    c.set_reload(None);
     run(c.cmd().args(["roll", "--resume", "--batch", "1"]));
     for n in ["web1", "web2"] {
         assert_eq!(php_runs(&c, n), v2, "{n}");
@@ -297,24 +256,13 @@ fn a_switch_that_php_does_not_see_keeps_the_node_out() {
 fn an_in_place_site_moves_to_releases_in_one_roll() {
     require_root("scripts/lab uses mount namespaces");
     let c = Cluster::up_web(3, "nginx-fpm");
-    let reload = c.lab().join("reload-php").display().to_string();
-    let text = fs::read_to_string(c.config_path()).unwrap().replacen(
-        "[roll]\n",
-        &format!("[roll]\nreload_command = \"{reload}\"\n"),
-        1,
-    );
-    fs::write(c.config_path(), &text).unwrap();
+    c.set_reload(None);
     let v1 = c.release(1, &[]);
     run(c.cmd().arg("roll"));
     c.ssh_ok("web1", "test -d /srv/moodle/html -a ! -L /srv/moodle/html");
     assert_eq!(php_runs(&c, "web1"), v1);
 
-    let text = text.replacen(
-        "install_dir = \"/srv/moodle/html\"\n",
-        "install_dir = \"/srv/moodle/html\"\nlayout = \"releases\"\n",
-        1,
-    );
-    fs::write(c.config_path(), text).unwrap();
+    c.use_releases();
     let v2 = c.release(2, &[]);
     let (out, served) = c.under_load(&["--json", "roll", "--batch", "1"]);
     assert!(served.requests > 50);
@@ -325,9 +273,8 @@ fn an_in_place_site_moves_to_releases_in_one_roll() {
     let o: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(o["plan"]["path"], "code-only", "{o}");
     for n in ["web1", "web2", "web3", "cron1"] {
-        let link = c.ssh_ok(n, "readlink /srv/moodle/html");
         assert_eq!(
-            String::from_utf8_lossy(&link.stdout).trim(),
+            live_release(&c, n),
             format!("/srv/moodle/releases/{v2}"),
             "{n}"
         );
@@ -395,12 +342,7 @@ fn an_in_place_site_moves_to_releases_in_one_roll() {
 fn the_component_cache_is_rebuilt_at_each_switch() {
     require_root("scripts/lab uses mount namespaces");
     let c = Cluster::up(2);
-    let text = fs::read_to_string(c.config_path()).unwrap().replacen(
-        "install_dir = \"/srv/moodle/html\"\n",
-        "install_dir = \"/srv/moodle/html\"\nlayout = \"releases\"\n",
-        1,
-    );
-    fs::write(c.config_path(), text).unwrap();
+    c.use_releases();
     let cache = "/var/cache/moodle-sample/core_component.php";
     for n in ["web1", "web2", "cron1"] {
         c.ssh_ok(

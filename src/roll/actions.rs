@@ -185,6 +185,23 @@ fn journal_each(
     failed
 }
 
+/// `script` on `nodes` at once, shown as `progress` while it runs, each node journalled as its
+/// `step` by [`journal_each`].
+fn run_each(
+    ctx: &mut Ctx,
+    nodes: &[String],
+    progress: &str,
+    script: &str,
+    step: (&dyn Fn(&String) -> Step, &str),
+    cause: &dyn Fn(&crate::ssh::Output) -> Cause,
+) -> Vec<Failure> {
+    let t = Instant::now();
+    ctx.reporter().step(progress);
+    let results = ctx.nodes().run_all_long(nodes, script, &mut |_, _| {});
+    ctx.reporter().step_done();
+    journal_each(ctx, nodes, results, t, step, cause)
+}
+
 /// Installs the target on `nodes` in parallel: the nodes where it failed, and why.
 pub(super) fn install(
     ctx: &mut Ctx,
@@ -219,32 +236,34 @@ pub(super) fn install(
 /// without one the running php-fpm or Apache is reloaded): what makes their PHP serve the new
 /// code. The nodes where it failed, and why.
 pub(super) fn reload(ctx: &mut Ctx, nodes: &[String]) -> Vec<Failure> {
-    let cmd = match ctx.cfg().roll.reload_command.as_deref() {
-        Some(cmd) => super::substitute(cmd, ctx.cfg()),
+    // (the script, and how the journal and errors name it)
+    let (script, said) = match ctx.cfg().roll.reload_command.as_deref() {
+        Some(cmd) => {
+            let cmd = super::substitute(cmd, ctx.cfg());
+            (cmd.clone(), cmd)
+        }
         // No package is installed at a switch to reload PHP: its postinst's own way (php-fpm,
         // Apache with mod_php, whichever runs). The release probe then says if it was enough.
-        None if ctx.cfg().site.layout == SiteLayout::Releases => format!(
-            "{}\nreload_php_fpm; reload_apache_mod_php",
-            crate::deb::control::RELOAD_PHP
+        None if ctx.cfg().site.layout == SiteLayout::Releases => (
+            format!(
+                "{}\nreload_php_fpm; reload_apache_mod_php",
+                crate::deb::control::RELOAD_PHP
+            ),
+            "reload_php_fpm; reload_apache_mod_php (the postinst's reload)".to_string(),
         ),
         None => return Vec::new(),
     };
     if nodes.is_empty() {
         return Vec::new();
     }
-    let t = Instant::now();
-    ctx.reporter()
-        .step(&format!("reloading PHP on {}", nodes.join(", ")));
-    let results = ctx.nodes().run_all_long(nodes, &cmd, &mut |_, _| {});
-    ctx.reporter().step_done();
-    journal_each(
+    run_each(
         ctx,
         nodes,
-        results,
-        t,
-        (&|n| Step::Reload { node: n.clone() }, &cmd),
+        &format!("reloading PHP on {}", nodes.join(", ")),
+        &script,
+        (&|n| Step::Reload { node: n.clone() }, &said),
         &|o| Cause::Reload {
-            command: cmd.clone(),
+            command: said.clone(),
             status: o.status(),
             tail: o.tail(),
         },
@@ -313,16 +332,11 @@ pub(super) fn switch(ctx: &mut Ctx, nodes: &[String], target: &str) -> Vec<Failu
         c = quote(&config_php),
         p = quote(ctx.pkg()),
     );
-    let t = Instant::now();
-    ctx.reporter()
-        .step(&format!("switching {} to {target}", nodes.join(", ")));
-    let results = ctx.nodes().run_all_long(nodes, &script, &mut |_, _| {});
-    ctx.reporter().step_done();
-    journal_each(
+    run_each(
         ctx,
         nodes,
-        results,
-        t,
+        &format!("switching {} to {target}", nodes.join(", ")),
+        &script,
         (&|n| Step::Switch { node: n.clone() }, &release),
         &|o| Cause::Switch {
             release: release.clone(),
@@ -361,20 +375,12 @@ pub(super) fn prune(ctx: &mut Ctx, steps: &[Step]) -> Vec<Failure> {
                 "export DEBIAN_FRONTEND=noninteractive LC_ALL=C; rm -rf {leftover}; apt-get purge -y -qq {listed} 2>&1 | grep -v '^(Reading database' || true; ! dpkg-query -W -f='${{Status}}\\n' {listed} 2>/dev/null | grep -q 'ok installed'"
             )
         };
-        let t = Instant::now();
-        ctx.reporter().step(&format!(
-            "removing releases {} on {}",
-            versions.join(", "),
-            nodes.join(", ")
-        ));
-        let results = ctx.nodes().run_all_long(&nodes, &script, &mut |_, _| {});
-        ctx.reporter().step_done();
         let said = versions.join(", ");
-        failed.extend(journal_each(
+        failed.extend(run_each(
             ctx,
             &nodes,
-            results,
-            t,
+            &format!("removing releases {said} on {}", nodes.join(", ")),
+            &script,
             (
                 &|n| Step::Prune {
                     node: n.clone(),

@@ -155,11 +155,16 @@ struct Walk {
 }
 
 impl Walk {
-    fn error(&self) -> String {
+    /// Why the roll stopped (a panic with the journal if it did not).
+    fn err(&self) -> &RollError {
         match &self.result {
             Ok(_) => panic!("the roll did not stop: {:#?}", self.journal),
-            Err(e) => e.to_string(),
+            Err(e) => e,
         }
+    }
+
+    fn error(&self) -> String {
+        self.err().to_string()
     }
 
     fn actions(&self, action: &str) -> Vec<&Entry> {
@@ -224,8 +229,8 @@ fn sessions_past_the_drain_timeout_put_the_batch_back_and_stop() {
     );
     assert!(WEBS.iter().all(|n| site.state(n) == "ready"));
     assert!(WEBS.iter().all(|n| site.installed_on(n) == "1"));
-    match &w.result {
-        Err(RollError::DrainTimeout { busy, .. }) => {
+    match w.err() {
+        RollError::DrainTimeout { busy, .. } => {
             assert_eq!(
                 busy,
                 &[
@@ -234,14 +239,7 @@ fn sessions_past_the_drain_timeout_put_the_batch_back_and_stop() {
                 ]
             );
         }
-        other => panic!(
-            "{}",
-            other
-                .as_ref()
-                .err()
-                .map(|e| e.to_string())
-                .unwrap_or_default()
-        ),
+        other => panic!("{other}"),
     }
     assert_eq!(w.last().action, "stop", "{:#?}", w.journal);
     assert_eq!(w.state.status, RollStatus::Failed);
@@ -302,18 +300,11 @@ fn a_failed_node_that_fills_the_batch_leaves_no_room_and_stops_the_roll() {
     site.fake.world().fail_install.insert("web1".into());
     let opts = RollOptions::default();
     let (_, w) = site.rolled(&opts, 1);
-    match &w.result {
-        Err(RollError::BudgetSpent { failed, batch, .. }) => {
+    match w.err() {
+        RollError::BudgetSpent { failed, batch, .. } => {
             assert_eq!((failed.as_slice(), *batch), (&["web1".to_string()][..], 1));
         }
-        other => panic!(
-            "{}",
-            other
-                .as_ref()
-                .err()
-                .map(|e| e.to_string())
-                .unwrap_or_default()
-        ),
+        other => panic!("{other}"),
     }
     assert_eq!(site.state("web1"), "maint");
     assert!(["web2", "web3", "web4"]

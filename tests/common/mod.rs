@@ -583,6 +583,58 @@ impl Cluster {
             .to_string()
     }
 
+    /// Sets `key = value` (`value` as TOML writes it) in the config's `[section]`: the key's
+    /// line there is replaced, or the line is added under the section's header.
+    pub fn set_config(&self, section: &str, key: &str, value: &str) {
+        let text = fs::read_to_string(self.config_path()).unwrap();
+        let header = format!("[{section}]");
+        let line = format!("{key} = {value}");
+        let mut out: Vec<String> = Vec::new();
+        let (mut inside, mut done) = (false, false);
+        for l in text.lines() {
+            if l.starts_with('[') {
+                if inside && !done {
+                    out.insert(
+                        out.iter().rposition(|o| *o == header).unwrap() + 1,
+                        line.clone(),
+                    );
+                    done = true;
+                }
+                inside = l.trim() == header;
+            }
+            if inside && l.split('=').next().map(str::trim) == Some(key) {
+                out.push(line.clone());
+                done = true;
+            } else {
+                out.push(l.to_string());
+            }
+        }
+        if inside && !done {
+            out.insert(
+                out.iter().rposition(|o| *o == header).unwrap() + 1,
+                line.clone(),
+            );
+            done = true;
+        }
+        assert!(done, "no [{section}] in {}", self.config_path().display());
+        fs::write(self.config_path(), out.join("\n") + "\n").unwrap();
+    }
+
+    /// `[site] layout = "releases"`.
+    pub fn use_releases(&self) {
+        self.set_config("site", "layout", "\"releases\"");
+    }
+
+    /// `[roll] reload_command`: `command`, or the lab's php-fpm reload (`DIR/reload-php`).
+    pub fn set_reload(&self, command: Option<&str>) {
+        let lab = self.lab().join("reload-php").display().to_string();
+        self.set_config(
+            "roll",
+            "reload_command",
+            &format!("\"{}\"", command.unwrap_or(&lab)),
+        );
+    }
+
     /// Runs the binary with `args` (it must succeed) while 4 clients load the front page through
     /// both LBs: its output and what the load saw.
     pub fn under_load(&self, args: &[&str]) -> (Output, Served) {
