@@ -179,8 +179,6 @@ pub fn status(cfg: &Config) -> Result<Status, RollError> {
                 }
                 st.version = i.version;
                 st.releases = i.releases;
-                st.releases
-                    .sort_by_cached_key(|v| v.parse::<debversion::Version>().ok());
             }
             Some(Err(e)) => st.error = Some(e),
             None => st.error = Some("no answer".into()),

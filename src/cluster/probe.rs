@@ -27,8 +27,8 @@ pub struct Installed {
     /// The roll state kept on this node ([`REMOTE_STATE`]), as JSON.
     #[serde(skip)]
     pub state: Option<String>,
-    /// The releases layout: every release installed on the node (its version), newest last by
-    /// dpkg's listing; `version` is then the live one (where `install_dir` points).
+    /// The releases layout: every release installed on the node (its version), oldest first;
+    /// `version` is then the live one (where `install_dir` points).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub releases: Vec<String>,
     /// The releases layout: `install_dir` is a folder with files, not a release's symlink (an
@@ -167,13 +167,15 @@ pub fn parse_installed(stdout: &str) -> Installed {
     let in_place_dir = stdout.lines().any(|l| l == "in-place-dir");
     let lock = Lock::parse(stdout);
     let state = lock::state_text(stdout).map(str::to_string);
-    let releases: Vec<String> = stdout
+    let mut releases: Vec<String> = stdout
         .lines()
         .filter_map(|l| l.strip_prefix("release "))
         .filter_map(|l| l.split_once('|'))
         .filter(|(status, _)| status.ends_with("ok installed"))
         .map(|(_, v)| v.to_string())
         .collect();
+    // dpkg lists them by package name ("+10-1" before "+2-1"): by version, oldest first.
+    releases.sort_by_cached_key(|v| v.parse::<debversion::Version>().ok());
     // The releases layout answers its live release with a `live ` prefix; the in-place package
     // (the query's first line) is then not installed.
     let line = stdout
@@ -234,6 +236,11 @@ mod tests {
         assert_eq!(i.version.as_deref(), Some("2-1"));
         assert_eq!(i.db_hash.as_deref(), Some("dh2"));
         assert_eq!(i.releases, ["1-1", "2-1"]);
+        // dpkg lists by package name; the releases are by version.
+        let by_name = parse_installed(
+            "live install ok installed|1.0+2-1|v|d\nrelease install ok installed|1.0+10-1\nrelease install ok installed|1.0+2-1\n",
+        );
+        assert_eq!(by_name.releases, ["1.0+2-1", "1.0+10-1"]);
         assert!(i.has("1-1") && i.has("2-1") && !i.has("0-1"));
         // Removed (config files left): nothing installed, and no lock.
         let i = parse_installed("deinstall ok config-files|4.1.9+2-1|vh|dh\n");
