@@ -61,6 +61,12 @@ pub fn publish(
     for v in &p.removed {
         writeln!(out, "removed {} {v} (beyond keep = {keep})", package)?;
     }
+    for v in &p.replaced {
+        writeln!(
+            out,
+            "the release of {v} replaces {package} {v}, the in-place layout's package of that version"
+        )?;
+    }
     writeln!(
         out,
         "{}: {} version(s) of {} ({}), {}",

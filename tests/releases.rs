@@ -320,7 +320,11 @@ fn an_in_place_site_moves_to_releases_in_one_roll() {
         deb.contains(&format!("moodle-sample-release-{v1}_")),
         "{rebuild}: {deb}"
     );
-    run(c.cmd().arg("publish").arg(c.site().join(&deb)));
+    let published = stdout(c.cmd().arg("publish").arg(c.site().join(&deb)));
+    assert!(
+        published.contains(&format!("the release of {v1} replaces moodle-sample {v1}")),
+        "{published}"
+    );
     let listed = stdout(c.cmd().args(["repo", "list"]));
     assert_eq!(
         listed.matches(&v1).count(),

@@ -159,6 +159,10 @@ pub struct Published {
     pub unchanged: Vec<String>,
     /// Versions that left the index (beyond `keep`).
     pub removed: Vec<String>,
+    /// Versions whose in-place package (published before the site moved to the releases
+    /// layout) the release of the same version replaced.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub replaced: Vec<String>,
     /// Every version now listed, newest first.
     pub versions: Vec<String>,
     pub repo: PathBuf,
@@ -396,6 +400,10 @@ impl Repo {
             added,
             unchanged,
             removed: removed
+                .iter()
+                .map(|s| s.get("Version").unwrap_or_default().to_string())
+                .collect(),
+            replaced: replaced
                 .iter()
                 .map(|s| s.get("Version").unwrap_or_default().to_string())
                 .collect(),
