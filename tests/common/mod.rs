@@ -586,38 +586,30 @@ impl Cluster {
     /// Sets `key = value` (`value` as TOML writes it) in the config's `[section]`: the key's
     /// line there is replaced, or the line is added under the section's header.
     pub fn set_config(&self, section: &str, key: &str, value: &str) {
-        let text = fs::read_to_string(self.config_path()).unwrap();
+        let path = self.config_path();
+        let mut lines: Vec<String> = fs::read_to_string(&path)
+            .unwrap()
+            .lines()
+            .map(String::from)
+            .collect();
         let header = format!("[{section}]");
+        let start = 1 + lines
+            .iter()
+            .position(|l| l.trim() == header)
+            .unwrap_or_else(|| panic!("no {header} in {}", path.display()));
+        let end = lines[start..]
+            .iter()
+            .position(|l| l.starts_with('['))
+            .map_or(lines.len(), |i| start + i);
         let line = format!("{key} = {value}");
-        let mut out: Vec<String> = Vec::new();
-        let (mut inside, mut done) = (false, false);
-        for l in text.lines() {
-            if l.starts_with('[') {
-                if inside && !done {
-                    out.insert(
-                        out.iter().rposition(|o| *o == header).unwrap() + 1,
-                        line.clone(),
-                    );
-                    done = true;
-                }
-                inside = l.trim() == header;
-            }
-            if inside && l.split('=').next().map(str::trim) == Some(key) {
-                out.push(line.clone());
-                done = true;
-            } else {
-                out.push(l.to_string());
-            }
+        match lines[start..end]
+            .iter()
+            .position(|l| l.split('=').next().map(str::trim) == Some(key))
+        {
+            Some(i) => lines[start + i] = line,
+            None => lines.insert(start, line),
         }
-        if inside && !done {
-            out.insert(
-                out.iter().rposition(|o| *o == header).unwrap() + 1,
-                line.clone(),
-            );
-            done = true;
-        }
-        assert!(done, "no [{section}] in {}", self.config_path().display());
-        fs::write(self.config_path(), out.join("\n") + "\n").unwrap();
+        fs::write(&path, lines.join("\n") + "\n").unwrap();
     }
 
     /// `[site] layout = "releases"`.
